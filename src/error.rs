@@ -1,0 +1,146 @@
+//! Every failure the gateway answers itself, and its OpenAI-shaped JSON body.
+//!
+//! Clients of this gateway are OpenAI SDKs, so errors use OpenAI's shape,
+//! `{"error": {"message", "type", "param", "code"}}`, which the SDKs parse into
+//! their typed exceptions (a 401 becomes `AuthenticationError`, and so on).
+//! Messages are fixed strings or carry non-secret facts only: never a token,
+//! key, Authorization value or query string.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+/// An error answered by the gateway itself, rather than by the upstream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// The request carried no gateway token.
+    #[error(
+        "missing gateway token: pass it as ?token=, an X-Token header or Authorization: Bearer"
+    )]
+    MissingToken,
+    /// The token is not in the token list.
+    #[error("invalid gateway token")]
+    InvalidToken,
+    /// The token is known but past its expiry.
+    #[error("gateway token expired")]
+    TokenExpired,
+    /// The request carried two different gateway tokens (query and header, or a repeated `token`).
+    #[error("conflicting gateway tokens: the request carries more than one different token")]
+    ConflictingTokens,
+    /// The request target cannot be forwarded safely (dot segments, backslashes, not origin-form).
+    #[error("invalid request path: {0}")]
+    InvalidPath(&'static str),
+    /// The token store (SSM) has not produced a usable token list yet.
+    #[error("the gateway's token store is unavailable; try again shortly")]
+    TokenStoreUnavailable,
+    /// The upstream could not be reached (connection refused, DNS, TLS).
+    #[error("the upstream API could not be reached")]
+    UpstreamUnreachable,
+    /// The upstream connection failed after it was made (reset, malformed HTTP).
+    #[error("the upstream API failed to answer with a valid HTTP response")]
+    UpstreamFailed,
+    /// The upstream sent no response headers within the configured timeout.
+    #[error("the upstream API did not answer within {0} seconds")]
+    UpstreamTimeout(u64),
+    /// A buffered (non-streaming) Lambda response would exceed Lambda's payload limit.
+    #[error("the upstream response is larger than the {0} bytes a buffered Lambda response can carry; use the streaming Function URL")]
+    ResponseTooLarge(usize),
+}
+
+impl GatewayError {
+    /// The HTTP status the client receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingToken | Self::InvalidToken | Self::TokenExpired => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::ConflictingTokens | Self::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            Self::TokenStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamUnreachable | Self::UpstreamFailed | Self::ResponseTooLarge(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The machine-readable `code` of the error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MissingToken => "missing_token",
+            Self::InvalidToken => "invalid_token",
+            Self::TokenExpired => "token_expired",
+            Self::ConflictingTokens => "conflicting_tokens",
+            Self::InvalidPath(_) => "invalid_path",
+            Self::TokenStoreUnavailable => "token_store_unavailable",
+            Self::UpstreamUnreachable => "upstream_unreachable",
+            Self::UpstreamFailed => "upstream_error",
+            Self::UpstreamTimeout(_) => "upstream_timeout",
+            Self::ResponseTooLarge(_) => "response_too_large",
+        }
+    }
+
+    /// The `type` of the error body, following OpenAI's vocabulary.
+    pub fn kind(&self) -> &'static str {
+        match self.status() {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::BAD_REQUEST => "invalid_request_error",
+            _ => "gateway_error",
+        }
+    }
+
+    /// The JSON body, `{"error": {"message", "type", "param", "code"}}`.
+    pub fn body(&self) -> Bytes {
+        let value = serde_json::json!({
+            "error": {
+                "message": self.to_string(),
+                "type": self.kind(),
+                "param": null,
+                "code": self.code(),
+            }
+        });
+        Bytes::from(value.to_string())
+    }
+
+    /// A complete response carrying this error.
+    pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
+        let mut response = Response::new(B::from(self.body()));
+        *response.status_mut() = self.status();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if self.status() == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"chatgpt-gateway\""),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_openai_shape() {
+        let body: serde_json::Value =
+            serde_json::from_slice(&GatewayError::TokenExpired.body()).unwrap();
+        assert_eq!(body["error"]["code"], "token_expired");
+        assert_eq!(body["error"]["type"], "authentication_error");
+        assert!(body["error"]["param"].is_null());
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired"));
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(GatewayError::MissingToken.status(), 401);
+        assert_eq!(GatewayError::UpstreamUnreachable.status(), 502);
+        assert_eq!(GatewayError::UpstreamTimeout(5).status(), 504);
+        assert_eq!(GatewayError::TokenStoreUnavailable.status(), 503);
+        assert_eq!(GatewayError::ConflictingTokens.status(), 400);
+    }
+}

@@ -1,0 +1,31 @@
+//! chatgpt-gateway: an authenticated, streaming reverse proxy for the OpenAI API.
+//!
+//! A request flows one way through the modules:
+//!
+//! 1. [`server`] (local HTTP/1.1) hands an `http::Request` to
+//!    [`handler::Gateway::handle`];
+//! 2. [`auth`] finds the gateway token (`?token=`, `X-Token` or Bearer),
+//!    checks it against the [`tokens`] list and strips it;
+//! 3. [`proxy`] maps the path onto the upstream, filters headers, injects the
+//!    upstream key, sends the request and returns the streaming response;
+//! 4. [`body`] streams the upstream's body back, cutting silent streams, and
+//!    writes the [`telemetry`] access line when it ends.
+//!
+//! [`error`] turns every failure into OpenAI's JSON error shape; [`config`]
+//! names every setting; [`startup`] builds the gateway from them; [`secret`]
+//! keeps keys and tokens out of every formatted string.
+
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod handler;
+pub mod proxy;
+pub mod secret;
+pub mod server;
+pub mod startup;
+pub mod telemetry;
+pub mod tokens;
+
+pub use error::GatewayError;
+pub use handler::Gateway;

@@ -1,0 +1,356 @@
+//! The JSON token-list formats, shared by token files and SSM parameters.
+//!
+//! Accepted shapes (key names are case-insensitive, as in .NET configuration):
+//!
+//! - the original ChatGptApiGateway `appsettings.json`: an object whose
+//!   `Tokens` array holds `{"Token": "…", "Expire": "2023-3-30 23:00"}`; other
+//!   keys are ignored, and `ReverseProxy.Clusters.*.Destinations.*.Address`
+//!   is reported as the upstream;
+//! - the native form, `{"tokens": [...]}`, or a bare array of entries with
+//!   `name`, `token` or `sha256`, `expires` (or `expire`) and `upstream_key`.
+//!
+//! Expiry times are RFC 3339, or the original's `yyyy-M-d H:mm[:ss]` (also
+//! `yyyy-M-d`, a `T` separator or `/` date separators). A time without an
+//! offset is read in the configured offset, UTC unless `TOKENS_UTC_OFFSET`
+//! says otherwise. Error messages name the entry and the problem, never a
+//! token or key.
+
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use serde_json::{Map, Value};
+
+use super::{TokenDigest, TokenEntry, TokenSet};
+use crate::secret::Secret;
+
+/// What a token list holds.
+#[derive(Debug, Clone)]
+pub struct TokenList {
+    /// The tokens.
+    pub tokens: TokenSet,
+    /// The upstream address found in an original `appsettings.json`, if any.
+    pub upstream: Option<String>,
+}
+
+/// Parses a token list. `offset` is the zone of times written without one.
+pub fn parse(text: &str, offset: FixedOffset) -> Result<TokenList, String> {
+    let root: Value = serde_json::from_str(text).map_err(|e| {
+        // serde_json's message gives line and column, never the offending text.
+        format!("not valid JSON: {e}")
+    })?;
+    let (items, upstream) = match &root {
+        Value::Array(items) => (items.as_slice(), None),
+        Value::Object(map) => {
+            let upstream = find_upstream(map);
+            match get(map, "tokens")? {
+                Some(Value::Array(items)) => (items.as_slice(), upstream),
+                Some(Value::Null) | None => (&[][..], upstream),
+                Some(_) => return Err("`tokens` must be an array of entries".into()),
+            }
+        }
+        _ => {
+            return Err(
+                "expected a JSON array of entries or an object with a `tokens` array".into(),
+            )
+        }
+    };
+    let entries = items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| parse_entry(index, item, offset))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(TokenList {
+        tokens: TokenSet::new(entries)?,
+        upstream,
+    })
+}
+
+/// Parses a `TOKENS_UTC_OFFSET` value such as `+08:00`, `-05:30` or `Z`.
+pub fn parse_offset(text: &str) -> Result<FixedOffset, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("z") || t.eq_ignore_ascii_case("utc") {
+        return Ok(FixedOffset::east_opt(0).expect("zero offset"));
+    }
+    DateTime::parse_from_rfc3339(&format!("2000-01-01T00:00:00{t}"))
+        .map(|d| *d.offset())
+        .map_err(|_| format!("`{t}` is not a UTC offset like +08:00"))
+}
+
+/// Case-insensitive member lookup; two keys differing only in case are an error.
+fn get<'a>(map: &'a Map<String, Value>, key: &str) -> Result<Option<&'a Value>, String> {
+    let mut found = None;
+    for (k, v) in map {
+        if k.eq_ignore_ascii_case(key) {
+            if found.is_some() {
+                return Err(format!(
+                    "key `{key}` appears more than once (keys are case-insensitive)"
+                ));
+            }
+            found = Some(v);
+        }
+    }
+    Ok(found)
+}
+
+fn object(v: Option<&Value>) -> Option<&Map<String, Value>> {
+    v.and_then(Value::as_object)
+}
+
+fn find_upstream(root: &Map<String, Value>) -> Option<String> {
+    let clusters = object(get(object(get(root, "reverseproxy").ok()?)?, "clusters").ok()?)?;
+    clusters
+        .values()
+        .filter_map(Value::as_object)
+        .find_map(|cluster| {
+            let destinations = object(get(cluster, "destinations").ok()?)?;
+            destinations
+                .values()
+                .filter_map(Value::as_object)
+                .find_map(|d| {
+                    get(d, "address")
+                        .ok()?
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+        })
+}
+
+const ENTRY_KEYS: [&str; 6] = [
+    "name",
+    "token",
+    "sha256",
+    "expires",
+    "expire",
+    "upstream_key",
+];
+
+fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenEntry, String> {
+    let Value::Object(map) = item else {
+        return Err(format!("entry {index}: expected an object"));
+    };
+    let name = match get(map, "name").map_err(|e| format!("entry {index}: {e}"))? {
+        None | Some(Value::Null) => format!("#{index}"),
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(_) => return Err(format!("entry {index}: `name` must be a non-empty string")),
+    };
+    let fail = |problem: String| format!("entry {index} ({name}): {problem}");
+    for key in map.keys() {
+        if !ENTRY_KEYS.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+            // An unknown key is most likely a typo of `expires`; ignoring it
+            // would silently make the token immortal.
+            return Err(fail(format!(
+                "unknown key `{key}` (expected one of: name, token, sha256, expires, upstream_key)"
+            )));
+        }
+    }
+    let string = |key: &str| -> Result<Option<&str>, String> {
+        match get(map, key).map_err(&fail)? {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(fail(format!("`{key}` must be a string"))),
+        }
+    };
+    let digest: TokenDigest = match (string("token")?, string("sha256")?) {
+        (Some(_), Some(_)) => return Err(fail("has both `token` and `sha256`; give one".into())),
+        (None, None) => return Err(fail("has neither `token` nor `sha256`".into())),
+        (Some(""), None) => return Err(fail("`token` is empty".into())),
+        (Some(token), None) => super::digest(token.as_bytes()),
+        (None, Some(hex)) => parse_hex_digest(hex)
+            .ok_or_else(|| fail("`sha256` must be 64 hexadecimal digits".into()))?,
+    };
+    let expires = match (string("expires")?, string("expire")?) {
+        (Some(_), Some(_)) => return Err(fail("has both `expires` and `expire`; give one".into())),
+        (Some(text), None) | (None, Some(text)) => Some(parse_time(text, offset).map_err(&fail)?),
+        (None, None) => None,
+    };
+    let upstream_key = match string("upstream_key")? {
+        Some("") => return Err(fail("`upstream_key` is empty".into())),
+        Some(key) => Some(Secret::new(key)),
+        None => None,
+    };
+    Ok(TokenEntry {
+        name,
+        digest,
+        expires,
+        upstream_key,
+    })
+}
+
+fn parse_hex_digest(hex: &str) -> Option<TokenDigest> {
+    let hex = hex.trim().as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Parses an expiry time: RFC 3339, or a local time in `offset`.
+pub fn parse_time(text: &str, offset: FixedOffset) -> Result<DateTime<Utc>, String> {
+    let t = text.trim();
+    if let Ok(at) = DateTime::parse_from_rfc3339(t) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    const FORMATS: [&str; 8] = [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+        "%Y/%m/%d %H:%M:%S",
+        "%Y/%m/%d %H:%M",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+    ];
+    let naive = FORMATS
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok())
+        .or_else(|| {
+            ["%Y-%m-%d", "%Y/%m/%d"]
+                .iter()
+                .find_map(|f| NaiveDate::parse_from_str(t, f).ok())
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+        })
+        .ok_or_else(|| {
+            format!("`expires` value `{t}` is not a time (use RFC 3339, e.g. 2026-12-31T23:59:59Z, or yyyy-M-d H:mm)")
+        })?;
+    offset
+        .from_local_datetime(&naive)
+        .single()
+        .map(|at| at.with_timezone(&Utc))
+        .ok_or_else(|| format!("`expires` value `{t}` is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn utc() -> FixedOffset {
+        FixedOffset::east_opt(0).unwrap()
+    }
+
+    const ORIGINAL: &str = r#"{
+      "Logging": {"LogLevel": {"Default": "Information"}},
+      "Tokens": [{"Token": "datatoken", "Expire": "2023-3-30 23:00"}],
+      "AllowedHosts": "*",
+      "ReverseProxy": {
+        "Routes": {"route1": {"ClusterId": "cluster1", "Match": {"Path": "{**catch-all}"}}},
+        "Clusters": {"cluster1": {"Destinations": {"destination1": {"Address": "https://api.openai.com/"}}}}
+      }
+    }"#;
+
+    #[test]
+    fn reads_the_original_appsettings_unchanged() {
+        let list = parse(ORIGINAL, utc()).unwrap();
+        assert_eq!(list.upstream.as_deref(), Some("https://api.openai.com/"));
+        let entry = list.tokens.find(b"datatoken").expect("token present");
+        assert_eq!(entry.name, "#0");
+        assert_eq!(
+            entry.expires,
+            Some(Utc.with_ymd_and_hms(2023, 3, 30, 23, 0, 0).unwrap())
+        );
+        assert!(list.tokens.find(b"DATATOKEN").is_none());
+    }
+
+    #[test]
+    fn offset_applies_to_times_without_one() {
+        let list = parse(ORIGINAL, parse_offset("+08:00").unwrap()).unwrap();
+        let entry = list.tokens.find(b"datatoken").unwrap();
+        assert_eq!(
+            entry.expires,
+            Some(Utc.with_ymd_and_hms(2023, 3, 30, 15, 0, 0).unwrap())
+        );
+        // An explicit offset wins over the configured one.
+        let t = parse_time("2026-12-31T23:59:59Z", parse_offset("+08:00").unwrap()).unwrap();
+        assert_eq!(t, Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 59).unwrap());
+    }
+
+    #[test]
+    fn native_forms_and_case_insensitive_keys() {
+        let hash = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"; // sha256("secret")
+        let text = format!(
+            r#"{{"TOKENS": [
+                {{"Name": "alice", "TOKEN": "tok-a", "Expires": "2026-12-31T23:59:59Z", "Upstream_Key": "sk-a"}},
+                {{"name": "bob", "sha256": "{}"}}
+            ]}}"#,
+            hash.to_uppercase()
+        );
+        let list = parse(&text, utc()).unwrap();
+        let alice = list.tokens.find(b"tok-a").unwrap();
+        assert_eq!(alice.name, "alice");
+        assert_eq!(alice.upstream_key.as_ref().unwrap().expose(), "sk-a");
+        let bob = list.tokens.find(b"secret").unwrap();
+        assert_eq!((bob.name.as_str(), bob.expires), ("bob", None));
+        let bare = parse(r#"[{"token": "x"}]"#, utc()).unwrap();
+        assert!(bare.tokens.find(b"x").is_some());
+        assert!(bare.upstream.is_none());
+    }
+
+    #[test]
+    fn time_formats() {
+        let at = |s| parse_time(s, utc()).unwrap();
+        let want = Utc.with_ymd_and_hms(2023, 3, 5, 7, 4, 0).unwrap();
+        assert_eq!(at("2023-3-5 7:04"), want);
+        assert_eq!(at("2023-03-05 07:04:00"), want);
+        assert_eq!(at("2023/3/5 7:04"), want);
+        assert_eq!(at("2023-03-05T07:04:00+00:00"), want);
+        assert_eq!(at("2023-03-05T15:04:00+08:00"), want);
+        assert_eq!(
+            at("2023-3-5"),
+            Utc.with_ymd_and_hms(2023, 3, 5, 0, 0, 0).unwrap()
+        );
+        assert!(parse_time("next tuesday", utc()).is_err());
+        assert!(parse_time("2023-13-01 00:00", utc()).is_err());
+    }
+
+    #[test]
+    fn errors_name_the_entry_and_never_the_token() {
+        let cases = [
+            (
+                r#"[{"token": "s3cr3t-value", "expires": "soon"}]"#,
+                "entry 0 (#0)",
+            ),
+            (
+                r#"[{"name": "n1", "token": "s3cr3t-value", "expiry": "2020-1-1"}]"#,
+                "unknown key `expiry`",
+            ),
+            (
+                r#"[{"name": "n2", "sha256": "s3cr3t-value"}]"#,
+                "64 hexadecimal",
+            ),
+            (
+                r#"[{"name": "n3", "token": "s3cr3t-value", "sha256": "ab"}]"#,
+                "both `token` and `sha256`",
+            ),
+            (r#"[{"name": "n4"}]"#, "neither"),
+            (
+                r#"[{"name": "a", "token": "s3cr3t-value"}, {"name": "b", "token": "s3cr3t-value"}]"#,
+                "repeats the token",
+            ),
+            (r#"[{"token": 5}]"#, "must be a string"),
+            (
+                r#"[{"token": "s3cr3t-value", "Token": "s3cr3t-value"}]"#,
+                "more than once",
+            ),
+            (
+                r#"{"tokens": {"token": "s3cr3t-value"}}"#,
+                "must be an array",
+            ),
+            (r#"[{"token": "s3cr3t-value""#, "not valid JSON"),
+            (r#""s3cr3t-value""#, "expected a JSON array"),
+        ];
+        for (text, want) in cases {
+            let err = parse(text, utc()).unwrap_err();
+            assert!(err.contains(want), "{text}: {err}");
+            assert!(!err.contains("s3cr3t"), "{text}: leaked in {err}");
+        }
+    }
+
+    #[test]
+    fn appsettings_without_tokens_is_an_empty_list() {
+        let list = parse(r#"{"AllowedHosts": "*"}"#, utc()).unwrap();
+        assert!(list.tokens.is_empty());
+    }
+}
