@@ -1,0 +1,812 @@
+//! Integration tests: the real gateway binary in front of a mock OpenAI upstream.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+
+const TOKENS: &str = r#"{"tokens": [
+    {"name": "alice", "token": "tok-alice-Secret1", "upstream_key": "sk-entry-key-9f3a"},
+    {"name": "bob", "token": "tok-bob-Secret2"},
+    {"name": "carol", "sha256": "a6a7b1a1c3f0d9b3f0d4dc52c7d0cd1ee3bb67b4dc4c2f8cfbc6bfd27e5d0a7b"},
+    {"name": "old", "token": "tok-old-Secret3", "expires": "2020-01-01T00:00:00Z"}
+]}"#;
+
+async fn setup() -> (MockUpstream, GatewayProc) {
+    let upstream = MockUpstream::start().await;
+    let gw = Launch::new(&upstream.url()).tokens(TOKENS).start();
+    (upstream, gw)
+}
+
+async fn error_of(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn sse_events_arrive_as_they_are_sent() {
+    let (_up, gw) = setup().await;
+    let started = Instant::now();
+    let response = client()
+        .post(gw.url("/v1/sse?n=5&gap_ms=200&token=tok-bob-Secret2"))
+        .body(r#"{"stream":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut stream = response.bytes_stream();
+    let mut seen = String::new();
+    let mut arrivals = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        let before = seen.matches("data: ").count();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+        for _ in before..seen.matches("data: ").count() {
+            arrivals.push(started.elapsed());
+        }
+    }
+    assert_eq!(arrivals.len(), 6, "5 chunks and [DONE]: {seen}");
+    assert!(seen.ends_with("data: [DONE]\n\n"));
+    // Each event arrives on its own, about 200 ms after the one before:
+    // a buffering proxy would deliver them all at once at the end.
+    for pair in arrivals.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_millis(120),
+            "events bunched together: {arrivals:?}"
+        );
+    }
+    assert!(
+        arrivals[5] - arrivals[0] >= Duration::from_millis(800),
+        "{arrivals:?}"
+    );
+}
+
+#[tokio::test]
+async fn binary_bodies_pass_unchanged_both_ways() {
+    let (up, gw) = setup().await;
+    let payload: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(7919) >> 3) as u8)
+        .collect();
+    let response = client()
+        .post(gw.url("/v1/echo?token=tok-bob-Secret2"))
+        .header("content-type", "audio/wav")
+        .body(payload.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "audio/wav");
+    let back = response.bytes().await.unwrap();
+    assert_eq!(back.len(), payload.len());
+    assert!(back[..] == payload[..], "echoed body differs");
+    let seen = up.last();
+    assert_eq!(seen.body_sha256, sha256_hex(&payload));
+    assert_eq!(seen.header("content-length").as_deref(), Some("300000"));
+
+    // Download, and a compressed body that must stay compressed.
+    let response = client()
+        .get(gw.url("/v1/download?bytes=1000003&token=tok-bob-Secret2"))
+        .send()
+        .await
+        .unwrap();
+    let got = response.bytes().await.unwrap();
+    assert_eq!(got.len(), 1_000_003);
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == pattern_byte(i as u64)));
+    let response = client()
+        .get(gw.url("/v1/gzip?token=tok-bob-Secret2"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    assert_eq!(&response.bytes().await.unwrap()[..], GZIP_HELLO);
+    assert_eq!(up.last().header("accept-encoding").as_deref(), Some("gzip"));
+}
+
+#[tokio::test]
+async fn request_headers_are_filtered() {
+    let (up, gw) = setup().await;
+    let response = client()
+        .post(gw.url("/v1/chat/completions?token=tok-bob-Secret2"))
+        .header("connection", "x-hop-custom")
+        .header("x-hop-custom", "1")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "Basic cHJveHk=")
+        .header("te", "trailers")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-proto", "https")
+        .header("forwarded", "for=203.0.113.9")
+        .header("x-amzn-trace-id", "Root=1-abc")
+        .header("x-real-ip", "203.0.113.9")
+        .header("x-token", "tok-bob-Secret2")
+        .header("authorization", "Bearer sk-client-own-key")
+        .header("openai-organization", "org-123")
+        .header("openai-beta", "assistants=v2")
+        .header("user-agent", "OpenAI/Python 1.0")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = up.last();
+    for gone in [
+        "connection",
+        "x-hop-custom",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "forwarded",
+        "x-amzn-trace-id",
+        "x-real-ip",
+        "x-token",
+    ] {
+        assert_eq!(seen.header(gone), None, "{gone} was forwarded");
+    }
+    assert_eq!(seen.header("host"), Some(up.addr.to_string()));
+    assert_eq!(
+        seen.header("authorization").as_deref(),
+        Some("Bearer sk-client-own-key")
+    );
+    assert_eq!(
+        seen.header("openai-organization").as_deref(),
+        Some("org-123")
+    );
+    assert_eq!(seen.header("openai-beta").as_deref(), Some("assistants=v2"));
+    assert_eq!(
+        seen.header("user-agent").as_deref(),
+        Some("OpenAI/Python 1.0")
+    );
+    assert_eq!(seen.body, b"{}");
+}
+
+#[tokio::test]
+async fn response_headers_and_errors_pass_through() {
+    let (_up, gw) = setup().await;
+    let response = client()
+        .get(gw.url("/v1/models?token=tok-bob-Secret2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let h = response.headers();
+    assert_eq!(h["x-request-id"], "req_mock_123");
+    assert_eq!(h["openai-processing-ms"], "42");
+    assert_eq!(h["openai-version"], "2020-10-01");
+    assert_eq!(h["x-ratelimit-remaining-requests"], "99");
+    assert_eq!(h["retry-after"], "1");
+    // Upstream errors keep their status and body.
+    let response = client()
+        .get(gw.url("/v1/status/429?token=tok-bob-Secret2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "mock error 429");
+}
+
+#[tokio::test]
+async fn gateway_token_is_stripped_and_query_kept_byte_for_byte() {
+    let (up, gw) = setup().await;
+    let r = client()
+        .get(gw.url(
+            "/v1/files?limit=2&token=tok-bob-Secret2&after=file%2Dx&purpose=a+b&empty=&flag&%7E=1",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        up.last().target,
+        "/v1/files?limit=2&after=file%2Dx&purpose=a+b&empty=&flag&%7E=1"
+    );
+    client()
+        .get(gw.url("/v1/models?token=tok-bob-Secret2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(up.last().target, "/v1/models");
+    // X-Token, and a gateway token used as the Bearer.
+    client()
+        .get(gw.url("/v1/models?x=1"))
+        .header("x-token", "tok-bob-Secret2")
+        .send()
+        .await
+        .unwrap();
+    let seen = up.last();
+    assert_eq!(
+        (seen.target.as_str(), seen.header("x-token")),
+        ("/v1/models?x=1", None)
+    );
+    let r = client()
+        .get(gw.url("/v1/models"))
+        .bearer_auth("tok-bob-Secret2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        up.last().header("authorization"),
+        None,
+        "the gateway token went upstream"
+    );
+}
+
+#[tokio::test]
+async fn each_failure_gets_its_401_code() {
+    let (up, gw) = setup().await;
+    let cases = [
+        ("/v1/models", "missing_token"),
+        ("/v1/models?token=nope", "invalid_token"),
+        ("/v1/models?token=TOK-BOB-SECRET2", "invalid_token"),
+        ("/v1/models?token=tok-old-Secret3", "token_expired"),
+    ];
+    for (path, code) in cases {
+        let r = client().get(gw.url(path)).send().await.unwrap();
+        let (status, body) = error_of(r).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some(code)),
+            "{path}"
+        );
+        assert_eq!(body["error"]["type"], "authentication_error");
+        assert!(body["error"]["param"].is_null());
+        assert!(body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    let r = client()
+        .get(gw.url("/v1/models?token=tok-bob-Secret2&token=other"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.1["error"]["code"], "conflicting_tokens");
+    assert_eq!(up.count(), 0, "a refused request reached the upstream");
+}
+
+#[tokio::test]
+async fn a_token_expires_at_its_instant() {
+    let up = MockUpstream::start().await;
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let tokens = format!(
+        r#"[{{"name": "edge", "token": "tok-edge", "expires": "{}"}}]"#,
+        expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    );
+    let gw = Launch::new(&up.url()).tokens(&tokens).start();
+    let r = client()
+        .get(gw.url("/v1/models?token=tok-edge"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "valid before its expiry");
+    let wait =
+        (expires - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(50);
+    tokio::time::sleep(wait).await;
+    let r = client()
+        .get(gw.url("/v1/models?token=tok-edge"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.1["error"]["code"], "token_expired");
+}
+
+#[tokio::test]
+async fn the_original_appsettings_json_works_unchanged() {
+    let up = MockUpstream::start().await;
+    let appsettings = format!(
+        r#"{{
+  "Logging": {{"LogLevel": {{"Default": "Information", "Microsoft": "Warning"}}}},
+  "Tokens": [
+    {{"Token": "datatoken", "Expire": "2099-3-30 23:00"}},
+    {{"Token": "oldtoken", "Expire": "2023-3-30 23:00"}}
+  ],
+  "AllowedHosts": "*",
+  "ReverseProxy": {{
+    "Routes": {{"route1": {{"ClusterId": "cluster1", "Match": {{"Path": "{{**catch-all}}"}}}}}},
+    "Clusters": {{"cluster1": {{"Destinations": {{"destination1": {{"Address": "{}/"}}}}}}}}
+  }}
+}}"#,
+        up.url()
+    );
+    // No UPSTREAM_URL: the address comes from the file.
+    let mut launch = Launch::new("unused").tokens(&appsettings);
+    launch.env.retain(|(k, _)| k != "UPSTREAM_URL");
+    let gw = launch.start();
+    let r = client()
+        .get(gw.url("/api/v1/models?token=datatoken"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().target, "/api/v1/models");
+    let r = client()
+        .get(gw.url("/v1/models?token=oldtoken"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.1["error"]["code"], "token_expired");
+    let r = client()
+        .get(gw.url("/v1/models?token=DataToken"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(r).await.1["error"]["code"],
+        "invalid_token",
+        "tokens are case-sensitive"
+    );
+}
+
+#[tokio::test]
+async fn sha256_entries_accept_the_token_they_hash() {
+    let up = MockUpstream::start().await;
+    let tokens = format!(
+        r#"[{{"name": "hashed", "sha256": "{}"}}]"#,
+        sha256_hex(b"plain-Token-7")
+    );
+    let gw = Launch::new(&up.url()).tokens(&tokens).start();
+    let r = client()
+        .get(gw.url("/v1/models?token=plain-Token-7"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let hash = sha256_hex(b"plain-Token-7");
+    let r = client()
+        .get(gw.url(&format!("/v1/models?token={hash}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the digest itself is not a token");
+    let lines = gw.wait_access_lines(2);
+    assert_eq!(lines[0]["token"], "hashed");
+}
+
+#[tokio::test]
+async fn upstream_key_injection_versus_pass_through() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url())
+        .tokens(TOKENS)
+        .env("UPSTREAM_API_KEY", "sk-global-key-77c1")
+        .start();
+    // The entry's own key wins, and the client's key is replaced.
+    client()
+        .get(gw.url("/v1/models?token=tok-alice-Secret1"))
+        .bearer_auth("sk-client")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        up.last().header("authorization").as_deref(),
+        Some("Bearer sk-entry-key-9f3a")
+    );
+    assert_eq!(up.last().header_count("authorization"), 1);
+    // Without an own key, the global one.
+    client()
+        .get(gw.url("/v1/models"))
+        .bearer_auth("tok-bob-Secret2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        up.last().header("authorization").as_deref(),
+        Some("Bearer sk-global-key-77c1")
+    );
+    drop(gw);
+
+    // No key configured: the client's own Authorization goes through unchanged.
+    let gw = Launch::new(&up.url()).tokens(TOKENS).start();
+    client()
+        .get(gw.url("/v1/models?token=tok-bob-Secret2"))
+        .bearer_auth("sk-client-own")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        up.last().header("authorization").as_deref(),
+        Some("Bearer sk-client-own")
+    );
+}
+
+#[tokio::test]
+async fn unreachable_and_slow_upstreams_get_502_and_504() {
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = Launch::new(&format!("http://{closed}"))
+        .tokens(TOKENS)
+        .start();
+    let r = client()
+        .get(gw.url("/v1/models?token=tok-bob-Secret2"))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = error_of(r).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (502, Some("upstream_unreachable"))
+    );
+    drop(gw);
+
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url())
+        .tokens(TOKENS)
+        .env("UPSTREAM_TIMEOUT_SECS", "1")
+        .start();
+    let started = Instant::now();
+    let r = client()
+        .get(gw.url("/v1/slow?ms=5000&token=tok-bob-Secret2"))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = error_of(r).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (504, Some("upstream_timeout"))
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // And the next request is served.
+    let r = client()
+        .get(gw.url("/v1/models?token=tok-bob-Secret2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn a_dropped_stream_ends_promptly_and_the_next_request_is_served() {
+    let (_up, gw) = setup().await;
+    let started = Instant::now();
+    let r = client()
+        .get(gw.url("/v1/drop?after=3&token=tok-bob-Secret2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    let mut got = Vec::new();
+    let mut failed = false;
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("stream hung")
+    {
+        match chunk {
+            Ok(c) => got.extend_from_slice(&c),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        failed,
+        "the client must see the stream break, not a clean end"
+    );
+    assert_eq!(String::from_utf8_lossy(&got).matches("data: ").count(), 3);
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // A stalled stream is cut after the idle timeout.
+    let up = MockUpstream::start().await;
+    let gw2 = Launch::new(&up.url())
+        .tokens(TOKENS)
+        .env("UPSTREAM_IDLE_TIMEOUT_SECS", "1")
+        .start();
+    let r = client()
+        .get(gw2.url("/v1/stall?token=tok-bob-Secret2"))
+        .send()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), r.bytes())
+        .await
+        .expect("stalled stream never ended");
+    assert!(outcome.is_err());
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    let r = client()
+        .get(gw.url("/v1/models?token=tok-bob-Secret2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn no_request_can_reach_another_host() {
+    let (up, gw) = setup().await;
+    // Absolute-form target naming another host, plus Host and X-Forwarded-Host tricks.
+    let answer = raw(
+        gw.addr,
+        b"GET http://evil.example/v1/models?token=tok-bob-Secret2 HTTP/1.1\r\nHost: evil.example\r\nX-Forwarded-Host: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = up.last();
+    assert_eq!(seen.target, "/v1/models");
+    assert_eq!(seen.header("host"), Some(up.addr.to_string()));
+    assert_eq!(seen.header("x-forwarded-host"), None);
+
+    for path in [
+        "//evil.example/v1/models",
+        "/@evil.example/v1/models",
+        "/v1/%2F%2Fevil.example",
+    ] {
+        let request = format!(
+            "GET {path}?token=tok-bob-Secret2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let answer = raw(gw.addr, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+        let seen = up.last();
+        assert_eq!(seen.target, path, "forwarded verbatim to the same upstream");
+        assert_eq!(seen.header("host"), Some(up.addr.to_string()));
+    }
+    let before = up.count();
+    for path in [
+        "/v1/../../admin",
+        "/v1/%2e%2e/admin",
+        "/v1/.%2E/x",
+        "/v1/./models",
+        "/\\evil.example/x",
+    ] {
+        let request = format!(
+            "GET {path}?token=tok-bob-Secret2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let answer = raw(gw.addr, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+        assert!(
+            answer.contains("\"code\":\"invalid_path\""),
+            "{path}: {answer}"
+        );
+    }
+    assert_eq!(up.count(), before, "a refused path reached the upstream");
+}
+
+#[tokio::test]
+async fn access_log_lines_carry_the_facts_and_no_secret() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url())
+        .tokens(TOKENS)
+        .env("UPSTREAM_API_KEY", "sk-global-key-77c1")
+        .start();
+    let c = client();
+    c.post(gw.url("/v1/chat/completions?token=tok-bob-Secret2&user=query-secret-x"))
+        .bearer_auth("sk-client-own")
+        .body("{\"model\":\"x\"}")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    c.get(gw.url("/v1/models"))
+        .header("x-token", "tok-alice-Secret1")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    c.get(gw.url("/v1/models"))
+        .bearer_auth("tok-wrong-Secret9")
+        .send()
+        .await
+        .unwrap();
+    c.get(gw.url("/v1/models?token=tok-old-Secret3"))
+        .send()
+        .await
+        .unwrap();
+    let lines = gw.wait_access_lines(4);
+    assert_eq!(lines.len(), 4, "{}", gw.log_text());
+    let first = &lines[0];
+    assert_eq!(first["method"], "POST");
+    assert_eq!(first["path"], "/v1/chat/completions");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["token"], "bob");
+    assert_eq!(first["bytes_in"], 13);
+    assert!(first["bytes_out"].as_u64().unwrap() > 10);
+    assert!(first["upstream_ms"].as_f64().is_some());
+    assert!(first["duration_ms"].as_f64().is_some());
+    assert_eq!(lines[1]["token"], "alice");
+    assert_eq!(
+        (lines[2]["status"].as_u64(), lines[2]["error_code"].as_str()),
+        (Some(401), Some("invalid_token"))
+    );
+    assert_eq!(lines[3]["error_code"], "token_expired");
+    let text = gw.log_text();
+    for secret in [
+        "tok-bob-Secret2",
+        "tok-alice-Secret1",
+        "tok-wrong-Secret9",
+        "tok-old-Secret3",
+        "sk-global-key-77c1",
+        "sk-entry-key-9f3a",
+        "sk-client-own",
+        "query-secret-x",
+        "Bearer",
+    ] {
+        assert!(!text.contains(secret), "log holds {secret}:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn large_bodies_stream_without_growing_memory() {
+    let (up, gw) = setup().await;
+    let c = client();
+    // Warm up so the baseline includes the connection pools and buffers.
+    c.get(gw.url("/v1/download?bytes=1048576&token=tok-bob-Secret2"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let baseline = gw.peak_rss_kib();
+
+    const UP: u64 = 64 << 20;
+    let chunks = futures_util::stream::iter((0..UP / (1 << 16)).map(|i| {
+        let chunk: Vec<u8> = (i * 65536..(i + 1) * 65536).map(pattern_byte).collect();
+        Ok::<_, std::io::Error>(chunk)
+    }));
+    let r = c
+        .post(gw.url("/v1/upload?token=tok-bob-Secret2"))
+        .header("content-length", UP.to_string())
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: serde_json::Value = r.json().await.unwrap();
+    let mut hasher = sha2::Sha256::default();
+    for i in 0..UP / (1 << 16) {
+        let chunk: Vec<u8> = (i * 65536..(i + 1) * 65536).map(pattern_byte).collect();
+        sha2::Digest::update(&mut hasher, &chunk);
+    }
+    let want = hex(&sha2::Digest::finalize(hasher));
+    assert_eq!(answer["len"], UP);
+    assert_eq!(answer["sha256"], want);
+    assert_eq!(up.last().body_sha256, want);
+
+    const DOWN: u64 = 100 << 20;
+    let r = c
+        .get(gw.url(&format!("/v1/download?bytes={DOWN}&token=tok-bob-Secret2")))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = r.bytes_stream();
+    let mut at = 0u64;
+    let mut intact = true;
+    while let Some(chunk) = stream.next().await {
+        for b in chunk.unwrap().iter() {
+            intact &= *b == pattern_byte(at);
+            at += 1;
+        }
+    }
+    assert_eq!(at, DOWN);
+    assert!(intact, "downloaded bytes differ");
+    let growth_mib = (gw.peak_rss_kib().saturating_sub(baseline)) as f64 / 1024.0;
+    eprintln!(
+        "peak RSS growth over 64 MB up + 100 MB down: {growth_mib:.1} MiB (baseline {} KiB)",
+        baseline
+    );
+    assert!(growth_mib < 48.0, "peak RSS grew by {growth_mib:.1} MiB");
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_streams_finish() {
+    let (_up, gw) = setup().await;
+    let r = client()
+        .get(gw.url("/v1/sse?n=6&gap_ms=150&token=tok-bob-Secret2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.terminate();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // New connections are refused while the stream goes on.
+    assert!(
+        tokio::net::TcpStream::connect(gw.addr).await.is_err(),
+        "still accepting after SIGTERM"
+    );
+    let body = r.text().await.expect("the in-flight stream completes");
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut gw = gw;
+    loop {
+        if let Some(status) = gw.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "did not exit after the stream ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn start_up_refuses_bad_or_unsafe_configurations() {
+    let upstream = "http://127.0.0.1:9";
+    let fail = |launch: Launch| match launch.spawn() {
+        Ok(_) => panic!("the gateway started"),
+        Err((code, logs)) => {
+            assert_eq!(code, Some(1));
+            logs.join("\n")
+        }
+    };
+    let out = fail(Launch::new(upstream).tokens(r#"[{"name": "ok", "token": "fine"}, {"name": "bad", "token": "leaky-Secret", "expires": "tomorrow"}]"#));
+    assert!(
+        out.contains("tokens.json") && out.contains("entry 1 (bad)") && out.contains("expires"),
+        "{out}"
+    );
+    assert!(!out.contains("leaky-Secret"), "{out}");
+    let out = fail(Launch::new(upstream).env("UPSTREAM_API_KEY", "sk-lonely-key"));
+    assert!(
+        out.contains("UPSTREAM_API_KEY") && !out.contains("sk-lonely-key"),
+        "{out}"
+    );
+    let out = fail(Launch::new(upstream).arg("--listen").arg("0.0.0.0:0"));
+    assert!(out.contains("ALLOW_ANONYMOUS"), "{out}");
+    let out = fail(Launch::new("ftp://nowhere").tokens(TOKENS));
+    assert!(out.contains("http://"), "{out}");
+    let out = fail(Launch::new(upstream).env("TOKENS_FILE", "/nonexistent/tokens.json"));
+    assert!(out.contains("/nonexistent/tokens.json"), "{out}");
+
+    // Loopback with no tokens is the original's open mode; so is ALLOW_ANONYMOUS.
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).start();
+    let r = client()
+        .get(gw.url("/v1/models?token=ignored&x=1"))
+        .bearer_auth("sk-own")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().target, "/v1/models?x=1");
+    assert_eq!(
+        up.last().header("authorization").as_deref(),
+        Some("Bearer sk-own")
+    );
+    let gw = Launch::new(&up.url())
+        .env("ALLOW_ANONYMOUS", "true")
+        .arg("--listen")
+        .arg("0.0.0.0:0")
+        .start();
+    assert!(gw.addr.ip().is_unspecified());
+}
+
+#[tokio::test]
+async fn flags_win_over_environment_and_prefixes_are_kept() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new("http://127.0.0.1:9")
+        .tokens(TOKENS)
+        .arg("serve")
+        .arg("--upstream")
+        .arg(&format!("{}/openai/", up.url()))
+        .start();
+    let r = client()
+        .get(gw.url("/v1/models?token=tok-bob-Secret2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().target, "/openai/v1/models");
+}
