@@ -117,6 +117,10 @@ impl Body for GatewayBody {
                 if let Some(data) = frame.data_ref() {
                     this.sent += data.len() as u64;
                 }
+                // The server may never poll a body past its last frame.
+                if this.is_end_stream() {
+                    this.finish("complete");
+                }
             }
             Poll::Ready(Some(Err(e))) => {
                 tracing::warn!(error = %e, "response stream ended early");
