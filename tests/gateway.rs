@@ -629,7 +629,10 @@ async fn access_log_lines_carry_the_facts_and_no_secret() {
         (Some(401), Some("invalid_token"))
     );
     assert_eq!(lines[3]["error_code"], "token_expired");
-    assert!(lines.iter().all(|l| l["outcome"] == "complete"), "{lines:?}");
+    assert!(
+        lines.iter().all(|l| l["outcome"] == "complete"),
+        "{lines:?}"
+    );
     let text = gw.log_text();
     for secret in [
         "tok-bob-Secret2",
