@@ -65,6 +65,14 @@ impl GatewayBody {
         }
     }
 
+    /// The bytes of a body made with [`GatewayBody::full`]; empty for a stream.
+    pub fn into_full(mut self) -> Bytes {
+        match &mut self.kind {
+            Kind::Full(bytes) => bytes.take().unwrap_or_default(),
+            Kind::Upstream { .. } => Bytes::new(),
+        }
+    }
+
     /// Writes `log` when this body is finished or dropped.
     pub(crate) fn with_log(mut self, log: AccessLog) -> Self {
         self.log = Some(log);

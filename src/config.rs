@@ -12,7 +12,8 @@
 //! | | `ALLOW_ANONYMOUS` | false | allow no tokens on a non-loopback address |
 //! | | `TOKENS_UTC_OFFSET` | `+00:00` | zone of expiry times written without one |
 //! | | `SHUTDOWN_GRACE_SECS` | 30 | how long in-flight requests may finish on SIGTERM |
-//! | | `LOG_FORMAT` | `text` | `json` for one JSON object a line |
+//! | | `LOG_FORMAT` | `text` (`json` on Lambda) | `json` for one JSON object a line |
+//! | | `GATEWAY_INVOKE_MODE` | `RESPONSE_STREAM` | Lambda only: or `BUFFERED` |
 //! | | `RUST_LOG` | `info` | log level filter |
 
 use std::net::SocketAddr;
@@ -97,9 +98,9 @@ pub struct Settings {
     #[arg(long, env = SHUTDOWN_GRACE_SECS, default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 
-    /// Log format: text or json.
-    #[arg(long, env = LOG_FORMAT, default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    /// Log format: text or json [default: text locally, json on Lambda].
+    #[arg(long, env = LOG_FORMAT, value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
 }
 
 impl Settings {

@@ -18,7 +18,7 @@ use crate::body::{BoxError, Counted, GatewayBody};
 use crate::error::GatewayError;
 use crate::proxy::{self, Proxy};
 use crate::secret::Secret;
-use crate::telemetry::AccessLog;
+use crate::telemetry::{AccessLog, RequestId};
 use crate::tokens::cache::Cached;
 use crate::tokens::TokenSet;
 
@@ -77,6 +77,7 @@ impl Gateway {
         let received = Arc::new(AtomicU64::new(0));
         let (mut parts, body) = request.into_parts();
         let mut log = AccessLog::start(&parts.method, parts.uri.path(), started, received.clone());
+        log.request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
         let response = match self.forward(&mut parts, body, &mut log, received).await {
             Ok(response) => response,
             Err(error) => {

@@ -2,8 +2,8 @@
 //!
 //! A request flows one way through the modules:
 //!
-//! 1. [`server`] (local HTTP/1.1) hands an `http::Request` to
-//!    [`handler::Gateway::handle`];
+//! 1. [`server`] (local HTTP/1.1) or [`lambda`] (Lambda events, streamed or
+//!    buffered) hands an `http::Request` to [`handler::Gateway::handle`];
 //! 2. [`auth`] finds the gateway token (`?token=`, `X-Token` or Bearer),
 //!    checks it against the [`tokens`] list and strips it;
 //! 3. [`proxy`] maps the path onto the upstream, filters headers, injects the
@@ -20,6 +20,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod handler;
+pub mod lambda;
 pub mod proxy;
 pub mod secret;
 pub mod server;

@@ -1,8 +1,12 @@
 //! The `chatgpt-gateway` binary: parse the command line, set up logs, pick a mode.
+//!
+//! Under a Lambda runtime (`AWS_LAMBDA_RUNTIME_API` set) it serves Lambda
+//! events; otherwise it runs the local HTTP server.
 
 use std::process::ExitCode;
 
 use chatgpt_gateway::config::Settings;
+use chatgpt_gateway::lambda::{self, InvokeMode};
 use chatgpt_gateway::startup::{self, Mode};
 use chatgpt_gateway::{server, telemetry};
 use clap::{Parser, Subcommand};
@@ -32,14 +36,26 @@ fn main() -> ExitCode {
         Some(Command::Serve { settings }) => settings,
         None => cli.settings,
     };
-    telemetry::init(settings.log_format == "json");
+    let in_lambda = lambda::in_lambda();
+    telemetry::init(
+        settings
+            .log_format
+            .as_deref()
+            .map_or(in_lambda, |f| f == "json"),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(serve(settings)) {
+    let outcome = if in_lambda {
+        runtime.block_on(run_lambda(settings))
+    } else {
+        runtime.block_on(serve(settings))
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
+            tracing::error!(error = %message, "stopped");
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
@@ -63,4 +79,13 @@ async fn serve(settings: Settings) -> Result<(), String> {
     )
     .await;
     Ok(())
+}
+
+async fn run_lambda(settings: Settings) -> Result<(), String> {
+    let mode = InvokeMode::from_env()?;
+    let gateway = startup::build(&settings, Mode::Lambda)
+        .await
+        .map_err(|e| e.to_string())?;
+    gateway.proxy().warm_up().await;
+    lambda::run(gateway, mode).await.map_err(|e| e.to_string())
 }

@@ -52,6 +52,28 @@ impl Proxy {
         &self.upstream
     }
 
+    /// Opens a pooled connection (TCP and TLS) to the upstream ahead of the
+    /// first request, so a cold Lambda container does not pay for it on a
+    /// client's time. Failures are only logged: the first request retries.
+    pub async fn warm_up(&self) {
+        let started = std::time::Instant::now();
+        let url = format!("{}/", self.upstream.base());
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(2), self.client.head(url).send()).await;
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        match outcome {
+            Ok(Ok(response)) => tracing::info!(
+                status = response.status().as_u16(),
+                ms,
+                "upstream connection warmed up"
+            ),
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error_chain(&error.without_url()), ms, "upstream warm-up failed")
+            }
+            Err(_) => tracing::warn!(ms, "upstream warm-up timed out"),
+        }
+    }
+
     /// Maps a request path and (already stripped) query to the upstream URL.
     pub fn target(&self, path: &str, query: Option<&str>) -> Result<Url, GatewayError> {
         check_path(path)?;

@@ -35,6 +35,11 @@ pub fn init(json: bool) {
     drop(result);
 }
 
+/// The id of the invocation a request arrived in (Lambda), put in the
+/// request's extensions by the Lambda glue and written on its access line.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
 /// The longest path written to a log line; longer ones are cut.
 const MAX_LOGGED_PATH: usize = 256;
 
@@ -49,6 +54,7 @@ pub struct AccessLog {
     pub(crate) started: Instant,
     pub(crate) upstream_ms: Option<f64>,
     pub(crate) received: Arc<AtomicU64>,
+    pub(crate) request_id: Option<String>,
 }
 
 impl AccessLog {
@@ -72,6 +78,7 @@ impl AccessLog {
             started,
             upstream_ms: None,
             received,
+            request_id: None,
         }
     }
 
@@ -89,6 +96,7 @@ impl AccessLog {
             bytes_in = self.received.load(Ordering::Relaxed),
             bytes_out = sent,
             outcome,
+            request_id = self.request_id.as_deref(),
             "request"
         );
     }

@@ -160,6 +160,7 @@ async fn answer(req: Request<Incoming>, log: Arc<Mutex<Vec<Recorded>>>) -> Respo
         }
     }
     let sha = hex(&hasher.finalize());
+    let wants_stream = String::from_utf8_lossy(&kept).contains("\"stream\": true");
     log.lock().unwrap().push(Recorded {
         method: parts.method.to_string(),
         target: target.clone(),
@@ -213,7 +214,7 @@ async fn answer(req: Request<Incoming>, log: Arc<Mutex<Vec<Recorded>>>) -> Respo
         )))
     };
     match path.as_str() {
-        p if p.ends_with("/sse") => {
+        p if p.ends_with("/sse") || p.ends_with("/chat/completions") && wants_stream => {
             let mut events: Vec<_> = (0..n("n", 5)).map(chunk).collect();
             events.push(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
             sse(events, Duration::from_millis(n("gap_ms", 200)), None)

@@ -1,0 +1,281 @@
+//! Lambda mode: the events in `events/` through the Lambda glue and the core
+//! handler, against a mock upstream. Checks what the upstream received and
+//! what the client gets back, in both invoke modes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use chatgpt_gateway::config::Upstream;
+use chatgpt_gateway::lambda;
+use chatgpt_gateway::proxy::Proxy;
+use chatgpt_gateway::tokens::cache::Cached;
+use chatgpt_gateway::tokens::format;
+use chatgpt_gateway::Gateway;
+use common::*;
+use http_body_util::BodyExt;
+use lambda_http::RequestExt;
+
+fn gateway(upstream: &str) -> Gateway {
+    let list = format::parse(
+        include_str!("../events/tokens.json"),
+        chrono::FixedOffset::east_opt(0).unwrap(),
+    )
+    .unwrap();
+    let proxy = Proxy::new(
+        Upstream::parse(upstream).unwrap(),
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    Gateway::new(
+        proxy,
+        Cached::fixed(list.tokens),
+        None,
+        false,
+        Duration::from_secs(30),
+    )
+}
+
+fn event(json: &str) -> lambda_http::Request {
+    let mut context = lambda_runtime::Context::default();
+    context.request_id = "req-lambda-test-1".into();
+    lambda_http::request::from_str(json)
+        .expect("the event deserializes")
+        .with_lambda_context(context)
+}
+
+async fn body_of(response: http::Response<chatgpt_gateway::body::GatewayBody>) -> Vec<u8> {
+    response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec()
+}
+
+fn event_body(json: &str) -> Vec<u8> {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    let body = v["body"].as_str().unwrap();
+    if v["isBase64Encoded"].as_bool().unwrap_or(false) {
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap()
+    } else {
+        body.as_bytes().to_vec()
+    }
+}
+
+#[tokio::test]
+async fn function_url_get_models() {
+    let up = MockUpstream::start().await;
+    let gw = gateway(&up.url());
+    let response = lambda::streaming(
+        &gw,
+        event(include_str!("../events/function-url-get-models.json")),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.headers()["x-request-id"], "req_mock_123");
+    assert!(response.headers().get("content-length").is_none());
+    let body: serde_json::Value = serde_json::from_slice(&body_of(response).await).unwrap();
+    assert_eq!(body["data"][0]["id"], "gpt-4o");
+    let seen = up.last();
+    assert_eq!(
+        (seen.method.as_str(), seen.target.as_str()),
+        ("GET", "/v1/models")
+    );
+    assert_eq!(seen.header("host"), Some(up.addr.to_string()));
+    assert_eq!(
+        seen.header("authorization").as_deref(),
+        Some("Bearer sk-client-own-key")
+    );
+    for gone in [
+        "x-amzn-tls-version",
+        "x-amzn-trace-id",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-port",
+    ] {
+        assert_eq!(seen.header(gone), None, "{gone}");
+    }
+}
+
+#[tokio::test]
+async fn function_url_streamed_chat_keeps_event_timing() {
+    let up = MockUpstream::start().await;
+    let gw = gateway(&up.url());
+    let json = include_str!("../events/function-url-chat-stream.json");
+    let response = lambda::streaming(&gw, event(json)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    let started = Instant::now();
+    let mut arrivals = Vec::new();
+    let mut text = String::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            if !data.is_empty() {
+                arrivals.push(started.elapsed());
+                text.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+    }
+    assert_eq!(text.matches("data: ").count(), 6, "{text}");
+    assert!(
+        arrivals.len() >= 6,
+        "events arrived in {} frames",
+        arrivals.len()
+    );
+    assert!(
+        arrivals[arrivals.len() - 1] - arrivals[0] >= Duration::from_millis(800),
+        "{arrivals:?}"
+    );
+    let seen = up.last();
+    assert_eq!(
+        (seen.method.as_str(), seen.target.as_str()),
+        ("POST", "/v1/chat/completions")
+    );
+    assert_eq!(seen.body, event_body(json));
+}
+
+#[tokio::test]
+async fn function_url_base64_multipart_upload_arrives_byte_for_byte() {
+    let up = MockUpstream::start().await;
+    let gw = gateway(&up.url());
+    let json = include_str!("../events/function-url-audio-upload.json");
+    let response = lambda::streaming(&gw, event(json)).await;
+    assert_eq!(response.status(), 200);
+    let seen = up.last();
+    let sent = event_body(json);
+    assert!(
+        sent.windows(4).any(|w| w == b"RIFF"),
+        "the event carries a WAV file"
+    );
+    assert_eq!(seen.body, sent);
+    assert_eq!(seen.header("content-length"), Some(sent.len().to_string()));
+    assert!(seen
+        .header("content-type")
+        .unwrap()
+        .starts_with("multipart/form-data; boundary="));
+}
+
+#[tokio::test]
+async fn http_api_v2_stage_is_not_forwarded_and_cookies_are_carried() {
+    let up = MockUpstream::start().await;
+    let gw = gateway(&up.url());
+    let json = include_str!("../events/apigw-http-v2.json");
+    let response = lambda::buffered(&gw, event(json)).await;
+    assert_eq!(response.status(), 200);
+    match response.body() {
+        lambda_http::Body::Text(text) => assert!(text.contains("gpt-4o")),
+        other => panic!("JSON should go out as text: {other:?}"),
+    }
+    let seen = up.last();
+    assert_eq!(seen.target, "/v1/chat/completions?trace=a%2Fb");
+    assert_eq!(
+        seen.header("cookie").as_deref(),
+        Some("session=abc; theme=dark")
+    );
+    assert_eq!(
+        seen.header("accept-language").as_deref(),
+        Some("en-US,zh-CN")
+    );
+    assert_eq!(seen.header("openai-beta").as_deref(), Some("assistants=v2"));
+    assert_eq!(seen.header("x-forwarded-for"), None);
+    assert_eq!(seen.body, event_body(json));
+}
+
+#[tokio::test]
+async fn rest_api_v1_stage_is_not_forwarded_and_multi_value_headers_are_carried() {
+    let up = MockUpstream::start().await;
+    let gw = gateway(&up.url());
+    let json = include_str!("../events/apigw-rest-v1.json");
+    let response = lambda::buffered(&gw, event(json)).await;
+    assert_eq!(response.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.target, "/v1/embeddings?user=u1");
+    assert_eq!(seen.header_count("x-custom"), 2);
+    assert_eq!(seen.header("x-amzn-trace-id"), None);
+    assert_eq!(seen.body, event_body(json));
+}
+
+#[tokio::test]
+async fn errors_keep_status_and_body_in_both_modes() {
+    let up = MockUpstream::start().await;
+    let gw = gateway(&up.url());
+    let json = include_str!("../events/function-url-get-models.json")
+        .replace("gw-example-token", "gw-expired-token");
+    let response = lambda::streaming(&gw, event(&json)).await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: serde_json::Value = serde_json::from_slice(&body_of(response).await).unwrap();
+    assert_eq!(body["error"]["code"], "token_expired");
+
+    let response = lambda::buffered(&gw, event(&json)).await;
+    assert_eq!(response.status(), 401);
+    match response.body() {
+        lambda_http::Body::Text(text) => assert!(text.contains("token_expired"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn buffered_binary_goes_base64_and_oversized_bodies_get_a_clear_error() {
+    let up = MockUpstream::start().await;
+    let gw = gateway(&up.url());
+    let get = |path: &str| {
+        include_str!("../events/function-url-get-models.json")
+            .replace(
+                "\"rawPath\": \"/v1/models\"",
+                &format!("\"rawPath\": \"{path}\""),
+            )
+            .replace(
+                "token=gw-example-token",
+                &format!("token=gw-example-token&bytes={}", path.len()),
+            )
+    };
+    // A small binary download is collected as Binary (lambda_http sends it base64).
+    let json = get("/v1/download").replace("&bytes=12", "&bytes=4096");
+    let response = lambda::buffered(&gw, event(&json)).await;
+    assert_eq!(response.status(), 200);
+    match response.body() {
+        lambda_http::Body::Binary(bytes) => {
+            assert_eq!(bytes.len(), 4096);
+            assert!(bytes
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == pattern_byte(i as u64)));
+        }
+        other => panic!("binary should be Binary: {other:?}"),
+    }
+    // 5 MB of binary is about 6.7 MB in base64: over Lambda's limit.
+    let json = get("/v1/download").replace("&bytes=12", "&bytes=5000000");
+    let response = lambda::buffered(&gw, event(&json)).await;
+    assert_eq!(response.status(), 502);
+    match response.body() {
+        lambda_http::Body::Text(text) => assert!(text.contains("response_too_large"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn from_event_maps_the_uri_and_the_request_id() {
+    // The request id reaches the handler (and its access line) through the request's extensions.
+    let request = lambda::from_event(event(include_str!(
+        "../events/function-url-get-models.json"
+    )));
+    let id = request
+        .extensions()
+        .get::<chatgpt_gateway::telemetry::RequestId>()
+        .map(|r| r.0.clone());
+    assert_eq!(id.as_deref(), Some("req-lambda-test-1"));
+    assert_eq!(
+        request.uri().to_string(),
+        "/v1/models?token=gw-example-token"
+    );
+}
