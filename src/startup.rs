@@ -36,6 +36,15 @@ pub fn tokens_file(settings: &Settings) -> Option<PathBuf> {
     })
 }
 
+/// The token list compiled into the binary (see `build.rs` and `bundle/`), if any.
+pub fn bundled_tokens() -> Option<&'static str> {
+    bundled::BUNDLED_TOKENS
+}
+
+mod bundled {
+    include!(concat!(env!("OUT_DIR"), "/bundled_tokens.rs"));
+}
+
 /// Reads and parses a token file; the error names the file.
 pub fn read_tokens_file(path: &Path, settings: &Settings) -> Result<TokenList, StartupError> {
     let text = std::fs::read_to_string(path)
@@ -46,13 +55,19 @@ pub fn read_tokens_file(path: &Path, settings: &Settings) -> Result<TokenList, S
 
 /// Builds the gateway for `mode`.
 pub async fn build(settings: &Settings, mode: Mode) -> Result<Gateway, StartupError> {
-    let (tokens, file_upstream) = match tokens_file(settings) {
-        Some(path) => {
+    let (tokens, file_upstream) = match (tokens_file(settings), bundled_tokens()) {
+        (Some(path), _) => {
             let list = read_tokens_file(&path, settings)?;
             tracing::info!(file = %path.display(), tokens = list.tokens.entries().len(), "token list loaded");
             (list.tokens, list.upstream)
         }
-        None => (TokenSet::default(), None),
+        (None, Some(text)) => {
+            let list = format::parse(text, settings.tokens_utc_offset)
+                .map_err(|e| StartupError(format!("bundled token list: {e}")))?;
+            tracing::info!(source = "bundled", tokens = list.tokens.entries().len(), "token list loaded");
+            (list.tokens, list.upstream)
+        }
+        (None, None) => (TokenSet::default(), None),
     };
     let upstream_text = settings
         .upstream
