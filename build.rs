@@ -13,13 +13,17 @@ fn main() {
     // Watching the directory (which always exists) rather than the file
     // avoids rebuilding on every build while the file is absent.
     println!("cargo:rerun-if-changed=bundle");
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let path = match std::env::var("GATEWAY_TOKENS_BUNDLE") {
         Ok(named) if !named.is_empty() => {
             let path = manifest.join(named);
             println!("cargo:rerun-if-changed={}", path.display());
             if !path.is_file() {
-                panic!("GATEWAY_TOKENS_BUNDLE names {}, which is not a file", path.display());
+                panic!(
+                    "GATEWAY_TOKENS_BUNDLE names {}, which is not a file",
+                    path.display()
+                );
             }
             Some(path)
         }
@@ -32,6 +36,7 @@ fn main() {
         ),
         None => "/// No token list was bundled at build time.\npub const BUNDLED_TOKENS: Option<&str> = None;\n".to_owned(),
     };
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("bundled_tokens.rs");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
+        .join("bundled_tokens.rs");
     std::fs::write(out, code).expect("write bundled_tokens.rs");
 }

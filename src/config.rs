@@ -5,7 +5,10 @@
 //! | `--listen` | `GATEWAY_LISTEN` | `127.0.0.1:8080` | local server address |
 //! | `--upstream` | `UPSTREAM_URL` | `https://api.openai.com` | where requests go; a path prefix is kept |
 //! | `--tokens-file` | `TOKENS_FILE` | `tokens.json` if present | token list file |
+//! | `--tokens-ssm-parameter` | `TOKENS_SSM_PARAMETER` | none | SSM parameter with the token list |
 //! | | `UPSTREAM_API_KEY` | none | OpenAI key injected upstream |
+//! | `--upstream-api-key-ssm-parameter` | `UPSTREAM_API_KEY_SSM_PARAMETER` | none | SSM parameter with that key |
+//! | `--tokens-refresh-secs` | `TOKENS_REFRESH_SECS` | 60 | SSM cache lifetime |
 //! | | `UPSTREAM_TIMEOUT_SECS` | 900 | wait for upstream response headers |
 //! | | `UPSTREAM_CONNECT_TIMEOUT_SECS` | 10 | TCP + TLS connect |
 //! | | `UPSTREAM_IDLE_TIMEOUT_SECS` | 300 | longest silence inside a response body |
@@ -70,6 +73,18 @@ pub struct Settings {
     #[arg(long, env = TOKENS_FILE)]
     pub tokens_file: Option<PathBuf>,
 
+    /// SSM parameter holding the token list (read with decryption, refreshed).
+    #[arg(long, env = crate::tokens::ssm::TOKENS_SSM_PARAMETER)]
+    pub tokens_ssm_parameter: Option<String>,
+
+    /// SSM parameter holding the injected OpenAI key.
+    #[arg(long, env = crate::tokens::ssm::UPSTREAM_API_KEY_SSM_PARAMETER)]
+    pub upstream_api_key_ssm_parameter: Option<String>,
+
+    /// Seconds before cached SSM values are refreshed.
+    #[arg(long, env = crate::tokens::ssm::TOKENS_REFRESH_SECS, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tokens_refresh_secs: u64,
+
     /// OpenAI key injected upstream (environment only, so it never shows in `ps`).
     #[arg(skip = std::env::var(UPSTREAM_API_KEY).ok().filter(|v| !v.is_empty()).map(Secret::new))]
     pub upstream_api_key: Option<Secret>,
@@ -117,6 +132,10 @@ impl Settings {
         Only::from_arg_matches(&matches).map(|o| o.settings)
     }
 
+    /// SSM refresh period.
+    pub fn tokens_refresh(&self) -> Duration {
+        Duration::from_secs(self.tokens_refresh_secs)
+    }
     /// Header wait.
     pub fn upstream_timeout(&self) -> Duration {
         Duration::from_secs(self.upstream_timeout_secs)

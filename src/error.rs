@@ -118,6 +118,22 @@ impl GatewayError {
     }
 }
 
+/// An error and its sources, each by its `Display`, joined with `: `.
+/// (Never `Debug`, which for SDK errors would include raw responses.)
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = e.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,10 +13,12 @@
 //!
 //! [`error`] turns every failure into OpenAI's JSON error shape; [`config`]
 //! names every setting; [`startup`] builds the gateway from them; [`secret`]
-//! keeps keys and tokens out of every formatted string.
+//! keeps keys and tokens out of every formatted string; [`cli`] is the
+//! `tokens` admin command.
 
 pub mod auth;
 pub mod body;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod handler;

@@ -5,6 +5,7 @@
 
 use std::process::ExitCode;
 
+use chatgpt_gateway::cli::{self, TokensCommand};
 use chatgpt_gateway::config::Settings;
 use chatgpt_gateway::lambda::{self, InvokeMode};
 use chatgpt_gateway::startup::{self, Mode};
@@ -28,12 +29,16 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Manage gateway tokens: new, check, push.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match cli.command {
         Some(Command::Serve { settings }) => settings,
+        Some(Command::Tokens(command)) => return run_tokens(command),
         None => cli.settings,
     };
     let in_lambda = lambda::in_lambda();
@@ -56,6 +61,22 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!(error = %message, "stopped");
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_tokens(command: TokensCommand) -> ExitCode {
+    // Warnings only (e.g. from the AWS SDK), so the command's own output stays clean.
+    telemetry::init_cli();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(cli::run(command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }

@@ -12,7 +12,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
 use reqwest::Url;
 
 use crate::config::Upstream;
-use crate::error::GatewayError;
+use crate::error::{error_chain, GatewayError};
 use crate::secret::Secret;
 
 /// The upstream side: one shared client with a keep-alive pool.
@@ -166,17 +166,6 @@ fn check_path(path: &str) -> Result<(), GatewayError> {
         ));
     }
     Ok(())
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).

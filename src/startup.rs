@@ -12,6 +12,7 @@ use crate::handler::Gateway;
 use crate::proxy::Proxy;
 use crate::tokens::cache::Cached;
 use crate::tokens::format::{self, TokenList};
+use crate::tokens::ssm::{self, Ssm};
 use crate::tokens::TokenSet;
 
 /// Where the gateway runs, which decides when anonymous access is safe.
@@ -53,21 +54,76 @@ pub fn read_tokens_file(path: &Path, settings: &Settings) -> Result<TokenList, S
         .map_err(|e| StartupError(format!("tokens file {}: {e}", path.display())))
 }
 
+/// Where the token list comes from, in order of precedence.
+enum TokenSource {
+    Ssm(String),
+    File(PathBuf),
+    Bundled(&'static str),
+    None,
+}
+
+fn token_source(settings: &Settings) -> Result<TokenSource, StartupError> {
+    match (&settings.tokens_ssm_parameter, &settings.tokens_file) {
+        (Some(_), Some(_)) => Err(StartupError(
+            "both TOKENS_SSM_PARAMETER and TOKENS_FILE are set; choose one token source".into(),
+        )),
+        (Some(name), None) => Ok(TokenSource::Ssm(name.clone())),
+        (None, _) => Ok(match (tokens_file(settings), bundled_tokens()) {
+            (Some(path), _) => TokenSource::File(path),
+            (None, Some(text)) => TokenSource::Bundled(text),
+            (None, None) => TokenSource::None,
+        }),
+    }
+}
+
 /// Builds the gateway for `mode`.
 pub async fn build(settings: &Settings, mode: Mode) -> Result<Gateway, StartupError> {
-    let (tokens, file_upstream) = match (tokens_file(settings), bundled_tokens()) {
-        (Some(path), _) => {
+    if settings.upstream_api_key.is_some() && settings.upstream_api_key_ssm_parameter.is_some() {
+        return Err(StartupError(
+            "both UPSTREAM_API_KEY and UPSTREAM_API_KEY_SSM_PARAMETER are set; choose one".into(),
+        ));
+    }
+    let source = token_source(settings)?;
+    let needs_ssm =
+        matches!(source, TokenSource::Ssm(_)) || settings.upstream_api_key_ssm_parameter.is_some();
+    let ssm = if needs_ssm {
+        Some(Ssm::from_env().await)
+    } else {
+        None
+    };
+
+    let (tokens, file_upstream, anonymous) = match source {
+        TokenSource::Ssm(name) => {
+            let ssm = ssm.as_ref().expect("client made for SSM sources");
+            let cache = ssm::token_cache(
+                ssm,
+                &name,
+                settings.tokens_utc_offset,
+                settings.tokens_refresh(),
+            );
+            // A failed first load is logged by the cache and is not fatal:
+            // requests get 503 until SSM answers, and never anonymous access.
+            let _ = cache.load_now().await;
+            (cache, None, false)
+        }
+        TokenSource::File(path) => {
             let list = read_tokens_file(&path, settings)?;
             tracing::info!(file = %path.display(), tokens = list.tokens.entries().len(), "token list loaded");
-            (list.tokens, list.upstream)
+            let anonymous = list.tokens.is_empty();
+            (Cached::fixed(list.tokens), list.upstream, anonymous)
         }
-        (None, Some(text)) => {
+        TokenSource::Bundled(text) => {
             let list = format::parse(text, settings.tokens_utc_offset)
                 .map_err(|e| StartupError(format!("bundled token list: {e}")))?;
-            tracing::info!(source = "bundled", tokens = list.tokens.entries().len(), "token list loaded");
-            (list.tokens, list.upstream)
+            tracing::info!(
+                source = "bundled",
+                tokens = list.tokens.entries().len(),
+                "token list loaded"
+            );
+            let anonymous = list.tokens.is_empty();
+            (Cached::fixed(list.tokens), list.upstream, anonymous)
         }
-        (None, None) => (TokenSet::default(), None),
+        TokenSource::None => (Cached::fixed(TokenSet::default()), None, true),
     };
     let upstream_text = settings
         .upstream
@@ -76,9 +132,24 @@ pub async fn build(settings: &Settings, mode: Mode) -> Result<Gateway, StartupEr
         .unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned());
     let upstream = Upstream::parse(&upstream_text).map_err(StartupError)?;
 
-    let anonymous = tokens.is_empty();
+    let upstream_key = match (
+        &settings.upstream_api_key,
+        &settings.upstream_api_key_ssm_parameter,
+    ) {
+        (Some(key), _) => Some(Cached::fixed(key.clone())),
+        (None, Some(name)) => {
+            let cache = ssm::key_cache(
+                ssm.as_ref().expect("client made for SSM sources"),
+                name,
+                settings.tokens_refresh(),
+            );
+            let _ = cache.load_now().await;
+            Some(cache)
+        }
+        (None, None) => None,
+    };
     if anonymous {
-        check_anonymous(settings, mode)?;
+        check_anonymous(settings, mode, upstream_key.is_some())?;
         tracing::warn!("no gateway tokens configured: anonymous pass-through is on");
     }
     let proxy = Proxy::new(
@@ -90,19 +161,20 @@ pub async fn build(settings: &Settings, mode: Mode) -> Result<Gateway, StartupEr
     tracing::info!(upstream = %proxy.upstream().base(), "upstream");
     Ok(Gateway::new(
         proxy,
-        Cached::fixed(tokens),
-        settings.upstream_api_key.clone().map(Cached::fixed),
+        tokens,
+        upstream_key,
         anonymous,
         settings.idle_timeout(),
     ))
 }
 
 /// Refuses anonymous mode where it would expose the upstream or a key.
-fn check_anonymous(settings: &Settings, mode: Mode) -> Result<(), StartupError> {
-    if settings.upstream_api_key.is_some() {
+fn check_anonymous(settings: &Settings, mode: Mode, has_key: bool) -> Result<(), StartupError> {
+    if has_key {
         return Err(StartupError(
-            "refusing to start: UPSTREAM_API_KEY is set but no gateway tokens are configured, \
-             so anyone could spend the key. Configure tokens (TOKENS_FILE or tokens.json)."
+            "refusing to start: an upstream key is configured (UPSTREAM_API_KEY or \
+             UPSTREAM_API_KEY_SSM_PARAMETER) but no gateway tokens are, so anyone could spend the key. \
+             Configure tokens (TOKENS_SSM_PARAMETER, TOKENS_FILE or tokens.json)."
                 .into(),
         ));
     }

@@ -35,6 +35,18 @@ pub fn init(json: bool) {
     drop(result);
 }
 
+/// Installs a quiet subscriber for the admin commands: warnings and errors only.
+pub fn init_cli() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    drop(
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .try_init(),
+    );
+}
+
 /// The id of the invocation a request arrived in (Lambda), put in the
 /// request's extensions by the Lambda glue and written on its access line.
 #[derive(Debug, Clone)]

@@ -20,8 +20,20 @@ use crate::error::GatewayError;
 /// A boxed future, as returned by a [`Loader`].
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Loads a fresh value. The error is a message fit for logs: no secrets.
-pub type Loader<T> = Arc<dyn Fn() -> BoxFuture<Result<T, String>> + Send + Sync>;
+/// Loads a fresh value.
+pub type Loader<T> = Arc<dyn Fn() -> BoxFuture<Result<T, LoadError>> + Send + Sync>;
+
+/// Why a load failed. Messages are fit for logs: they name the source and the
+/// entry at fault, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    /// The source could not be read (down, throttled, denied, missing).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The source was read but its value is malformed.
+    #[error("{0}")]
+    Invalid(String),
+}
 
 /// A value that may be refreshed. Cloning shares the cache.
 pub struct Cached<T> {
@@ -102,7 +114,7 @@ impl<T: Send + Sync + 'static> Cached<T> {
     }
 
     /// Loads now, waiting for the result (used at start-up).
-    pub async fn load_now(&self) -> Result<Arc<T>, String> {
+    pub async fn load_now(&self) -> Result<Arc<T>, LoadError> {
         let _guard = self.inner.loading.lock().await;
         self.inner.load().await
     }
@@ -153,7 +165,7 @@ impl<T: Send + Sync + 'static> Cached<T> {
 
 impl<T: Send + Sync + 'static> Inner<T> {
     /// Runs the loader and records the outcome. The caller holds `loading`.
-    async fn load(&self) -> Result<Arc<T>, String> {
+    async fn load(&self) -> Result<Arc<T>, LoadError> {
         let Some(loader) = &self.loader else {
             return self
                 .state
@@ -161,7 +173,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
                 .expect("cache lock")
                 .value
                 .clone()
-                .ok_or_else(|| "no value".into());
+                .ok_or_else(|| LoadError::Unavailable("no value".into()));
         };
         let result = loader().await;
         let mut state = self.state.write().expect("cache lock");
@@ -183,14 +195,18 @@ impl<T: Send + Sync + 'static> Inner<T> {
                     .min(self.refresh_after);
                 state.retry_at = now + backoff;
                 let keeping = state.value.is_some();
-                tracing::warn!(
-                    source = %self.what,
-                    error = %error,
-                    failures = state.failures,
-                    retry_in_ms = backoff.as_millis() as u64,
-                    keeping_last_good = keeping,
-                    "configuration refresh failed"
-                );
+                let (failures, retry_in_ms) = (state.failures, backoff.as_millis() as u64);
+                drop(state);
+                match &error {
+                    LoadError::Invalid(_) => tracing::error!(
+                        source = %self.what, error = %error, failures, retry_in_ms, keeping_last_good = keeping,
+                        "configuration value is malformed"
+                    ),
+                    LoadError::Unavailable(_) => tracing::warn!(
+                        source = %self.what, error = %error, failures, retry_in_ms, keeping_last_good = keeping,
+                        "configuration refresh failed"
+                    ),
+                }
                 Err(error)
             }
         }
@@ -203,7 +219,10 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     /// A loader that answers from a shared script and counts its calls.
-    fn scripted(results: Arc<RwLock<Result<u32, String>>>, calls: Arc<AtomicU32>) -> Loader<u32> {
+    fn scripted(
+        results: Arc<RwLock<Result<u32, LoadError>>>,
+        calls: Arc<AtomicU32>,
+    ) -> Loader<u32> {
         Arc::new(move || {
             let results = results.clone();
             let calls = calls.clone();
@@ -241,7 +260,7 @@ mod tests {
         assert_eq!(*cache.get().await.unwrap(), 2);
 
         // A failed refresh keeps the last good value.
-        *result.write().unwrap() = Err("down".into());
+        *result.write().unwrap() = Err(LoadError::Unavailable("down".into()));
         tokio::time::advance(Duration::from_secs(61)).await;
         assert_eq!(*cache.get().await.unwrap(), 2);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -257,7 +276,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn unavailable_until_the_first_load_succeeds() {
-        let result = Arc::new(RwLock::new(Err("down".to_string())));
+        let result = Arc::new(RwLock::new(Err(LoadError::Unavailable("down".into()))));
         let calls = Arc::new(AtomicU32::new(0));
         let cache = Cached::refreshing(
             "p",

@@ -4,10 +4,12 @@
 //!   ChatGptApiGateway `appsettings.json`), for files and SSM alike.
 //! - [`TokenSet`] is the parsed list, indexed by SHA-256 digest so a request
 //!   costs one hash and one map lookup, whatever the list's length.
-//! - [`cache`] holds the current list and, for remote sources, refreshes it.
+//! - [`cache`] holds the current list and, for remote sources, refreshes it;
+//!   [`ssm`] is that remote source.
 
 pub mod cache;
 pub mod format;
+pub mod ssm;
 
 use std::collections::HashMap;
 

@@ -1,0 +1,313 @@
+//! The `tokens` admin subcommands: make, check and publish token lists.
+//!
+//! - `tokens new` prints a fresh random token once, and the entry to store
+//!   (with its SHA-256, not the token, unless `--plaintext`);
+//! - `tokens check` validates a list (file, SSM parameter or the bundled one)
+//!   and shows each entry's name, expiry and state, never a secret;
+//! - `tokens push` validates a file, then writes it to SSM as a SecureString.
+//!
+//! Every failure is a one-line message on stderr and a non-zero exit.
+
+use std::path::PathBuf;
+
+use base64::Engine;
+use chrono::{DateTime, FixedOffset, Utc};
+use clap::{Args, Subcommand};
+
+use crate::tokens::format::{self, parse_offset, parse_time};
+use crate::tokens::ssm::Ssm;
+use crate::tokens::TokenSet;
+
+/// `chatgpt-gateway tokens …`
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Make a new random token and print the entry to add to the token list.
+    New {
+        /// A label for the token (shown in logs instead of the token).
+        #[arg(long)]
+        name: String,
+        /// When it expires: RFC 3339, `yyyy-M-d H:mm`, or a duration from now such as 30d or 12h.
+        #[arg(long)]
+        expires: Option<String>,
+        /// Put the OpenAI key from this environment variable in the entry as `upstream_key`.
+        #[arg(long, value_name = "VAR")]
+        upstream_key_from_env: Option<String>,
+        /// Store the token itself in the entry instead of its SHA-256.
+        #[arg(long)]
+        plaintext: bool,
+        /// Print one JSON object {"token", "entry"} instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        zone: Zone,
+    },
+    /// Validate a token list and show each entry's state (exits non-zero on any error).
+    Check {
+        #[command(flatten)]
+        source: Source,
+        #[command(flatten)]
+        zone: Zone,
+    },
+    /// Validate a token file, then write it to an SSM SecureString parameter (overwriting).
+    Push {
+        /// The SSM parameter to write, e.g. /chatgpt-gateway/tokens.
+        #[arg(long)]
+        ssm_parameter: String,
+        /// The token file to publish.
+        #[arg(long)]
+        file: PathBuf,
+        /// A customer-managed KMS key (id, alias or ARN); default: the account's aws/ssm key.
+        #[arg(long)]
+        kms_key_id: Option<String>,
+        #[command(flatten)]
+        zone: Zone,
+    },
+}
+
+/// Which list `check` reads.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Source {
+    /// A token file.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// An SSM parameter (read with decryption).
+    #[arg(long)]
+    ssm_parameter: Option<String>,
+    /// The list compiled into this binary (bundle/tokens.json at build time).
+    #[arg(long)]
+    bundled: bool,
+}
+
+/// The zone of times written without an offset.
+#[derive(Debug, Args)]
+pub struct Zone {
+    /// UTC offset of times written without one.
+    #[arg(long, env = crate::config::TOKENS_UTC_OFFSET, default_value = "+00:00", value_parser = parse_offset)]
+    tokens_utc_offset: FixedOffset,
+}
+
+/// Runs a `tokens` subcommand; `Err` is the message to print.
+pub async fn run(command: TokensCommand) -> Result<(), String> {
+    match command {
+        TokensCommand::New {
+            name,
+            expires,
+            upstream_key_from_env,
+            plaintext,
+            json,
+            zone,
+        } => new(
+            &name,
+            expires.as_deref(),
+            upstream_key_from_env.as_deref(),
+            plaintext,
+            json,
+            zone.tokens_utc_offset,
+        ),
+        TokensCommand::Check { source, zone } => check(source, zone.tokens_utc_offset).await,
+        TokensCommand::Push {
+            ssm_parameter,
+            file,
+            kms_key_id,
+            zone,
+        } => {
+            let text = read(&file)?;
+            let list = format::parse(&text, zone.tokens_utc_offset)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            if list.tokens.is_empty() {
+                return Err(format!(
+                    "{}: the list has no tokens; refusing to publish an empty list",
+                    file.display()
+                ));
+            }
+            let ssm = Ssm::from_env().await;
+            let version = ssm
+                .put_secure(&ssm_parameter, &text, kms_key_id.as_deref())
+                .await?;
+            println!(
+                "wrote {} token(s) from {} to {ssm_parameter} (SecureString, version {version})",
+                list.tokens.entries().len(),
+                file.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn read(file: &PathBuf) -> Result<String, String> {
+    std::fs::read_to_string(file).map_err(|e| format!("{}: cannot read: {e}", file.display()))
+}
+
+fn new(
+    name: &str,
+    expires: Option<&str>,
+    key_var: Option<&str>,
+    plaintext: bool,
+    json: bool,
+    offset: FixedOffset,
+) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("--name must not be empty".into());
+    }
+    let expires = expires
+        .map(|text| parse_expiry(text, offset, Utc::now()))
+        .transpose()?;
+    let upstream_key = match key_var {
+        Some(var) => Some(std::env::var(var).ok().filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+            format!("--upstream-key-from-env {var}: the environment variable {var} is not set or empty")
+        })?),
+        None => None,
+    };
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random).map_err(|e| format!("no randomness available: {e}"))?;
+    let token = format!(
+        "gw-{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)
+    );
+    let mut entry = serde_json::Map::new();
+    entry.insert("name".into(), name.into());
+    if plaintext {
+        entry.insert("token".into(), token.clone().into());
+    } else {
+        let digest = crate::tokens::digest(token.as_bytes());
+        entry.insert(
+            "sha256".into(),
+            digest
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .into(),
+        );
+    }
+    if let Some(at) = expires {
+        entry.insert(
+            "expires".into(),
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into(),
+        );
+    }
+    if let Some(key) = upstream_key {
+        entry.insert("upstream_key".into(), key.trim().into());
+    }
+    let entry = serde_json::Value::Object(entry);
+    if json {
+        println!("{}", serde_json::json!({ "token": token, "entry": entry }));
+    } else {
+        println!("token (shown once; give it to the client): {token}");
+        println!("entry (add it to the token list):");
+        println!("{entry}");
+    }
+    Ok(())
+}
+
+/// An expiry: a duration from `now` (`30d`, `12h`, `90m`) or a time.
+fn parse_expiry(
+    text: &str,
+    offset: FixedOffset,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, String> {
+    let t = text.trim();
+    let unit = t.chars().last().unwrap_or(' ');
+    if let (Some(seconds), Ok(n)) = (
+        match unit {
+            'd' => Some(86_400),
+            'h' => Some(3_600),
+            'm' => Some(60),
+            _ => None,
+        },
+        t[..t.len().saturating_sub(1)].parse::<i64>(),
+    ) {
+        if n <= 0 {
+            return Err(format!("--expires {t}: the duration must be positive"));
+        }
+        return n
+            .checked_mul(seconds)
+            .and_then(chrono::Duration::try_seconds)
+            .and_then(|d| now.checked_add_signed(d))
+            .ok_or_else(|| format!("--expires {t}: too far in the future"));
+    }
+    parse_time(t, offset).map_err(|e| format!("--expires: {e}"))
+}
+
+async fn check(source: Source, offset: FixedOffset) -> Result<(), String> {
+    let (label, text) = if let Some(file) = source.file {
+        (file.display().to_string(), read(&file)?)
+    } else if let Some(name) = source.ssm_parameter {
+        let text = Ssm::from_env()
+            .await
+            .get(&name)
+            .await
+            .map_err(|e| e.to_string())?;
+        (name, text)
+    } else {
+        let text =
+            crate::startup::bundled_tokens().ok_or("this binary has no bundled token list")?;
+        ("bundled token list".to_owned(), text.to_owned())
+    };
+    let list = format::parse(&text, offset).map_err(|e| format!("{label}: {e}"))?;
+    print_table(&label, &list.tokens, Utc::now());
+    if let Some(upstream) = list.upstream {
+        println!("upstream from the file: {upstream}");
+    }
+    Ok(())
+}
+
+fn print_table(label: &str, tokens: &TokenSet, now: DateTime<Utc>) {
+    println!("{label}: {} token(s)", tokens.entries().len());
+    let width = tokens
+        .entries()
+        .iter()
+        .map(|e| e.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{:width$}  {:20}  {:14}  {}",
+        "NAME", "EXPIRES (UTC)", "STATE", "UPSTREAM KEY"
+    );
+    for entry in tokens.entries() {
+        let (expires, state) = match entry.expires {
+            None => ("-".to_owned(), "never expires"),
+            Some(at) => (
+                at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                if entry.is_expired(now) {
+                    "expired"
+                } else {
+                    "valid"
+                },
+            ),
+        };
+        let key = if entry.upstream_key.is_some() {
+            "own key"
+        } else {
+            "-"
+        };
+        println!("{:width$}  {expires:20}  {state:14}  {key}", entry.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn expiry_durations_and_times() {
+        let utc = FixedOffset::east_opt(0).unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        assert_eq!(
+            parse_expiry("30d", utc, now).unwrap(),
+            Utc.with_ymd_and_hms(2026, 1, 31, 0, 0, 0).unwrap()
+        );
+        assert_eq!(
+            parse_expiry("12h", utc, now).unwrap(),
+            Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap()
+        );
+        assert_eq!(
+            parse_expiry("2026-3-1 8:00", utc, now).unwrap(),
+            Utc.with_ymd_and_hms(2026, 3, 1, 8, 0, 0).unwrap()
+        );
+        assert!(parse_expiry("0d", utc, now).is_err());
+        assert!(parse_expiry("soon", utc, now).is_err());
+    }
+}

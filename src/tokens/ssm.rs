@@ -1,0 +1,142 @@
+//! SSM Parameter Store as a configuration source.
+//!
+//! Parameters are read with `GetParameter` and `WithDecryption=true`, so
+//! SecureStrings arrive decrypted. The client uses aws-config's default chain
+//! (region, credentials, and `AWS_ENDPOINT_URL_SSM` / `AWS_ENDPOINT_URL`, which
+//! tests and LocalStack users rely on). Calls are bounded by short timeouts so
+//! that a request waiting on a cold-start load never hangs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_ssm::types::ParameterType;
+use chrono::FixedOffset;
+
+use super::cache::{Cached, LoadError, Loader};
+use super::format;
+use super::TokenSet;
+use crate::error::error_chain;
+use crate::secret::Secret;
+
+/// `TOKENS_SSM_PARAMETER`: the parameter holding the token list.
+pub const TOKENS_SSM_PARAMETER: &str = "TOKENS_SSM_PARAMETER";
+/// `UPSTREAM_API_KEY_SSM_PARAMETER`: the parameter holding the injected key.
+pub const UPSTREAM_API_KEY_SSM_PARAMETER: &str = "UPSTREAM_API_KEY_SSM_PARAMETER";
+/// `TOKENS_REFRESH_SECS`: how old a cached value may get before a refresh.
+pub const TOKENS_REFRESH_SECS: &str = "TOKENS_REFRESH_SECS";
+
+/// An SSM client.
+#[derive(Clone, Debug)]
+pub struct Ssm {
+    client: aws_sdk_ssm::Client,
+}
+
+impl Ssm {
+    /// A client from the environment (aws-config's default chain).
+    pub async fn from_env() -> Self {
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .operation_attempt_timeout(Duration::from_secs(3))
+            .operation_timeout(Duration::from_secs(6))
+            .build();
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(timeouts)
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
+            .load()
+            .await;
+        Self {
+            client: aws_sdk_ssm::Client::new(&config),
+        }
+    }
+
+    /// Reads a parameter's decrypted value. Errors name the parameter, never a value.
+    pub async fn get(&self, name: &str) -> Result<String, LoadError> {
+        let output = self
+            .client
+            .get_parameter()
+            .name(name)
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|e| {
+                LoadError::Unavailable(format!("SSM parameter {name}: {}", error_chain(&e)))
+            })?;
+        output
+            .parameter
+            .and_then(|p| p.value)
+            .ok_or_else(|| LoadError::Invalid(format!("SSM parameter {name}: no value")))
+    }
+
+    /// Writes a SecureString (overwriting), encrypted with `kms_key_id` or the
+    /// account's `aws/ssm` key. Returns the new version.
+    pub async fn put_secure(
+        &self,
+        name: &str,
+        value: &str,
+        kms_key_id: Option<&str>,
+    ) -> Result<i64, String> {
+        let output = self
+            .client
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(ParameterType::SecureString)
+            .set_key_id(kms_key_id.map(str::to_owned))
+            .overwrite(true)
+            .send()
+            .await
+            .map_err(|e| format!("SSM parameter {name}: {}", error_chain(&e)))?;
+        Ok(output.version)
+    }
+
+    /// A loader for a token list parameter.
+    pub fn tokens_loader(&self, name: &str, offset: FixedOffset) -> Loader<TokenSet> {
+        let ssm = self.clone();
+        let name: Arc<str> = name.into();
+        Arc::new(move || {
+            let (ssm, name) = (ssm.clone(), name.clone());
+            Box::pin(async move {
+                let text = ssm.get(&name).await?;
+                let list = format::parse(&text, offset)
+                    .map_err(|e| LoadError::Invalid(format!("SSM parameter {name}: {e}")))?;
+                tracing::info!(source = %name, tokens = list.tokens.entries().len(), "token list loaded");
+                Ok(list.tokens)
+            })
+        })
+    }
+
+    /// A loader for the upstream key parameter.
+    pub fn key_loader(&self, name: &str) -> Loader<Secret> {
+        let ssm = self.clone();
+        let name: Arc<str> = name.into();
+        Arc::new(move || {
+            let (ssm, name) = (ssm.clone(), name.clone());
+            Box::pin(async move {
+                let text = ssm.get(&name).await?;
+                let key = text.trim();
+                if key.is_empty() {
+                    return Err(LoadError::Invalid(format!(
+                        "SSM parameter {name}: the key is empty"
+                    )));
+                }
+                tracing::info!(source = %name, "upstream key loaded");
+                Ok(Secret::new(key))
+            })
+        })
+    }
+}
+
+/// A token cache refreshed from `name` every `refresh`.
+pub fn token_cache(
+    ssm: &Ssm,
+    name: &str,
+    offset: FixedOffset,
+    refresh: Duration,
+) -> Cached<TokenSet> {
+    Cached::refreshing(name, ssm.tokens_loader(name, offset), refresh)
+}
+
+/// A key cache refreshed from `name` every `refresh`.
+pub fn key_cache(ssm: &Ssm, name: &str, refresh: Duration) -> Cached<Secret> {
+    Cached::refreshing(name, ssm.key_loader(name), refresh)
+}

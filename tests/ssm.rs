@@ -1,0 +1,610 @@
+//! Tokens and the upstream key from SSM Parameter Store, against moto's server
+//! (a real SSM API emulator). Between the gateway and moto stands a small
+//! counting front, which can also play an SSM outage (throttling or 500s).
+//!
+//! moto: `MOTO_URL` names a running `moto_server`; otherwise one is started
+//! (`pip install 'moto[server]'`; `scripts/test` installs and starts it).
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+struct Moto {
+    url: String,
+    _child: Option<Child>,
+}
+
+fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        if let Ok(url) = std::env::var("MOTO_URL") {
+            return Moto { url, _child: None };
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "moto_server is not installed: run scripts/test, or pip install 'moto[server]'",
+            );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto {
+            url: format!("http://127.0.0.1:{port}"),
+            _child: Some(child),
+        }
+    })
+}
+
+async fn ssm_client(endpoint: &str) -> aws_sdk_ssm::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .load()
+        .await;
+    aws_sdk_ssm::Client::new(&config)
+}
+
+async fn put(name: &str, value: &str) {
+    ssm_client(&moto().url)
+        .await
+        .put_parameter()
+        .name(name)
+        .value(value)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .overwrite(true)
+        .send()
+        .await
+        .expect("put_parameter on moto");
+}
+
+/// Unique parameter names, so tests share one moto without meeting.
+fn param(what: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "/gw-test/{}/{what}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+const PASS: u8 = 0;
+const THROTTLE: u8 = 1;
+const FAIL: u8 = 2;
+
+/// A front for moto that counts GetParameter calls and can fail on demand.
+struct Front {
+    addr: SocketAddr,
+    mode: Arc<AtomicU8>,
+    gets: Arc<AtomicU32>,
+}
+
+impl Front {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mode = Arc::new(AtomicU8::new(PASS));
+        let gets = Arc::new(AtomicU32::new(0));
+        let (m, g) = (mode.clone(), gets.clone());
+        let target = moto().url.clone();
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (m, g, target, client) = (m.clone(), g.clone(), target.clone(), client.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: hyper::Request<Incoming>| {
+                        let (m, g, target, client) =
+                            (m.clone(), g.clone(), target.clone(), client.clone());
+                        async move { Ok::<_, Infallible>(relay(req, &m, &g, &target, &client).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, mode, gets }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    fn gets(&self) -> u32 {
+        self.gets.load(Ordering::SeqCst)
+    }
+}
+
+async fn relay(
+    req: hyper::Request<Incoming>,
+    mode: &AtomicU8,
+    gets: &AtomicU32,
+    target: &str,
+    client: &reqwest::Client,
+) -> hyper::Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    if parts
+        .headers
+        .get("x-amz-target")
+        .is_some_and(|t| t == "AmazonSSM.GetParameter")
+    {
+        gets.fetch_add(1, Ordering::SeqCst);
+    }
+    let fail = |status: u16, kind: &str| {
+        hyper::Response::builder()
+            .status(status)
+            .header("content-type", "application/x-amz-json-1.1")
+            .header("x-amzn-errortype", kind)
+            .body(Full::new(Bytes::from(format!(
+                "{{\"__type\":\"{kind}\",\"message\":\"front says {kind}\"}}"
+            ))))
+            .unwrap()
+    };
+    match mode.load(Ordering::SeqCst) {
+        THROTTLE => return fail(400, "ThrottlingException"),
+        FAIL => return fail(500, "InternalServerError"),
+        _ => {}
+    }
+    let mut forward = client
+        .request(parts.method, format!("{target}{}", parts.uri.path()))
+        .body(body);
+    for (k, v) in &parts.headers {
+        if k != "host" {
+            forward = forward.header(k, v);
+        }
+    }
+    let answer = forward.send().await.unwrap();
+    let mut response = hyper::Response::builder().status(answer.status().as_u16());
+    for (k, v) in answer.headers() {
+        if k != "transfer-encoding" && k != "connection" {
+            response = response.header(k, v);
+        }
+    }
+    response
+        .body(Full::new(answer.bytes().await.unwrap()))
+        .unwrap()
+}
+
+fn aws_env(launch: Launch, endpoint: &str) -> Launch {
+    launch
+        .env("AWS_ENDPOINT_URL_SSM", endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+}
+
+async fn status_of(gw: &GatewayProc, token: &str) -> (u16, serde_json::Value) {
+    let r = client()
+        .get(gw.url(&format!("/v1/models?token={token}")))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body = r.bytes().await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Polls until `token` gets `want`, up to `within`; returns how long it took.
+async fn until(gw: &GatewayProc, token: &str, want: u16, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (status, body) = status_of(gw, token).await;
+        if status == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{token}: still {status} {body} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_a_secure_string_with_decryption() {
+    let name = param("tokens");
+    put(
+        &name,
+        r#"{"tokens":[{"name":"alice","token":"ssm-tok-Alice1"}]}"#,
+    )
+    .await;
+    // Without decryption moto answers a kms:-prefixed value, which no parser
+    // would accept: so a working gateway proves decryption was asked for.
+    let raw = ssm_client(&moto().url)
+        .await
+        .get_parameter()
+        .name(&name)
+        .with_decryption(false)
+        .send()
+        .await
+        .unwrap();
+    assert!(raw
+        .parameter
+        .unwrap()
+        .value
+        .unwrap()
+        .starts_with("kms:alias/aws/ssm:"));
+
+    let up = MockUpstream::start().await;
+    let gw = aws_env(Launch::new(&up.url()), &moto().url)
+        .env("TOKENS_SSM_PARAMETER", &name)
+        .start();
+    assert_eq!(status_of(&gw, "ssm-tok-Alice1").await.0, 200);
+    let (status, body) = status_of(&gw, "ssm-tok-alice1").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("invalid_token"))
+    );
+    assert_eq!(gw.wait_access_lines(2)[0]["token"], "alice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_revocation_and_redating_take_effect_within_the_refresh_period() {
+    let name = param("tokens");
+    put(
+        &name,
+        r#"[{"name":"a","token":"rot-A"},{"name":"c","token":"rot-C"}]"#,
+    )
+    .await;
+    let up = MockUpstream::start().await;
+    let front = Front::start().await;
+    let gw = aws_env(Launch::new(&up.url()), &front.url())
+        .env("TOKENS_SSM_PARAMETER", &name)
+        .env("TOKENS_REFRESH_SECS", "2")
+        .start();
+    assert_eq!(status_of(&gw, "rot-A").await.0, 200, "{}", gw.log_text());
+    assert_eq!(status_of(&gw, "rot-B").await.0, 401);
+    let loads_before = front.gets();
+
+    // Revoke A, add B, re-date C into the past.
+    put(
+        &name,
+        r#"[{"name":"b","token":"rot-B"},{"name":"c","token":"rot-C","expires":"2020-1-1 0:00"}]"#,
+    )
+    .await;
+    let took = until(&gw, "rot-B", 200, Duration::from_secs(6)).await;
+    assert!(
+        took <= Duration::from_millis(2_000 + 1_000),
+        "took {took:?} for a 2 s refresh period"
+    );
+    assert_eq!(
+        status_of(&gw, "rot-A").await.1["error"]["code"],
+        "invalid_token"
+    );
+    assert_eq!(
+        status_of(&gw, "rot-C").await.1["error"]["code"],
+        "token_expired"
+    );
+
+    // Cost: many requests, at most one GetParameter per refresh period.
+    let started = Instant::now();
+    let before = front.gets();
+    for _ in 0..60 {
+        status_of(&gw, "rot-B").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let periods = started.elapsed().as_secs_f64() / 2.0;
+    let calls = front.gets() - before;
+    assert!(
+        f64::from(calls) <= periods.ceil() + 1.0,
+        "{calls} GetParameter calls in {periods:.1} refresh periods"
+    );
+    assert!(loads_before >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssm_down_at_start_gives_503_then_recovers_by_itself() {
+    let name = param("tokens");
+    put(&name, r#"[{"name":"late","token":"late-Tok"}]"#).await;
+    let up = MockUpstream::start().await;
+    let front = Front::start().await;
+    front.set(FAIL);
+    let gw = aws_env(Launch::new(&up.url()), &front.url())
+        .env("TOKENS_SSM_PARAMETER", &name)
+        .env("TOKENS_REFRESH_SECS", "2")
+        .start();
+    for token in ["late-Tok", ""] {
+        let (status, body) = status_of(&gw, token).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (503, Some("token_store_unavailable")),
+            "{token:?}"
+        );
+        assert_eq!(body["error"]["type"], "gateway_error");
+    }
+    // Never anonymous: nothing reached the upstream.
+    assert_eq!(up.count(), 0);
+    front.set(PASS);
+    until(&gw, "late-Tok", 200, Duration::from_secs(5)).await;
+    assert!(gw.child.id() > 0);
+
+    // And a gateway whose SSM endpoint refuses connections answers 503 too.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw2 = aws_env(Launch::new(&up.url()), &format!("http://{closed}"))
+        .env("TOKENS_SSM_PARAMETER", &name)
+        .start();
+    assert_eq!(status_of(&gw2, "late-Tok").await.0, 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssm_down_during_refresh_keeps_the_last_good_list() {
+    let name = param("tokens");
+    put(&name, r#"[{"name":"keep","token":"keep-Tok-x"}]"#).await;
+    let up = MockUpstream::start().await;
+    let front = Front::start().await;
+    let gw = aws_env(Launch::new(&up.url()), &front.url())
+        .env("TOKENS_SSM_PARAMETER", &name)
+        .env("TOKENS_REFRESH_SECS", "1")
+        .start();
+    assert_eq!(status_of(&gw, "keep-Tok-x").await.0, 200);
+    front.set(THROTTLE);
+    let failing_since = front.gets();
+    for _ in 0..25 {
+        assert_eq!(status_of(&gw, "keep-Tok-x").await.0, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        front.gets() > failing_since,
+        "the gateway never retried SSM"
+    );
+    let text = gw.log_text();
+    assert!(
+        text.contains("configuration refresh failed") && text.contains("ThrottlingException"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&name) && text.contains("\"keeping_last_good\":true"),
+        "{text}"
+    );
+    front.set(PASS);
+    put(&name, r#"[{"name":"next","token":"next-Tok-y"}]"#).await;
+    until(&gw, "next-Tok-y", 200, Duration::from_secs(8)).await;
+    assert!(!gw.log_text().contains("keep-Tok-x") && !gw.log_text().contains("next-Tok-y"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_value_gives_503_and_an_error_naming_the_entry() {
+    let name = param("tokens");
+    put(&name, r#"[{"name":"fine","token":"fine-Tok"},{"name":"broken","token":"broken-Secret-9","expires":"someday"}]"#).await;
+    let up = MockUpstream::start().await;
+    let gw = aws_env(Launch::new(&up.url()), &moto().url)
+        .env("TOKENS_SSM_PARAMETER", &name)
+        .start();
+    let (status, body) = status_of(&gw, "fine-Tok").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("token_store_unavailable"))
+    );
+    let line = gw
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("configuration value is malformed"))
+        .cloned()
+        .expect("an error line about the malformed value");
+    assert!(line.contains("\"level\":\"ERROR\""), "{line}");
+    assert!(
+        line.contains(&name) && line.contains("entry 1 (broken)") && line.contains("expires"),
+        "{line}"
+    );
+    assert!(!gw.log_text().contains("broken-Secret-9"));
+    // Fixing the value heals the gateway without a restart.
+    put(&name, r#"[{"name":"fine","token":"fine-Tok"}]"#).await;
+    until(&gw, "fine-Tok", 200, Duration::from_secs(8)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_key_comes_from_ssm_and_never_shows() {
+    let tokens = param("tokens");
+    let key = param("key");
+    put(&tokens, r#"[{"name":"k","token":"key-user-Tok"}]"#).await;
+    put(&key, "sk-from-ssm-Key-1\n").await;
+    let up = MockUpstream::start().await;
+    let gw = aws_env(Launch::new(&up.url()), &moto().url)
+        .env("TOKENS_SSM_PARAMETER", &tokens)
+        .env("UPSTREAM_API_KEY_SSM_PARAMETER", &key)
+        .env("TOKENS_REFRESH_SECS", "1")
+        .start();
+    let r = client()
+        .get(gw.url("/v1/models"))
+        .bearer_auth("key-user-Tok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        up.last().header("authorization").as_deref(),
+        Some("Bearer sk-from-ssm-Key-1")
+    );
+    // Key rotation, too.
+    put(&key, "sk-from-ssm-Key-2").await;
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        client()
+            .get(gw.url("/v1/models"))
+            .bearer_auth("key-user-Tok")
+            .send()
+            .await
+            .unwrap();
+        if up.last().header("authorization").as_deref() == Some("Bearer sk-from-ssm-Key-2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rotated key never arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = gw.log_text();
+    for secret in ["sk-from-ssm-Key", "key-user-Tok"] {
+        assert!(!text.contains(secret), "{secret} in logs:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_new_push_check_round_trip() {
+    let bin = env!("CARGO_BIN_EXE_chatgpt-gateway");
+    let run = |args: &[&str]| {
+        Command::new(bin)
+            .args(args)
+            .env("AWS_ENDPOINT_URL_SSM", &moto().url)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("OPENAI_KEY_FOR_TEST", "sk-cli-Injected")
+            .output()
+            .unwrap()
+    };
+    let made = run(&[
+        "tokens",
+        "new",
+        "--name",
+        "dora",
+        "--expires",
+        "30d",
+        "--upstream-key-from-env",
+        "OPENAI_KEY_FOR_TEST",
+        "--json",
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let made: serde_json::Value = serde_json::from_slice(&made.stdout).unwrap();
+    let token = made["token"].as_str().unwrap().to_owned();
+    assert!(
+        token.len() >= 43
+            && token
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "{token}"
+    );
+    let entry = &made["entry"];
+    assert_eq!(entry["sha256"], sha256_hex(token.as_bytes()));
+    assert!(
+        entry.get("token").is_none(),
+        "the entry stores the digest, not the token"
+    );
+    assert_eq!(entry["upstream_key"], "sk-cli-Injected");
+
+    let dir = TempDir::new();
+    let file = dir.write(
+        "tokens.json",
+        &serde_json::json!({ "tokens": [entry] }).to_string(),
+    );
+    let name = param("cli");
+    let pushed = run(&[
+        "tokens",
+        "push",
+        "--ssm-parameter",
+        &name,
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&pushed.stdout).contains("wrote 1 token(s)"));
+    let checked = run(&["tokens", "check", "--ssm-parameter", &name]);
+    let out = String::from_utf8_lossy(&checked.stdout).into_owned();
+    assert!(
+        checked.status.success()
+            && out.contains("dora")
+            && out.contains("valid")
+            && out.contains("own key"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&token) && !out.contains("sk-cli-Injected"),
+        "{out}"
+    );
+
+    // The pushed list is what the gateway serves.
+    let up = MockUpstream::start().await;
+    let gw = aws_env(Launch::new(&up.url()), &moto().url)
+        .env("TOKENS_SSM_PARAMETER", &name)
+        .start();
+    assert_eq!(status_of(&gw, &token).await.0, 200);
+    assert_eq!(
+        up.last().header("authorization").as_deref(),
+        Some("Bearer sk-cli-Injected")
+    );
+
+    // Bad input: a clear message and a non-zero exit, and nothing is written.
+    let bad = dir.write(
+        "bad.json",
+        r#"[{"name":"x","token":"bad-Secret-5","expires":"never"}]"#,
+    );
+    let refused = run(&[
+        "tokens",
+        "push",
+        "--ssm-parameter",
+        &name,
+        "--file",
+        bad.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        err.contains("bad.json") && err.contains("entry 0 (x)") && !err.contains("bad-Secret-5"),
+        "{err}"
+    );
+    assert!(
+        run(&["tokens", "check", "--ssm-parameter", &name])
+            .status
+            .success(),
+        "the good list is still there"
+    );
+    let missing = run(&[
+        "tokens",
+        "check",
+        "--ssm-parameter",
+        "/gw-test/does-not-exist",
+    ]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("ParameterNotFound"));
+    let expired = run(&["tokens", "new", "--name", "x", "--expires", "yesterday-ish"]);
+    assert_eq!(expired.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&expired.stderr).contains("--expires"));
+}
