@@ -262,8 +262,8 @@ fn print_table(label: &str, tokens: &TokenSet, now: DateTime<Utc>) {
         .unwrap_or(4)
         .max(4);
     println!(
-        "{:width$}  {:20}  {:14}  {}",
-        "NAME", "EXPIRES (UTC)", "STATE", "UPSTREAM KEY"
+        "{:width$}  {:20}  {:14}  UPSTREAM KEY",
+        "NAME", "EXPIRES (UTC)", "STATE"
     );
     for entry in tokens.entries() {
         let (expires, state) = match entry.expires {
