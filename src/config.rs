@@ -17,6 +17,7 @@
 //! | | `SHUTDOWN_GRACE_SECS` | 30 | how long in-flight requests may finish on SIGTERM |
 //! | | `LOG_FORMAT` | `text` (`json` on Lambda) | `json` for one JSON object a line |
 //! | | `GATEWAY_INVOKE_MODE` | `RESPONSE_STREAM` | Lambda only: or `BUFFERED` |
+//! | `--cors-allow-origins` | `CORS_ALLOW_ORIGINS` | off | browser origins, comma-separated, or `*` |
 //! | | `RUST_LOG` | `info` | log level filter |
 
 use std::net::SocketAddr;
@@ -113,6 +114,10 @@ pub struct Settings {
     #[arg(long, env = SHUTDOWN_GRACE_SECS, default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 
+    /// Origins allowed to call from a browser: a comma-separated list, or `*`. Off when unset.
+    #[arg(long, env = crate::cors::CORS_ALLOW_ORIGINS, value_parser = parse_cors)]
+    pub cors_allow_origins: Option<Option<crate::cors::Cors>>,
+
     /// Log format: text or json [default: text locally, json on Lambda].
     #[arg(long, env = LOG_FORMAT, value_parser = ["text", "json"])]
     pub log_format: Option<String>,
@@ -152,6 +157,10 @@ impl Settings {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
+}
+
+fn parse_cors(text: &str) -> Result<Option<crate::cors::Cors>, String> {
+    crate::cors::Cors::parse(text)
 }
 
 /// The upstream's base URL, validated: `http(s)://host[:port][/prefix]`.

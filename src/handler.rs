@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::auth;
 use crate::body::{BoxError, Counted, GatewayBody};
+use crate::cors::Cors;
 use crate::error::GatewayError;
 use crate::proxy::{self, Proxy};
 use crate::secret::Secret;
@@ -34,6 +35,7 @@ struct Inner {
     upstream_key: Option<Cached<Secret>>,
     anonymous: bool,
     idle_timeout: Duration,
+    cors: Option<Cors>,
 }
 
 impl Gateway {
@@ -53,8 +55,17 @@ impl Gateway {
                 upstream_key,
                 anonymous,
                 idle_timeout,
+                cors: None,
             }),
         }
+    }
+
+    /// Turns CORS on with this policy (call before sharing the gateway).
+    pub fn with_cors(mut self, cors: Option<Cors>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_cors is called before the gateway is shared")
+            .cors = cors;
+        self
     }
 
     /// The proxy (for start-up checks such as a connection warm-up).
@@ -78,13 +89,22 @@ impl Gateway {
         let (mut parts, body) = request.into_parts();
         let mut log = AccessLog::start(&parts.method, parts.uri.path(), started, received.clone());
         log.request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
-        let response = match self.forward(&mut parts, body, &mut log, received).await {
+        let cors = self.inner.cors.as_ref();
+        if let Some(preflight) = cors.and_then(|c| c.preflight(&parts.method, &parts.headers)) {
+            log.status = preflight.status().as_u16();
+            return preflight.map(|body: GatewayBody| body.with_log(log));
+        }
+        let decision = cors.map(|c| c.decide(&parts.headers));
+        let mut response = match self.forward(&mut parts, body, &mut log, received).await {
             Ok(response) => response,
             Err(error) => {
                 log.code = Some(error.code());
                 error.to_response()
             }
         };
+        if let Some(decision) = decision {
+            decision.apply(response.headers_mut());
+        }
         log.status = response.status().as_u16();
         response.map(|body| body.with_log(log))
     }

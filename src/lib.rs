@@ -11,6 +11,7 @@
 //! 4. [`body`] streams the upstream's body back, cutting silent streams, and
 //!    writes the [`telemetry`] access line when it ends.
 //!
+//! [`cors`] answers browser preflights and adds CORS headers when enabled.
 //! [`error`] turns every failure into OpenAI's JSON error shape; [`config`]
 //! names every setting; [`startup`] builds the gateway from them; [`secret`]
 //! keeps keys and tokens out of every formatted string; [`cli`] is the
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod handler;
 pub mod lambda;
