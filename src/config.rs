@@ -115,8 +115,8 @@ pub struct Settings {
     pub shutdown_grace_secs: u64,
 
     /// Origins allowed to call from a browser: a comma-separated list, or `*`. Off when unset.
-    #[arg(long, env = crate::cors::CORS_ALLOW_ORIGINS, value_parser = parse_cors)]
-    pub cors_allow_origins: Option<Option<crate::cors::Cors>>,
+    #[arg(long, env = crate::cors::CORS_ALLOW_ORIGINS)]
+    pub cors_allow_origins: Option<String>,
 
     /// Log format: text or json [default: text locally, json on Lambda].
     #[arg(long, env = LOG_FORMAT, value_parser = ["text", "json"])]
@@ -157,10 +157,6 @@ impl Settings {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
-}
-
-fn parse_cors(text: &str) -> Result<Option<crate::cors::Cors>, String> {
-    crate::cors::Cors::parse(text)
 }
 
 /// The upstream's base URL, validated: `http(s)://host[:port][/prefix]`.

@@ -73,8 +73,39 @@ pub fn in_lambda() -> bool {
 }
 
 /// Serves Lambda events until the runtime stops.
+///
+/// lambda_runtime ends its loop when posting a response to the runtime API
+/// fails (for instance when the client of a streamed response went away and
+/// the API dropped the connection). The process would then exit and the next
+/// event would pay a cold start, or, under an emulator that does not restart
+/// it, wait forever; so the loop is resumed, giving up only when it keeps
+/// failing at once.
 pub async fn run(gateway: Gateway, mode: InvokeMode) -> Result<(), lambda_http::Error> {
+    const MAX_QUICK_FAILURES: u32 = 5;
     tracing::info!(?mode, "serving Lambda events");
+    let mut quick_failures = 0;
+    loop {
+        let started = std::time::Instant::now();
+        let error = match serve_events(gateway.clone(), mode).await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            quick_failures = 0;
+        }
+        quick_failures += 1;
+        if quick_failures >= MAX_QUICK_FAILURES {
+            return Err(error);
+        }
+        tracing::warn!(error = %error, "Lambda runtime loop failed; resuming");
+        tokio::time::sleep(std::time::Duration::from_millis(
+            50 * u64::from(quick_failures),
+        ))
+        .await;
+    }
+}
+
+async fn serve_events(gateway: Gateway, mode: InvokeMode) -> Result<(), lambda_http::Error> {
     match mode {
         InvokeMode::ResponseStream => {
             lambda_http::run_with_streaming_response(service_fn(move |request| {

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{Settings, Upstream, DEFAULT_TOKENS_FILE, DEFAULT_UPSTREAM};
+use crate::cors::Cors;
 use crate::handler::Gateway;
 use crate::proxy::Proxy;
 use crate::tokens::cache::Cached;
@@ -159,13 +160,21 @@ pub async fn build(settings: &Settings, mode: Mode) -> Result<Gateway, StartupEr
     )
     .map_err(StartupError)?;
     tracing::info!(upstream = %proxy.upstream().base(), "upstream");
+    let cors = match &settings.cors_allow_origins {
+        Some(text) => Cors::parse(text).map_err(StartupError)?,
+        None => None,
+    };
+    if let Some(cors) = &cors {
+        tracing::info!(?cors, "CORS on");
+    }
     Ok(Gateway::new(
         proxy,
         tokens,
         upstream_key,
         anonymous,
         settings.idle_timeout(),
-    ))
+    )
+    .with_cors(cors))
 }
 
 /// Refuses anonymous mode where it would expose the upstream or a key.

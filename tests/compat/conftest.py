@@ -1,12 +1,21 @@
-"""Fixtures: the mock OpenAI upstream and the real gateway binary, on free ports."""
+"""Fixtures: the mock OpenAI upstream, and the real gateway in two shapes:
+
+- "local": the binary as a local server;
+- "lambda": the same code in Lambda mode under `cargo lambda watch`, reached
+  through its Function URL emulation (response streaming).
+
+Both use one token list (written here) and the same mock upstream.
+"""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -19,6 +28,9 @@ KEYED_TOKEN = "gw-keyed-Token-2"
 EXPIRED_TOKEN = "gw-expired-Token-3"
 UPSTREAM_KEY = "sk-injected-compat-key"
 CLIENT_KEY = "sk-client-own-key"
+# The tokens of events/tokens.json, used by the Lambda event fixtures and docs.
+EVENT_TOKEN = "gw-example-token"
+EVENT_EXPIRED = "gw-expired-token"
 
 
 def free_port():
@@ -28,7 +40,7 @@ def free_port():
 
 
 def wait_port(port, proc, what):
-    deadline = time.time() + 20
+    deadline = time.time() + 30
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError("%s exited early" % what)
@@ -52,9 +64,6 @@ class Mock:
     def last(self):
         return self.requests()[-1]
 
-    def clear(self):
-        urllib.request.urlopen(urllib.request.Request(self.url + "/_mock/requests", method="DELETE")).read()
-
 
 @pytest.fixture(scope="session")
 def mock():
@@ -66,36 +75,95 @@ def mock():
     proc.wait()
 
 
-class Gateway:
-    def __init__(self, port, log_path):
-        self.port = port
-        self.url = "http://127.0.0.1:%d" % port
-        self.base_url = self.url + "/v1"
-        self.log_path = log_path
-
-    def logs(self):
-        with open(self.log_path) as f:
-            return f.read()
+@pytest.fixture(scope="session")
+def workdir():
+    path = tempfile.mkdtemp(prefix="gw-compat-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def gateway(mock):
-    """The gateway with three tokens: plain, one with an injected key, one expired."""
-    tmp = tempfile.mkdtemp()
-    tokens = os.path.join(tmp, "tokens.json")
-    with open(tokens, "w") as f:
+def tokens_file(workdir):
+    path = os.path.join(workdir, "tokens.json")
+    with open(path, "w") as f:
         json.dump({"tokens": [
             {"name": "compat", "token": GW_TOKEN},
             {"name": "keyed", "token": KEYED_TOKEN, "upstream_key": UPSTREAM_KEY},
             {"name": "expired", "token": EXPIRED_TOKEN, "expires": "2020-1-1 00:00"},
+            {"name": "example", "token": EVENT_TOKEN},
+            {"name": "example-expired", "token": EVENT_EXPIRED, "expires": "2020-01-01T00:00:00Z"},
         ]}, f)
+    return path
+
+
+@pytest.fixture(scope="session")
+def page_ports():
+    """Two local origins for the browser check: one allowed by CORS, one not."""
+    return free_port(), free_port()
+
+
+class Target:
+    """A running gateway: where to send requests, and its log."""
+
+    def __init__(self, kind, root, log_path):
+        self.kind = kind
+        self.root = root
+        self.base_url = root + "/v1"
+        self.log_path = log_path
+
+    def logs(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+
+@pytest.fixture(scope="session")
+def gateway(mock, tokens_file, workdir, page_ports):
+    """The binary as a local server, with CORS allowing the first page origin."""
     port = free_port()
-    log_path = os.path.join(tmp, "gateway.log")
-    env = dict(os.environ, GATEWAY_LISTEN="127.0.0.1:%d" % port, UPSTREAM_URL=mock.url, TOKENS_FILE=tokens, LOG_FORMAT="json", RUST_LOG="info")
-    env.update(json.loads(os.environ.get("GATEWAY_EXTRA_ENV", "{}")))
+    log_path = os.path.join(workdir, "gateway.log")
+    env = dict(os.environ, GATEWAY_LISTEN="127.0.0.1:%d" % port, UPSTREAM_URL=mock.url, TOKENS_FILE=tokens_file,
+               LOG_FORMAT="json", RUST_LOG="info", CORS_ALLOW_ORIGINS="http://127.0.0.1:%d" % page_ports[0])
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([BINARY], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+        proc = subprocess.Popen([BINARY], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     wait_port(port, proc, "gateway")
-    yield Gateway(port, log_path)
+    yield Target("local", "http://127.0.0.1:%d" % port, log_path)
     proc.terminate()
     proc.wait()
+
+
+@pytest.fixture(scope="session")
+def watch(mock, tokens_file, workdir):
+    """The gateway in Lambda mode under `cargo lambda watch` (Function URL emulation)."""
+    if shutil.which("cargo-lambda") is None:
+        pytest.fail("cargo-lambda is not installed: scripts/test installs it (pip install cargo-lambda)")
+    port = free_port()
+    log_path = os.path.join(workdir, "cargo-lambda-watch.log")
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        ["cargo", "lambda", "watch", "--ignore-changes", "--disable-cors", "-P", str(port),
+         "--env-var", "UPSTREAM_URL=" + mock.url, "--env-var", "TOKENS_FILE=" + tokens_file,
+         "--env-var", "RUST_LOG=info"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    wait_port(port, proc, "cargo lambda watch")
+    root = "http://127.0.0.1:%d/lambda-url/chatgpt-gateway" % port
+    # The first invocation compiles and starts the function.
+    deadline = time.time() + 600
+    while True:
+        try:
+            urllib.request.urlopen(root + "/v1/models?token=" + GW_TOKEN, timeout=600).read()
+            break
+        except (urllib.error.URLError, ConnectionError) as e:
+            if time.time() > deadline:
+                raise RuntimeError("cargo lambda watch never answered: %s" % e)
+            time.sleep(1)
+    yield Target("lambda", root, log_path)
+    os.killpg(proc.pid, 15)
+    proc.wait()
+    log.close()
+
+
+@pytest.fixture(params=["local", "lambda"])
+def target(request):
+    """Each compatibility test runs against the local server and the Lambda emulator."""
+    return request.getfixturevalue("gateway" if request.param == "local" else "watch")

@@ -161,11 +161,26 @@ class Handler(BaseHTTPRequestHandler):
             })
         if path.endswith("/responses"):
             resp = {"id": "resp_mock", "object": "response", "created_at": 1700000000, "model": model, "status": "in_progress", "output": []}
-            events = [("response.created", {"type": "response.created", "sequence_number": 0, "response": resp})]
-            for i, w in enumerate(["Hi", " there"]):
-                events.append(("response.output_text.delta", {"type": "response.output_text.delta", "sequence_number": i + 1, "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": w, "logprobs": []}))
-            done = dict(resp, status="completed", output=[{"id": "msg_1", "type": "message", "role": "assistant", "status": "completed", "content": [{"type": "output_text", "text": "Hi there", "annotations": []}]}])
-            events.append(("response.completed", {"type": "response.completed", "sequence_number": 3, "response": done}))
+            item = {"id": "msg_1", "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+            part = {"type": "output_text", "text": "", "annotations": []}
+            seq = iter(range(100))
+            ev = lambda kind, **kw: (kind, dict(type=kind, sequence_number=next(seq), **kw))
+            events = [
+                ev("response.created", response=resp),
+                ev("response.in_progress", response=resp),
+                ev("response.output_item.added", output_index=0, item=item),
+                ev("response.content_part.added", item_id="msg_1", output_index=0, content_index=0, part=part),
+            ]
+            for w in ["Hi", " there"]:
+                events.append(ev("response.output_text.delta", item_id="msg_1", output_index=0, content_index=0, delta=w, logprobs=[]))
+            full = dict(part, text="Hi there")
+            done_item = dict(item, status="completed", content=[full])
+            events += [
+                ev("response.output_text.done", item_id="msg_1", output_index=0, content_index=0, text="Hi there", logprobs=[]),
+                ev("response.content_part.done", item_id="msg_1", output_index=0, content_index=0, part=full),
+                ev("response.output_item.done", output_index=0, item=done_item),
+                ev("response.completed", response=dict(resp, status="completed", output=[done_item])),
+            ]
             return self._sse(events, gap)
         if path.endswith("/embeddings"):
             return self._send(200, {"object": "list", "model": model, "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}], "usage": {"prompt_tokens": 1, "total_tokens": 1}})

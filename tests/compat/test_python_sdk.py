@@ -1,20 +1,45 @@
-"""The official OpenAI Python SDK, pointed at the gateway, works unchanged."""
+"""The official OpenAI Python SDK works unchanged through the gateway, apart from
+base_url and the token: every endpoint family, errors, both auth modes and raw
+responses; against the local server and under `cargo lambda watch`."""
 
+import base64
+import hashlib
+import io
 import time
+import uuid
 
 import openai
 import pytest
 from conftest import CLIENT_KEY, EXPIRED_TOKEN, GW_TOKEN, KEYED_TOKEN, UPSTREAM_KEY
+from mock_openai import FILE_BYTES
 
 
-def client(gateway, **kw):
+def client(target, **kw):
     kw.setdefault("api_key", CLIENT_KEY)
     kw.setdefault("default_query", {"token": GW_TOKEN})
-    return openai.OpenAI(base_url=gateway.base_url, **kw)
+    return openai.OpenAI(base_url=target.base_url, **kw)
 
 
-def test_streamed_chat_completion_arrives_token_by_token(gateway, mock):
-    stream = client(gateway).chat.completions.create(
+def headers_of(request):
+    return dict(request["headers"])
+
+
+def test_models_list(target, mock):
+    models = client(target).models.list()
+    assert [m.id for m in models.data] == ["gpt-4o-mini"]
+    seen = mock.last()
+    assert seen["target"] == "/v1/models"
+    assert headers_of(seen)["authorization"] == "Bearer " + CLIENT_KEY
+
+
+def test_chat_completion(target):
+    r = client(target).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert r.choices[0].message.content == "Hello from the mock!"
+    assert r.usage.total_tokens == 8
+
+
+def test_chat_completion_streams_token_by_token(target, mock):
+    stream = client(target).chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
     )
     start = time.monotonic()
@@ -27,22 +52,88 @@ def test_streamed_chat_completion_arrives_token_by_token(gateway, mock):
     # The mock sends a chunk every 200 ms; a buffering gateway would deliver them together.
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
     assert len(gaps) == 4 and min(gaps) > 0.1, arrivals
-    seen = mock.last()
-    assert "token=" not in seen["target"]
-    assert dict(seen["headers"])["authorization"] == "Bearer " + CLIENT_KEY
+    assert "token=" not in mock.last()["target"]
 
 
-def test_gateway_token_as_api_key_with_injected_upstream_key(gateway, mock):
-    c = openai.OpenAI(base_url=gateway.base_url, api_key=KEYED_TOKEN)
-    models = c.models.list()
-    assert [m.id for m in models.data] == ["gpt-4o-mini"]
-    assert dict(mock.last()["headers"])["authorization"] == "Bearer " + UPSTREAM_KEY
+def test_responses_api_streams(target):
+    deltas, done = [], None
+    with client(target).responses.stream(model="gpt-4o-mini", input="hi") as stream:
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+            elif event.type == "response.completed":
+                done = event.response
+    assert "".join(deltas) == "Hi there"
+    assert done is not None and done.output_text == "Hi there"
 
 
-def test_expired_token_is_an_authentication_error(gateway):
-    c = client(gateway, default_query={"token": EXPIRED_TOKEN}, max_retries=0)
+def test_embeddings(target):
+    r = client(target).embeddings.create(model="text-embedding-3-small", input="hello")
+    assert r.data[0].embedding == [0.1, 0.2, 0.3]
+
+
+def test_audio_transcription_upload_is_byte_for_byte(target):
+    audio = bytes(range(256)) * 300 + b"\r\n--not-a-boundary\r\n" + b"\x00\xff" * 1000
+    r = client(target).audio.transcriptions.create(model="whisper-1", file=("speech.wav", io.BytesIO(audio), "audio/wav"))
+    assert r.text == "sha256:" + hashlib.sha256(audio).hexdigest()
+
+
+def test_file_content_download_is_binary_exact(target):
+    content = client(target).files.content("file-abc123")
+    assert content.content == FILE_BYTES
+
+
+def test_image_generation(target):
+    r = client(target).images.generate(model="gpt-image-1", prompt="a lighthouse")
+    assert base64.b64decode(r.data[0].b64_json) == b"hello"
+
+
+def test_gateway_401_is_an_authentication_error_with_our_message(target):
+    c = client(target, default_query={"token": EXPIRED_TOKEN}, max_retries=0)
     with pytest.raises(openai.AuthenticationError) as info:
         c.models.list()
     assert info.value.status_code == 401
     assert info.value.code == "token_expired"
-    assert "expired" in info.value.message
+    assert info.value.body["message"] == "gateway token expired"
+    assert "gateway token expired" in str(info.value)
+    with pytest.raises(openai.AuthenticationError) as info:
+        client(target, default_query={}, max_retries=0).models.list()
+    assert info.value.code == "invalid_token", "a client key that is not a gateway token is refused"
+
+
+def test_upstream_429_is_retried_by_the_sdk(target, mock):
+    key = str(uuid.uuid4())
+    c = client(target, max_retries=2, default_headers={"x-mock-attempt-key": key})
+    r = c.chat.completions.create(model="force-429", messages=[{"role": "user", "content": "hi"}])
+    assert r.choices[0].message.content == "Hello from the mock!"
+    attempts = [q for q in mock.requests() if headers_of(q).get("x-mock-attempt-key") == key]
+    assert len(attempts) == 2, "one 429, then one retry that succeeded"
+
+
+def test_upstream_500_raises_the_upstream_message(target):
+    with pytest.raises(openai.InternalServerError) as info:
+        client(target, max_retries=0).chat.completions.create(model="force-500", messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 500
+    assert info.value.body["message"] == "The mock upstream failed on purpose."
+
+
+def test_gateway_token_as_api_key_with_injected_upstream_key(target, mock):
+    c = openai.OpenAI(base_url=target.base_url, api_key=KEYED_TOKEN)
+    assert c.models.list().data[0].id == "gpt-4o-mini"
+    seen = headers_of(mock.last())
+    assert seen["authorization"] == "Bearer " + UPSTREAM_KEY
+    assert KEYED_TOKEN not in str(mock.last())
+
+
+def test_raw_response_sees_the_upstream_request_id(target):
+    raw = client(target).models.with_raw_response.list()
+    assert raw.headers["x-request-id"].startswith("req_mock_")
+    assert raw.parse().data[0].id == "gpt-4o-mini"
+
+
+def test_logs_hold_no_secret(target):
+    # Runs after the tests above in this module (pytest keeps file order).
+    text = target.logs()
+    assert '"message":"request"' in text
+    for secret in (GW_TOKEN, KEYED_TOKEN, EXPIRED_TOKEN, UPSTREAM_KEY, CLIENT_KEY):
+        assert secret not in text, secret
