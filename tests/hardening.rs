@@ -1,0 +1,506 @@
+//! Hardening: upstream faults, hostile requests, load, and secret canaries.
+//! Each case gets its documented answer, nothing panics, and the gateway goes
+//! on serving.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const TOKENS: &str =
+    r#"[{"name": "h", "token": "hard-Tok-1"}, {"name": "h2", "token": "hard-Tok-2"}]"#;
+
+/// An upstream that behaves badly: `script` runs on every accepted connection.
+async fn bad_upstream<F, Fut>(script: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let script = std::sync::Arc::new(script);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let script = script.clone();
+            tokio::spawn(async move { script(stream).await });
+        }
+    });
+    addr
+}
+
+/// Reads a request head (enough for the fault to begin after it).
+async fn read_head(stream: &mut tokio::net::TcpStream) {
+    let mut buf = vec![0u8; 16384];
+    let mut seen = Vec::new();
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+async fn get(gw: &GatewayProc, path: &str) -> (u16, String) {
+    let r = client().get(gw.url(path)).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+/// The gateway, pointed at `upstream`, with short timeouts so faults resolve fast.
+fn gateway_for(upstream: SocketAddr) -> GatewayProc {
+    Launch::new(&format!("http://{upstream}"))
+        .tokens(TOKENS)
+        .env("UPSTREAM_TIMEOUT_SECS", "1")
+        .env("UPSTREAM_IDLE_TIMEOUT_SECS", "1")
+        .env("UPSTREAM_CONNECT_TIMEOUT_SECS", "1")
+        .start()
+}
+
+/// After a fault, the same gateway still serves a healthy upstream... which is
+/// the same address, so instead check it still answers its own 401 at once.
+async fn still_serving(gw: &GatewayProc) {
+    let started = Instant::now();
+    let (status, body) = get(gw, "/v1/models").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(
+        gw.log_text().matches("panicked").count() == 0,
+        "{}",
+        gw.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_faults_get_their_documented_answers() {
+    // Refuses the connection.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = gateway_for(closed);
+    let (status, body) = get(&gw, "/v1/models?token=hard-Tok-1").await;
+    assert_eq!(status, 502);
+    assert!(body.contains("upstream_unreachable"), "{body}");
+    still_serving(&gw).await;
+
+    // Accepts, then never answers.
+    let silent = bad_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    })
+    .await;
+    let gw = gateway_for(silent);
+    let started = Instant::now();
+    let (status, body) = get(&gw, "/v1/models?token=hard-Tok-1").await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("upstream_timeout"));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    still_serving(&gw).await;
+
+    // Malformed HTTP.
+    let garbage = bad_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        let _ = s
+            .write_all(b"HELLO THERE\r\nthis is not http\r\n\r\n")
+            .await;
+    })
+    .await;
+    let gw = gateway_for(garbage);
+    let (status, body) = get(&gw, "/v1/models?token=hard-Tok-1").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("upstream_error"), "{body}");
+    still_serving(&gw).await;
+
+    // An enormous header (2 MB).
+    let huge = bad_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        let mut head = b"HTTP/1.1 200 OK\r\nX-Huge: ".to_vec();
+        head.extend(std::iter::repeat_n(b'a', 2 << 20));
+        head.extend_from_slice(b"\r\nContent-Length: 2\r\n\r\n{}");
+        let _ = s.write_all(&head).await;
+    })
+    .await;
+    let gw = gateway_for(huge);
+    let (status, body) = get(&gw, "/v1/models?token=hard-Tok-1").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("upstream_error"), "{body}");
+    still_serving(&gw).await;
+}
+
+/// Serves a chunked SSE head and one event, then runs `after`.
+async fn streaming_then<F, Fut>(after: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + Copy + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    bad_upstream(move |mut s| async move {
+        read_head(&mut s).await;
+        let event = b"data: {\"n\":1}\n\n";
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+            event.len()
+        );
+        let _ = s.write_all(head.as_bytes()).await;
+        let _ = s.write_all(event).await;
+        let _ = s.write_all(b"\r\n").await;
+        let _ = s.flush().await;
+        after(s).await;
+    })
+    .await
+}
+
+async fn stream_outcome(gw: &GatewayProc) -> (Vec<u8>, bool, Duration) {
+    let started = Instant::now();
+    let r = client()
+        .get(gw.url("/v1/chat?token=hard-Tok-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let mut got = Vec::new();
+    let mut broke = false;
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .expect("stream hung")
+    {
+        match chunk {
+            Ok(c) => got.extend_from_slice(&c),
+            Err(_) => {
+                broke = true;
+                break;
+            }
+        }
+    }
+    (got, broke, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mid_stream_stalls_and_resets_end_the_stream_promptly() {
+    // Headers and one event, then silence: cut after the 1 s idle timeout.
+    let stall = streaming_then(|s| async move {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        drop(s);
+    })
+    .await;
+    let gw = gateway_for(stall);
+    let (got, broke, took) = stream_outcome(&gw).await;
+    assert_eq!(got, b"data: {\"n\":1}\n\n");
+    assert!(broke, "a cut stream must not look complete");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    still_serving(&gw).await;
+
+    // Headers and one event, then a TCP reset.
+    let reset = streaming_then(|s| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // SO_LINGER 0: close with RST rather than FIN.
+        s.set_zero_linger().unwrap();
+        drop(s);
+    })
+    .await;
+    let gw = gateway_for(reset);
+    let (got, broke, took) = stream_outcome(&gw).await;
+    assert_eq!(got, b"data: {\"n\":1}\n\n");
+    assert!(broke);
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    still_serving(&gw).await;
+}
+
+async fn raw_status(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let answer = raw(addr, request).await;
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_a_clear_4xx_or_a_faithful_forward() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(TOKENS).start();
+    let get_req = |target: &str, extra: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: gw\r\n{extra}Connection: close\r\n\r\n")
+            .into_bytes()
+    };
+
+    // Oversized header and URI.
+    let (status, _) = raw_status(
+        gw.addr,
+        &get_req(
+            "/v1/models?token=hard-Tok-1",
+            &format!("X-Big: {}\r\n", "a".repeat(1 << 20)),
+        ),
+    )
+    .await;
+    assert_eq!(status, 431);
+    let long_uri = format!("/v1/models?token=hard-Tok-1&q={}", "a".repeat(1 << 20));
+    let (status, _) = raw_status(gw.addr, &get_req(&long_uri, "")).await;
+    assert!(matches!(status, 414 | 431 | 400), "{status}");
+
+    // Invalid UTF-8 raw in the path: refused by the HTTP parser.
+    let mut bad =
+        b"GET /v1/\xff\xfe?token=hard-Tok-1 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+            .to_vec();
+    let (status, _) = raw_status(gw.addr, &bad).await;
+    assert_eq!(status, 400);
+    bad.clear();
+
+    // Percent-encoded invalid UTF-8 and bad percent-encoding: forwarded as sent.
+    for target in ["/v1/%FF%FE?x=%C0%AF", "/v1/files/%zz?q=%G1&r=%"] {
+        let with_token = format!("{target}&token=hard-Tok-1");
+        let (status, answer) = raw_status(gw.addr, &get_req(&with_token, "")).await;
+        assert_eq!(status, 200, "{target}: {answer}");
+        assert_eq!(up.last().target, target);
+    }
+
+    // CR/LF in the query: raw ones break the request line (400); encoded ones are forwarded.
+    let (status, _) = raw_status(
+        gw.addr,
+        b"GET /v1/models?token=hard-Tok-1&a=1\rX: y HTTP/1.1\r\nHost: gw\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = raw_status(
+        gw.addr,
+        &get_req("/v1/models?a=%0D%0AX-Evil:%201&token=hard-Tok-1", ""),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen = up.last();
+    assert_eq!(seen.target, "/v1/models?a=%0D%0AX-Evil:%201");
+    assert_eq!(seen.header("x-evil"), None);
+
+    // 10,000 query parameters, kept in order less the token.
+    // (Bare keys keep the URI under the 64 KB that HTTP libraries accept.)
+    let params: Vec<String> = (0..10_000).map(|i| i.to_string()).collect();
+    let query = params.join("&");
+    let r = client()
+        .get(gw.url(&format!("/v1/models?{query}&token=hard-Tok-1")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().target, format!("/v1/models?{query}"));
+
+    // Duplicate token parameters; a token in both the query and a header.
+    assert_eq!(
+        get(&gw, "/v1/models?token=hard-Tok-1&token=hard-Tok-1")
+            .await
+            .0,
+        200
+    );
+    let (status, body) = get(&gw, "/v1/models?token=hard-Tok-1&token=hard-Tok-2").await;
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("conflicting_tokens") && !body.contains("hard-Tok"),
+        "{body}"
+    );
+    let r = client()
+        .get(gw.url("/v1/models?token=hard-Tok-1"))
+        .header("x-token", "hard-Tok-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = client()
+        .get(gw.url("/v1/models?token=hard-Tok-1"))
+        .header("x-token", "hard-Tok-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().header("x-token"), None);
+
+    // Absolute-form and authority tricks: never another host.
+    let before = up.count();
+    for target in [
+        "http://evil.example/v1/models?token=hard-Tok-1",
+        "http://hard-Tok-1@evil.example:81/v1/models?token=hard-Tok-1",
+        "https://evil.example:443/v1/models?token=hard-Tok-1",
+    ] {
+        let (status, answer) = raw_status(gw.addr, &get_req(target, "")).await;
+        assert_eq!(status, 200, "{target}: {answer}");
+        let seen = up.last();
+        assert_eq!(seen.target, "/v1/models");
+        assert_eq!(seen.header("host"), Some(up.addr.to_string()));
+    }
+    assert_eq!(up.count(), before + 3);
+    let (status, answer) = raw_status(
+        gw.addr,
+        b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n",
+    )
+    .await;
+    assert!(matches!(status, 400 | 401), "{answer}");
+    assert_eq!(up.count(), before + 3, "CONNECT reached the upstream");
+
+    still_serving(&gw).await;
+    let text = gw.log_text();
+    assert!(!text.contains("hard-Tok-1") && !text.contains("hard-Tok-2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_20000_requests_at_200_connections_mixing_json_and_sse() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(TOKENS).start();
+    let idle_kib = gw.rss_kib();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(200)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let workers: Vec<_> = (0..200)
+        .map(|w| {
+            let client = client.clone();
+            let base = gw.url("");
+            tokio::spawn(async move {
+                let mut errors = 0u32;
+                for i in 0..100 {
+                    let sse = (w + i) % 4 == 0;
+                    let url = if sse {
+                        format!("{base}/v1/sse?n=3&gap_ms=1&token=hard-Tok-1")
+                    } else {
+                        format!("{base}/v1/models?token=hard-Tok-1")
+                    };
+                    match client.get(url).send().await {
+                        Ok(r) if r.status() == 200 => match r.bytes().await {
+                            Ok(b) if !sse || b.ends_with(b"data: [DONE]\n\n") => {}
+                            _ => errors += 1,
+                        },
+                        _ => errors += 1,
+                    }
+                }
+                errors
+            })
+        })
+        .collect();
+    let mut errors = 0;
+    for w in workers {
+        errors += w.await.unwrap();
+    }
+    let took = started.elapsed();
+    let peak_kib = gw.peak_rss_kib();
+    eprintln!(
+        "load: 20000 requests, 200 connections, {errors} errors, {took:?}, idle RSS {} MiB, peak RSS {} MiB",
+        idle_kib / 1024,
+        peak_kib / 1024
+    );
+    assert_eq!(errors, 0);
+    assert_eq!(up.count(), 20_000);
+    // Bounded: well under what buffering 20,000 responses would take.
+    assert!(peak_kib < 200 * 1024, "peak RSS {peak_kib} KiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_canaries_never_leak() {
+    let up = MockUpstream::start().await;
+    let tokens = r#"[{"name": "canary-user", "token": "CANARY-GATEWAY-TOKEN-7c1f"},
+                     {"name": "canary-keyed", "token": "CANARY-GATEWAY-TOKEN-KEYED-2b9e", "upstream_key": "CANARY-ENTRY-KEY-55aa"}]"#;
+    let gw = Launch::new(&up.url())
+        .tokens(tokens)
+        .env("UPSTREAM_API_KEY", "CANARY-UPSTREAM-KEY-9d0c")
+        .start();
+    let c = client();
+    let mut answers = String::new();
+    let calls = [
+        (
+            "/v1/models?token=CANARY-GATEWAY-TOKEN-7c1f",
+            Some("CANARY-CLIENT-KEY-3e4d"),
+            None,
+        ),
+        ("/v1/models", Some("CANARY-GATEWAY-TOKEN-KEYED-2b9e"), None),
+        ("/v1/models", None, Some("CANARY-GATEWAY-TOKEN-7c1f")),
+        (
+            "/v1/status/500?token=CANARY-GATEWAY-TOKEN-7c1f",
+            Some("CANARY-CLIENT-KEY-3e4d"),
+            None,
+        ),
+        (
+            "/v1/models?token=CANARY-WRONG-TOKEN-0000",
+            Some("CANARY-CLIENT-KEY-3e4d"),
+            None,
+        ),
+        (
+            "/v1/models?token=CANARY-GATEWAY-TOKEN-7c1f&token=CANARY-WRONG-TOKEN-0000",
+            None,
+            None,
+        ),
+        ("/v1/../x?token=CANARY-GATEWAY-TOKEN-7c1f", None, None),
+        (
+            "/v1/sse?n=2&gap_ms=1&token=CANARY-GATEWAY-TOKEN-7c1f",
+            None,
+            None,
+        ),
+    ];
+    for (path, bearer, x_token) in calls {
+        let mut req = c.get(gw.url(path));
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        if let Some(t) = x_token {
+            req = req.header("x-token", t);
+        }
+        let r = req.send().await.unwrap();
+        answers.push_str(&format!("{:?}\n", r.headers()));
+        answers.push_str(&r.text().await.unwrap());
+    }
+    let (status, answer) = raw_status(gw.addr, b"GET /v1/models?token=CANARY-GATEWAY-TOKEN-7c1f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status, 200);
+    answers.push_str(&answer);
+    gw.wait_access_lines(calls.len());
+    let logs = gw.log_text();
+    let upstream: String = up
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let headers: Vec<String> = r
+                .headers
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v)))
+                .collect();
+            format!(
+                "{} {}\n{}\n{}\n",
+                r.method,
+                r.target,
+                headers.join("\n"),
+                String::from_utf8_lossy(&r.body)
+            )
+        })
+        .collect();
+    assert!(
+        upstream.contains("CANARY-UPSTREAM-KEY-9d0c") && upstream.contains("CANARY-ENTRY-KEY-55aa"),
+        "the keys were injected"
+    );
+    for token in [
+        "CANARY-GATEWAY-TOKEN-7c1f",
+        "CANARY-GATEWAY-TOKEN-KEYED-2b9e",
+        "CANARY-WRONG-TOKEN-0000",
+    ] {
+        assert!(
+            !upstream.contains(token),
+            "{token} went upstream:\n{upstream}"
+        );
+        assert!(!logs.contains(token), "{token} in logs");
+        assert!(!answers.contains(token), "{token} in a response");
+    }
+    for key in ["CANARY-UPSTREAM-KEY-9d0c", "CANARY-ENTRY-KEY-55aa"] {
+        assert!(!logs.contains(key), "{key} in logs");
+        assert!(!answers.contains(key), "{key} in a response");
+    }
+    // The client's own key is replaced by the injected one, so it never goes upstream either.
+    assert!(
+        !upstream.contains("CANARY-CLIENT-KEY-3e4d") && !logs.contains("CANARY-CLIENT-KEY-3e4d")
+    );
+}
