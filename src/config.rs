@@ -18,6 +18,7 @@
 //! | | `LOG_FORMAT` | `text` (`json` on Lambda) | `json` for one JSON object a line |
 //! | | `GATEWAY_INVOKE_MODE` | `RESPONSE_STREAM` | Lambda only: or `BUFFERED` |
 //! | `--cors-allow-origins` | `CORS_ALLOW_ORIGINS` | off | browser origins, comma-separated, or `*` |
+//! | `--worker-threads` | `GATEWAY_WORKER_THREADS` | cores | runtime threads; 1 = single-threaded |
 //! | | `RUST_LOG` | `info` | log level filter |
 
 use std::net::SocketAddr;
@@ -50,6 +51,8 @@ pub const ALLOW_ANONYMOUS: &str = "ALLOW_ANONYMOUS";
 pub const TOKENS_UTC_OFFSET: &str = "TOKENS_UTC_OFFSET";
 /// `SHUTDOWN_GRACE_SECS`: graceful-shutdown window.
 pub const SHUTDOWN_GRACE_SECS: &str = "SHUTDOWN_GRACE_SECS";
+/// `GATEWAY_WORKER_THREADS`: runtime worker threads.
+pub const GATEWAY_WORKER_THREADS: &str = "GATEWAY_WORKER_THREADS";
 /// `LOG_FORMAT`: `json` or `text`.
 pub const LOG_FORMAT: &str = "LOG_FORMAT";
 
@@ -117,6 +120,10 @@ pub struct Settings {
     /// Origins allowed to call from a browser: a comma-separated list, or `*`. Off when unset.
     #[arg(long, env = crate::cors::CORS_ALLOW_ORIGINS)]
     pub cors_allow_origins: Option<String>,
+
+    /// Runtime worker threads [default: one per core]; 1 runs everything on one thread.
+    #[arg(long, env = GATEWAY_WORKER_THREADS, value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
 
     /// Log format: text or json [default: text locally, json on Lambda].
     #[arg(long, env = LOG_FORMAT, value_parser = ["text", "json"])]

@@ -48,10 +48,7 @@ fn main() -> ExitCode {
             .as_deref()
             .map_or(in_lambda, |f| f == "json"),
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = runtime(settings.worker_threads);
     let outcome = if in_lambda {
         runtime.block_on(run_lambda(settings))
     } else {
@@ -65,6 +62,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// One worker thread runs everything on the current thread: no cross-thread
+/// wake-ups between a client connection and its upstream connection.
+fn runtime(worker_threads: Option<u16>) -> tokio::runtime::Runtime {
+    let mut builder = match worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(n));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all().build().expect("tokio runtime")
 }
 
 fn run_tokens(command: TokensCommand) -> ExitCode {
