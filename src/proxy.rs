@@ -95,9 +95,8 @@ impl Proxy {
         full.push_str(path);
         url.set_path(&full);
         url.set_query(query);
-        if !url.path().starts_with(&self.prefix)
-            || url.path()[self.prefix.len()..].as_bytes().first() != Some(&b'/')
-        {
+        let rest = url.path().strip_prefix(self.prefix.as_str());
+        if !rest.is_some_and(|r| r.starts_with('/')) {
             return Err(GatewayError::InvalidPath(
                 "the path would leave the upstream",
             ));
