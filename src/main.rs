@@ -42,12 +42,11 @@ fn main() -> ExitCode {
         None => cli.settings,
     };
     let in_lambda = lambda::in_lambda();
-    telemetry::init(
-        settings
-            .log_format
-            .as_deref()
-            .map_or(in_lambda, |f| f == "json"),
-    );
+    let json = settings
+        .log_format
+        .as_deref()
+        .map_or(in_lambda, |f| f == "json");
+    let _log_guard = telemetry::init(json, !in_lambda);
     let runtime = runtime(settings.worker_threads);
     let outcome = if in_lambda {
         runtime.block_on(run_lambda(settings))

@@ -11,14 +11,29 @@ use std::sync::Arc;
 
 use http::Method;
 use tokio::time::Instant;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber, writing to stderr. `json` selects JSON lines.
-pub fn init(json: bool) {
+///
+/// With `background`, lines are handed to a writer thread, so a request never
+/// waits on a `write` to stderr (the local server under load); the returned
+/// guard flushes them when dropped. Lambda writes synchronously, because a
+/// container is frozen as soon as its response is sent.
+pub fn init(json: bool, background: bool) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = if background {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("log-writer")
+            .finish(std::io::stderr());
+        (BoxMakeWriter::new(writer), Some(guard))
+    } else {
+        (BoxMakeWriter::new(std::io::stderr), None)
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     let result = if json {
@@ -33,7 +48,12 @@ pub fn init(json: bool) {
     };
     // A second init (tests) keeps the first subscriber.
     drop(result);
+    LogGuard(guard)
 }
+
+/// Keeps the background log writer running; dropping it flushes what is queued.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::WorkerGuard>);
 
 /// Installs a quiet subscriber for the admin commands: warnings and errors only.
 pub fn init_cli() {
