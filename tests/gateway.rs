@@ -480,21 +480,7 @@ async fn a_dropped_stream_ends_promptly_and_the_next_request_is_served() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let mut stream = r.bytes_stream();
-    let mut got = Vec::new();
-    let mut failed = false;
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(5), stream.next())
-        .await
-        .expect("stream hung")
-    {
-        match chunk {
-            Ok(c) => got.extend_from_slice(&c),
-            Err(_) => {
-                failed = true;
-                break;
-            }
-        }
-    }
+    let (got, failed) = read_stream(r, Duration::from_secs(5)).await;
     assert!(
         failed,
         "the client must see the stream break, not a clean end"

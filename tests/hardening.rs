@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -165,21 +164,7 @@ async fn stream_outcome(gw: &GatewayProc) -> (Vec<u8>, bool, Duration) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let mut body = r.bytes_stream();
-    let mut got = Vec::new();
-    let mut broke = false;
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), body.next())
-        .await
-        .expect("stream hung")
-    {
-        match chunk {
-            Ok(c) => got.extend_from_slice(&c),
-            Err(_) => {
-                broke = true;
-                break;
-            }
-        }
-    }
+    let (got, broke) = read_stream(r, Duration::from_secs(10)).await;
     (got, broke, started.elapsed())
 }
 

@@ -89,39 +89,45 @@ impl Ssm {
         Ok(output.version)
     }
 
-    /// A loader for a token list parameter.
-    pub fn tokens_loader(&self, name: &str, offset: FixedOffset) -> Loader<TokenSet> {
+    /// A loader that reads parameter `name` and turns its text into a value.
+    fn loader<T, F>(&self, name: &str, parse: F) -> Loader<T>
+    where
+        T: Send + 'static,
+        F: Fn(&str, &str) -> Result<T, LoadError> + Send + Sync + 'static,
+    {
         let ssm = self.clone();
         let name: Arc<str> = name.into();
+        let parse = Arc::new(parse);
         Arc::new(move || {
-            let (ssm, name) = (ssm.clone(), name.clone());
+            let (ssm, name, parse) = (ssm.clone(), name.clone(), parse.clone());
             Box::pin(async move {
                 let text = ssm.get(&name).await?;
-                let list = format::parse(&text, offset)
-                    .map_err(|e| LoadError::Invalid(format!("SSM parameter {name}: {e}")))?;
-                tracing::info!(source = %name, tokens = list.tokens.entries().len(), "token list loaded");
-                Ok(list.tokens)
+                parse(&name, &text)
             })
+        })
+    }
+
+    /// A loader for a token list parameter.
+    pub fn tokens_loader(&self, name: &str, offset: FixedOffset) -> Loader<TokenSet> {
+        self.loader(name, move |name, text| {
+            let list = format::parse(text, offset)
+                .map_err(|e| LoadError::Invalid(format!("SSM parameter {name}: {e}")))?;
+            tracing::info!(source = %name, tokens = list.tokens.entries().len(), "token list loaded");
+            Ok(list.tokens)
         })
     }
 
     /// A loader for the upstream key parameter.
     pub fn key_loader(&self, name: &str) -> Loader<Secret> {
-        let ssm = self.clone();
-        let name: Arc<str> = name.into();
-        Arc::new(move || {
-            let (ssm, name) = (ssm.clone(), name.clone());
-            Box::pin(async move {
-                let text = ssm.get(&name).await?;
-                let key = text.trim();
-                if key.is_empty() {
-                    return Err(LoadError::Invalid(format!(
-                        "SSM parameter {name}: the key is empty"
-                    )));
-                }
-                tracing::info!(source = %name, "upstream key loaded");
-                Ok(Secret::new(key))
-            })
+        self.loader(name, |name, text| {
+            let key = text.trim();
+            if key.is_empty() {
+                return Err(LoadError::Invalid(format!(
+                    "SSM parameter {name}: the key is empty"
+                )));
+            }
+            tracing::info!(source = %name, "upstream key loaded");
+            Ok(Secret::new(key))
         })
     }
 }

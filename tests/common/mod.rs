@@ -504,6 +504,23 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
+/// Reads a streamed response to its end; returns the bytes and whether the
+/// stream broke (rather than ending cleanly). Panics when it stalls for `stall`.
+pub async fn read_stream(response: reqwest::Response, stall: Duration) -> (Vec<u8>, bool) {
+    let mut body = response.bytes_stream();
+    let mut got = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(stall, body.next())
+        .await
+        .expect("stream hung")
+    {
+        match chunk {
+            Ok(c) => got.extend_from_slice(&c),
+            Err(_) => return (got, true),
+        }
+    }
+    (got, false)
+}
+
 /// Sends raw bytes and returns the raw answer (until the server closes or 2 s pass).
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
