@@ -89,11 +89,7 @@ async fn binary_bodies_pass_unchanged_both_ways() {
     assert_eq!(seen.header("content-length").as_deref(), Some("300000"));
 
     // Download, and a compressed body that must stay compressed.
-    let response = client()
-        .get(gw.url("/v1/download?bytes=1000003&token=tok-bob-Secret2"))
-        .send()
-        .await
-        .unwrap();
+    let response = fetch(&gw, "/v1/download?bytes=1000003&token=tok-bob-Secret2").await;
     let got = response.bytes().await.unwrap();
     assert_eq!(got.len(), 1_000_003);
     assert!(got
@@ -175,11 +171,7 @@ async fn request_headers_are_filtered() {
 #[tokio::test]
 async fn response_headers_and_errors_pass_through() {
     let (_up, gw) = setup().await;
-    let response = client()
-        .get(gw.url("/v1/models?token=tok-bob-Secret2"))
-        .send()
-        .await
-        .unwrap();
+    let response = fetch(&gw, "/v1/models?token=tok-bob-Secret2").await;
     assert_eq!(response.status(), 200);
     let h = response.headers();
     assert_eq!(h["x-request-id"], "req_mock_123");
@@ -188,11 +180,7 @@ async fn response_headers_and_errors_pass_through() {
     assert_eq!(h["x-ratelimit-remaining-requests"], "99");
     assert_eq!(h["retry-after"], "1");
     // Upstream errors keep their status and body.
-    let response = client()
-        .get(gw.url("/v1/status/429?token=tok-bob-Secret2"))
-        .send()
-        .await
-        .unwrap();
+    let response = fetch(&gw, "/v1/status/429?token=tok-bob-Secret2").await;
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "1");
     let body: serde_json::Value = response.json().await.unwrap();
@@ -202,23 +190,17 @@ async fn response_headers_and_errors_pass_through() {
 #[tokio::test]
 async fn gateway_token_is_stripped_and_query_kept_byte_for_byte() {
     let (up, gw) = setup().await;
-    let r = client()
-        .get(gw.url(
-            "/v1/files?limit=2&token=tok-bob-Secret2&after=file%2Dx&purpose=a+b&empty=&flag&%7E=1",
-        ))
-        .send()
-        .await
-        .unwrap();
+    let r = fetch(
+        &gw,
+        "/v1/files?limit=2&token=tok-bob-Secret2&after=file%2Dx&purpose=a+b&empty=&flag&%7E=1",
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         up.last().target,
         "/v1/files?limit=2&after=file%2Dx&purpose=a+b&empty=&flag&%7E=1"
     );
-    client()
-        .get(gw.url("/v1/models?token=tok-bob-Secret2"))
-        .send()
-        .await
-        .unwrap();
+    fetch(&gw, "/v1/models?token=tok-bob-Secret2").await;
     assert_eq!(up.last().target, "/v1/models");
     // X-Token, and a gateway token used as the Bearer.
     client()
@@ -256,7 +238,7 @@ async fn each_failure_gets_its_401_code() {
         ("/v1/models?token=tok-old-Secret3", "token_expired"),
     ];
     for (path, code) in cases {
-        let r = client().get(gw.url(path)).send().await.unwrap();
+        let r = fetch(&gw, path).await;
         let (status, body) = error_of(r).await;
         assert_eq!(
             (status, body["error"]["code"].as_str()),
@@ -269,11 +251,7 @@ async fn each_failure_gets_its_401_code() {
             .as_str()
             .is_some_and(|m| !m.is_empty()));
     }
-    let r = client()
-        .get(gw.url("/v1/models?token=tok-bob-Secret2&token=other"))
-        .send()
-        .await
-        .unwrap();
+    let r = fetch(&gw, "/v1/models?token=tok-bob-Secret2&token=other").await;
     assert_eq!(error_of(r).await.1["error"]["code"], "conflicting_tokens");
     assert_eq!(up.count(), 0, "a refused request reached the upstream");
 }
@@ -287,20 +265,12 @@ async fn a_token_expires_at_its_instant() {
         expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     );
     let gw = Launch::new(&up.url()).tokens(&tokens).start();
-    let r = client()
-        .get(gw.url("/v1/models?token=tok-edge"))
-        .send()
-        .await
-        .unwrap();
+    let r = fetch(&gw, "/v1/models?token=tok-edge").await;
     assert_eq!(r.status(), 200, "valid before its expiry");
     let wait =
         (expires - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(50);
     tokio::time::sleep(wait).await;
-    let r = client()
-        .get(gw.url("/v1/models?token=tok-edge"))
-        .send()
-        .await
-        .unwrap();
+    let r = fetch(&gw, "/v1/models?token=tok-edge").await;
     assert_eq!(error_of(r).await.1["error"]["code"], "token_expired");
 }
 
@@ -326,24 +296,12 @@ async fn the_original_appsettings_json_works_unchanged() {
     let mut launch = Launch::new("unused").tokens(&appsettings);
     launch.env.retain(|(k, _)| k != "UPSTREAM_URL");
     let gw = launch.start();
-    let r = client()
-        .get(gw.url("/api/v1/models?token=datatoken"))
-        .send()
-        .await
-        .unwrap();
+    let r = fetch(&gw, "/api/v1/models?token=datatoken").await;
     assert_eq!(r.status(), 200);
     assert_eq!(up.last().target, "/api/v1/models");
-    let r = client()
-        .get(gw.url("/v1/models?token=oldtoken"))
-        .send()
-        .await
-        .unwrap();
+    let r = fetch(&gw, "/v1/models?token=oldtoken").await;
     assert_eq!(error_of(r).await.1["error"]["code"], "token_expired");
-    let r = client()
-        .get(gw.url("/v1/models?token=DataToken"))
-        .send()
-        .await
-        .unwrap();
+    let r = fetch(&gw, "/v1/models?token=DataToken").await;
     assert_eq!(
         error_of(r).await.1["error"]["code"],
         "invalid_token",
@@ -359,18 +317,10 @@ async fn sha256_entries_accept_the_token_they_hash() {
         sha256_hex(b"plain-Token-7")
     );
     let gw = Launch::new(&up.url()).tokens(&tokens).start();
-    let r = client()
-        .get(gw.url("/v1/models?token=plain-Token-7"))
-        .send()
-        .await
-        .unwrap();
+    let r = fetch(&gw, "/v1/models?token=plain-Token-7").await;
     assert_eq!(r.status(), 200);
     let hash = sha256_hex(b"plain-Token-7");
-    let r = client()
-        .get(gw.url(&format!("/v1/models?token={hash}")))
-        .send()
-        .await
-        .unwrap();
+    let r = fetch(&gw, &format!("/v1/models?token={hash}")).await;
     assert_eq!(r.status(), 401, "the digest itself is not a token");
     let lines = gw.wait_access_lines(2);
     assert_eq!(lines[0]["token"], "hashed");
@@ -432,11 +382,7 @@ async fn unreachable_and_slow_upstreams_get_502_and_504() {
     let gw = Launch::new(&format!("http://{closed}"))
         .tokens(TOKENS)
         .start();
-    let r = client()
-        .get(gw.url("/v1/models?token=tok-bob-Secret2"))
-        .send()
-        .await
-        .unwrap();
+    let r = fetch(&gw, "/v1/models?token=tok-bob-Secret2").await;
     let (status, body) = error_of(r).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
@@ -450,11 +396,7 @@ async fn unreachable_and_slow_upstreams_get_502_and_504() {
         .env("UPSTREAM_TIMEOUT_SECS", "1")
         .start();
     let started = Instant::now();
-    let r = client()
-        .get(gw.url("/v1/slow?ms=5000&token=tok-bob-Secret2"))
-        .send()
-        .await
-        .unwrap();
+    let r = fetch(&gw, "/v1/slow?ms=5000&token=tok-bob-Secret2").await;
     let (status, body) = error_of(r).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
@@ -462,11 +404,7 @@ async fn unreachable_and_slow_upstreams_get_502_and_504() {
     );
     assert!(started.elapsed() < Duration::from_secs(3));
     // And the next request is served.
-    let r = client()
-        .get(gw.url("/v1/models?token=tok-bob-Secret2"))
-        .send()
-        .await
-        .unwrap();
+    let r = fetch(&gw, "/v1/models?token=tok-bob-Secret2").await;
     assert_eq!(r.status(), 200);
 }
 
@@ -474,11 +412,7 @@ async fn unreachable_and_slow_upstreams_get_502_and_504() {
 async fn a_dropped_stream_ends_promptly_and_the_next_request_is_served() {
     let (_up, gw) = setup().await;
     let started = Instant::now();
-    let r = client()
-        .get(gw.url("/v1/drop?after=3&token=tok-bob-Secret2"))
-        .send()
-        .await
-        .unwrap();
+    let r = fetch(&gw, "/v1/drop?after=3&token=tok-bob-Secret2").await;
     assert_eq!(r.status(), 200);
     let (got, failed) = read_stream(r, Duration::from_secs(5)).await;
     assert!(
@@ -494,11 +428,7 @@ async fn a_dropped_stream_ends_promptly_and_the_next_request_is_served() {
         .tokens(TOKENS)
         .env("UPSTREAM_IDLE_TIMEOUT_SECS", "1")
         .start();
-    let r = client()
-        .get(gw2.url("/v1/stall?token=tok-bob-Secret2"))
-        .send()
-        .await
-        .unwrap();
+    let r = fetch(&gw2, "/v1/stall?token=tok-bob-Secret2").await;
     let started = Instant::now();
     let outcome = tokio::time::timeout(Duration::from_secs(5), r.bytes())
         .await
@@ -506,11 +436,7 @@ async fn a_dropped_stream_ends_promptly_and_the_next_request_is_served() {
     assert!(outcome.is_err());
     assert!(started.elapsed() < Duration::from_secs(3));
 
-    let r = client()
-        .get(gw.url("/v1/models?token=tok-bob-Secret2"))
-        .send()
-        .await
-        .unwrap();
+    let r = fetch(&gw, "/v1/models?token=tok-bob-Secret2").await;
     assert_eq!(r.status(), 200);
 }
 
@@ -701,11 +627,7 @@ async fn large_bodies_stream_without_growing_memory() {
 #[tokio::test]
 async fn sigterm_lets_in_flight_streams_finish() {
     let (_up, gw) = setup().await;
-    let r = client()
-        .get(gw.url("/v1/sse?n=6&gap_ms=150&token=tok-bob-Secret2"))
-        .send()
-        .await
-        .unwrap();
+    let r = fetch(&gw, "/v1/sse?n=6&gap_ms=150&token=tok-bob-Secret2").await;
     assert_eq!(r.status(), 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
     gw.terminate();
@@ -792,11 +714,7 @@ async fn flags_win_over_environment_and_prefixes_are_kept() {
         .arg("--upstream")
         .arg(&format!("{}/openai/", up.url()))
         .start();
-    let r = client()
-        .get(gw.url("/v1/models?token=tok-bob-Secret2"))
-        .send()
-        .await
-        .unwrap();
+    let r = fetch(&gw, "/v1/models?token=tok-bob-Secret2").await;
     assert_eq!(r.status(), 200);
     assert_eq!(up.last().target, "/openai/v1/models");
 }

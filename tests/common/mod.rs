@@ -504,6 +504,11 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
+/// A plain GET through the gateway.
+pub async fn fetch(gw: &GatewayProc, path: &str) -> reqwest::Response {
+    client().get(gw.url(path)).send().await.unwrap()
+}
+
 /// Reads a streamed response to its end; returns the bytes and whether the
 /// stream broke (rather than ending cleanly). Panics when it stalls for `stall`.
 pub async fn read_stream(response: reqwest::Response, stall: Duration) -> (Vec<u8>, bool) {
