@@ -125,14 +125,7 @@ impl Cors {
 impl Decision {
     /// Adds the CORS headers to a response (replacing the upstream's own).
     pub fn apply(&self, headers: &mut HeaderMap) {
-        let upstream: Vec<_> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("access-control-"))
-            .cloned()
-            .collect();
-        for name in upstream {
-            headers.remove(name);
-        }
+        crate::proxy::remove_matching(headers, |k| k.starts_with("access-control-"));
         headers.append(VARY, HeaderValue::from_static("Origin"));
         if let Some(origin) = &self.allow_origin {
             headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());

@@ -194,13 +194,19 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxied: Vec<HeaderName> = headers
+    remove_matching(headers, |k| k.starts_with("proxy-"));
+}
+
+/// Removes every header whose (lower-case) name matches `pred`; allocates
+/// only when one does.
+pub fn remove_matching(headers: &mut HeaderMap, pred: impl Fn(&str) -> bool) {
+    if headers.keys().any(|k| pred(k.as_str())) {
+        let names: Vec<HeaderName> = headers
             .keys()
-            .filter(|k| k.as_str().starts_with("proxy-"))
+            .filter(|k| pred(k.as_str()))
             .cloned()
             .collect();
-        for name in proxied {
+        for name in names {
             headers.remove(name);
         }
     }
@@ -222,16 +228,9 @@ pub fn upstream_headers(mut headers: HeaderMap, inject: Option<&Secret>) -> Head
     ] {
         headers.remove(name);
     }
-    let addressing = |k: &HeaderName| {
-        let k = k.as_str();
+    remove_matching(&mut headers, |k| {
         k.starts_with("x-forwarded-") || k.starts_with("x-amzn-") || k == "x-real-ip"
-    };
-    if headers.keys().any(addressing) {
-        let names: Vec<HeaderName> = headers.keys().filter(|k| addressing(k)).cloned().collect();
-        for name in names {
-            headers.remove(name);
-        }
-    }
+    });
     if let Some(key) = inject {
         let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
             .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-upstream-key"));
