@@ -5,19 +5,18 @@
 //! header, or `Authorization: Bearer <token>`. When a query or `X-Token`
 //! credential is present, the Authorization header is taken to be the
 //! client's own OpenAI key and is left alone, unless it too holds a gateway
-//! token. Whatever carried the gateway token is removed, so the token never
-//! travels upstream.
+//! token. This step only reads the headers: it says what carried the gateway
+//! token ([`Strip`]) and [`crate::headers::to_upstream`] removes it, so the
+//! token never travels upstream.
 
 use chrono::{DateTime, Utc};
-use http::{header, HeaderMap, HeaderName};
+use http::{header, HeaderMap};
 use percent_encoding::percent_decode;
 
 use crate::error::GatewayError;
-use crate::secret::Secret;
-use crate::tokens::TokenSet;
-
-/// The `X-Token` header.
-pub static X_TOKEN: HeaderName = HeaderName::from_static("x-token");
+use crate::headers::{Strip, X_TOKEN};
+use crate::secret::ApiKey;
+use crate::tokens::{Refused, TokenSet};
 
 /// Who the request was admitted as, and what to send upstream on its behalf.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,10 +24,21 @@ pub struct Admitted {
     /// The matched entry's name; `None` for anonymous pass-through.
     pub name: Option<String>,
     /// The key to inject upstream, from the entry (the global key is the caller's).
-    pub upstream_key: Option<Secret>,
+    pub upstream_key: Option<ApiKey>,
     /// The query to forward: the original less every `token` parameter,
     /// other parameters byte for byte and in order; `None` when nothing remains.
     pub query: Option<String>,
+    /// The headers that carried a gateway credential, to strip.
+    pub strip: Strip,
+}
+
+impl From<Refused> for GatewayError {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Unknown => Self::InvalidToken,
+            Refused::Expired => Self::TokenExpired,
+        }
+    }
 }
 
 /// What the gateway's credentials look like in one request.
@@ -38,12 +48,12 @@ struct Presented<'a> {
     bearer: Option<&'a [u8]>,
 }
 
-/// Checks a request's credential and strips it from `headers`.
+/// Checks a request's credential.
 ///
 /// `anonymous` is true when the operator allows pass-through with an empty
-/// token list; the credential is still stripped.
+/// token list; `X-Token` and `?token=` are still stripped.
 pub fn admit(
-    headers: &mut HeaderMap,
+    headers: &HeaderMap,
     query: Option<&str>,
     tokens: &TokenSet,
     anonymous: bool,
@@ -55,21 +65,21 @@ pub fn admit(
         explicit,
         bearer,
     } = presented;
-    let bearer = bearer.map(<[u8]>::to_vec);
-    headers.remove(&X_TOKEN);
+    let mut strip = Strip::default();
 
     if anonymous && tokens.is_empty() {
         return Ok(Admitted {
             name: None,
             upstream_key: None,
             query,
+            strip,
         });
     }
 
     if explicit.iter().skip(1).any(|t| *t != explicit[0]) {
         return Err(GatewayError::ConflictingTokens);
     }
-    let entry = match (explicit.first(), bearer.as_deref()) {
+    let entry = match (explicit.first(), bearer) {
         (Some(token), bearer) => {
             let entry = tokens.verify(token, now)?;
             if let Some(b) = bearer {
@@ -79,13 +89,13 @@ pub fn admit(
                     if other.digest != entry.digest {
                         return Err(GatewayError::ConflictingTokens);
                     }
-                    headers.remove(header::AUTHORIZATION);
+                    strip.authorization = true;
                 }
             }
             entry
         }
         (None, Some(b)) => {
-            headers.remove(header::AUTHORIZATION);
+            strip.authorization = true;
             tokens.verify(b, now)?
         }
         (None, None) => return Err(GatewayError::MissingToken),
@@ -94,6 +104,7 @@ pub fn admit(
         name: Some(entry.name.clone()),
         upstream_key: entry.upstream_key.clone(),
         query,
+        strip,
     })
 }
 
@@ -169,14 +180,14 @@ fn form_decode(text: &str) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::tokens::{digest, TokenEntry};
-    use http::HeaderValue;
+    use http::{HeaderName, HeaderValue};
 
     fn tokens() -> TokenSet {
         let entry = |name: &str, token: &str, key: Option<&str>| TokenEntry {
             name: name.into(),
             digest: digest(token.as_bytes()),
             expires: None,
-            upstream_key: key.map(Secret::new),
+            upstream_key: key.map(|k| ApiKey::new(k).unwrap()),
         };
         TokenSet::new(vec![
             entry("alice", "tok-a", Some("sk-alice")),
@@ -188,7 +199,7 @@ mod tests {
     fn run(
         query: Option<&str>,
         headers: &[(&str, &str)],
-    ) -> (Result<Admitted, GatewayError>, HeaderMap) {
+    ) -> Result<Admitted, GatewayError> {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.append(
@@ -196,86 +207,75 @@ mod tests {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        let out = admit(&mut map, query, &tokens(), false, Utc::now());
-        (out, map)
+        admit(&map, query, &tokens(), false, Utc::now())
     }
 
     #[test]
     fn query_token_is_stripped_and_the_rest_kept_in_order() {
-        let (out, _) = run(Some("a=1&token=tok-a&b=%2F&c"), &[]);
-        let out = out.unwrap();
+        let out = run(Some("a=1&token=tok-a&b=%2F&c"), &[]).unwrap();
         assert_eq!(out.name.as_deref(), Some("alice"));
         assert_eq!(out.query.as_deref(), Some("a=1&b=%2F&c"));
-        assert_eq!(out.upstream_key.unwrap().expose(), "sk-alice");
-        let (out, _) = run(Some("token=tok-a"), &[]);
-        assert_eq!(out.unwrap().query, None);
+        assert_eq!(
+            out.upstream_key.unwrap().authorization(),
+            "Bearer sk-alice"
+        );
+        assert_eq!(run(Some("token=tok-a"), &[]).unwrap().query, None);
         // Encoded name and form-encoded value (`+` is a space).
-        let (out, _) = run(Some("x=1&%74oken=tok+b"), &[]);
-        assert_eq!(out.unwrap().name.as_deref(), Some("bob"));
-        let (out, _) = run(Some("TOKEN=tok%20b&y"), &[]);
-        assert_eq!(out.unwrap().query.as_deref(), Some("y"));
+        let out = run(Some("x=1&%74oken=tok+b"), &[]).unwrap();
+        assert_eq!(out.name.as_deref(), Some("bob"));
+        let out = run(Some("TOKEN=tok%20b&y"), &[]).unwrap();
+        assert_eq!(out.query.as_deref(), Some("y"));
     }
 
     #[test]
     fn header_forms() {
-        let (out, h) = run(
+        let out = run(
             None,
             &[("x-token", "tok-a"), ("authorization", "Bearer sk-client")],
-        );
-        assert_eq!(out.unwrap().name.as_deref(), Some("alice"));
-        assert!(h.get("x-token").is_none());
-        assert_eq!(
-            h["authorization"], "Bearer sk-client",
+        )
+        .unwrap();
+        assert_eq!(out.name.as_deref(), Some("alice"));
+        assert!(
+            !out.strip.authorization,
             "the client's own key stays"
         );
-        let (out, h) = run(None, &[("authorization", "bearer tok-a")]);
-        assert_eq!(out.unwrap().name.as_deref(), Some("alice"));
+        let out = run(None, &[("authorization", "bearer tok-a")]).unwrap();
+        assert_eq!(out.name.as_deref(), Some("alice"));
         assert!(
-            h.get("authorization").is_none(),
+            out.strip.authorization,
             "a gateway token in Bearer is stripped"
         );
-        let (out, h) = run(Some("token=tok-a"), &[("authorization", "Bearer tok-a")]);
-        assert!(out.is_ok());
-        assert!(h.get("authorization").is_none());
+        let out = run(Some("token=tok-a"), &[("authorization", "Bearer tok-a")]).unwrap();
+        assert!(out.strip.authorization);
     }
 
     #[test]
     fn failures() {
-        assert_eq!(run(None, &[]).0.unwrap_err(), GatewayError::MissingToken);
+        let err = |q, h| run(q, h).unwrap_err();
+        assert_eq!(err(None, &[]), GatewayError::MissingToken);
         assert_eq!(
-            run(None, &[("authorization", "Basic abc")]).0.unwrap_err(),
+            err(None, &[("authorization", "Basic abc")]),
             GatewayError::MissingToken
         );
-        assert_eq!(
-            run(Some("token=TOK-A"), &[]).0.unwrap_err(),
-            GatewayError::InvalidToken
-        );
-        assert_eq!(
-            run(Some("token="), &[]).0.unwrap_err(),
-            GatewayError::InvalidToken
-        );
+        assert_eq!(err(Some("token=TOK-A"), &[]), GatewayError::InvalidToken);
+        assert_eq!(err(Some("token="), &[]), GatewayError::InvalidToken);
         assert_eq!(
             run(Some("token=tok-a&token=tok-a"), &[])
-                .0
                 .unwrap()
                 .name
                 .as_deref(),
             Some("alice")
         );
         assert_eq!(
-            run(Some("token=tok-a&token=zzz"), &[]).0.unwrap_err(),
+            err(Some("token=tok-a&token=zzz"), &[]),
             GatewayError::ConflictingTokens
         );
         assert_eq!(
-            run(Some("token=tok-a"), &[("x-token", "tok b")])
-                .0
-                .unwrap_err(),
+            err(Some("token=tok-a"), &[("x-token", "tok b")]),
             GatewayError::ConflictingTokens
         );
         assert_eq!(
-            run(Some("token=tok-a"), &[("authorization", "Bearer tok b")])
-                .0
-                .unwrap_err(),
+            err(Some("token=tok-a"), &[("authorization", "Bearer tok b")]),
             GatewayError::ConflictingTokens
         );
     }
@@ -285,7 +285,7 @@ mod tests {
         let mut map = HeaderMap::new();
         map.insert(&X_TOKEN, HeaderValue::from_static("whatever"));
         let out = admit(
-            &mut map,
+            &map,
             Some("token=x&a=b"),
             &TokenSet::default(),
             true,
@@ -293,10 +293,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!((out.name, out.query.as_deref()), (None, Some("a=b")));
-        assert!(map.is_empty());
+        // X-Token goes whatever the outcome (headers::to_upstream drops it).
+        let upstream = crate::headers::to_upstream(map, out.strip, None);
+        assert!(upstream.is_empty());
         // Without permission an empty list admits nobody.
         let err = admit(
-            &mut HeaderMap::new(),
+            &HeaderMap::new(),
             None,
             &TokenSet::default(),
             false,

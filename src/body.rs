@@ -1,88 +1,55 @@
-//! The response body the gateway hands back, in every mode.
+//! Response and request bodies, built from small layers over any body.
 //!
-//! Either a small body of the gateway's own (an error) or the upstream's
-//! stream, passed through frame by frame as it arrives: nothing is buffered.
-//! The stream is cut when the upstream goes silent for longer than the idle
-//! timeout. When the body ends, fails or is dropped (the client left), the
-//! request's access-log line is written with the bytes sent.
+//! Nothing here buffers: each layer passes frames through as they arrive.
+//! A proxied response is, from the inside out:
+//!
+//! 1. the upstream's body;
+//! 2. [`IdleTimeout`]: cut when the upstream goes silent too long;
+//! 3. [`Capped`] (buffered Lambda only): refuse to grow past Lambda's limit;
+//! 4. [`Completion`]: counts what was sent, sets the record's outcome, and
+//!    runs the completion hooks exactly once.
+//!
+//! The gateway's own answers (errors, preflights) are a full body under the
+//! same [`Completion`] layer. On the way up, [`Counted`] counts the request
+//! body into the record. New behaviour (a usage tap, an SSE filter) is one
+//! more layer, in the place the list above gives it.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
-use crate::telemetry::AccessLog;
+use crate::error::GatewayError;
+use crate::record::{BoxFuture, ByteCount, Hooks, Outcome, Record};
 
 /// The error type of gateway bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A response body: the gateway's own bytes or the upstream's stream.
-pub struct GatewayBody {
-    kind: Kind,
-    sent: u64,
-    log: Option<AccessLog>,
-}
-
-enum Kind {
-    Full(Option<Bytes>),
-    Upstream {
-        body: reqwest::Body,
-        idle: Duration,
-        deadline: Pin<Box<Sleep>>,
-    },
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("the upstream sent nothing for {0:?}; stream cut")]
-struct IdleTimeout(Duration);
+/// A response body in every mode: any stack of layers, boxed once.
+pub struct GatewayBody(UnsyncBoxBody<Bytes, BoxError>);
 
 impl GatewayBody {
+    /// Boxes a body.
+    pub fn new<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Self(body.map_err(Into::into).boxed_unsync())
+    }
+
     /// A complete body.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
-        Self {
-            kind: Kind::Full(Some(bytes.into())),
-            sent: 0,
-            log: None,
-        }
-    }
-
-    /// The upstream's stream, cut after `idle` without a frame.
-    pub fn upstream(body: reqwest::Body, idle: Duration) -> Self {
-        Self {
-            kind: Kind::Upstream {
-                body,
-                idle,
-                deadline: Box::pin(tokio::time::sleep(idle)),
-            },
-            sent: 0,
-            log: None,
-        }
-    }
-
-    /// The bytes of a body made with [`GatewayBody::full`]; empty for a stream.
-    pub fn into_full(mut self) -> Bytes {
-        match &mut self.kind {
-            Kind::Full(bytes) => bytes.take().unwrap_or_default(),
-            Kind::Upstream { .. } => Bytes::new(),
-        }
-    }
-
-    /// Writes `log` when this body is finished or dropped.
-    pub(crate) fn with_log(mut self, log: AccessLog) -> Self {
-        self.log = Some(log);
-        self
-    }
-
-    fn finish(&mut self, outcome: &'static str) {
-        if let Some(log) = self.log.take() {
-            log.write(self.sent, outcome);
-        }
+        Self::new(Full::new(bytes.into()))
     }
 }
 
@@ -100,77 +67,356 @@ impl Body for GatewayBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let polled = match &mut this.kind {
-            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream {
-                body,
-                idle,
-                deadline,
-            } => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    deadline.as_mut().reset(Instant::now() + *idle);
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => match deadline.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(BoxError::from(IdleTimeout(*idle))))),
-                    Poll::Pending => Poll::Pending,
-                },
-            },
-        };
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.sent += data.len() as u64;
-                }
-                // The server may never poll a body past its last frame.
-                if this.is_end_stream() {
-                    this.finish("complete");
-                }
-            }
-            Poll::Ready(Some(Err(e))) => {
-                tracing::warn!(error = %e, "response stream ended early");
-                this.finish("upstream_stream_error");
-            }
-            Poll::Ready(None) => this.finish("complete"),
-            Poll::Pending => {}
+        Pin::new(&mut self.0).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
+
+/// The upstream went silent for longer than the idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing for {0:?}; stream cut")]
+pub struct Idle(pub Duration);
+
+/// Cuts a body that yields no frame for `idle`.
+pub struct IdleTimeout<B> {
+    inner: B,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<B> IdleTimeout<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
         }
-        polled
+    }
+}
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.deadline.as_mut().reset(Instant::now() + this.idle);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Idle(this.idle).into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Asks for a response that will be collected before it is sent (buffered
+/// Lambda), as a request extension: the gateway then caps its body, and a
+/// body over the cap becomes the client's error (and the record's).
+#[derive(Debug, Clone, Copy)]
+pub struct Buffered {
+    /// Payload bytes allowed.
+    pub limit: usize,
+    /// The limit named in the error.
+    pub reported: usize,
+    /// Whether a response with these headers travels base64-encoded.
+    pub base64: fn(&http::HeaderMap) -> bool,
+}
+
+impl Buffered {
+    /// The cap for a response with `headers`.
+    pub fn cap(&self, headers: &http::HeaderMap) -> Cap {
+        Cap {
+            limit: self.limit,
+            base64: (self.base64)(headers),
+            reported: self.reported,
+        }
+    }
+}
+
+/// A limit on how much a body may carry, for responses that are collected
+/// before they are sent (buffered Lambda): past it the body fails with
+/// [`GatewayError::ResponseTooLarge`].
+#[derive(Debug, Clone, Copy)]
+pub struct Cap {
+    /// Payload bytes allowed.
+    pub limit: usize,
+    /// The payload travels base64-encoded (4 bytes for each 3).
+    pub base64: bool,
+    /// The limit named in the error (Lambda's, envelope included).
+    pub reported: usize,
+}
+
+/// Applies a [`Cap`] to a body.
+pub struct Capped<B> {
+    inner: B,
+    cap: Cap,
+    seen: usize,
+}
+
+impl<B> Capped<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B, cap: Cap) -> Self {
+        Self {
+            inner,
+            cap,
+            seen: 0,
+        }
+    }
+}
+
+impl<B> Body for Capped<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.seen += data.len();
+                let payload = if self.cap.base64 {
+                    self.seen.div_ceil(3) * 4
+                } else {
+                    self.seen
+                };
+                if payload > self.cap.limit {
+                    let error = GatewayError::ResponseTooLarge(self.cap.reported);
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+            }
+        }
+        polled.map_err(Into::into)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Completion work that outlived its response body (the client left, so
+/// nobody polls the body to its end): spawned, and counted so that a Lambda
+/// runner can wait for it before the container may be frozen.
+#[derive(Debug, Default)]
+pub struct Pending {
+    count: AtomicUsize,
+    settled: Notify,
+}
+
+impl Pending {
+    /// Runs `work` in the background, counted until it ends.
+    pub fn spawn(self: &Arc<Self>, work: BoxFuture<()>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.count.fetch_add(1, Ordering::SeqCst);
+        let pending = self.clone();
+        runtime.spawn(async move {
+            work.await;
+            if pending.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+                pending.settled.notify_waiters();
+            }
+        });
+    }
+
+    /// Resolves once no spawned completion work is left.
+    pub async fn settled(&self) {
+        loop {
+            let notified = self.settled.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The one completion point of a request: counts the bytes sent, decides the
+/// outcome, and runs the hooks once, before the body reports its end (or, if
+/// the body is dropped first, in the background via [`Pending`]).
+pub struct Completion<B> {
+    inner: B,
+    pending: Arc<Pending>,
+    state: Option<Finishing>,
+    running: Option<BoxFuture<()>>,
+    ending: Option<Option<Result<Frame<Bytes>, BoxError>>>,
+    saw_end: bool,
+}
+
+struct Finishing {
+    record: Record,
+    hooks: Hooks,
+    /// Whether the status already went out (streaming) or can still change
+    /// (a collected, buffered response).
+    committed: bool,
+}
+
+impl<B> Completion<B> {
+    /// Wraps `inner`; `committed` is false when the response head can still
+    /// be replaced by an error (buffered Lambda).
+    pub fn new(
+        inner: B,
+        record: Record,
+        hooks: Hooks,
+        pending: Arc<Pending>,
+        committed: bool,
+    ) -> Self {
+        Self {
+            inner,
+            pending,
+            state: Some(Finishing {
+                record,
+                hooks,
+                committed,
+            }),
+            running: None,
+            ending: None,
+            saw_end: false,
+        }
+    }
+
+    /// Ends the record with `outcome` and starts the hooks.
+    fn start_hooks(&mut self, outcome: Outcome, error: Option<&BoxError>) -> Option<BoxFuture<()>> {
+        let Finishing {
+            mut record,
+            hooks,
+            committed,
+            ..
+        } = self.state.take()?;
+        record.outcome = outcome;
+        if let Some(error) = error {
+            let gateway = error.downcast_ref::<GatewayError>();
+            if !committed {
+                // The client gets an error instead of this body: say so.
+                let error = gateway.cloned().unwrap_or(GatewayError::UpstreamFailed);
+                record.status = error.status().as_u16();
+                record.code = Some(error.code());
+            }
+            tracing::warn!(error = %error, "response stream ended early");
+        }
+        let work: Vec<BoxFuture<()>> = hooks.iter().map(|h| h.finish(&record)).collect();
+        Some(Box::pin(async move {
+            futures_util::future::join_all(work).await;
+        }))
+    }
+}
+
+impl<B> Body for Completion<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.ending.is_none() {
+            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(frame) => frame,
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    if let (Some(data), Some(state)) = (frame.data_ref(), this.state.as_mut()) {
+                        state.record.bytes_out += data.len() as u64;
+                    }
+                    this.saw_end = this.inner.is_end_stream();
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                None => {
+                    this.saw_end = true;
+                    this.running = this.start_hooks(Outcome::Complete, None);
+                    this.ending = Some(None);
+                }
+                Some(Err(error)) => {
+                    let outcome = if error.is::<GatewayError>() {
+                        Outcome::GatewayError
+                    } else {
+                        Outcome::UpstreamStreamError
+                    };
+                    this.running = this.start_hooks(outcome, Some(&error));
+                    this.ending = Some(Some(Err(error)));
+                }
+            }
+        }
+        if let Some(running) = this.running.as_mut() {
+            if running.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.running = None;
+        }
+        Poll::Ready(this.ending.as_mut().and_then(Option::take))
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Full(bytes) => bytes.is_none(),
-            Kind::Upstream { body, .. } => body.is_end_stream(),
-        }
+        // Only once the hooks ran: the server then polls once more after the
+        // last frame, and that poll runs them.
+        self.state.is_none() && self.running.is_none() && self.ending.is_some()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
-            Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Upstream { body, .. } => body.size_hint(),
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Completion<B> {
+    fn drop(&mut self) {
+        let outcome = if self.saw_end {
+            // Every byte went out; only the closing poll never came.
+            Outcome::Complete
+        } else {
+            Outcome::ClientClosed
+        };
+        if let Some(work) = self.start_hooks(outcome, None).or(self.running.take()) {
+            self.pending.spawn(work);
         }
     }
 }
 
-impl Drop for GatewayBody {
-    fn drop(&mut self) {
-        self.finish("client_closed");
-    }
-}
-
-/// A request body that counts the bytes it yields into a shared counter.
+/// A request body that counts the bytes it yields.
 pub struct Counted<B> {
     inner: B,
-    count: Arc<AtomicU64>,
+    count: ByteCount,
 }
 
 impl<B> Counted<B> {
     /// Wraps `inner`, adding its data lengths to `count`.
-    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
+    pub fn new(inner: B, count: ByteCount) -> Self {
         Self { inner, count }
     }
 }
@@ -189,17 +435,125 @@ where
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
-                self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                self.count.add(data.len());
             }
         }
         polled
     }
-
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
     }
-
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Finish;
+    use http::Method;
+    use std::sync::Mutex;
+
+    /// A hook that keeps what it saw, after an await.
+    #[derive(Default)]
+    struct Keep(Arc<Mutex<Vec<(Outcome, u64, u16, Option<&'static str>)>>>);
+
+    impl Finish for Keep {
+        fn finish(&self, record: &Record) -> BoxFuture<()> {
+            let seen = self.0.clone();
+            let fact = (record.outcome, record.bytes_out, record.status, record.code);
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                seen.lock().unwrap().push(fact);
+            })
+        }
+    }
+
+    fn completion<B>(body: B, committed: bool) -> (Completion<B>, Arc<Mutex<Vec<(Outcome, u64, u16, Option<&'static str>)>>>, Arc<Pending>) {
+        let keep = Keep::default();
+        let seen = keep.0.clone();
+        let mut record = Record::start(&Method::GET, "/x", Instant::now());
+        record.status = 200;
+        let pending = Arc::new(Pending::default());
+        let hooks: Hooks = Arc::new([Arc::new(keep) as Arc<dyn Finish>]);
+        (Completion::new(body, record, hooks, pending.clone(), committed), seen, pending)
+    }
+
+    fn stream(parts: Vec<Result<&'static str, &'static str>>) -> GatewayBody {
+        let frames = futures_util::stream::iter(parts.into_iter().map(|p| {
+            p.map(|s| Frame::data(Bytes::from_static(s.as_bytes())))
+                .map_err(BoxError::from)
+        }));
+        GatewayBody::new(http_body_util::StreamBody::new(frames))
+    }
+
+    #[tokio::test]
+    async fn hooks_run_once_before_the_end_is_reported() {
+        let (body, seen, _) = completion(stream(vec![Ok("ab"), Ok("cde")]), true);
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&collected[..], b"abcde");
+        assert_eq!(*seen.lock().unwrap(), [(Outcome::Complete, 5, 200, None)]);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_body_finishes_in_the_background() {
+        let (mut body, seen, pending) = completion(stream(vec![Ok("ab"), Ok("c")]), true);
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "ab");
+        drop(body);
+        pending.settled().await;
+        assert_eq!(*seen.lock().unwrap(), [(Outcome::ClientClosed, 2, 200, None)]);
+    }
+
+    #[tokio::test]
+    async fn an_uncommitted_head_takes_the_errors_status() {
+        let cap = Cap {
+            limit: 4,
+            base64: false,
+            reported: 99,
+        };
+        let capped = GatewayBody::new(Capped::new(stream(vec![Ok("abc"), Ok("de")]), cap));
+        let (body, seen, _) = completion(capped, false);
+        let error = body.collect().await.unwrap_err();
+        assert_eq!(
+            error.downcast_ref::<GatewayError>(),
+            Some(&GatewayError::ResponseTooLarge(99))
+        );
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(Outcome::GatewayError, 3, 502, Some("response_too_large"))]
+        );
+        // Committed (streamed): the status the client already got stays.
+        let (body, seen, _) = completion(stream(vec![Ok("a"), Err("reset")]), true);
+        assert!(body.collect().await.is_err());
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(Outcome::UpstreamStreamError, 1, 200, None)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_cuts_the_stream() {
+        let silent = http_body_util::StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, BoxError>,
+        >());
+        let mut body = IdleTimeout::new(silent, Duration::from_secs(5));
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert!(error.is::<Idle>(), "{error}");
+    }
+
+    #[tokio::test]
+    async fn base64_payloads_count_their_encoded_size() {
+        let cap = Cap {
+            limit: 8,
+            base64: true,
+            reported: 8,
+        };
+        // 6 bytes are 8 in base64: allowed; 7 are 12: refused.
+        let ok = Capped::new(stream(vec![Ok("abcdef")]), cap);
+        assert!(ok.collect().await.is_ok());
+        let big = Capped::new(stream(vec![Ok("abcdefg")]), cap);
+        assert!(big.collect().await.is_err());
     }
 }

@@ -1,25 +1,9 @@
 //! Settings: every environment variable by name, their defaults, validation.
 //!
-//! | flag | variable | default | meaning |
-//! |---|---|---|---|
-//! | `--listen` | `GATEWAY_LISTEN` | `127.0.0.1:8080` | local server address |
-//! | `--upstream` | `UPSTREAM_URL` | `https://api.openai.com` | where requests go; a path prefix is kept |
-//! | `--tokens-file` | `TOKENS_FILE` | `tokens.json` if present | token list file |
-//! | `--tokens-ssm-parameter` | `TOKENS_SSM_PARAMETER` | none | SSM parameter with the token list |
-//! | | `UPSTREAM_API_KEY` | none | OpenAI key injected upstream |
-//! | `--upstream-api-key-ssm-parameter` | `UPSTREAM_API_KEY_SSM_PARAMETER` | none | SSM parameter with that key |
-//! | `--tokens-refresh-secs` | `TOKENS_REFRESH_SECS` | 60 | SSM cache lifetime |
-//! | | `UPSTREAM_TIMEOUT_SECS` | 900 | wait for upstream response headers |
-//! | | `UPSTREAM_CONNECT_TIMEOUT_SECS` | 10 | TCP + TLS connect |
-//! | | `UPSTREAM_IDLE_TIMEOUT_SECS` | 300 | longest silence inside a response body |
-//! | | `ALLOW_ANONYMOUS` | false | allow no tokens on a non-loopback address |
-//! | | `TOKENS_UTC_OFFSET` | `+00:00` | zone of expiry times written without one |
-//! | | `SHUTDOWN_GRACE_SECS` | 30 | how long in-flight requests may finish on SIGTERM |
-//! | | `LOG_FORMAT` | `text` (`json` on Lambda) | `json` for one JSON object a line |
-//! | | `GATEWAY_INVOKE_MODE` | `RESPONSE_STREAM` | Lambda only: or `BUFFERED` |
-//! | `--cors-allow-origins` | `CORS_ALLOW_ORIGINS` | off | browser origins, comma-separated, or `*` |
-//! | `--worker-threads` | `GATEWAY_WORKER_THREADS` | cores | runtime threads; 1 = single-threaded |
-//! | | `RUST_LOG` | `info` | log level filter |
+//! Each setting comes from a flag or its environment variable (the flag
+//! wins). [`SETTINGS`] is the one table of them: `docs/configuration.md`
+//! shows it, and a test checks that the table, that page and the command
+//! line agree.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +12,7 @@ use std::time::Duration;
 use chrono::FixedOffset;
 use clap::Args;
 
+use crate::error::ConfigError;
 use crate::secret::Secret;
 use crate::tokens::format;
 
@@ -37,8 +22,14 @@ pub const GATEWAY_LISTEN: &str = "GATEWAY_LISTEN";
 pub const UPSTREAM_URL: &str = "UPSTREAM_URL";
 /// `TOKENS_FILE`: the token list file.
 pub const TOKENS_FILE: &str = "TOKENS_FILE";
+/// `TOKENS_SSM_PARAMETER`: the SSM parameter holding the token list.
+pub const TOKENS_SSM_PARAMETER: &str = "TOKENS_SSM_PARAMETER";
+/// `TOKENS_REFRESH_SECS`: how old a cached SSM value may get before a refresh.
+pub const TOKENS_REFRESH_SECS: &str = "TOKENS_REFRESH_SECS";
 /// `UPSTREAM_API_KEY`: the injected upstream key.
 pub const UPSTREAM_API_KEY: &str = "UPSTREAM_API_KEY";
+/// `UPSTREAM_API_KEY_SSM_PARAMETER`: the SSM parameter holding the injected key.
+pub const UPSTREAM_API_KEY_SSM_PARAMETER: &str = "UPSTREAM_API_KEY_SSM_PARAMETER";
 /// `UPSTREAM_TIMEOUT_SECS`: wait for response headers.
 pub const UPSTREAM_TIMEOUT_SECS: &str = "UPSTREAM_TIMEOUT_SECS";
 /// `UPSTREAM_CONNECT_TIMEOUT_SECS`: connect timeout.
@@ -51,18 +42,135 @@ pub const ALLOW_ANONYMOUS: &str = "ALLOW_ANONYMOUS";
 pub const TOKENS_UTC_OFFSET: &str = "TOKENS_UTC_OFFSET";
 /// `SHUTDOWN_GRACE_SECS`: graceful-shutdown window.
 pub const SHUTDOWN_GRACE_SECS: &str = "SHUTDOWN_GRACE_SECS";
+/// `CORS_ALLOW_ORIGINS`: the origins allowed to call the gateway from a browser.
+pub const CORS_ALLOW_ORIGINS: &str = "CORS_ALLOW_ORIGINS";
 /// `GATEWAY_WORKER_THREADS`: runtime worker threads.
 pub const GATEWAY_WORKER_THREADS: &str = "GATEWAY_WORKER_THREADS";
 /// `LOG_FORMAT`: `json` or `text`.
 pub const LOG_FORMAT: &str = "LOG_FORMAT";
+/// `GATEWAY_INVOKE_MODE`: Lambda's `RESPONSE_STREAM` (default) or `BUFFERED`.
+pub const GATEWAY_INVOKE_MODE: &str = "GATEWAY_INVOKE_MODE";
+/// `AWS_LAMBDA_RUNTIME_API`: set by Lambda (and `cargo lambda watch`); selects Lambda mode.
+pub const AWS_LAMBDA_RUNTIME_API: &str = "AWS_LAMBDA_RUNTIME_API";
+/// `RUST_LOG`: the log filter.
+pub const RUST_LOG: &str = "RUST_LOG";
 
 /// The default upstream.
 pub const DEFAULT_UPSTREAM: &str = "https://api.openai.com";
 /// The token file read from the working directory when none is named.
 pub const DEFAULT_TOKENS_FILE: &str = "tokens.json";
 
+/// One row of the settings table.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// The command-line flag, if the setting has one.
+    pub flag: Option<&'static str>,
+    /// The environment variable.
+    pub var: &'static str,
+    /// The default, as shown to people.
+    pub default: &'static str,
+    /// What it does.
+    pub meaning: &'static str,
+}
+
+const fn flag(
+    flag: &'static str,
+    var: &'static str,
+    default: &'static str,
+    meaning: &'static str,
+) -> Setting {
+    Setting {
+        flag: Some(flag),
+        var,
+        default,
+        meaning,
+    }
+}
+
+const fn env(var: &'static str, default: &'static str, meaning: &'static str) -> Setting {
+    Setting {
+        flag: None,
+        var,
+        default,
+        meaning,
+    }
+}
+
+/// Every setting, in the order the documentation lists them.
+pub const SETTINGS: &[Setting] = &[
+    flag("--listen", GATEWAY_LISTEN, "`127.0.0.1:8080`", "address of the local server"),
+    flag("--upstream", UPSTREAM_URL, "`https://api.openai.com`", "where requests go; a path prefix (`http://host:port/openai`) is kept"),
+    flag("--tokens-file", TOKENS_FILE, "`./tokens.json` if present", "the token list"),
+    flag("--tokens-ssm-parameter", TOKENS_SSM_PARAMETER, "none", "the token list from SSM Parameter Store instead"),
+    flag("--tokens-refresh-secs", TOKENS_REFRESH_SECS, "60", "how long SSM values are cached before a refresh"),
+    env(UPSTREAM_API_KEY, "none", "OpenAI key the gateway injects (environment only, so it never shows in `ps`)"),
+    flag("--upstream-api-key-ssm-parameter", UPSTREAM_API_KEY_SSM_PARAMETER, "none", "that key from SSM instead"),
+    flag("--upstream-timeout-secs", UPSTREAM_TIMEOUT_SECS, "900", "wait for the upstream's response headers, then 504"),
+    flag("--upstream-connect-timeout-secs", UPSTREAM_CONNECT_TIMEOUT_SECS, "10", "TCP + TLS connect, then 502"),
+    flag("--upstream-idle-timeout-secs", UPSTREAM_IDLE_TIMEOUT_SECS, "300", "longest silence inside a response body before the stream is cut"),
+    flag("--allow-anonymous", ALLOW_ANONYMOUS, "false", "allow running with no tokens on a non-loopback address"),
+    flag("--tokens-utc-offset", TOKENS_UTC_OFFSET, "`+00:00`", "zone of expiry times written without an offset"),
+    flag("--shutdown-grace-secs", SHUTDOWN_GRACE_SECS, "30", "on SIGTERM/Ctrl-C, how long in-flight requests may finish"),
+    flag("--cors-allow-origins", CORS_ALLOW_ORIGINS, "off", "browser origins allowed to call, comma-separated, or `*`"),
+    flag("--worker-threads", GATEWAY_WORKER_THREADS, "one per core", "runtime threads; `1` runs everything on one thread"),
+    flag("--log-format", LOG_FORMAT, "`text` (`json` on Lambda)", "`json` for one JSON object per line"),
+    flag("--invoke-mode", GATEWAY_INVOKE_MODE, "`RESPONSE_STREAM`", "Lambda only: `RESPONSE_STREAM` or `BUFFERED`"),
+    env(AWS_LAMBDA_RUNTIME_API, "unset", "set by Lambda and `cargo lambda watch`; selects Lambda mode"),
+    env(RUST_LOG, "`info`", "log filter"),
+];
+
+/// The settings table as Markdown, as `docs/configuration.md` shows it.
+pub fn settings_table() -> String {
+    let mut out = String::from("| flag | variable | default | meaning |\n|---|---|---|---|\n");
+    for s in SETTINGS {
+        let flag = s.flag.map(|f| format!("`{f}`")).unwrap_or_default();
+        out.push_str(&format!(
+            "| {flag} | `{}` | {} | {} |\n",
+            s.var, s.default, s.meaning
+        ));
+    }
+    out
+}
+
+/// How responses leave a Lambda function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvokeMode {
+    /// Lambda response streaming (Function URL `InvokeMode: RESPONSE_STREAM`).
+    ResponseStream,
+    /// One buffered response per event (API Gateway, BUFFERED Function URL).
+    Buffered,
+}
+
+impl InvokeMode {
+    /// Parses `RESPONSE_STREAM` or `BUFFERED` (case-insensitive; empty is the default).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        match text.trim().to_ascii_uppercase().as_str() {
+            "" | "RESPONSE_STREAM" => Ok(Self::ResponseStream),
+            "BUFFERED" => Ok(Self::Buffered),
+            other => Err(ConfigError::Invalid {
+                setting: GATEWAY_INVOKE_MODE,
+                problem: format!("`{other}` is not RESPONSE_STREAM or BUFFERED"),
+            }),
+        }
+    }
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line (CloudWatch).
+    Json,
+}
+
+/// True when running under a Lambda runtime API.
+pub fn in_lambda() -> bool {
+    std::env::var_os(AWS_LAMBDA_RUNTIME_API).is_some()
+}
+
 /// Settings shared by every mode, each from a flag or its environment variable
-/// (the flag wins).
+/// (the flag wins). See [`SETTINGS`] for the table.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// Address the local server listens on.
@@ -78,15 +186,15 @@ pub struct Settings {
     pub tokens_file: Option<PathBuf>,
 
     /// SSM parameter holding the token list (read with decryption, refreshed).
-    #[arg(long, env = crate::tokens::ssm::TOKENS_SSM_PARAMETER)]
+    #[arg(long, env = TOKENS_SSM_PARAMETER)]
     pub tokens_ssm_parameter: Option<String>,
 
     /// SSM parameter holding the injected OpenAI key.
-    #[arg(long, env = crate::tokens::ssm::UPSTREAM_API_KEY_SSM_PARAMETER)]
+    #[arg(long, env = UPSTREAM_API_KEY_SSM_PARAMETER)]
     pub upstream_api_key_ssm_parameter: Option<String>,
 
     /// Seconds before cached SSM values are refreshed.
-    #[arg(long, env = crate::tokens::ssm::TOKENS_REFRESH_SECS, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = TOKENS_REFRESH_SECS, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub tokens_refresh_secs: u64,
 
     /// OpenAI key injected upstream (environment only, so it never shows in `ps`).
@@ -118,32 +226,23 @@ pub struct Settings {
     pub shutdown_grace_secs: u64,
 
     /// Origins allowed to call from a browser: a comma-separated list, or `*`. Off when unset.
-    #[arg(long, env = crate::cors::CORS_ALLOW_ORIGINS)]
+    #[arg(long, env = CORS_ALLOW_ORIGINS)]
     pub cors_allow_origins: Option<String>,
 
     /// Runtime worker threads [default: one per core]; 1 runs everything on one thread.
     #[arg(long, env = GATEWAY_WORKER_THREADS, value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: Option<u16>,
 
-    /// Log format: text or json [default: text locally, json on Lambda].
-    #[arg(long, env = LOG_FORMAT, value_parser = ["text", "json"])]
-    pub log_format: Option<String>,
+    /// Log format [default: text locally, json on Lambda].
+    #[arg(long, env = LOG_FORMAT, value_enum, ignore_case = true)]
+    pub log_format: Option<LogFormat>,
+
+    /// Lambda only: RESPONSE_STREAM (Function URL streaming) or BUFFERED (API Gateway).
+    #[arg(long, env = GATEWAY_INVOKE_MODE, default_value = "RESPONSE_STREAM", value_parser = InvokeMode::parse)]
+    pub invoke_mode: InvokeMode,
 }
 
 impl Settings {
-    /// Settings from the environment alone, with defaults (Lambda mode, tests).
-    pub fn from_env() -> Result<Self, clap::Error> {
-        use clap::{FromArgMatches, Parser};
-        #[derive(Parser)]
-        struct Only {
-            #[command(flatten)]
-            settings: Settings,
-        }
-        let matches =
-            <Only as clap::CommandFactory>::command().try_get_matches_from(["chatgpt-gateway"])?;
-        Only::from_arg_matches(&matches).map(|o| o.settings)
-    }
-
     /// SSM refresh period.
     pub fn tokens_refresh(&self) -> Duration {
         Duration::from_secs(self.tokens_refresh_secs)
@@ -164,81 +263,73 @@ impl Settings {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
-}
-
-/// The upstream's base URL, validated: `http(s)://host[:port][/prefix]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upstream {
-    /// `scheme://authority` followed by the prefix, with no trailing slash.
-    base: String,
-    /// The authority, for the Host header and logs.
-    authority: String,
-}
-
-impl Upstream {
-    /// Parses and checks an upstream URL.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let url = reqwest::Url::parse(text.trim())
-            .map_err(|e| format!("upstream URL `{text}` is not a URL: {e}"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!(
-                "upstream URL `{text}` must start with http:// or https://"
-            ));
-        }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(format!("upstream URL `{text}` has no host"));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err("the upstream URL must not carry credentials; use UPSTREAM_API_KEY".into());
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(format!(
-                "upstream URL `{text}` must not have a query or fragment"
-            ));
-        }
-        let authority = match url.port() {
-            Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
-            None => url.host_str().unwrap_or_default().to_owned(),
-        };
-        let prefix = url.path().trim_end_matches('/');
-        Ok(Self {
-            base: format!("{}://{authority}{prefix}", url.scheme()),
-            authority,
+    /// The log format: as set, else JSON on Lambda and text elsewhere.
+    pub fn log_format(&self, in_lambda: bool) -> LogFormat {
+        self.log_format.unwrap_or(if in_lambda {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
         })
-    }
-
-    /// `scheme://authority/prefix` without a trailing slash.
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
-    /// `host[:port]`.
-    pub fn authority(&self) -> &str {
-        &self.authority
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
+
+    #[derive(clap::Parser)]
+    struct Only {
+        #[command(flatten)]
+        settings: Settings,
+    }
 
     #[test]
-    fn upstream_keeps_prefix_and_drops_trailing_slash() {
-        let u = Upstream::parse("http://127.0.0.1:9000/openai/").unwrap();
-        assert_eq!(u.base(), "http://127.0.0.1:9000/openai");
-        assert_eq!(u.authority(), "127.0.0.1:9000");
-        assert_eq!(
-            Upstream::parse("https://api.openai.com/").unwrap().base(),
-            "https://api.openai.com"
-        );
-        for bad in [
-            "ftp://x",
-            "not a url",
-            "https://u:p@x",
-            "https://x/?a=1",
-            "/relative",
-        ] {
-            assert!(Upstream::parse(bad).is_err(), "{bad}");
+    fn the_table_matches_the_command_line() {
+        let command = Only::command();
+        let mut from_clap: Vec<(Option<String>, String)> = command
+            .get_arguments()
+            .filter_map(|a| {
+                let var = a.get_env()?.to_str()?.to_owned();
+                Some((a.get_long().map(|l| format!("--{l}")), var))
+            })
+            .collect();
+        // Read by the program itself rather than through a flag.
+        for var in [UPSTREAM_API_KEY, AWS_LAMBDA_RUNTIME_API, RUST_LOG] {
+            from_clap.push((None, var.to_owned()));
         }
+        from_clap.sort();
+        let mut from_table: Vec<(Option<String>, String)> = SETTINGS
+            .iter()
+            .map(|s| (s.flag.map(str::to_owned), s.var.to_owned()))
+            .collect();
+        from_table.sort();
+        assert_eq!(from_clap, from_table);
+    }
+
+    #[test]
+    fn the_documentation_shows_the_table() {
+        let page = include_str!("../docs/configuration.md");
+        assert!(
+            page.contains(&settings_table()),
+            "docs/configuration.md must hold this table exactly:\n{}",
+            settings_table()
+        );
+    }
+
+    #[test]
+    fn invoke_modes() {
+        assert_eq!(
+            InvokeMode::parse("buffered").unwrap(),
+            InvokeMode::Buffered
+        );
+        assert_eq!(InvokeMode::parse("").unwrap(), InvokeMode::ResponseStream);
+        assert!(matches!(
+            InvokeMode::parse("stream"),
+            Err(ConfigError::Invalid {
+                setting: GATEWAY_INVOKE_MODE,
+                ..
+            })
+        ));
     }
 }

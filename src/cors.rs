@@ -9,17 +9,17 @@
 
 use http::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS,
-    ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
+    ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN,
+    VARY,
 };
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
-/// `CORS_ALLOW_ORIGINS`: the origins allowed to call the gateway from a browser.
-pub const CORS_ALLOW_ORIGINS: &str = "CORS_ALLOW_ORIGINS";
+use crate::config::CORS_ALLOW_ORIGINS;
+use crate::error::ConfigError;
 
 /// Response headers a browser script may read: OpenAI's request id, rate
 /// limits and timings (the SDKs' `withResponse()` needs them).
-const EXPOSED: &str = "x-request-id, openai-organization, openai-processing-ms, openai-version, \
+pub const EXPOSED: &str = "x-request-id, openai-organization, openai-processing-ms, openai-version, \
      x-ratelimit-limit-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-requests, \
      x-ratelimit-remaining-tokens, x-ratelimit-reset-requests, x-ratelimit-reset-tokens, retry-after";
 
@@ -42,7 +42,7 @@ pub struct Decision {
 
 impl Cors {
     /// Parses `CORS_ALLOW_ORIGINS`; empty means off (`None`).
-    pub fn parse(text: &str) -> Result<Option<Self>, String> {
+    pub fn parse(text: &str) -> Result<Option<Self>, ConfigError> {
         let text = text.trim();
         if text.is_empty() {
             return Ok(None);
@@ -61,9 +61,10 @@ impl Cors {
                 .or_else(|| origin.strip_prefix("http://"));
             let ok = host.is_some_and(|h| !h.is_empty() && !h.contains('/'));
             if !ok || HeaderValue::from_str(origin).is_err() {
-                return Err(format!(
-                    "{CORS_ALLOW_ORIGINS}: `{origin}` is not an origin like https://chat.example.com"
-                ));
+                return Err(ConfigError::Invalid {
+                    setting: CORS_ALLOW_ORIGINS,
+                    problem: format!("`{origin}` is not an origin like https://chat.example.com"),
+                });
             }
             origins.push(origin.to_ascii_lowercase());
         }
@@ -123,17 +124,9 @@ impl Cors {
 }
 
 impl Decision {
-    /// Adds the CORS headers to a response (replacing the upstream's own).
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        crate::proxy::remove_matching(headers, |k| k.starts_with("access-control-"));
-        headers.append(VARY, HeaderValue::from_static("Origin"));
-        if let Some(origin) = &self.allow_origin {
-            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-            headers.insert(
-                ACCESS_CONTROL_EXPOSE_HEADERS,
-                HeaderValue::from_static(EXPOSED),
-            );
-        }
+    /// The `Access-Control-Allow-Origin` value, when the origin is allowed.
+    pub fn allow_origin(&self) -> Option<&HeaderValue> {
+        self.allow_origin.as_ref()
     }
 }
 
@@ -169,7 +162,7 @@ mod tests {
     }
 
     #[test]
-    fn preflight_and_decoration() {
+    fn preflights() {
         let cors = Cors::parse("https://ok.example").unwrap().unwrap();
         let ask = headers(&[
             ("origin", "https://ok.example"),
@@ -200,22 +193,5 @@ mod tests {
             .preflight::<bytes::Bytes>(&Method::OPTIONS, &headers(&[]))
             .is_none());
 
-        let mut upstream = headers(&[
-            ("access-control-allow-origin", "*"),
-            ("content-type", "application/json"),
-        ]);
-        cors.decide(&ask).apply(&mut upstream);
-        assert_eq!(
-            upstream.get_all(ACCESS_CONTROL_ALLOW_ORIGIN).iter().count(),
-            1
-        );
-        assert_eq!(upstream[ACCESS_CONTROL_ALLOW_ORIGIN], "https://ok.example");
-        assert!(upstream[ACCESS_CONTROL_EXPOSE_HEADERS]
-            .to_str()
-            .unwrap()
-            .contains("x-request-id"));
-        let mut denied = HeaderMap::new();
-        cors.decide(&evil).apply(&mut denied);
-        assert!(denied.get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
     }
 }

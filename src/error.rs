@@ -1,13 +1,19 @@
-//! Every failure the gateway answers itself, and its OpenAI-shaped JSON body.
+//! Every failure, typed: [`GatewayError`] on the request path, answered in
+//! OpenAI's JSON error shape, and [`ConfigError`] on the cold path (start-up
+//! and configuration sources), printed as one clear line.
 //!
-//! Clients of this gateway are OpenAI SDKs, so errors use OpenAI's shape,
-//! `{"error": {"message", "type", "param", "code"}}`, which the SDKs parse into
-//! their typed exceptions (a 401 becomes `AuthenticationError`, and so on).
-//! Messages are fixed strings or carry non-secret facts only: never a token,
-//! key, Authorization value or query string.
+//! Clients of this gateway are OpenAI SDKs, so request errors use OpenAI's
+//! shape, `{"error": {"message", "type", "param", "code"}}`, which the SDKs
+//! parse into their typed exceptions (a 401 becomes `AuthenticationError`,
+//! and so on). Messages are fixed strings or carry non-secret facts only:
+//! never a token, key, Authorization value or query string.
+
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::tokens::format::ParseError;
 
 /// An error answered by the gateway itself, rather than by the upstream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,9 +35,18 @@ pub enum GatewayError {
     /// The request target cannot be forwarded safely (dot segments, backslashes, not origin-form).
     #[error("invalid request path: {0}")]
     InvalidPath(&'static str),
-    /// The token store (SSM) has not produced a usable token list yet.
+    /// A request body that a policy had to read is larger than it may read.
+    #[error("the request body is larger than the {0} bytes the gateway inspects")]
+    RequestTooLarge(u64),
+    /// The request body could not be read or is not what a policy needs.
+    #[error("invalid request body: {0}")]
+    InvalidRequestBody(&'static str),
+    /// The token list source (SSM) has not produced a usable token list yet.
     #[error("the gateway's token store is unavailable; try again shortly")]
     TokenStoreUnavailable,
+    /// The upstream key source (SSM) has not produced a usable key yet.
+    #[error("the gateway's upstream API key is unavailable; try again shortly")]
+    UpstreamKeyUnavailable,
     /// The upstream could not be reached (connection refused, DNS, TLS).
     #[error("the upstream API could not be reached")]
     UpstreamUnreachable,
@@ -53,8 +68,13 @@ impl GatewayError {
             Self::MissingToken | Self::InvalidToken | Self::TokenExpired => {
                 StatusCode::UNAUTHORIZED
             }
-            Self::ConflictingTokens | Self::InvalidPath(_) => StatusCode::BAD_REQUEST,
-            Self::TokenStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ConflictingTokens | Self::InvalidPath(_) | Self::InvalidRequestBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TokenStoreUnavailable | Self::UpstreamKeyUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamUnreachable | Self::UpstreamFailed | Self::ResponseTooLarge(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -70,7 +90,10 @@ impl GatewayError {
             Self::TokenExpired => "token_expired",
             Self::ConflictingTokens => "conflicting_tokens",
             Self::InvalidPath(_) => "invalid_path",
+            Self::RequestTooLarge(_) => "request_too_large",
+            Self::InvalidRequestBody(_) => "invalid_request_body",
             Self::TokenStoreUnavailable => "token_store_unavailable",
+            Self::UpstreamKeyUnavailable => "upstream_key_unavailable",
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamFailed => "upstream_error",
             Self::UpstreamTimeout(_) => "upstream_timeout",
@@ -82,7 +105,7 @@ impl GatewayError {
     pub fn kind(&self) -> &'static str {
         match self.status() {
             StatusCode::UNAUTHORIZED => "authentication_error",
-            StatusCode::BAD_REQUEST => "invalid_request_error",
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => "invalid_request_error",
             _ => "gateway_error",
         }
     }
@@ -116,6 +139,73 @@ impl GatewayError {
         }
         response
     }
+}
+
+/// A configuration or start-up failure. Each names the setting, file or
+/// parameter at fault, and never a secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Two settings that exclude each other are both set.
+    #[error("both {0} and {1} are set; choose one")]
+    Conflict(&'static str, &'static str),
+    /// A token file cannot be read.
+    #[error("tokens file {}: cannot read: {source}", path.display())]
+    TokensUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A token list (file, bundled, SSM) is malformed.
+    #[error("{origin}: {error}")]
+    Tokens {
+        /// Where the list came from: a file path, an SSM parameter, `bundled token list`.
+        origin: String,
+        /// What is wrong, naming the entry.
+        error: ParseError,
+    },
+    /// The upstream URL is unusable.
+    #[error("upstream URL `{url}` {problem}")]
+    Upstream {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The upstream URL carries a user or password.
+    #[error("the upstream URL must not carry credentials; use UPSTREAM_API_KEY")]
+    UpstreamCredentials,
+    /// An upstream key that cannot be sent in an Authorization header.
+    #[error("{origin}: the upstream API key is empty or holds characters an HTTP header cannot carry")]
+    InvalidKey {
+        /// Where the key came from (a variable, an SSM parameter).
+        origin: String,
+    },
+    /// A value of a setting is malformed.
+    #[error("{setting}: {problem}")]
+    Invalid {
+        /// The setting's variable name.
+        setting: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The configuration would open the upstream (or its key) to anyone.
+    #[error("refusing to start: {0}")]
+    Unsafe(String),
+    /// The HTTP client cannot be built.
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(String),
+    /// The local server cannot listen.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The Lambda runtime loop stopped with an error.
+    #[error("the Lambda runtime stopped: {0}")]
+    Lambda(String),
 }
 
 /// An error and its sources, each by its `Display`, joined with `: `.
@@ -157,6 +247,12 @@ mod tests {
         assert_eq!(GatewayError::UpstreamUnreachable.status(), 502);
         assert_eq!(GatewayError::UpstreamTimeout(5).status(), 504);
         assert_eq!(GatewayError::TokenStoreUnavailable.status(), 503);
+        assert_eq!(GatewayError::UpstreamKeyUnavailable.status(), 503);
         assert_eq!(GatewayError::ConflictingTokens.status(), 400);
+        assert_eq!(GatewayError::RequestTooLarge(1).status(), 413);
+        assert_eq!(
+            GatewayError::RequestTooLarge(1).kind(),
+            "invalid_request_error"
+        );
     }
 }

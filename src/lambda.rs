@@ -15,61 +15,48 @@
 //! stage prefix is never forwarded upstream.
 
 use std::convert::Infallible;
+use std::time::Instant;
 
-use bytes::BytesMut;
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, Response, Uri};
 use http_body_util::BodyExt;
 use lambda_http::request::RequestContext;
 use lambda_http::{service_fn, RequestExt};
 
-use crate::body::GatewayBody;
-use crate::error::GatewayError;
-use crate::handler::Gateway;
-use crate::telemetry::RequestId;
+use crate::body::{Buffered, GatewayBody};
+use crate::config::{InvokeMode, Settings};
+use crate::error::{ConfigError, GatewayError};
+use crate::gateway::Gateway;
+use crate::headers;
+use crate::record::RequestId;
+use crate::startup::{self, Mode};
 
-/// `AWS_LAMBDA_RUNTIME_API`: set by Lambda (and `cargo lambda watch`); its presence selects Lambda mode.
-pub const AWS_LAMBDA_RUNTIME_API: &str = "AWS_LAMBDA_RUNTIME_API";
-/// `GATEWAY_INVOKE_MODE`: `RESPONSE_STREAM` (default) or `BUFFERED`.
-pub const GATEWAY_INVOKE_MODE: &str = "GATEWAY_INVOKE_MODE";
 /// Lambda's limit on a buffered response payload, envelope included.
 pub const MAX_BUFFERED_PAYLOAD: usize = 6 * 1024 * 1024;
 /// Room left in the payload for the JSON envelope (status, headers).
 const ENVELOPE_ALLOWANCE: usize = 64 * 1024;
 
-/// How responses leave the function.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InvokeMode {
-    /// Lambda response streaming (Function URL `InvokeMode: RESPONSE_STREAM`).
-    ResponseStream,
-    /// One buffered response per event (API Gateway, BUFFERED Function URL).
-    Buffered,
+/// How the runtime loop is resumed after it fails (see [`serve`]).
+///
+/// A failure that comes more than `STEADY` after the loop (re)started is a
+/// one-off (a client that hung up) and starts the count again; `MAX_QUICK`
+/// failures in a row, each within `STEADY`, mean the runtime API itself is
+/// gone, and the process exits so that Lambda replaces it. Between tries the
+/// loop waits `BACKOFF` times the number of failures, so a broken API is not
+/// hammered (at most 50 + 100 + 150 + 200 ms before giving up).
+mod resume {
+    use std::time::Duration;
+    pub const STEADY: Duration = Duration::from_secs(10);
+    pub const MAX_QUICK: u32 = 5;
+    pub const BACKOFF: Duration = Duration::from_millis(50);
 }
 
-impl InvokeMode {
-    /// Reads `GATEWAY_INVOKE_MODE`; unset means `RESPONSE_STREAM`.
-    pub fn from_env() -> Result<Self, String> {
-        match std::env::var(GATEWAY_INVOKE_MODE) {
-            Err(_) => Ok(Self::ResponseStream),
-            Ok(text) => Self::parse(&text),
-        }
-    }
-
-    /// Parses `RESPONSE_STREAM` or `BUFFERED` (case-insensitive).
-    pub fn parse(text: &str) -> Result<Self, String> {
-        match text.trim().to_ascii_uppercase().as_str() {
-            "" | "RESPONSE_STREAM" => Ok(Self::ResponseStream),
-            "BUFFERED" => Ok(Self::Buffered),
-            other => Err(format!(
-                "{GATEWAY_INVOKE_MODE}={other} is not RESPONSE_STREAM or BUFFERED"
-            )),
-        }
-    }
-}
-
-/// True when running under a Lambda runtime API.
-pub fn in_lambda() -> bool {
-    std::env::var_os(AWS_LAMBDA_RUNTIME_API).is_some()
+/// Builds the gateway from `settings` and serves Lambda events in the
+/// configured invoke mode until the runtime stops.
+pub async fn run(settings: Settings) -> Result<(), ConfigError> {
+    let gateway = startup::build(&settings, Mode::Lambda).await?;
+    gateway.warm_up().await;
+    serve(gateway, settings.invoke_mode).await
 }
 
 /// Serves Lambda events until the runtime stops.
@@ -78,30 +65,27 @@ pub fn in_lambda() -> bool {
 /// fails (for instance when the client of a streamed response went away and
 /// the API dropped the connection). The process would then exit and the next
 /// event would pay a cold start, or, under an emulator that does not restart
-/// it, wait forever; so the loop is resumed, giving up only when it keeps
-/// failing at once.
-pub async fn run(gateway: Gateway, mode: InvokeMode) -> Result<(), lambda_http::Error> {
-    const MAX_QUICK_FAILURES: u32 = 5;
+/// it, wait forever; so the loop is resumed (see [`resume`] for when it
+/// gives up), once the completion work of the failed response has finished.
+pub async fn serve(gateway: Gateway, mode: InvokeMode) -> Result<(), ConfigError> {
     tracing::info!(?mode, "serving Lambda events");
     let mut quick_failures = 0;
     loop {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let error = match serve_events(gateway.clone(), mode).await {
             Ok(()) => return Ok(()),
             Err(error) => error,
         };
-        if started.elapsed() > std::time::Duration::from_secs(10) {
+        gateway.settled().await;
+        if started.elapsed() > resume::STEADY {
             quick_failures = 0;
         }
         quick_failures += 1;
-        if quick_failures >= MAX_QUICK_FAILURES {
-            return Err(error);
+        if quick_failures >= resume::MAX_QUICK {
+            return Err(ConfigError::Lambda(error.to_string()));
         }
-        tracing::warn!(error = %error, "Lambda runtime loop failed; resuming");
-        tokio::time::sleep(std::time::Duration::from_millis(
-            50 * u64::from(quick_failures),
-        ))
-        .await;
+        tracing::warn!(error = %error, quick_failures, "Lambda runtime loop failed; resuming");
+        tokio::time::sleep(resume::BACKOFF * quick_failures).await;
     }
 }
 
@@ -125,11 +109,14 @@ async fn serve_events(gateway: Gateway, mode: InvokeMode) -> Result<(), lambda_h
 }
 
 /// Handles one event for the streaming runner.
+///
+/// The completion work of an earlier response whose client hung up runs in
+/// the background; it is waited for here, so that it is done inside an
+/// invocation rather than left to a frozen container.
 pub async fn streaming(gateway: &Gateway, request: lambda_http::Request) -> Response<GatewayBody> {
+    gateway.settled().await;
     let mut response = gateway.handle(from_event(request)).await;
-    // The stream carries its own framing; a length from the upstream would
-    // contradict it.
-    response.headers_mut().remove(CONTENT_LENGTH);
+    headers::for_stream(response.headers_mut());
     response
 }
 
@@ -138,11 +125,13 @@ pub async fn buffered(
     gateway: &Gateway,
     request: lambda_http::Request,
 ) -> Response<lambda_http::Body> {
-    collect(
-        gateway.handle(from_event(request)).await,
-        MAX_BUFFERED_PAYLOAD - ENVELOPE_ALLOWANCE,
-    )
-    .await
+    let mut request = from_event(request);
+    request.extensions_mut().insert(Buffered {
+        limit: MAX_BUFFERED_PAYLOAD - ENVELOPE_ALLOWANCE,
+        reported: MAX_BUFFERED_PAYLOAD,
+        base64: is_binary,
+    });
+    collect(gateway.handle(request).await).await
 }
 
 /// Turns a lambda_http request into the core's: origin-form URI from the raw
@@ -192,45 +181,28 @@ fn upstream_path(request: &lambda_http::Request) -> &str {
     }
 }
 
-/// Collects a response for a buffered invoke, within `limit` payload bytes.
-async fn collect(response: Response<GatewayBody>, limit: usize) -> Response<lambda_http::Body> {
-    let (parts, mut body) = response.into_parts();
-    let binary = is_binary(&parts.headers);
-    let mut bytes = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(frame) => {
-                if let Some(data) = frame.data_ref() {
-                    bytes.extend_from_slice(data);
-                    let payload = if binary {
-                        bytes.len().div_ceil(3) * 4
-                    } else {
-                        bytes.len()
-                    };
-                    if payload > limit {
-                        let error = GatewayError::ResponseTooLarge(MAX_BUFFERED_PAYLOAD);
-                        tracing::warn!(
-                            status = parts.status.as_u16(),
-                            code = error.code(),
-                            "buffered response too large"
-                        );
-                        return error
-                            .to_response::<GatewayBody>()
-                            .map(|b| text_body(b.into_full()));
-                    }
-                }
-            }
-            Err(_) => {
-                // The upstream broke off mid-body; a truncated body must not look complete.
-                return GatewayError::UpstreamFailed
-                    .to_response::<GatewayBody>()
-                    .map(|b| text_body(b.into_full()));
-            }
+/// Collects a response for a buffered invoke. The gateway capped the body
+/// (see [`Buffered`]); a body that failed, over the cap or cut by the
+/// upstream, becomes the error the record already names.
+async fn collect(response: Response<GatewayBody>) -> Response<lambda_http::Body> {
+    let (parts, body) = response.into_parts();
+    let bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            let error = error
+                .downcast_ref::<GatewayError>()
+                .cloned()
+                .unwrap_or(GatewayError::UpstreamFailed);
+            let (parts, body) = error.to_response::<bytes::Bytes>().into_parts();
+            return Response::from_parts(
+                parts,
+                lambda_http::Body::Text(String::from_utf8_lossy(&body).into_owned()),
+            );
         }
-    }
+    };
     let body = if bytes.is_empty() {
         lambda_http::Body::Empty
-    } else if binary {
+    } else if is_binary(&parts.headers) {
         lambda_http::Body::Binary(bytes.to_vec())
     } else {
         match String::from_utf8(bytes.to_vec()) {
@@ -239,10 +211,6 @@ async fn collect(response: Response<GatewayBody>, limit: usize) -> Response<lamb
         }
     };
     Response::from_parts(parts, body)
-}
-
-fn text_body(bytes: bytes::Bytes) -> lambda_http::Body {
-    lambda_http::Body::Text(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Whether a body must travel base64-encoded: anything compressed, or not textual.

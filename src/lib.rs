@@ -3,34 +3,42 @@
 //! A request flows one way through the modules:
 //!
 //! 1. [`server`] (local HTTP/1.1) or [`lambda`] (Lambda events, streamed or
-//!    buffered) hands an `http::Request` to [`handler::Gateway::handle`];
-//! 2. [`auth`] finds the gateway token (`?token=`, `X-Token` or Bearer),
-//!    checks it against the [`tokens`] list and strips it;
-//! 3. [`proxy`] maps the path onto the upstream, filters headers, injects the
-//!    upstream key, sends the request and returns the streaming response;
-//! 4. [`body`] streams the upstream's body back, cutting silent streams, and
-//!    writes the [`telemetry`] access line when it ends.
+//!    buffered) hands an `http::Request` to [`gateway::Gateway::handle`],
+//!    which runs the phases in order:
+//! 2. [`cors`] answers browser preflights;
+//! 3. [`auth`] finds the gateway token (`?token=`, `X-Token` or Bearer) and
+//!    checks it against the [`tokens`] list;
+//! 4. [`policy`] runs the configured rules, which may read a bounded body;
+//! 5. [`proxy`] maps the path onto the upstream and sends the request, with
+//!    the headers [`headers`] cleaned and the upstream key injected;
+//! 6. [`body`] layers stream the upstream's body back, cutting silent
+//!    streams, and end in one completion point that hands the request's
+//!    [`record`] to the completion hooks (the [`telemetry`] access line).
 //!
-//! [`cors`] answers browser preflights and adds CORS headers when enabled.
-//! [`error`] turns every failure into OpenAI's JSON error shape; [`config`]
-//! names every setting; [`startup`] builds the gateway from them; [`secret`]
-//! keeps keys and tokens out of every formatted string; [`cli`] is the
-//! `tokens` admin command.
+//! Around that path: [`config`] names every setting; [`startup`] builds the
+//! gateway from them; [`sources`] keeps the token list and the key fresh
+//! (files, SSM); [`error`] types every failure (OpenAI's JSON shape on the
+//! request path); [`secret`] keeps keys and tokens out of every formatted
+//! string; [`commands`] are the admin commands (`tokens`).
 
 pub mod auth;
 pub mod body;
-pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod cors;
 pub mod error;
-pub mod handler;
+pub mod gateway;
+pub mod headers;
 pub mod lambda;
+pub mod policy;
 pub mod proxy;
+pub mod record;
 pub mod secret;
 pub mod server;
+pub mod sources;
 pub mod startup;
 pub mod telemetry;
 pub mod tokens;
 
-pub use error::GatewayError;
-pub use handler::Gateway;
+pub use error::{ConfigError, GatewayError};
+pub use gateway::{Gateway, GatewayOptions};

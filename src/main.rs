@@ -5,11 +5,9 @@
 
 use std::process::ExitCode;
 
-use chatgpt_gateway::cli::{self, TokensCommand};
-use chatgpt_gateway::config::Settings;
-use chatgpt_gateway::lambda::{self, InvokeMode};
-use chatgpt_gateway::startup::{self, Mode};
-use chatgpt_gateway::{server, telemetry};
+use chatgpt_gateway::commands::tokens::{self, TokensCommand};
+use chatgpt_gateway::config::{self, Settings};
+use chatgpt_gateway::{lambda, server, telemetry};
 use clap::{Parser, Subcommand};
 
 /// An authenticated, streaming OpenAI API gateway.
@@ -38,29 +36,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match cli.command {
         Some(Command::Serve { settings }) => settings,
-        Some(Command::Tokens(command)) => return run_tokens(command),
+        Some(Command::Tokens(command)) => {
+            // Warnings only (e.g. from the AWS SDK), so the command's own output stays clean.
+            telemetry::init_cli();
+            return exit(runtime(Some(1)).block_on(tokens::run(command)), false);
+        }
         None => cli.settings,
     };
-    let in_lambda = lambda::in_lambda();
-    let json = settings
-        .log_format
-        .as_deref()
-        .map_or(in_lambda, |f| f == "json");
-    let _log_guard = telemetry::init(json, !in_lambda);
+    let in_lambda = config::in_lambda();
+    let _log_guard = telemetry::init(settings.log_format(in_lambda), !in_lambda);
     let runtime = runtime(settings.worker_threads);
     let outcome = if in_lambda {
-        runtime.block_on(run_lambda(settings))
+        runtime.block_on(lambda::run(settings))
     } else {
-        runtime.block_on(serve(settings))
+        runtime.block_on(server::run(settings))
     };
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            tracing::error!(error = %message, "stopped");
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    exit(outcome, true)
 }
 
 /// One worker thread runs everything on the current thread: no cross-thread
@@ -78,46 +69,15 @@ fn runtime(worker_threads: Option<u16>) -> tokio::runtime::Runtime {
     builder.enable_all().build().expect("tokio runtime")
 }
 
-fn run_tokens(command: TokensCommand) -> ExitCode {
-    // Warnings only (e.g. from the AWS SDK), so the command's own output stays clean.
-    telemetry::init_cli();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match runtime.block_on(cli::run(command)) {
+fn exit<E: std::fmt::Display>(outcome: Result<(), E>, log: bool) -> ExitCode {
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
+        Err(error) => {
+            if log {
+                tracing::error!(error = %error, "stopped");
+            }
+            eprintln!("error: {error}");
             ExitCode::FAILURE
         }
     }
-}
-
-async fn serve(settings: Settings) -> Result<(), String> {
-    let gateway = startup::build(&settings, Mode::Local)
-        .await
-        .map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%address, "listening");
-    server::serve(
-        listener,
-        gateway,
-        server::shutdown_signal(),
-        settings.shutdown_grace(),
-    )
-    .await;
-    Ok(())
-}
-
-async fn run_lambda(settings: Settings) -> Result<(), String> {
-    let mode = InvokeMode::from_env()?;
-    let gateway = startup::build(&settings, Mode::Lambda)
-        .await
-        .map_err(|e| e.to_string())?;
-    gateway.proxy().warm_up().await;
-    lambda::run(gateway, mode).await.map_err(|e| e.to_string())
 }

@@ -6,24 +6,64 @@
 //! pick another host. Hop-by-hop headers, client-address headers and the
 //! gateway credential are dropped. Bodies stream in both directions.
 
+use std::fmt;
 use std::time::Duration;
 
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method};
+use http::{HeaderMap, Method};
 use reqwest::Url;
 
-use crate::config::Upstream;
-use crate::error::{error_chain, GatewayError};
-use crate::secret::Secret;
+use crate::error::{error_chain, ConfigError, GatewayError};
+use crate::headers;
+
+/// The upstream's base URL, parsed and checked once:
+/// `http(s)://host[:port][/prefix]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// The URL (no query, no fragment, no credentials).
+    url: Url,
+    /// Its path prefix without a trailing slash (empty for none).
+    prefix: String,
+}
+
+impl Upstream {
+    /// Parses and checks an upstream URL.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let problem = |problem: String| ConfigError::Upstream {
+            url: text.to_owned(),
+            problem,
+        };
+        let mut url =
+            Url::parse(text.trim()).map_err(|e| problem(format!("is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(problem("must start with http:// or https://".into()));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(problem("has no host".into()));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(ConfigError::UpstreamCredentials);
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(problem("must not have a query or fragment".into()));
+        }
+        let prefix = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&prefix);
+        Ok(Self { url, prefix })
+    }
+}
+
+impl fmt::Display for Upstream {
+    /// `scheme://authority/prefix` without a trailing slash.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.url.as_str().trim_end_matches('/'))
+    }
+}
 
 /// The upstream side: one shared client with a keep-alive pool.
 #[derive(Debug, Clone)]
 pub struct Proxy {
     client: reqwest::Client,
     upstream: Upstream,
-    /// The upstream URL, parsed once.
-    base_url: Url,
-    /// Its path prefix without a trailing slash (empty for none).
-    prefix: String,
     header_timeout: Duration,
 }
 
@@ -33,7 +73,7 @@ impl Proxy {
         upstream: Upstream,
         header_timeout: Duration,
         connect_timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
         let client = reqwest::Client::builder()
             // A proxy passes redirects to its client rather than following them.
             .redirect(reqwest::redirect::Policy::none())
@@ -43,16 +83,10 @@ impl Proxy {
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        let base_url = Url::parse(upstream.base()).map_err(|e| format!("upstream URL: {e}"))?;
-        let prefix = upstream_prefix(upstream.base())
-            .trim_end_matches('/')
-            .to_owned();
+            .map_err(|e| ConfigError::HttpClient(error_chain(&e)))?;
         Ok(Self {
             client,
             upstream,
-            base_url,
-            prefix,
             header_timeout,
         })
     }
@@ -67,7 +101,7 @@ impl Proxy {
     /// client's time. Failures are only logged: the first request retries.
     pub async fn warm_up(&self) {
         let started = std::time::Instant::now();
-        let url = format!("{}/", self.upstream.base());
+        let url = format!("{}/", self.upstream);
         let outcome =
             tokio::time::timeout(Duration::from_secs(2), self.client.head(url).send()).await;
         let ms = started.elapsed().as_secs_f64() * 1e3;
@@ -89,13 +123,14 @@ impl Proxy {
         check_path(path)?;
         // Cloning the parsed base and setting the path and query costs no
         // host parsing (IDNA) per request, and cannot change the host.
-        let mut url = self.base_url.clone();
-        let mut full = String::with_capacity(self.prefix.len() + path.len());
-        full.push_str(&self.prefix);
+        let prefix = self.upstream.prefix.as_str();
+        let mut url = self.upstream.url.clone();
+        let mut full = String::with_capacity(prefix.len() + path.len());
+        full.push_str(prefix);
         full.push_str(path);
         url.set_path(&full);
         url.set_query(query);
-        let rest = url.path().strip_prefix(self.prefix.as_str());
+        let rest = url.path().strip_prefix(prefix);
         if !rest.is_some_and(|r| r.starts_with('/')) {
             return Err(GatewayError::InvalidPath(
                 "the path would leave the upstream",
@@ -134,16 +169,9 @@ impl Proxy {
             Ok(Ok(response)) => response,
         };
         let mut response = http::Response::from(response);
-        remove_hop_by_hop(response.headers_mut());
+        headers::from_upstream(response.headers_mut());
         Ok(response)
     }
-}
-
-fn upstream_prefix(base: &str) -> &str {
-    // `base` is scheme://authority[/prefix]; the prefix starts at the third '/'.
-    base.match_indices('/')
-        .nth(2)
-        .map_or("/", |(i, _)| &base[i..])
 }
 
 /// Refuses paths the URL parser would rewrite into another path: dot
@@ -168,76 +196,6 @@ fn check_path(path: &str) -> Result<(), GatewayError> {
         ));
     }
     Ok(())
-}
-
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("proxy-connection"),
-];
-
-/// Removes hop-by-hop headers: the fixed list, `Proxy-*`, and every header
-/// that `Connection` names.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-    remove_matching(headers, |k| k.starts_with("proxy-"));
-}
-
-/// Removes every header whose (lower-case) name matches `pred`; allocates
-/// only when one does.
-pub fn remove_matching(headers: &mut HeaderMap, pred: impl Fn(&str) -> bool) {
-    if headers.keys().any(|k| pred(k.as_str())) {
-        let names: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| pred(k.as_str()))
-            .cloned()
-            .collect();
-        for name in names {
-            headers.remove(name);
-        }
-    }
-}
-
-/// Turns the client's headers into the upstream request's headers.
-///
-/// Drops hop-by-hop headers, `Host` (the client sets it from the URL),
-/// `Content-Length` (the body's own length is used), `Expect`, client-address
-/// headers (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `X-Amzn-*`) and,
-/// when a key is injected, the client's Authorization.
-pub fn upstream_headers(mut headers: HeaderMap, inject: Option<&Secret>) -> HeaderMap {
-    remove_hop_by_hop(&mut headers);
-    for name in [
-        header::HOST,
-        header::CONTENT_LENGTH,
-        header::EXPECT,
-        header::FORWARDED,
-    ] {
-        headers.remove(name);
-    }
-    remove_matching(&mut headers, |k| {
-        k.starts_with("x-forwarded-") || k.starts_with("x-amzn-") || k == "x-real-ip"
-    });
-    if let Some(key) = inject {
-        let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
-            .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-upstream-key"));
-        value.set_sensitive(true);
-        headers.insert(header::AUTHORIZATION, value);
-    }
-    headers
 }
 
 #[cfg(test)]
@@ -294,44 +252,21 @@ mod tests {
     }
 
     #[test]
-    fn header_hygiene() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [
-            ("connection", "keep-alive, x-custom-hop"),
-            ("x-custom-hop", "1"),
-            ("keep-alive", "timeout=5"),
-            ("proxy-authorization", "Basic x"),
-            ("te", "trailers"),
-            ("upgrade", "h2c"),
-            ("transfer-encoding", "chunked"),
-            ("host", "evil.example"),
-            ("x-forwarded-host", "evil.example"),
-            ("x-forwarded-for", "1.2.3.4"),
-            ("forwarded", "for=1.2.3.4"),
-            ("x-amzn-trace-id", "Root=1"),
-            ("x-real-ip", "1.2.3.4"),
-            ("authorization", "Bearer sk-client"),
-            ("openai-organization", "org-1"),
-            ("content-type", "application/json"),
-            ("accept-encoding", "gzip"),
-        ] {
-            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+    fn upstream_keeps_prefix_and_drops_trailing_slash() {
+        let u = Upstream::parse("http://127.0.0.1:9000/openai/").unwrap();
+        assert_eq!(u.to_string(), "http://127.0.0.1:9000/openai");
+        assert_eq!(u.prefix, "/openai");
+        let u = Upstream::parse("https://api.openai.com/").unwrap();
+        assert_eq!((u.to_string().as_str(), u.prefix.as_str()), ("https://api.openai.com", ""));
+        assert!(matches!(
+            Upstream::parse("https://u:p@x"),
+            Err(ConfigError::UpstreamCredentials)
+        ));
+        for bad in ["ftp://x", "not a url", "https://x/?a=1", "/relative"] {
+            assert!(
+                matches!(Upstream::parse(bad), Err(ConfigError::Upstream { .. })),
+                "{bad}"
+            );
         }
-        let out = upstream_headers(h.clone(), None);
-        let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
-        names.sort_unstable();
-        assert_eq!(
-            names,
-            [
-                "accept-encoding",
-                "authorization",
-                "content-type",
-                "openai-organization"
-            ]
-        );
-        assert_eq!(out["authorization"], "Bearer sk-client");
-        let out = upstream_headers(h, Some(&Secret::new("sk-injected")));
-        assert_eq!(out["authorization"], "Bearer sk-injected");
-        assert!(out["authorization"].is_sensitive());
     }
 }

@@ -11,10 +11,40 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::handler::Gateway;
+use crate::config::Settings;
+use crate::error::ConfigError;
+use crate::gateway::Gateway;
+use crate::startup::{self, Mode};
 
 /// How long a client may take to send its request head (slow-loris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds the gateway from `settings`, listens, and serves until SIGTERM or
+/// Ctrl-C.
+pub async fn run(settings: Settings) -> Result<(), ConfigError> {
+    let gateway = startup::build(&settings, Mode::Local).await?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| ConfigError::Listen {
+            address: settings.listen,
+            source,
+        })?;
+    let address = listener
+        .local_addr()
+        .map_err(|source| ConfigError::Listen {
+            address: settings.listen,
+            source,
+        })?;
+    tracing::info!(%address, "listening");
+    serve(
+        listener,
+        gateway,
+        shutdown_signal(),
+        settings.shutdown_grace(),
+    )
+    .await;
+    Ok(())
+}
 
 /// Serves until `shutdown` resolves, then stops accepting and gives in-flight
 /// requests up to `grace` to finish.

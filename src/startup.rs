@@ -6,15 +6,22 @@
 //! would be open on a non-loopback address without `ALLOW_ANONYMOUS=true`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::config::{Settings, Upstream, DEFAULT_TOKENS_FILE, DEFAULT_UPSTREAM};
+use crate::config::{
+    Settings, DEFAULT_TOKENS_FILE, DEFAULT_UPSTREAM, TOKENS_FILE, TOKENS_SSM_PARAMETER,
+    UPSTREAM_API_KEY, UPSTREAM_API_KEY_SSM_PARAMETER,
+};
 use crate::cors::Cors;
-use crate::handler::Gateway;
-use crate::proxy::Proxy;
-use crate::tokens::cache::Cached;
+use crate::error::ConfigError;
+use crate::gateway::{Gateway, GatewayOptions};
+use crate::proxy::{Proxy, Upstream};
+use crate::secret::ApiKey;
+use crate::sources::cached::Cached;
+use crate::sources::ssm::{self, Ssm};
+use crate::telemetry::AccessLog;
 use crate::tokens::format::{self, TokenList};
-use crate::tokens::ssm::{self, Ssm};
-use crate::tokens::TokenSet;
+use crate::tokens::{bundled, TokenSet};
 
 /// Where the gateway runs, which decides when anonymous access is safe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,11 +32,6 @@ pub enum Mode {
     Lambda,
 }
 
-/// A start-up failure, printed as is.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StartupError(pub String);
-
 /// The token file to read: the named one, else `./tokens.json` when present.
 pub fn tokens_file(settings: &Settings) -> Option<PathBuf> {
     settings.tokens_file.clone().or_else(|| {
@@ -38,21 +40,16 @@ pub fn tokens_file(settings: &Settings) -> Option<PathBuf> {
     })
 }
 
-/// The token list compiled into the binary (see `build.rs` and `bundle/`), if any.
-pub fn bundled_tokens() -> Option<&'static str> {
-    bundled::BUNDLED_TOKENS
-}
-
-mod bundled {
-    include!(concat!(env!("OUT_DIR"), "/bundled_tokens.rs"));
-}
-
 /// Reads and parses a token file; the error names the file.
-pub fn read_tokens_file(path: &Path, settings: &Settings) -> Result<TokenList, StartupError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| StartupError(format!("tokens file {}: cannot read: {e}", path.display())))?;
-    format::parse(&text, settings.tokens_utc_offset)
-        .map_err(|e| StartupError(format!("tokens file {}: {e}", path.display())))
+pub fn read_tokens_file(path: &Path, settings: &Settings) -> Result<TokenList, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::TokensUnreadable {
+        path: path.to_owned(),
+        source,
+    })?;
+    format::parse(&text, settings.tokens_utc_offset).map_err(|error| ConfigError::Tokens {
+        origin: format!("tokens file {}", path.display()),
+        error,
+    })
 }
 
 /// Where the token list comes from, in order of precedence.
@@ -63,13 +60,11 @@ enum TokenSource {
     None,
 }
 
-fn token_source(settings: &Settings) -> Result<TokenSource, StartupError> {
+fn token_source(settings: &Settings) -> Result<TokenSource, ConfigError> {
     match (&settings.tokens_ssm_parameter, &settings.tokens_file) {
-        (Some(_), Some(_)) => Err(StartupError(
-            "both TOKENS_SSM_PARAMETER and TOKENS_FILE are set; choose one token source".into(),
-        )),
+        (Some(_), Some(_)) => Err(ConfigError::Conflict(TOKENS_SSM_PARAMETER, TOKENS_FILE)),
         (Some(name), None) => Ok(TokenSource::Ssm(name.clone())),
-        (None, _) => Ok(match (tokens_file(settings), bundled_tokens()) {
+        (None, _) => Ok(match (tokens_file(settings), bundled::text()) {
             (Some(path), _) => TokenSource::File(path),
             (None, Some(text)) => TokenSource::Bundled(text),
             (None, None) => TokenSource::None,
@@ -77,11 +72,19 @@ fn token_source(settings: &Settings) -> Result<TokenSource, StartupError> {
     }
 }
 
-/// Builds the gateway for `mode`.
-pub async fn build(settings: &Settings, mode: Mode) -> Result<Gateway, StartupError> {
+/// Builds the gateway for `mode`, writing an access-log line per request.
+pub async fn build(settings: &Settings, mode: Mode) -> Result<Gateway, ConfigError> {
+    let mut options = options(settings, mode).await?;
+    options.hooks.push(Arc::new(AccessLog));
+    Ok(Gateway::new(options))
+}
+
+/// What the gateway for `mode` is made of, checked; callers add hooks.
+pub async fn options(settings: &Settings, mode: Mode) -> Result<GatewayOptions, ConfigError> {
     if settings.upstream_api_key.is_some() && settings.upstream_api_key_ssm_parameter.is_some() {
-        return Err(StartupError(
-            "both UPSTREAM_API_KEY and UPSTREAM_API_KEY_SSM_PARAMETER are set; choose one".into(),
+        return Err(ConfigError::Conflict(
+            UPSTREAM_API_KEY,
+            UPSTREAM_API_KEY_SSM_PARAMETER,
         ));
     }
     let source = token_source(settings)?;
@@ -114,8 +117,12 @@ pub async fn build(settings: &Settings, mode: Mode) -> Result<Gateway, StartupEr
             (Cached::fixed(list.tokens), list.upstream, anonymous)
         }
         TokenSource::Bundled(text) => {
-            let list = format::parse(text, settings.tokens_utc_offset)
-                .map_err(|e| StartupError(format!("bundled token list: {e}")))?;
+            let list = format::parse(text, settings.tokens_utc_offset).map_err(|error| {
+                ConfigError::Tokens {
+                    origin: "bundled token list".into(),
+                    error,
+                }
+            })?;
             tracing::info!(
                 source = "bundled",
                 tokens = list.tokens.entries().len(),
@@ -131,13 +138,17 @@ pub async fn build(settings: &Settings, mode: Mode) -> Result<Gateway, StartupEr
         .clone()
         .or(file_upstream)
         .unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned());
-    let upstream = Upstream::parse(&upstream_text).map_err(StartupError)?;
+    let upstream = Upstream::parse(&upstream_text)?;
 
     let upstream_key = match (
         &settings.upstream_api_key,
         &settings.upstream_api_key_ssm_parameter,
     ) {
-        (Some(key), _) => Some(Cached::fixed(key.clone())),
+        (Some(key), _) => Some(Cached::fixed(ApiKey::new(key.expose()).map_err(
+            |_| ConfigError::InvalidKey {
+                origin: UPSTREAM_API_KEY.into(),
+            },
+        )?)),
         (None, Some(name)) => {
             let cache = ssm::key_cache(
                 ssm.as_ref().expect("client made for SSM sources"),
@@ -153,35 +164,33 @@ pub async fn build(settings: &Settings, mode: Mode) -> Result<Gateway, StartupEr
         check_anonymous(settings, mode, upstream_key.is_some())?;
         tracing::warn!("no gateway tokens configured: anonymous pass-through is on");
     }
+    tracing::info!(%upstream, "upstream");
     let proxy = Proxy::new(
         upstream,
         settings.upstream_timeout(),
         settings.connect_timeout(),
-    )
-    .map_err(StartupError)?;
-    tracing::info!(upstream = %proxy.upstream().base(), "upstream");
+    )?;
     let cors = match &settings.cors_allow_origins {
-        Some(text) => Cors::parse(text).map_err(StartupError)?,
+        Some(text) => Cors::parse(text)?,
         None => None,
     };
     if let Some(cors) = &cors {
         tracing::info!(?cors, "CORS on");
     }
-    Ok(Gateway::new(
-        proxy,
-        tokens,
+    Ok(GatewayOptions {
         upstream_key,
         anonymous,
-        settings.idle_timeout(),
-    )
-    .with_cors(cors))
+        idle_timeout: settings.idle_timeout(),
+        cors,
+        ..GatewayOptions::new(proxy, tokens)
+    })
 }
 
 /// Refuses anonymous mode where it would expose the upstream or a key.
-fn check_anonymous(settings: &Settings, mode: Mode, has_key: bool) -> Result<(), StartupError> {
+fn check_anonymous(settings: &Settings, mode: Mode, has_key: bool) -> Result<(), ConfigError> {
     if has_key {
-        return Err(StartupError(
-            "refusing to start: an upstream key is configured (UPSTREAM_API_KEY or \
+        return Err(ConfigError::Unsafe(
+            "an upstream key is configured (UPSTREAM_API_KEY or \
              UPSTREAM_API_KEY_SSM_PARAMETER) but no gateway tokens are, so anyone could spend the key. \
              Configure tokens (TOKENS_SSM_PARAMETER, TOKENS_FILE or tokens.json)."
                 .into(),
@@ -193,8 +202,8 @@ fn check_anonymous(settings: &Settings, mode: Mode, has_key: bool) -> Result<(),
             Mode::Local => format!("listen address {} is not loopback", settings.listen),
             Mode::Lambda => "this is a Lambda function".to_owned(),
         };
-        return Err(StartupError(format!(
-            "refusing to start: no gateway tokens are configured and {place}. \
+        return Err(ConfigError::Unsafe(format!(
+            "no gateway tokens are configured and {place}. \
              Configure tokens (TOKENS_FILE or tokens.json), or set ALLOW_ANONYMOUS=true to run an open proxy."
         )));
     }

@@ -1,4 +1,5 @@
-//! Logging: subscriber set-up and the one access-log line per request.
+//! Logging: subscriber set-up, and the completion hook that writes the one
+//! access-log line per request.
 //!
 //! Nothing secret is ever a field: the access line carries the method, the
 //! path without its query, the status, timings, byte counts and the token's
@@ -6,21 +7,19 @@
 //! CloudWatch use it); otherwise lines are human-readable. `RUST_LOG` sets
 //! the filter, `info` by default.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
-use http::Method;
-use tokio::time::Instant;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber, writing to stderr. `json` selects JSON lines.
+use crate::config::LogFormat;
+use crate::record::{BoxFuture, Finish, Record};
+
+/// Installs the global subscriber, writing to stderr in `format`.
 ///
 /// With `background`, lines are handed to a writer thread, so a request never
 /// waits on a `write` to stderr (the local server under load); the returned
 /// guard flushes them when dropped. Lambda writes synchronously, because a
 /// container is frozen as soon as its response is sent.
-pub fn init(json: bool, background: bool) -> LogGuard {
+pub fn init(format: LogFormat, background: bool) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = if background {
         let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
@@ -36,7 +35,7 @@ pub fn init(json: bool, background: bool) -> LogGuard {
         .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
-    let result = if json {
+    let result = if format == LogFormat::Json {
         builder
             .json()
             .flatten_event(true)
@@ -67,69 +66,27 @@ pub fn init_cli() {
     );
 }
 
-/// The id of the invocation a request arrived in (Lambda), put in the
-/// request's extensions by the Lambda glue and written on its access line.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+/// The completion hook that writes one access-log line per request.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AccessLog;
 
-/// The longest path written to a log line; longer ones are cut.
-const MAX_LOGGED_PATH: usize = 256;
-
-/// What the access-log line of one request will say.
-#[derive(Debug)]
-pub struct AccessLog {
-    pub(crate) method: Method,
-    pub(crate) path: String,
-    pub(crate) status: u16,
-    pub(crate) token: Option<String>,
-    pub(crate) code: Option<&'static str>,
-    pub(crate) started: Instant,
-    pub(crate) upstream_ms: Option<f64>,
-    pub(crate) received: Arc<AtomicU64>,
-    pub(crate) request_id: Option<String>,
-}
-
-impl AccessLog {
-    /// Starts the record for a request; the path is cut to a bounded length.
-    pub(crate) fn start(
-        method: &Method,
-        path: &str,
-        started: Instant,
-        received: Arc<AtomicU64>,
-    ) -> Self {
-        let mut cut = MAX_LOGGED_PATH.min(path.len());
-        while !path.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        Self {
-            method: method.clone(),
-            path: path[..cut].to_owned(),
-            status: 0,
-            token: None,
-            code: None,
-            started,
-            upstream_ms: None,
-            received,
-            request_id: None,
-        }
-    }
-
-    /// Writes the line. `outcome` says how the response body ended.
-    pub(crate) fn write(self, sent: u64, outcome: &'static str) {
-        let duration_ms = self.started.elapsed().as_secs_f64() * 1e3;
+impl Finish for AccessLog {
+    fn finish(&self, record: &Record) -> BoxFuture<()> {
+        let round = |ms: f64| (ms * 1e3).round() / 1e3;
         tracing::info!(
-            method = %self.method,
-            path = %self.path,
-            status = self.status,
-            token = self.token.as_deref().unwrap_or("-"),
-            error_code = self.code.unwrap_or("-"),
-            upstream_ms = self.upstream_ms.map(|ms| (ms * 1e3).round() / 1e3),
-            duration_ms = (duration_ms * 1e3).round() / 1e3,
-            bytes_in = self.received.load(Ordering::Relaxed),
-            bytes_out = sent,
-            outcome,
-            request_id = self.request_id.as_deref(),
+            method = %record.method,
+            path = %record.path,
+            status = record.status,
+            token = record.token.as_deref().unwrap_or("-"),
+            error_code = record.code.unwrap_or("-"),
+            upstream_ms = record.upstream_ms.map(round),
+            duration_ms = round(record.elapsed_ms()),
+            bytes_in = record.bytes_in.get(),
+            bytes_out = record.bytes_out,
+            outcome = record.outcome.as_str(),
+            request_id = record.request_id.as_deref(),
             "request"
         );
+        Box::pin(std::future::ready(()))
     }
 }

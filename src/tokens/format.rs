@@ -19,7 +19,7 @@ use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde_json::{Map, Value};
 
 use super::{TokenDigest, TokenEntry, TokenSet};
-use crate::secret::Secret;
+use crate::secret::ApiKey;
 
 /// What a token list holds.
 #[derive(Debug, Clone)]
@@ -30,27 +30,122 @@ pub struct TokenList {
     pub upstream: Option<String>,
 }
 
+/// Why a token list was refused. Messages name the entry, never a token or key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Not JSON at all (serde_json's message gives line and column, never the text).
+    #[error("not valid JSON: {0}")]
+    Json(String),
+    /// JSON of another shape.
+    #[error("expected a JSON array of entries or an object with a `tokens` array")]
+    Shape,
+    /// `tokens` is there but not an array.
+    #[error("`tokens` must be an array of entries")]
+    TokensNotArray,
+    /// A top-level key given twice, in different cases.
+    #[error("key `{0}` appears more than once (keys are case-insensitive)")]
+    RepeatedKey(String),
+    /// One entry is malformed.
+    #[error("entry {index} ({name}): {problem}")]
+    Entry {
+        /// Its position in the list.
+        index: usize,
+        /// Its name, or `#<index>`.
+        name: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Two entries hold the same token.
+    #[error("entry {index} ({name}) repeats the token of entry {first} ({first_name})")]
+    DuplicateToken {
+        /// The later entry.
+        index: usize,
+        /// Its name.
+        name: String,
+        /// The earlier entry.
+        first: usize,
+        /// Its name.
+        first_name: String,
+    },
+}
+
+/// A time that is not one of the accepted forms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a time (use RFC 3339, e.g. 2026-12-31T23:59:59Z, or yyyy-M-d H:mm)")]
+pub struct InvalidTime(pub String);
+
+/// A UTC offset that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a UTC offset like +08:00")]
+pub struct InvalidOffset(pub String);
+
+/// The keys of an entry, as written by `tokens new` and read here.
+pub mod keys {
+    /// A label for logs.
+    pub const NAME: &str = "name";
+    /// The token itself.
+    pub const TOKEN: &str = "token";
+    /// The token's SHA-256, in hex.
+    pub const SHA256: &str = "sha256";
+    /// The expiry.
+    pub const EXPIRES: &str = "expires";
+    /// The original's spelling of the expiry.
+    pub const EXPIRE: &str = "expire";
+    /// The key injected for this token.
+    pub const UPSTREAM_KEY: &str = "upstream_key";
+    /// All of them.
+    pub const ALL: [&str; 6] = [NAME, TOKEN, SHA256, EXPIRES, EXPIRE, UPSTREAM_KEY];
+}
+
+/// How a written entry names its token.
+#[derive(Debug, Clone, Copy)]
+pub enum Credential<'a> {
+    /// The token itself.
+    Plain(&'a str),
+    /// Only its digest.
+    Digest(&'a TokenDigest),
+}
+
+/// The native-form JSON of one entry: what `tokens new` prints and this
+/// module reads back.
+pub fn entry_json(
+    name: &str,
+    credential: Credential<'_>,
+    expires: Option<DateTime<Utc>>,
+    upstream_key: Option<&str>,
+) -> Value {
+    let mut entry = Map::new();
+    entry.insert(keys::NAME.into(), name.into());
+    match credential {
+        Credential::Plain(token) => entry.insert(keys::TOKEN.into(), token.into()),
+        Credential::Digest(digest) => entry.insert(keys::SHA256.into(), super::hex(digest).into()),
+    };
+    if let Some(at) = expires {
+        entry.insert(
+            keys::EXPIRES.into(),
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into(),
+        );
+    }
+    if let Some(key) = upstream_key {
+        entry.insert(keys::UPSTREAM_KEY.into(), key.into());
+    }
+    Value::Object(entry)
+}
+
 /// Parses a token list. `offset` is the zone of times written without one.
-pub fn parse(text: &str, offset: FixedOffset) -> Result<TokenList, String> {
-    let root: Value = serde_json::from_str(text).map_err(|e| {
-        // serde_json's message gives line and column, never the offending text.
-        format!("not valid JSON: {e}")
-    })?;
+pub fn parse(text: &str, offset: FixedOffset) -> Result<TokenList, ParseError> {
+    let root: Value = serde_json::from_str(text).map_err(|e| ParseError::Json(e.to_string()))?;
     let (items, upstream) = match &root {
         Value::Array(items) => (items.as_slice(), None),
         Value::Object(map) => {
             let upstream = find_upstream(map);
-            match get(map, "tokens")? {
+            match get(map, "tokens").map_err(ParseError::RepeatedKey)? {
                 Some(Value::Array(items)) => (items.as_slice(), upstream),
                 Some(Value::Null) | None => (&[][..], upstream),
-                Some(_) => return Err("`tokens` must be an array of entries".into()),
+                Some(_) => return Err(ParseError::TokensNotArray),
             }
         }
-        _ => {
-            return Err(
-                "expected a JSON array of entries or an object with a `tokens` array".into(),
-            )
-        }
+        _ => return Err(ParseError::Shape),
     };
     let entries = items
         .iter()
@@ -64,25 +159,24 @@ pub fn parse(text: &str, offset: FixedOffset) -> Result<TokenList, String> {
 }
 
 /// Parses a `TOKENS_UTC_OFFSET` value such as `+08:00`, `-05:30` or `Z`.
-pub fn parse_offset(text: &str) -> Result<FixedOffset, String> {
+pub fn parse_offset(text: &str) -> Result<FixedOffset, InvalidOffset> {
     let t = text.trim();
     if t.eq_ignore_ascii_case("z") || t.eq_ignore_ascii_case("utc") {
         return Ok(FixedOffset::east_opt(0).expect("zero offset"));
     }
     DateTime::parse_from_rfc3339(&format!("2000-01-01T00:00:00{t}"))
         .map(|d| *d.offset())
-        .map_err(|_| format!("`{t}` is not a UTC offset like +08:00"))
+        .map_err(|_| InvalidOffset(t.to_owned()))
 }
 
-/// Case-insensitive member lookup; two keys differing only in case are an error.
+/// Case-insensitive member lookup; two keys differing only in case are an
+/// error, carrying the key.
 fn get<'a>(map: &'a Map<String, Value>, key: &str) -> Result<Option<&'a Value>, String> {
     let mut found = None;
     for (k, v) in map {
         if k.eq_ignore_ascii_case(key) {
             if found.is_some() {
-                return Err(format!(
-                    "key `{key}` appears more than once (keys are case-insensitive)"
-                ));
+                return Err(key.to_owned());
             }
             found = Some(v);
         }
@@ -113,27 +207,29 @@ fn find_upstream(root: &Map<String, Value>) -> Option<String> {
         })
 }
 
-const ENTRY_KEYS: [&str; 6] = [
-    "name",
-    "token",
-    "sha256",
-    "expires",
-    "expire",
-    "upstream_key",
-];
-
-fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenEntry, String> {
-    let Value::Object(map) = item else {
-        return Err(format!("entry {index}: expected an object"));
+fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenEntry, ParseError> {
+    let entry_error = |name: &str, problem: String| ParseError::Entry {
+        index,
+        name: name.to_owned(),
+        problem,
     };
-    let name = match get(map, "name").map_err(|e| format!("entry {index}: {e}"))? {
+    let repeated = |key: String| format!("key `{key}` appears more than once (keys are case-insensitive)");
+    let Value::Object(map) = item else {
+        return Err(entry_error(&format!("#{index}"), "expected an object".into()));
+    };
+    let name = match get(map, keys::NAME).map_err(|k| entry_error(&format!("#{index}"), repeated(k)))? {
         None | Some(Value::Null) => format!("#{index}"),
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-        Some(_) => return Err(format!("entry {index}: `name` must be a non-empty string")),
+        Some(_) => {
+            return Err(entry_error(
+                &format!("#{index}"),
+                "`name` must be a non-empty string".into(),
+            ))
+        }
     };
-    let fail = |problem: String| format!("entry {index} ({name}): {problem}");
+    let fail = |problem: String| entry_error(&name, problem);
     for key in map.keys() {
-        if !ENTRY_KEYS.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+        if !keys::ALL.iter().any(|k| k.eq_ignore_ascii_case(key)) {
             // An unknown key is most likely a typo of `expires`; ignoring it
             // would silently make the token immortal.
             return Err(fail(format!(
@@ -141,14 +237,14 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
             )));
         }
     }
-    let string = |key: &str| -> Result<Option<&str>, String> {
-        match get(map, key).map_err(&fail)? {
+    let string = |key: &str| -> Result<Option<&str>, ParseError> {
+        match get(map, key).map_err(|k| fail(repeated(k)))? {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.as_str())),
             Some(_) => Err(fail(format!("`{key}` must be a string"))),
         }
     };
-    let digest: TokenDigest = match (string("token")?, string("sha256")?) {
+    let digest: TokenDigest = match (string(keys::TOKEN)?, string(keys::SHA256)?) {
         (Some(_), Some(_)) => return Err(fail("has both `token` and `sha256`; give one".into())),
         (None, None) => return Err(fail("has neither `token` nor `sha256`".into())),
         (Some(""), None) => return Err(fail("`token` is empty".into())),
@@ -156,14 +252,17 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
         (None, Some(hex)) => parse_hex_digest(hex)
             .ok_or_else(|| fail("`sha256` must be 64 hexadecimal digits".into()))?,
     };
-    let expires = match (string("expires")?, string("expire")?) {
+    let expires = match (string(keys::EXPIRES)?, string(keys::EXPIRE)?) {
         (Some(_), Some(_)) => return Err(fail("has both `expires` and `expire`; give one".into())),
-        (Some(text), None) | (None, Some(text)) => Some(parse_time(text, offset).map_err(&fail)?),
+        (Some(text), None) | (None, Some(text)) => Some(
+            parse_time(text, offset).map_err(|e| fail(format!("`expires` value {e}")))?,
+        ),
         (None, None) => None,
     };
-    let upstream_key = match string("upstream_key")? {
-        Some("") => return Err(fail("`upstream_key` is empty".into())),
-        Some(key) => Some(Secret::new(key)),
+    let upstream_key = match string(keys::UPSTREAM_KEY)? {
+        Some(key) => Some(ApiKey::new(key).map_err(|_| {
+            fail("`upstream_key` is empty or holds characters an HTTP header cannot carry".into())
+        })?),
         None => None,
     };
     Ok(TokenEntry {
@@ -188,7 +287,7 @@ fn parse_hex_digest(hex: &str) -> Option<TokenDigest> {
 }
 
 /// Parses an expiry time: RFC 3339, or a local time in `offset`.
-pub fn parse_time(text: &str, offset: FixedOffset) -> Result<DateTime<Utc>, String> {
+pub fn parse_time(text: &str, offset: FixedOffset) -> Result<DateTime<Utc>, InvalidTime> {
     let t = text.trim();
     if let Ok(at) = DateTime::parse_from_rfc3339(t) {
         return Ok(at.with_timezone(&Utc));
@@ -203,7 +302,7 @@ pub fn parse_time(text: &str, offset: FixedOffset) -> Result<DateTime<Utc>, Stri
         "%Y-%m-%d %H:%M:%S%.f",
         "%Y-%m-%dT%H:%M:%S%.f",
     ];
-    let naive = FORMATS
+    FORMATS
         .iter()
         .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok())
         .or_else(|| {
@@ -212,14 +311,9 @@ pub fn parse_time(text: &str, offset: FixedOffset) -> Result<DateTime<Utc>, Stri
                 .find_map(|f| NaiveDate::parse_from_str(t, f).ok())
                 .and_then(|d| d.and_hms_opt(0, 0, 0))
         })
-        .ok_or_else(|| {
-            format!("`expires` value `{t}` is not a time (use RFC 3339, e.g. 2026-12-31T23:59:59Z, or yyyy-M-d H:mm)")
-        })?;
-    offset
-        .from_local_datetime(&naive)
-        .single()
+        .and_then(|naive| offset.from_local_datetime(&naive).single())
         .map(|at| at.with_timezone(&Utc))
-        .ok_or_else(|| format!("`expires` value `{t}` is out of range"))
+        .ok_or_else(|| InvalidTime(t.to_owned()))
 }
 
 #[cfg(test)]
@@ -280,7 +374,10 @@ mod tests {
         let list = parse(&text, utc()).unwrap();
         let alice = list.tokens.find(b"tok-a").unwrap();
         assert_eq!(alice.name, "alice");
-        assert_eq!(alice.upstream_key.as_ref().unwrap().expose(), "sk-a");
+        assert_eq!(
+            alice.upstream_key.as_ref().unwrap().authorization(),
+            "Bearer sk-a"
+        );
         let bob = list.tokens.find(b"secret").unwrap();
         assert_eq!((bob.name.as_str(), bob.expires), ("bob", None));
         let bare = parse(r#"[{"token": "x"}]"#, utc()).unwrap();
@@ -342,9 +439,40 @@ mod tests {
             (r#""s3cr3t-value""#, "expected a JSON array"),
         ];
         for (text, want) in cases {
-            let err = parse(text, utc()).unwrap_err();
+            let err = parse(text, utc()).unwrap_err().to_string();
             assert!(err.contains(want), "{text}: {err}");
             assert!(!err.contains("s3cr3t"), "{text}: leaked in {err}");
+        }
+    }
+
+    #[test]
+    fn errors_are_typed() {
+        assert_eq!(
+            parse(r#"[{"token": "a"}, {"name": "b", "token": "a"}]"#, utc()).unwrap_err(),
+            ParseError::DuplicateToken {
+                index: 1,
+                name: "b".into(),
+                first: 0,
+                first_name: "#0".into()
+            }
+        );
+        assert!(matches!(
+            parse(r#"[{"name": "k", "token": "a", "upstream_key": "sk-a\u0007b"}]"#, utc()),
+            Err(ParseError::Entry { index: 0, ref name, .. }) if name == "k"
+        ));
+        assert_eq!(parse("5", utc()).unwrap_err(), ParseError::Shape);
+    }
+
+    #[test]
+    fn written_entries_read_back() {
+        let at = Utc.with_ymd_and_hms(2027, 1, 2, 3, 4, 5).unwrap();
+        let digest = crate::tokens::digest(b"gw-x");
+        for credential in [Credential::Plain("gw-x"), Credential::Digest(&digest)] {
+            let entry = entry_json("n", credential, Some(at), Some("sk-1"));
+            let list = parse(&format!("[{entry}]"), utc()).unwrap();
+            let read = list.tokens.find(b"gw-x").expect("the token reads back");
+            assert_eq!((read.name.as_str(), read.expires), ("n", Some(at)));
+            assert_eq!(read.upstream_key.as_ref().unwrap().authorization(), "Bearer sk-1");
         }
     }
 

@@ -5,11 +5,12 @@
 //! - [`TokenSet`] is the parsed list, indexed by SHA-256 digest so a request
 //!   costs one hash and one map lookup, whatever the list's length.
 //! - [`cache`] holds the current list and, for remote sources, refreshes it;
-//!   [`ssm`] is that remote source.
+//! - [`bundled`] is the list compiled into the binary, if any.
+//!
+//! Where a list comes from at run time (a file, SSM) is [`crate::sources`]'s
+//! business.
 
-pub mod cache;
 pub mod format;
-pub mod ssm;
 
 use std::collections::HashMap;
 
@@ -17,8 +18,18 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::error::GatewayError;
-use crate::secret::Secret;
+use crate::secret::ApiKey;
+use format::ParseError;
+
+/// The token list compiled into the binary (see `build.rs` and `bundle/`), if any.
+pub mod bundled {
+    include!(concat!(env!("OUT_DIR"), "/bundled_tokens.rs"));
+
+    /// The bundled list's text.
+    pub fn text() -> Option<&'static str> {
+        BUNDLED_TOKENS
+    }
+}
 
 /// SHA-256 of a token: what the lookup table is keyed by.
 pub type TokenDigest = [u8; 32];
@@ -26,6 +37,11 @@ pub type TokenDigest = [u8; 32];
 /// Computes the digest a token is stored and looked up under.
 pub fn digest(token: &[u8]) -> TokenDigest {
     Sha256::digest(token).into()
+}
+
+/// A digest in lower-case hex, as the `sha256` key holds it.
+pub fn hex(digest: &TokenDigest) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One gateway token.
@@ -38,7 +54,7 @@ pub struct TokenEntry {
     /// The instant from which the token is refused; `None` never expires.
     pub expires: Option<DateTime<Utc>>,
     /// An OpenAI key injected upstream for this token's requests.
-    pub upstream_key: Option<Secret>,
+    pub upstream_key: Option<ApiKey>,
 }
 
 impl TokenEntry {
@@ -58,14 +74,16 @@ pub struct TokenSet {
 
 impl TokenSet {
     /// Builds the index. Fails on a token listed twice, naming both entries.
-    pub fn new(entries: Vec<TokenEntry>) -> Result<Self, String> {
+    pub fn new(entries: Vec<TokenEntry>) -> Result<Self, ParseError> {
         let mut by_digest = HashMap::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
             if let Some(first) = by_digest.insert(entry.digest, index) {
-                return Err(format!(
-                    "entry {index} ({}) repeats the token of entry {first} ({})",
-                    entry.name, entries[first].name
-                ));
+                return Err(ParseError::DuplicateToken {
+                    index,
+                    name: entry.name.clone(),
+                    first,
+                    first_name: entries[first].name.clone(),
+                });
             }
         }
         Ok(Self { entries, by_digest })
@@ -90,13 +108,22 @@ impl TokenSet {
     }
 
     /// Checks a presented token at `now`.
-    pub fn verify(&self, token: &[u8], now: DateTime<Utc>) -> Result<&TokenEntry, GatewayError> {
-        let entry = self.find(token).ok_or(GatewayError::InvalidToken)?;
+    pub fn verify(&self, token: &[u8], now: DateTime<Utc>) -> Result<&TokenEntry, Refused> {
+        let entry = self.find(token).ok_or(Refused::Unknown)?;
         if entry.is_expired(now) {
-            return Err(GatewayError::TokenExpired);
+            return Err(Refused::Expired);
         }
         Ok(entry)
     }
+}
+
+/// Why a presented token is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not in the list.
+    Unknown,
+    /// In the list, past its expiry.
+    Expired,
 }
 
 #[cfg(test)]
@@ -128,11 +155,11 @@ mod tests {
         assert_eq!(set.verify(b"Secret-A", before).unwrap().name, "a");
         assert_eq!(
             set.verify(b"Secret-A", at).unwrap_err(),
-            GatewayError::TokenExpired
+            Refused::Expired
         );
         assert_eq!(
             set.verify(b"nope", before).unwrap_err(),
-            GatewayError::InvalidToken
+            Refused::Unknown
         );
         assert_eq!(
             set.verify(b"b", at + chrono::Duration::days(9999))
@@ -148,7 +175,8 @@ mod tests {
             entry("a", "dup-secret", None),
             entry("b", "dup-secret", None),
         ])
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("entry 1 (b)") && err.contains("entry 0 (a)"),
             "{err}"

@@ -1,18 +1,22 @@
-"""Reads the README's runnable snippets: the fenced block after `<!-- snippet: NAME -->`."""
+"""Reads the documentation's runnable snippets: the fenced block after
+`<!-- snippet: NAME -->`, in README.md or any page under docs/."""
 
+import glob
 import os
 import re
 
 from conftest import CLIENT_KEY, ROOT
 
-README = os.path.join(ROOT, "README.md")
+PAGES = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 
 
 def snippet(name):
-    text = open(README).read()
-    match = re.search(r"<!-- snippet: %s -->\s*```[a-z]*\n(.*?)```" % re.escape(name), text, re.S)
-    assert match, "README has no snippet %r" % name
-    return match.group(1)
+    found = []
+    for page in PAGES:
+        text = open(page).read()
+        found += re.findall(r"<!-- snippet: %s -->\s*```[a-z]*\n(.*?)```" % re.escape(name), text, re.S)
+    assert len(found) == 1, "expected one snippet %r in README.md and docs/, found %d" % (name, len(found))
+    return found[0]
 
 
 def adapted(name, base_url, token):

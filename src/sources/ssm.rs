@@ -12,18 +12,20 @@ use std::time::Duration;
 use aws_sdk_ssm::types::ParameterType;
 use chrono::FixedOffset;
 
-use super::cache::{Cached, LoadError, Loader};
-use super::format;
-use super::TokenSet;
-use crate::error::error_chain;
-use crate::secret::Secret;
+use super::cached::{Cached, LoadError, Loader};
+use crate::error::{error_chain, GatewayError};
+use crate::secret::ApiKey;
+use crate::tokens::{format, TokenSet};
 
-/// `TOKENS_SSM_PARAMETER`: the parameter holding the token list.
-pub const TOKENS_SSM_PARAMETER: &str = "TOKENS_SSM_PARAMETER";
-/// `UPSTREAM_API_KEY_SSM_PARAMETER`: the parameter holding the injected key.
-pub const UPSTREAM_API_KEY_SSM_PARAMETER: &str = "UPSTREAM_API_KEY_SSM_PARAMETER";
-/// `TOKENS_REFRESH_SECS`: how old a cached value may get before a refresh.
-pub const TOKENS_REFRESH_SECS: &str = "TOKENS_REFRESH_SECS";
+/// A failed SSM call, naming the parameter; never a value.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("SSM parameter {parameter}: {reason}")]
+pub struct SsmError {
+    /// The parameter.
+    pub parameter: String,
+    /// What the SDK said (its error chain, by `Display`).
+    pub reason: String,
+}
 
 /// An SSM client.
 #[derive(Clone, Debug)]
@@ -58,13 +60,16 @@ impl Ssm {
             .with_decryption(true)
             .send()
             .await
-            .map_err(|e| {
-                LoadError::Unavailable(format!("SSM parameter {name}: {}", error_chain(&e)))
+            .map_err(|e| LoadError::Unavailable {
+                origin: origin(name),
+                reason: error_chain(&e),
             })?;
         output
             .parameter
             .and_then(|p| p.value)
-            .ok_or_else(|| LoadError::Invalid(format!("SSM parameter {name}: no value")))
+            .ok_or_else(|| LoadError::NoValue {
+                origin: origin(name),
+            })
     }
 
     /// Writes a SecureString (overwriting), encrypted with `kms_key_id` or the
@@ -74,7 +79,7 @@ impl Ssm {
         name: &str,
         value: &str,
         kms_key_id: Option<&str>,
-    ) -> Result<i64, String> {
+    ) -> Result<i64, SsmError> {
         let output = self
             .client
             .put_parameter()
@@ -85,7 +90,10 @@ impl Ssm {
             .overwrite(true)
             .send()
             .await
-            .map_err(|e| format!("SSM parameter {name}: {}", error_chain(&e)))?;
+            .map_err(|e| SsmError {
+                parameter: name.to_owned(),
+                reason: error_chain(&e),
+            })?;
         Ok(output.version)
     }
 
@@ -110,26 +118,30 @@ impl Ssm {
     /// A loader for a token list parameter.
     pub fn tokens_loader(&self, name: &str, offset: FixedOffset) -> Loader<TokenSet> {
         self.loader(name, move |name, text| {
-            let list = format::parse(text, offset)
-                .map_err(|e| LoadError::Invalid(format!("SSM parameter {name}: {e}")))?;
+            let list = format::parse(text, offset).map_err(|error| LoadError::InvalidTokens {
+                origin: origin(name),
+                error,
+            })?;
             tracing::info!(source = %name, tokens = list.tokens.entries().len(), "token list loaded");
             Ok(list.tokens)
         })
     }
 
     /// A loader for the upstream key parameter.
-    pub fn key_loader(&self, name: &str) -> Loader<Secret> {
+    pub fn key_loader(&self, name: &str) -> Loader<ApiKey> {
         self.loader(name, |name, text| {
-            let key = text.trim();
-            if key.is_empty() {
-                return Err(LoadError::Invalid(format!(
-                    "SSM parameter {name}: the key is empty"
-                )));
-            }
+            let key = ApiKey::new(text).map_err(|_| LoadError::InvalidKey {
+                origin: origin(name),
+            })?;
             tracing::info!(source = %name, "upstream key loaded");
-            Ok(Secret::new(key))
+            Ok(key)
         })
     }
+}
+
+/// How errors name a parameter.
+fn origin(name: &str) -> String {
+    format!("SSM parameter {name}")
 }
 
 /// A token cache refreshed from `name` every `refresh`.
@@ -139,10 +151,20 @@ pub fn token_cache(
     offset: FixedOffset,
     refresh: Duration,
 ) -> Cached<TokenSet> {
-    Cached::refreshing(name, ssm.tokens_loader(name, offset), refresh)
+    Cached::refreshing(
+        name,
+        GatewayError::TokenStoreUnavailable,
+        ssm.tokens_loader(name, offset),
+        refresh,
+    )
 }
 
 /// A key cache refreshed from `name` every `refresh`.
-pub fn key_cache(ssm: &Ssm, name: &str, refresh: Duration) -> Cached<Secret> {
-    Cached::refreshing(name, ssm.key_loader(name), refresh)
+pub fn key_cache(ssm: &Ssm, name: &str, refresh: Duration) -> Cached<ApiKey> {
+    Cached::refreshing(
+        name,
+        GatewayError::UpstreamKeyUnavailable,
+        ssm.key_loader(name),
+        refresh,
+    )
 }

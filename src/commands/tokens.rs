@@ -14,9 +14,11 @@ use base64::Engine;
 use chrono::{DateTime, FixedOffset, Utc};
 use clap::{Args, Subcommand};
 
-use crate::tokens::format::{self, parse_offset, parse_time};
-use crate::tokens::ssm::Ssm;
-use crate::tokens::TokenSet;
+use super::CommandError;
+use crate::config::TOKENS_UTC_OFFSET;
+use crate::sources::ssm::Ssm;
+use crate::tokens::format::{self, parse_offset, parse_time, Credential, TokenList};
+use crate::tokens::{bundled, TokenSet};
 
 /// `chatgpt-gateway tokens …`
 #[derive(Debug, Subcommand)]
@@ -83,12 +85,12 @@ pub struct Source {
 #[derive(Debug, Args)]
 pub struct Zone {
     /// UTC offset of times written without one.
-    #[arg(long, env = crate::config::TOKENS_UTC_OFFSET, default_value = "+00:00", value_parser = parse_offset)]
+    #[arg(long, env = TOKENS_UTC_OFFSET, default_value = "+00:00", value_parser = parse_offset)]
     tokens_utc_offset: FixedOffset,
 }
 
-/// Runs a `tokens` subcommand; `Err` is the message to print.
-pub async fn run(command: TokensCommand) -> Result<(), String> {
+/// Runs a `tokens` subcommand.
+pub async fn run(command: TokensCommand) -> Result<(), CommandError> {
     match command {
         TokensCommand::New {
             name,
@@ -113,13 +115,12 @@ pub async fn run(command: TokensCommand) -> Result<(), String> {
             zone,
         } => {
             let text = read(&file)?;
-            let list = format::parse(&text, zone.tokens_utc_offset)
-                .map_err(|e| format!("{}: {e}", file.display()))?;
+            let list = parse(&file.display().to_string(), &text, zone.tokens_utc_offset)?;
             if list.tokens.is_empty() {
-                return Err(format!(
+                return Err(CommandError::Refused(format!(
                     "{}: the list has no tokens; refusing to publish an empty list",
                     file.display()
-                ));
+                )));
             }
             let ssm = Ssm::from_env().await;
             let version = ssm
@@ -135,8 +136,18 @@ pub async fn run(command: TokensCommand) -> Result<(), String> {
     }
 }
 
-fn read(file: &PathBuf) -> Result<String, String> {
-    std::fs::read_to_string(file).map_err(|e| format!("{}: cannot read: {e}", file.display()))
+fn read(file: &PathBuf) -> Result<String, CommandError> {
+    std::fs::read_to_string(file).map_err(|source| CommandError::Read {
+        path: file.clone(),
+        source,
+    })
+}
+
+fn parse(origin: &str, text: &str, offset: FixedOffset) -> Result<TokenList, CommandError> {
+    format::parse(text, offset).map_err(|error| CommandError::Tokens {
+        origin: origin.to_owned(),
+        error,
+    })
 }
 
 fn new(
@@ -146,50 +157,44 @@ fn new(
     plaintext: bool,
     json: bool,
     offset: FixedOffset,
-) -> Result<(), String> {
+) -> Result<(), CommandError> {
     if name.trim().is_empty() {
-        return Err("--name must not be empty".into());
+        return Err(CommandError::Flag {
+            flag: "--name",
+            problem: "must not be empty".into(),
+        });
     }
     let expires = expires
         .map(|text| parse_expiry(text, offset, Utc::now()))
         .transpose()?;
     let upstream_key = match key_var {
-        Some(var) => Some(std::env::var(var).ok().filter(|v| !v.trim().is_empty()).ok_or_else(|| {
-            format!("--upstream-key-from-env {var}: the environment variable {var} is not set or empty")
-        })?),
+        Some(var) => Some(
+            std::env::var(var)
+                .ok()
+                .filter(|v| crate::secret::ApiKey::new(v).is_ok())
+                .ok_or_else(|| CommandError::Flag {
+                    flag: "--upstream-key-from-env",
+                    problem: format!(
+                        "the environment variable {var} is not set, empty, or not a valid key"
+                    ),
+                })?,
+        ),
         None => None,
     };
     let mut random = [0u8; 32];
-    getrandom::fill(&mut random).map_err(|e| format!("no randomness available: {e}"))?;
+    getrandom::fill(&mut random)
+        .map_err(|e| CommandError::Refused(format!("no randomness available: {e}")))?;
     let token = format!(
         "gw-{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)
     );
-    let mut entry = serde_json::Map::new();
-    entry.insert("name".into(), name.into());
-    if plaintext {
-        entry.insert("token".into(), token.clone().into());
+    let digest = crate::tokens::digest(token.as_bytes());
+    let credential = if plaintext {
+        Credential::Plain(&token)
     } else {
-        let digest = crate::tokens::digest(token.as_bytes());
-        entry.insert(
-            "sha256".into(),
-            digest
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-                .into(),
-        );
-    }
-    if let Some(at) = expires {
-        entry.insert(
-            "expires".into(),
-            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into(),
-        );
-    }
-    if let Some(key) = upstream_key {
-        entry.insert("upstream_key".into(), key.trim().into());
-    }
-    let entry = serde_json::Value::Object(entry);
+        Credential::Digest(&digest)
+    };
+    let entry = format::entry_json(name, credential, expires, upstream_key.as_deref().map(str::trim));
     if json {
         println!("{}", serde_json::json!({ "token": token, "entry": entry }));
     } else {
@@ -205,8 +210,12 @@ fn parse_expiry(
     text: &str,
     offset: FixedOffset,
     now: DateTime<Utc>,
-) -> Result<DateTime<Utc>, String> {
+) -> Result<DateTime<Utc>, CommandError> {
     let t = text.trim();
+    let flag = |problem: String| CommandError::Flag {
+        flag: "--expires",
+        problem,
+    };
     let unit = t.chars().last().unwrap_or(' ');
     if let (Some(seconds), Ok(n)) = (
         match unit {
@@ -218,33 +227,29 @@ fn parse_expiry(
         t[..t.len().saturating_sub(1)].parse::<i64>(),
     ) {
         if n <= 0 {
-            return Err(format!("--expires {t}: the duration must be positive"));
+            return Err(flag(format!("{t}: the duration must be positive")));
         }
         return n
             .checked_mul(seconds)
             .and_then(chrono::Duration::try_seconds)
             .and_then(|d| now.checked_add_signed(d))
-            .ok_or_else(|| format!("--expires {t}: too far in the future"));
+            .ok_or_else(|| flag(format!("{t}: too far in the future")));
     }
-    parse_time(t, offset).map_err(|e| format!("--expires: {e}"))
+    parse_time(t, offset).map_err(|e| flag(e.to_string()))
 }
 
-async fn check(source: Source, offset: FixedOffset) -> Result<(), String> {
+async fn check(source: Source, offset: FixedOffset) -> Result<(), CommandError> {
     let (label, text) = if let Some(file) = source.file {
         (file.display().to_string(), read(&file)?)
     } else if let Some(name) = source.ssm_parameter {
-        let text = Ssm::from_env()
-            .await
-            .get(&name)
-            .await
-            .map_err(|e| e.to_string())?;
+        let text = Ssm::from_env().await.get(&name).await?;
         (name, text)
     } else {
-        let text =
-            crate::startup::bundled_tokens().ok_or("this binary has no bundled token list")?;
+        let text = bundled::text()
+            .ok_or_else(|| CommandError::Refused("this binary has no bundled token list".into()))?;
         ("bundled token list".to_owned(), text.to_owned())
     };
-    let list = format::parse(&text, offset).map_err(|e| format!("{label}: {e}"))?;
+    let list = parse(&label, &text, offset)?;
     print_table(&label, &list.tokens, Utc::now());
     if let Some(upstream) = list.upstream {
         println!("upstream from the file: {upstream}");

@@ -6,7 +6,10 @@
 //! source while a good value is in hand, at most one load is in flight, and a
 //! failed refresh keeps the last good value and retries with backoff. Only
 //! before the first good load does a request wait (for the one load in
-//! flight) and, when that fails, get [`GatewayError::TokenStoreUnavailable`].
+//! flight) and, when that fails, get the error the cache was made with
+//! ([`GatewayError::TokenStoreUnavailable`] for the token list,
+//! [`GatewayError::UpstreamKeyUnavailable`] for the key), so the answer
+//! names the source that failed.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +19,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::GatewayError;
+use crate::tokens::format::ParseError;
 
 /// A boxed future, as returned by a [`Loader`].
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -28,11 +32,39 @@ pub type Loader<T> = Arc<dyn Fn() -> BoxFuture<Result<T, LoadError>> + Send + Sy
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LoadError {
     /// The source could not be read (down, throttled, denied, missing).
-    #[error("{0}")]
-    Unavailable(String),
-    /// The source was read but its value is malformed.
-    #[error("{0}")]
-    Invalid(String),
+    #[error("{origin}: {reason}")]
+    Unavailable {
+        /// The source (an SSM parameter's name).
+        origin: String,
+        /// What the source's client said.
+        reason: String,
+    },
+    /// The source answered without a value.
+    #[error("{origin}: no value")]
+    NoValue {
+        /// The source.
+        origin: String,
+    },
+    /// The value is a malformed token list.
+    #[error("{origin}: {error}")]
+    InvalidTokens {
+        /// The source.
+        origin: String,
+        /// What is wrong, naming the entry.
+        error: ParseError,
+    },
+    /// The value is not a key an Authorization header can carry.
+    #[error("{origin}: the key is empty or holds characters an HTTP header cannot carry")]
+    InvalidKey {
+        /// The source.
+        origin: String,
+    },
+}
+
+impl LoadError {
+    fn is_malformed(&self) -> bool {
+        !matches!(self, Self::Unavailable { .. })
+    }
 }
 
 /// A value that may be refreshed. Cloning shares the cache.
@@ -50,6 +82,7 @@ impl<T> Clone for Cached<T> {
 
 struct Inner<T> {
     what: String,
+    unavailable: GatewayError,
     loader: Option<Loader<T>>,
     refresh_after: Duration,
     state: RwLock<State<T>>,
@@ -72,6 +105,7 @@ impl<T: Send + Sync + 'static> Cached<T> {
     pub fn fixed(value: T) -> Self {
         Self::with_state(
             "fixed value".into(),
+            GatewayError::TokenStoreUnavailable,
             None,
             Duration::MAX,
             Some(Arc::new(value)),
@@ -79,14 +113,21 @@ impl<T: Send + Sync + 'static> Cached<T> {
     }
 
     /// A value loaded by `loader`, refreshed when older than `refresh_after`.
-    /// `what` names the source in logs (e.g. the SSM parameter name).
+    /// `what` names the source in logs (e.g. the SSM parameter name);
+    /// `unavailable` is the answer to requests while no value was ever loaded.
     /// Nothing is loaded until [`Cached::load_now`] or the first [`Cached::get`].
-    pub fn refreshing(what: impl Into<String>, loader: Loader<T>, refresh_after: Duration) -> Self {
-        Self::with_state(what.into(), Some(loader), refresh_after, None)
+    pub fn refreshing(
+        what: impl Into<String>,
+        unavailable: GatewayError,
+        loader: Loader<T>,
+        refresh_after: Duration,
+    ) -> Self {
+        Self::with_state(what.into(), unavailable, Some(loader), refresh_after, None)
     }
 
     fn with_state(
         what: String,
+        unavailable: GatewayError,
         loader: Option<Loader<T>>,
         refresh_after: Duration,
         value: Option<Arc<T>>,
@@ -95,6 +136,7 @@ impl<T: Send + Sync + 'static> Cached<T> {
         Self {
             inner: Arc::new(Inner {
                 what,
+                unavailable,
                 loader,
                 refresh_after,
                 state: RwLock::new(State {
@@ -144,7 +186,7 @@ impl<T: Send + Sync + 'static> Cached<T> {
             }
             None => {
                 if !may_retry {
-                    return Err(GatewayError::TokenStoreUnavailable);
+                    return Err(self.inner.unavailable.clone());
                 }
                 let _guard = self.inner.loading.lock().await;
                 // Another request may have loaded it while we waited.
@@ -152,12 +194,12 @@ impl<T: Send + Sync + 'static> Cached<T> {
                     return Ok(value);
                 }
                 if Instant::now() < self.inner.state.read().expect("cache lock").retry_at {
-                    return Err(GatewayError::TokenStoreUnavailable);
+                    return Err(self.inner.unavailable.clone());
                 }
                 self.inner
                     .load()
                     .await
-                    .map_err(|_| GatewayError::TokenStoreUnavailable)
+                    .map_err(|_| self.inner.unavailable.clone())
             }
         }
     }
@@ -173,7 +215,9 @@ impl<T: Send + Sync + 'static> Inner<T> {
                 .expect("cache lock")
                 .value
                 .clone()
-                .ok_or_else(|| LoadError::Unavailable("no value".into()));
+                .ok_or_else(|| LoadError::NoValue {
+                    origin: self.what.clone(),
+                });
         };
         let result = loader().await;
         let mut state = self.state.write().expect("cache lock");
@@ -197,15 +241,16 @@ impl<T: Send + Sync + 'static> Inner<T> {
                 let keeping = state.value.is_some();
                 let (failures, retry_in_ms) = (state.failures, backoff.as_millis() as u64);
                 drop(state);
-                match &error {
-                    LoadError::Invalid(_) => tracing::error!(
+                if error.is_malformed() {
+                    tracing::error!(
                         source = %self.what, error = %error, failures, retry_in_ms, keeping_last_good = keeping,
                         "configuration value is malformed"
-                    ),
-                    LoadError::Unavailable(_) => tracing::warn!(
+                    );
+                } else {
+                    tracing::warn!(
                         source = %self.what, error = %error, failures, retry_in_ms, keeping_last_good = keeping,
                         "configuration refresh failed"
-                    ),
+                    );
                 }
                 Err(error)
             }
@@ -217,6 +262,13 @@ impl<T: Send + Sync + 'static> Inner<T> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn down() -> LoadError {
+        LoadError::Unavailable {
+            origin: "p".into(),
+            reason: "down".into(),
+        }
+    }
 
     /// A loader that answers from a shared script and counts its calls.
     fn scripted(
@@ -240,6 +292,7 @@ mod tests {
         let calls = Arc::new(AtomicU32::new(0));
         let cache = Cached::refreshing(
             "p",
+            GatewayError::TokenStoreUnavailable,
             scripted(result.clone(), calls.clone()),
             Duration::from_secs(60),
         );
@@ -260,7 +313,7 @@ mod tests {
         assert_eq!(*cache.get().await.unwrap(), 2);
 
         // A failed refresh keeps the last good value.
-        *result.write().unwrap() = Err(LoadError::Unavailable("down".into()));
+        *result.write().unwrap() = Err(down());
         tokio::time::advance(Duration::from_secs(61)).await;
         assert_eq!(*cache.get().await.unwrap(), 2);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -276,21 +329,23 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn unavailable_until_the_first_load_succeeds() {
-        let result = Arc::new(RwLock::new(Err(LoadError::Unavailable("down".into()))));
+        let result = Arc::new(RwLock::new(Err(down())));
         let calls = Arc::new(AtomicU32::new(0));
+        // The answer names the source: here, the upstream key.
         let cache = Cached::refreshing(
             "p",
+            GatewayError::UpstreamKeyUnavailable,
             scripted(result.clone(), calls.clone()),
             Duration::from_secs(60),
         );
         assert_eq!(
             cache.get().await.unwrap_err(),
-            GatewayError::TokenStoreUnavailable
+            GatewayError::UpstreamKeyUnavailable
         );
         // Within the backoff: answered at once, without another load.
         assert_eq!(
             cache.get().await.unwrap_err(),
-            GatewayError::TokenStoreUnavailable
+            GatewayError::UpstreamKeyUnavailable
         );
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         *result.write().unwrap() = Ok(7);

@@ -1,0 +1,240 @@
+//! The gateway: one pipeline of named phases, request → auth → policy →
+//! proxy → response, run for every request in every mode.
+//!
+//! [`Gateway::handle`] takes any `http::Request` whose body streams bytes
+//! (hyper's for the local server, lambda_http's in Lambda) and returns an
+//! `http::Response` with a streaming [`GatewayBody`]. The phases, in order:
+//!
+//! 1. **preflight**: CORS preflights are answered here, without a token;
+//! 2. **authenticate** ([`crate::auth`]): find and check the gateway token;
+//! 3. **policy** ([`crate::policy`]): the configured rules, which may read a bounded body;
+//! 4. **forward** ([`crate::proxy`]): headers cleaned ([`crate::headers`]), key injected, sent;
+//! 5. **respond**: CORS headers, then the body layers ([`crate::body`]) ending
+//!    in the one completion point, which hands the request's [`Record`] to
+//!    the completion hooks exactly once.
+//!
+//! The [`Record`] is created when the request arrives and carried through
+//! the phases; nothing else holds per-request state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use http::{Request, Response};
+use tokio::time::Instant;
+
+use crate::auth;
+use crate::body::{BoxError, Buffered, Capped, Completion, GatewayBody, IdleTimeout, Pending};
+use crate::cors::Cors;
+use crate::error::GatewayError;
+use crate::headers;
+use crate::policy::{Inspect, Policy, RequestBody};
+use crate::proxy::Proxy;
+use crate::record::{Finish, Hooks, Record, RequestId};
+use crate::secret::ApiKey;
+use crate::sources::cached::Cached;
+use crate::tokens::TokenSet;
+
+/// What a gateway is made of.
+pub struct GatewayOptions {
+    /// The upstream side.
+    pub proxy: Proxy,
+    /// The token list.
+    pub tokens: Cached<TokenSet>,
+    /// The key injected for tokens without their own.
+    pub upstream_key: Option<Cached<ApiKey>>,
+    /// Pass-through while the token list is empty (the operator allowed it).
+    pub anonymous: bool,
+    /// Longest silence inside an upstream body.
+    pub idle_timeout: Duration,
+    /// Browser access, when on.
+    pub cors: Option<Cors>,
+    /// Rules run after authentication, in order.
+    pub policies: Vec<Arc<dyn Policy>>,
+    /// Work run once when each response ends, in order.
+    pub hooks: Vec<Arc<dyn Finish>>,
+}
+
+impl GatewayOptions {
+    /// A gateway in front of `proxy` with `tokens`, and nothing else on.
+    pub fn new(proxy: Proxy, tokens: Cached<TokenSet>) -> Self {
+        Self {
+            proxy,
+            tokens,
+            upstream_key: None,
+            anonymous: false,
+            idle_timeout: Duration::from_secs(300),
+            cors: None,
+            policies: Vec::new(),
+            hooks: Vec::new(),
+        }
+    }
+}
+
+/// The gateway: cheap to clone, shared by every connection.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    proxy: Proxy,
+    tokens: Cached<TokenSet>,
+    upstream_key: Option<Cached<ApiKey>>,
+    anonymous: bool,
+    idle_timeout: Duration,
+    cors: Option<Cors>,
+    policies: Vec<Arc<dyn Policy>>,
+    hooks: Hooks,
+    pending: Arc<Pending>,
+}
+
+impl Gateway {
+    /// Assembles a gateway.
+    pub fn new(options: GatewayOptions) -> Self {
+        let GatewayOptions {
+            proxy,
+            tokens,
+            upstream_key,
+            anonymous,
+            idle_timeout,
+            cors,
+            policies,
+            hooks,
+        } = options;
+        Self {
+            inner: Arc::new(Inner {
+                proxy,
+                tokens,
+                upstream_key,
+                anonymous,
+                idle_timeout,
+                cors,
+                policies,
+                hooks: hooks.into(),
+                pending: Arc::default(),
+            }),
+        }
+    }
+
+    /// Opens a connection to the upstream ahead of the first request.
+    pub async fn warm_up(&self) {
+        self.inner.proxy.warm_up().await;
+    }
+
+    /// Resolves once the completion work of responses whose client left
+    /// early has finished (a Lambda runner waits for it).
+    pub async fn settled(&self) {
+        self.inner.pending.settled().await;
+    }
+
+    /// Handles one request. Never fails: errors become OpenAI-shaped responses.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<GatewayBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = request.into_parts();
+        let mut record = Record::start(&parts.method, parts.uri.path(), Instant::now());
+        record.request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
+        let buffered = parts.extensions.get::<Buffered>().copied();
+        let cors = self.inner.cors.as_ref();
+
+        // 1. preflight
+        if let Some(preflight) = cors.and_then(|c| c.preflight(&parts.method, &parts.headers)) {
+            return self.respond(preflight, record, buffered);
+        }
+        let decision = cors.map(|c| c.decide(&parts.headers));
+        // 2-4. authenticate, policy, forward
+        let mut response = match self.forward(parts, body, &mut record).await {
+            Ok(response) => response,
+            Err(error) => {
+                record.code = Some(error.code());
+                error.to_response()
+            }
+        };
+        // 5. respond
+        if let Some(decision) = decision {
+            headers::apply_cors(response.headers_mut(), &decision);
+        }
+        self.respond(response, record, buffered)
+    }
+
+    async fn forward<B>(
+        &self,
+        parts: http::request::Parts,
+        body: B,
+        record: &mut Record,
+    ) -> Result<Response<GatewayBody>, GatewayError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let inner = &*self.inner;
+        let tokens = inner.tokens.get().await?;
+        let admitted = auth::admit(
+            &parts.headers,
+            parts.uri.query(),
+            &tokens,
+            inner.anonymous,
+            Utc::now(),
+        )?;
+        record.token.clone_from(&admitted.name);
+        let url = inner
+            .proxy
+            .target(parts.uri.path(), admitted.query.as_deref())?;
+        let key = match (&admitted.upstream_key, &inner.upstream_key) {
+            (Some(own), _) => Some(own.clone()),
+            (None, Some(global)) => Some(ApiKey::clone(&*global.get().await?)),
+            (None, None) => None,
+        };
+        let mut body = RequestBody::new(body, record.bytes_in.clone());
+        if !inner.policies.is_empty() {
+            let mut inspect = Inspect {
+                method: &parts.method,
+                path: parts.uri.path(),
+                headers: &parts.headers,
+                admitted: &admitted,
+                body: &mut body,
+            };
+            for rule in &inner.policies {
+                rule.check(&mut inspect).await?;
+            }
+        }
+        let headers = headers::to_upstream(parts.headers, admitted.strip, key.as_ref());
+        let asked = Instant::now();
+        let response = inner
+            .proxy
+            .send(parts.method, url, headers, body.into_upstream())
+            .await?;
+        record.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
+        let idle = inner.idle_timeout;
+        Ok(response.map(|body| GatewayBody::new(IdleTimeout::new(body, idle))))
+    }
+
+    /// Layers the response body: a cap when it will be collected, then the
+    /// completion point that owns the record.
+    fn respond(
+        &self,
+        response: Response<GatewayBody>,
+        mut record: Record,
+        buffered: Option<Buffered>,
+    ) -> Response<GatewayBody> {
+        record.status = response.status().as_u16();
+        let (parts, body) = response.into_parts();
+        let body = match buffered {
+            Some(b) => GatewayBody::new(Capped::new(body, b.cap(&parts.headers))),
+            None => body,
+        };
+        let inner = &*self.inner;
+        let body = Completion::new(
+            body,
+            record,
+            inner.hooks.clone(),
+            inner.pending.clone(),
+            buffered.is_none(),
+        );
+        Response::from_parts(parts, GatewayBody::new(body))
+    }
+}

@@ -1,0 +1,213 @@
+//! Header hygiene, all in one place: what goes upstream, what comes back.
+//!
+//! - Upstream ([`to_upstream`]): hop-by-hop headers, `Host`, `Content-Length`,
+//!   `Expect`, client-address headers and the gateway credential are dropped,
+//!   and the upstream key is injected when there is one. The request target's
+//!   own authority, `Host` and `X-Forwarded-Host` never pick the host.
+//! - Back to the client ([`from_upstream`], [`apply_cors`], [`for_stream`]):
+//!   hop-by-hop headers are dropped, the gateway's CORS headers replace the
+//!   upstream's, and a streamed Lambda response carries no `Content-Length`.
+
+use http::{header, HeaderMap, HeaderName, HeaderValue};
+
+use crate::cors::Decision;
+use crate::secret::ApiKey;
+
+/// The `X-Token` header: a gateway credential, never forwarded.
+pub static X_TOKEN: HeaderName = HeaderName::from_static("x-token");
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// What the authentication step found to strip from a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Strip {
+    /// The `Authorization` header held a gateway token.
+    pub authorization: bool,
+}
+
+/// Removes hop-by-hop headers: the fixed list, `Proxy-*`, and every header
+/// that `Connection` names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    remove_matching(headers, |k| k.starts_with("proxy-"));
+}
+
+/// Removes every header whose (lower-case) name matches `pred`; allocates
+/// only when one does.
+fn remove_matching(headers: &mut HeaderMap, pred: impl Fn(&str) -> bool) {
+    if headers.keys().any(|k| pred(k.as_str())) {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| pred(k.as_str()))
+            .cloned()
+            .collect();
+        for name in names {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Turns the client's headers into the upstream request's headers.
+///
+/// Drops hop-by-hop headers, `Host` (the client sets it from the URL),
+/// `Content-Length` (the body's own length is used), `Expect`, client-address
+/// headers (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `X-Amzn-*`), `X-Token`,
+/// an `Authorization` that held a gateway token and, when a key is injected,
+/// the client's own `Authorization`.
+pub fn to_upstream(mut headers: HeaderMap, strip: Strip, inject: Option<&ApiKey>) -> HeaderMap {
+    remove_hop_by_hop(&mut headers);
+    for name in [
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::EXPECT,
+        header::FORWARDED,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove(&X_TOKEN);
+    if strip.authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+    remove_matching(&mut headers, |k| {
+        k.starts_with("x-forwarded-") || k.starts_with("x-amzn-") || k == "x-real-ip"
+    });
+    if let Some(key) = inject {
+        headers.insert(header::AUTHORIZATION, key.authorization().clone());
+    }
+    headers
+}
+
+/// Cleans the upstream's response headers for the client.
+pub fn from_upstream(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+}
+
+/// Adds the CORS headers of `decision` to a response, replacing the upstream's own.
+pub fn apply_cors(headers: &mut HeaderMap, decision: &Decision) {
+    remove_matching(headers, |k| k.starts_with("access-control-"));
+    headers.append(header::VARY, HeaderValue::from_static("Origin"));
+    if let Some(origin) = decision.allow_origin() {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(crate::cors::EXPOSED),
+        );
+    }
+}
+
+/// A streamed response carries its own framing; a length from the upstream
+/// would contradict it.
+pub fn for_stream(headers: &mut HeaderMap) {
+    headers.remove(header::CONTENT_LENGTH);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cors::Cors;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn upstream_hygiene() {
+        let h = map(&[
+            ("connection", "keep-alive, x-custom-hop"),
+            ("x-custom-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic x"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("transfer-encoding", "chunked"),
+            ("host", "evil.example"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-amzn-trace-id", "Root=1"),
+            ("x-real-ip", "1.2.3.4"),
+            ("x-token", "tok"),
+            ("authorization", "Bearer sk-client"),
+            ("openai-organization", "org-1"),
+            ("content-type", "application/json"),
+            ("accept-encoding", "gzip"),
+        ]);
+        let out = to_upstream(h.clone(), Strip::default(), None);
+        let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "accept-encoding",
+                "authorization",
+                "content-type",
+                "openai-organization"
+            ]
+        );
+        assert_eq!(out["authorization"], "Bearer sk-client");
+        let stripped = to_upstream(
+            h.clone(),
+            Strip {
+                authorization: true,
+            },
+            None,
+        );
+        assert!(stripped.get("authorization").is_none());
+        let key = ApiKey::new("sk-injected").unwrap();
+        let out = to_upstream(h, Strip::default(), Some(&key));
+        assert_eq!(out["authorization"], "Bearer sk-injected");
+        assert_eq!(out.get_all("authorization").iter().count(), 1);
+        assert!(out["authorization"].is_sensitive());
+    }
+
+    #[test]
+    fn cors_replaces_the_upstreams_headers() {
+        let cors = Cors::parse("https://ok.example").unwrap().unwrap();
+        let mut upstream = map(&[
+            ("access-control-allow-origin", "*"),
+            ("content-type", "application/json"),
+        ]);
+        let asked = map(&[("origin", "https://ok.example")]);
+        apply_cors(&mut upstream, &cors.decide(&asked));
+        assert_eq!(
+            upstream
+                .get_all(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+                .iter()
+                .count(),
+            1
+        );
+        assert_eq!(
+            upstream[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://ok.example"
+        );
+        assert!(upstream[header::ACCESS_CONTROL_EXPOSE_HEADERS]
+            .to_str()
+            .unwrap()
+            .contains("x-request-id"));
+        let mut denied = map(&[("access-control-allow-origin", "*")]);
+        apply_cors(&mut denied, &cors.decide(&map(&[("origin", "https://evil.example")])));
+        assert!(denied.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+    }
+}

@@ -1,0 +1,140 @@
+//! The policy step: rules that run after authentication and before
+//! anything is sent upstream.
+//!
+//! A [`Policy`] sees the admitted request ([`Inspect`]): method, path,
+//! headers, who it was admitted as, and, if it needs them, the body's
+//! bytes, read up to a bound it chooses. It answers with `Ok` to let the
+//! request through or with the [`GatewayError`] the client gets. A body
+//! that no policy reads keeps streaming upstream untouched; a body that one
+//! read is sent on byte for byte from what was read.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method};
+use http_body::Body;
+use http_body_util::combinators::BoxBody;
+use http_body_util::BodyExt;
+
+use crate::auth::Admitted;
+use crate::body::{BoxError, Counted};
+use crate::error::GatewayError;
+use crate::record::ByteCount;
+
+/// A policy's verdict, as a future borrowing the request.
+pub type Verdict<'a> = Pin<Box<dyn Future<Output = Result<(), GatewayError>> + Send + 'a>>;
+
+/// One rule on admitted requests.
+pub trait Policy: Send + Sync {
+    /// Checks one request.
+    fn check<'a>(&'a self, request: &'a mut Inspect<'_>) -> Verdict<'a>;
+}
+
+/// What a policy may look at.
+pub struct Inspect<'r> {
+    /// The method.
+    pub method: &'r Method,
+    /// The path as the client sent it (before the upstream prefix is added).
+    pub path: &'r str,
+    /// The client's headers.
+    pub headers: &'r HeaderMap,
+    /// Who the request was admitted as.
+    pub admitted: &'r Admitted,
+    /// The body.
+    pub body: &'r mut RequestBody,
+}
+
+/// A request body on its way upstream: streaming, or read by a policy.
+pub struct RequestBody(State);
+
+enum State {
+    Empty,
+    Streaming(BoxBody<Bytes, BoxError>),
+    Read(Bytes),
+}
+
+impl RequestBody {
+    /// The client's body, counting what is read of it into `count`.
+    pub fn new<B>(body: B, count: ByteCount) -> Self
+    where
+        B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if body.is_end_stream() {
+            return Self(State::Empty);
+        }
+        Self(State::Streaming(
+            Counted::new(body, count).map_err(Into::into).boxed(),
+        ))
+    }
+
+    /// Reads the whole body, up to `limit` bytes. Later calls return the
+    /// same bytes; the body then goes upstream as read.
+    pub async fn read(&mut self, limit: u64) -> Result<&Bytes, GatewayError> {
+        if let State::Streaming(body) = &mut self.0 {
+            let mut bytes = BytesMut::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|_| {
+                    GatewayError::InvalidRequestBody("the body could not be read")
+                })?;
+                if let Some(data) = frame.data_ref() {
+                    if (bytes.len() + data.len()) as u64 > limit {
+                        return Err(GatewayError::RequestTooLarge(limit));
+                    }
+                    bytes.extend_from_slice(data);
+                }
+            }
+            self.0 = State::Read(bytes.freeze());
+        }
+        static EMPTY: Bytes = Bytes::new();
+        Ok(match &self.0 {
+            State::Read(bytes) => bytes,
+            _ => &EMPTY,
+        })
+    }
+
+    /// The body for the upstream request.
+    pub fn into_upstream(self) -> reqwest::Body {
+        match self.0 {
+            State::Empty => reqwest::Body::from(Bytes::new()),
+            State::Read(bytes) => reqwest::Body::from(bytes),
+            State::Streaming(body) => reqwest::Body::wrap(body),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{Full, StreamBody};
+
+    fn chunks(parts: &[&'static str]) -> RequestBody {
+        let frames = futures_util::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok::<_, BoxError>(http_body::Frame::data(Bytes::from_static(p.as_bytes()))))
+                .collect::<Vec<_>>(),
+        );
+        RequestBody::new(StreamBody::new(frames), ByteCount::default())
+    }
+
+    #[tokio::test]
+    async fn a_read_body_is_kept_whole_and_bounded() {
+        let mut body = chunks(&["{\"model\":", "\"gpt-4o\"}"]);
+        assert_eq!(&body.read(100).await.unwrap()[..], b"{\"model\":\"gpt-4o\"}");
+        // Read again: the same bytes, nothing lost.
+        assert_eq!(body.read(100).await.unwrap().len(), 18);
+        let mut big = chunks(&["12345", "67890"]);
+        assert_eq!(
+            big.read(8).await.unwrap_err(),
+            GatewayError::RequestTooLarge(8)
+        );
+        let count = ByteCount::default();
+        let mut empty = RequestBody::new(Full::new(Bytes::new()), count.clone());
+        assert!(empty.read(1).await.unwrap().is_empty());
+        let mut counted = RequestBody::new(Full::new(Bytes::from_static(b"abc")), count.clone());
+        counted.read(10).await.unwrap();
+        assert_eq!(count.get(), 3);
+    }
+}
