@@ -1,4 +1,7 @@
-//! Integration tests: the real gateway binary in front of a mock OpenAI upstream.
+//! Integration tests: the gateway in front of a mock OpenAI upstream, served
+//! in this process; the cases that need a process of their own (logs,
+//! signals, start-up refusals, flags against the environment) run the real
+//! binary. The memory test is in `slow.rs`.
 
 mod common;
 
@@ -14,7 +17,13 @@ const TOKENS: &str = r#"{"tokens": [
     {"name": "old", "token": "tok-old-Secret3", "expires": "2020-01-01T00:00:00Z"}
 ]}"#;
 
-async fn setup() -> (MockUpstream, GatewayProc) {
+async fn setup() -> (MockUpstream, Served) {
+    let upstream = MockUpstream::start().await;
+    let gw = Launch::new(&upstream.url()).tokens(TOKENS).serve().await;
+    (upstream, gw)
+}
+
+async fn setup_binary() -> (MockUpstream, GatewayProc) {
     let upstream = MockUpstream::start().await;
     let gw = Launch::new(&upstream.url()).tokens(TOKENS).start();
     (upstream, gw)
@@ -264,7 +273,7 @@ async fn a_token_expires_at_its_instant() {
         r#"[{{"name": "edge", "token": "tok-edge", "expires": "{}"}}]"#,
         expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     );
-    let gw = Launch::new(&up.url()).tokens(&tokens).start();
+    let gw = Launch::new(&up.url()).tokens(&tokens).serve().await;
     let r = fetch(&gw, "/v1/models?token=tok-edge").await;
     assert_eq!(r.status(), 200, "valid before its expiry");
     let wait =
@@ -295,7 +304,7 @@ async fn the_original_appsettings_json_works_unchanged() {
     // No UPSTREAM_URL: the address comes from the file.
     let mut launch = Launch::new("unused").tokens(&appsettings);
     launch.env.retain(|(k, _)| k != "UPSTREAM_URL");
-    let gw = launch.start();
+    let gw = launch.serve().await;
     let r = fetch(&gw, "/api/v1/models?token=datatoken").await;
     assert_eq!(r.status(), 200);
     assert_eq!(up.last().target, "/api/v1/models");
@@ -316,13 +325,13 @@ async fn sha256_entries_accept_the_token_they_hash() {
         r#"[{{"name": "hashed", "sha256": "{}"}}]"#,
         sha256_hex(b"plain-Token-7")
     );
-    let gw = Launch::new(&up.url()).tokens(&tokens).start();
+    let gw = Launch::new(&up.url()).tokens(&tokens).serve().await;
     let r = fetch(&gw, "/v1/models?token=plain-Token-7").await;
     assert_eq!(r.status(), 200);
     let hash = sha256_hex(b"plain-Token-7");
     let r = fetch(&gw, &format!("/v1/models?token={hash}")).await;
     assert_eq!(r.status(), 401, "the digest itself is not a token");
-    let lines = gw.wait_access_lines(2);
+    let lines = gw.wait_access_lines(2).await;
     assert_eq!(lines[0]["token"], "hashed");
 }
 
@@ -332,7 +341,7 @@ async fn upstream_key_injection_versus_pass_through() {
     let gw = Launch::new(&up.url())
         .tokens(TOKENS)
         .env("UPSTREAM_API_KEY", "sk-global-key-77c1")
-        .start();
+        .serve().await;
     // The entry's own key wins, and the client's key is replaced.
     client()
         .get(gw.url("/v1/models?token=tok-alice-Secret1"))
@@ -359,7 +368,7 @@ async fn upstream_key_injection_versus_pass_through() {
     drop(gw);
 
     // No key configured: the client's own Authorization goes through unchanged.
-    let gw = Launch::new(&up.url()).tokens(TOKENS).start();
+    let gw = Launch::new(&up.url()).tokens(TOKENS).serve().await;
     client()
         .get(gw.url("/v1/models?token=tok-bob-Secret2"))
         .bearer_auth("sk-client-own")
@@ -381,7 +390,7 @@ async fn unreachable_and_slow_upstreams_get_502_and_504() {
         .unwrap();
     let gw = Launch::new(&format!("http://{closed}"))
         .tokens(TOKENS)
-        .start();
+        .serve().await;
     let r = fetch(&gw, "/v1/models?token=tok-bob-Secret2").await;
     let (status, body) = error_of(r).await;
     assert_eq!(
@@ -394,7 +403,7 @@ async fn unreachable_and_slow_upstreams_get_502_and_504() {
     let gw = Launch::new(&up.url())
         .tokens(TOKENS)
         .env("UPSTREAM_TIMEOUT_SECS", "1")
-        .start();
+        .serve().await;
     let started = Instant::now();
     let r = fetch(&gw, "/v1/slow?ms=5000&token=tok-bob-Secret2").await;
     let (status, body) = error_of(r).await;
@@ -427,7 +436,7 @@ async fn a_dropped_stream_ends_promptly_and_the_next_request_is_served() {
     let gw2 = Launch::new(&up.url())
         .tokens(TOKENS)
         .env("UPSTREAM_IDLE_TIMEOUT_SECS", "1")
-        .start();
+        .serve().await;
     let r = fetch(&gw2, "/v1/stall?token=tok-bob-Secret2").await;
     let started = Instant::now();
     let outcome = tokio::time::timeout(Duration::from_secs(5), r.bytes())
@@ -562,71 +571,8 @@ async fn access_log_lines_carry_the_facts_and_no_secret() {
 }
 
 #[tokio::test]
-async fn large_bodies_stream_without_growing_memory() {
-    let (up, gw) = setup().await;
-    let c = client();
-    // Warm up so the baseline includes the connection pools and buffers.
-    c.get(gw.url("/v1/download?bytes=1048576&token=tok-bob-Secret2"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let baseline = gw.peak_rss_kib();
-
-    const UP: u64 = 64 << 20;
-    let chunks = futures_util::stream::iter((0..UP / (1 << 16)).map(|i| {
-        let chunk: Vec<u8> = (i * 65536..(i + 1) * 65536).map(pattern_byte).collect();
-        Ok::<_, std::io::Error>(chunk)
-    }));
-    let r = c
-        .post(gw.url("/v1/upload?token=tok-bob-Secret2"))
-        .header("content-length", UP.to_string())
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let answer: serde_json::Value = r.json().await.unwrap();
-    let mut hasher = sha2::Sha256::default();
-    for i in 0..UP / (1 << 16) {
-        let chunk: Vec<u8> = (i * 65536..(i + 1) * 65536).map(pattern_byte).collect();
-        sha2::Digest::update(&mut hasher, &chunk);
-    }
-    let want = hex(&sha2::Digest::finalize(hasher));
-    assert_eq!(answer["len"], UP);
-    assert_eq!(answer["sha256"], want);
-    assert_eq!(up.last().body_sha256, want);
-
-    const DOWN: u64 = 100 << 20;
-    let r = c
-        .get(gw.url(&format!("/v1/download?bytes={DOWN}&token=tok-bob-Secret2")))
-        .send()
-        .await
-        .unwrap();
-    let mut stream = r.bytes_stream();
-    let mut at = 0u64;
-    let mut intact = true;
-    while let Some(chunk) = stream.next().await {
-        for b in chunk.unwrap().iter() {
-            intact &= *b == pattern_byte(at);
-            at += 1;
-        }
-    }
-    assert_eq!(at, DOWN);
-    assert!(intact, "downloaded bytes differ");
-    let growth_mib = (gw.peak_rss_kib().saturating_sub(baseline)) as f64 / 1024.0;
-    eprintln!(
-        "peak RSS growth over 64 MB up + 100 MB down: {growth_mib:.1} MiB (baseline {} KiB)",
-        baseline
-    );
-    assert!(growth_mib < 48.0, "peak RSS grew by {growth_mib:.1} MiB");
-}
-
-#[tokio::test]
 async fn sigterm_lets_in_flight_streams_finish() {
-    let (_up, gw) = setup().await;
+    let (_up, gw) = setup_binary().await;
     let r = fetch(&gw, "/v1/sse?n=6&gap_ms=150&token=tok-bob-Secret2").await;
     assert_eq!(r.status(), 200);
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -1,6 +1,6 @@
 //! Header filtering: hop-by-hop and Connection-named headers never pass.
 #![no_main]
-use chatgpt_gateway::proxy::upstream_headers;
+use chatgpt_gateway::headers::{to_upstream, Strip};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 
@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
                 .collect::<Vec<_>>()
         })
         .collect();
-    let out = upstream_headers(headers, None);
+    let out = to_upstream(headers, Strip::default(), None);
     for name in out.keys() {
         let n = name.as_str();
         assert!(![

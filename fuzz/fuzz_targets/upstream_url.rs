@@ -5,8 +5,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use chatgpt_gateway::auth::strip_token_params;
-use chatgpt_gateway::config::Upstream;
-use chatgpt_gateway::proxy::Proxy;
+use chatgpt_gateway::proxy::{Proxy, Upstream};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

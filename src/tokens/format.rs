@@ -233,7 +233,8 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
             // An unknown key is most likely a typo of `expires`; ignoring it
             // would silently make the token immortal.
             return Err(fail(format!(
-                "unknown key `{key}` (expected one of: name, token, sha256, expires, upstream_key)"
+                "unknown key {} (expected one of: name, token, sha256, expires, upstream_key)",
+                shown_key(key)
             )));
         }
     }
@@ -255,7 +256,7 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
     let expires = match (string(keys::EXPIRES)?, string(keys::EXPIRE)?) {
         (Some(_), Some(_)) => return Err(fail("has both `expires` and `expire`; give one".into())),
         (Some(text), None) | (None, Some(text)) => Some(
-            parse_time(text, offset).map_err(|e| fail(format!("`expires` value {e}")))?,
+            parse_time(text, offset).map_err(|_| fail(format!("`expires` value {}", shown_time(text))))?,
         ),
         (None, None) => None,
     };
@@ -271,6 +272,33 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
         expires,
         upstream_key,
     })
+}
+
+/// An unknown key, as an error message shows it: quoted when it looks like
+/// a typo of a known key (`expiry`), hidden otherwise, since a token pasted
+/// in the wrong place would else be printed.
+fn shown_key(key: &str) -> String {
+    let stem = |k: &str| k.get(..3).map(str::to_ascii_lowercase);
+    let like_known = key.len() <= 16 && keys::ALL.iter().any(|k| stem(k) == stem(key));
+    if like_known {
+        format!("`{key}`")
+    } else {
+        "(not shown, in case it is a token)".to_owned()
+    }
+}
+
+/// A malformed expiry, as an error message shows it: only when it is made of
+/// what times are made of, since a token pasted there would else be printed.
+fn shown_time(text: &str) -> String {
+    let t = text.trim();
+    let time_like = t.len() <= 40
+        && t.chars()
+            .all(|c| c.is_ascii_digit() || " -/:.+TZtz".contains(c));
+    if time_like {
+        InvalidTime(t.to_owned()).to_string()
+    } else {
+        "(not shown, in case it is a token) is not a time (use RFC 3339, e.g. 2026-12-31T23:59:59Z, or yyyy-M-d H:mm)".to_owned()
+    }
 }
 
 fn parse_hex_digest(hex: &str) -> Option<TokenDigest> {
@@ -422,6 +450,10 @@ mod tests {
                 "both `token` and `sha256`",
             ),
             (r#"[{"name": "n4"}]"#, "neither"),
+            (
+                r#"[{"name": "n5", "s3cr3t-value": "x"}]"#,
+                "unknown key (not shown",
+            ),
             (
                 r#"[{"name": "a", "token": "s3cr3t-value"}, {"name": "b", "token": "s3cr3t-value"}]"#,
                 "repeats the token",

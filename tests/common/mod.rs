@@ -1,4 +1,8 @@
-//! Test harness: a mock OpenAI upstream, and the real gateway binary run as a child process.
+//! Test harness: a mock OpenAI upstream, and the gateway, either in this
+//! process (`Launch::serve`, the default: `server::serve` over the same
+//! start-up as the binary) or as the real binary in a child process
+//! (`Launch::start`, for what only a process shows: logs, signals, exit codes,
+//! memory).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -11,6 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use chatgpt_gateway::config::{Settings, SETTINGS};
+use chatgpt_gateway::record::{BoxFuture, Finish, Record};
+use chatgpt_gateway::secret::Secret;
+use chatgpt_gateway::startup::{self, Mode};
+use chatgpt_gateway::{server, ConfigError, Gateway};
 use futures_util::StreamExt;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -318,6 +327,85 @@ impl Drop for TempDir {
     }
 }
 
+/// Anything the tests can send requests to.
+pub trait Target {
+    fn addr(&self) -> SocketAddr;
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr())
+    }
+}
+
+/// The gateway, served in this process.
+pub struct Served {
+    pub addr: SocketAddr,
+    records: Arc<Mutex<Vec<serde_json::Value>>>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: TempDir,
+}
+
+impl Target for Served {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Served {
+    pub fn url(&self, path: &str) -> String {
+        Target::url(self, path)
+    }
+
+    /// The finished requests' records, as the access log would show them.
+    pub fn access_lines(&self) -> Vec<serde_json::Value> {
+        self.records.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` requests finished.
+    pub async fn wait_access_lines(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines = self.access_lines();
+            if lines.len() >= n || Instant::now() > deadline {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A completion hook that keeps each record as the access line's fields.
+struct Collect(Arc<Mutex<Vec<serde_json::Value>>>);
+
+impl Finish for Collect {
+    fn finish(&self, r: &Record) -> BoxFuture<()> {
+        self.0.lock().unwrap().push(serde_json::json!({
+            "message": "request",
+            "method": r.method.as_str(),
+            "path": r.path,
+            "status": r.status,
+            "token": r.token.as_deref().unwrap_or("-"),
+            "error_code": r.code.unwrap_or("-"),
+            "upstream_ms": r.upstream_ms,
+            "bytes_in": r.bytes_in.get(),
+            "bytes_out": r.bytes_out,
+            "outcome": r.outcome.as_str(),
+            "request_id": r.request_id,
+        }));
+        Box::pin(std::future::ready(()))
+    }
+}
+
+#[derive(clap::Parser)]
+struct SettingsOnly {
+    #[command(flatten)]
+    settings: Settings,
+}
+
 /// The gateway binary, running.
 pub struct GatewayProc {
     pub addr: SocketAddr,
@@ -352,6 +440,64 @@ impl Launch {
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.into());
         self
+    }
+
+    /// Serves the gateway in this process, built by the same start-up code
+    /// as the binary; variables become their flags (see `config::SETTINGS`).
+    pub async fn serve(self) -> Served {
+        match self.try_serve().await {
+            Ok(served) => served,
+            Err(error) => panic!("the gateway did not start: {error}"),
+        }
+    }
+
+    /// Like [`Launch::serve`], returning a start-up refusal instead of panicking.
+    pub async fn try_serve(self) -> Result<Served, ConfigError> {
+        let dir = TempDir::new();
+        let mut args = vec!["chatgpt-gateway".to_owned()];
+        if let Some(tokens) = &self.tokens {
+            args.push(format!("--tokens-file={}", dir.write("tokens.json", tokens).display()));
+        }
+        let mut key = None;
+        for (var, value) in &self.env {
+            match var.as_str() {
+                "UPSTREAM_API_KEY" => key = Some(value.clone()),
+                "LOG_FORMAT" | "RUST_LOG" => {}
+                _ => {
+                    let setting = SETTINGS
+                        .iter()
+                        .find(|s| s.var == var)
+                        .unwrap_or_else(|| panic!("{var} is not a setting"));
+                    let flag = setting
+                        .flag
+                        .unwrap_or_else(|| panic!("{var} has no flag; set it on the settings"));
+                    args.push(format!("{flag}={value}"));
+                }
+            }
+        }
+        args.extend(self.args);
+        let mut settings = <SettingsOnly as clap::Parser>::try_parse_from(&args)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .settings;
+        settings.upstream_api_key = key.map(Secret::new);
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let mut options = startup::options(&settings, Mode::Local).await?;
+        options.hooks.push(Arc::new(Collect(records.clone())));
+        let gateway = Gateway::new(options);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(server::serve(
+            listener,
+            gateway,
+            std::future::pending(),
+            Duration::from_secs(1),
+        ));
+        Ok(Served {
+            addr,
+            records,
+            task,
+            _dir: dir,
+        })
     }
 
     /// Starts the binary and waits for its `listening` line.
@@ -429,9 +575,15 @@ impl Launch {
     }
 }
 
+impl Target for GatewayProc {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
 impl GatewayProc {
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        Target::url(self, path)
     }
 
     pub fn log_text(&self) -> String {
@@ -505,7 +657,7 @@ pub fn client() -> reqwest::Client {
 }
 
 /// A plain GET through the gateway.
-pub async fn fetch(gw: &GatewayProc, path: &str) -> reqwest::Response {
+pub async fn fetch(gw: &impl Target, path: &str) -> reqwest::Response {
     client().get(gw.url(path)).send().await.unwrap()
 }
 
