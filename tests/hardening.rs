@@ -1,6 +1,7 @@
-//! Hardening: upstream faults, hostile requests, load, and secret canaries.
-//! Each case gets its documented answer, nothing panics, and the gateway goes
-//! on serving.
+//! Hardening: upstream faults, hostile requests, and secret canaries. Each
+//! case gets its documented answer and the gateway goes on serving. The
+//! gateway is served in this process, but for the canaries, which read the
+//! real binary's logs; the 20,000-request load is in `slow.rs`.
 
 mod common;
 
@@ -14,7 +15,12 @@ use tokio::net::TcpListener;
 const TOKENS: &str =
     r#"[{"name": "h", "token": "hard-Tok-1"}, {"name": "h2", "token": "hard-Tok-2"}]"#;
 
-/// An upstream that behaves badly: `script` runs on every accepted connection.
+/// What a healthy upstream answers in these tests.
+const HEALTHY: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"ok\":true}";
+
+/// An upstream that behaves badly once: `script` runs on the first accepted
+/// connection, and every later one gets a healthy answer, so a test can
+/// check that the gateway recovers from the fault.
 async fn bad_upstream<F, Fut>(script: F) -> SocketAddr
 where
     F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
@@ -22,17 +28,42 @@ where
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    serve_faulty(listener, script);
+    addr
+}
+
+fn serve_faulty<F, Fut>(listener: TcpListener, script: F)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let script = std::sync::Arc::new(script);
     tokio::spawn(async move {
+        let mut first = true;
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((mut stream, _)) = listener.accept().await else {
                 continue;
             };
-            let script = script.clone();
-            tokio::spawn(async move { script(stream).await });
+            if std::mem::take(&mut first) {
+                let script = script.clone();
+                tokio::spawn(async move { script(stream).await });
+            } else {
+                tokio::spawn(async move {
+                    read_head(&mut stream).await;
+                    let _ = stream.write_all(HEALTHY).await;
+                });
+            }
         }
     });
-    addr
+}
+
+/// A healthy upstream on `addr` (a port that was refusing connections).
+async fn healthy_on(addr: SocketAddr) {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    serve_faulty(listener, |mut s| async move {
+        read_head(&mut s).await;
+        let _ = s.write_all(HEALTHY).await;
+    });
 }
 
 /// Reads a request head (enough for the fault to begin after it).
@@ -47,34 +78,27 @@ async fn read_head(stream: &mut tokio::net::TcpStream) {
     }
 }
 
-async fn get(gw: &GatewayProc, path: &str) -> (u16, String) {
+async fn get(gw: &impl Target, path: &str) -> (u16, String) {
     let r = client().get(gw.url(path)).send().await.unwrap();
     let status = r.status().as_u16();
     (status, r.text().await.unwrap_or_default())
 }
 
 /// The gateway, pointed at `upstream`, with short timeouts so faults resolve fast.
-fn gateway_for(upstream: SocketAddr) -> GatewayProc {
+async fn gateway_for(upstream: SocketAddr) -> Served {
     Launch::new(&format!("http://{upstream}"))
         .tokens(TOKENS)
         .env("UPSTREAM_TIMEOUT_SECS", "1")
         .env("UPSTREAM_IDLE_TIMEOUT_SECS", "1")
         .env("UPSTREAM_CONNECT_TIMEOUT_SECS", "1")
-        .start()
+        .serve()
+        .await
 }
 
-/// After a fault, the same gateway still serves a healthy upstream... which is
-/// the same address, so instead check it still answers its own 401 at once.
-async fn still_serving(gw: &GatewayProc) {
-    let started = Instant::now();
-    let (status, body) = get(gw, "/v1/models").await;
-    assert_eq!(status, 401, "{body}");
-    assert!(started.elapsed() < Duration::from_secs(1));
-    assert!(
-        gw.log_text().matches("panicked").count() == 0,
-        "{}",
-        gw.log_text()
-    );
+/// After a fault, the same gateway serves the now healthy upstream.
+async fn still_serving(gw: &Served) {
+    let (status, body) = get(gw, "/v1/models?token=hard-Tok-1").await;
+    assert_eq!((status, body.as_str()), (200, "{\"ok\":true}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,10 +108,11 @@ async fn upstream_faults_get_their_documented_answers() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let gw = gateway_for(closed);
+    let gw = gateway_for(closed).await;
     let (status, body) = get(&gw, "/v1/models?token=hard-Tok-1").await;
     assert_eq!(status, 502);
     assert!(body.contains("upstream_unreachable"), "{body}");
+    healthy_on(closed).await;
     still_serving(&gw).await;
 
     // Accepts, then never answers.
@@ -96,7 +121,7 @@ async fn upstream_faults_get_their_documented_answers() {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     })
     .await;
-    let gw = gateway_for(silent);
+    let gw = gateway_for(silent).await;
     let started = Instant::now();
     let (status, body) = get(&gw, "/v1/models?token=hard-Tok-1").await;
     assert_eq!(status, 504, "{body}");
@@ -112,7 +137,7 @@ async fn upstream_faults_get_their_documented_answers() {
             .await;
     })
     .await;
-    let gw = gateway_for(garbage);
+    let gw = gateway_for(garbage).await;
     let (status, body) = get(&gw, "/v1/models?token=hard-Tok-1").await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("upstream_error"), "{body}");
@@ -127,7 +152,7 @@ async fn upstream_faults_get_their_documented_answers() {
         let _ = s.write_all(&head).await;
     })
     .await;
-    let gw = gateway_for(huge);
+    let gw = gateway_for(huge).await;
     let (status, body) = get(&gw, "/v1/models?token=hard-Tok-1").await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("upstream_error"), "{body}");
@@ -156,7 +181,7 @@ where
     .await
 }
 
-async fn stream_outcome(gw: &GatewayProc) -> (Vec<u8>, bool, Duration) {
+async fn stream_outcome(gw: &Served) -> (Vec<u8>, bool, Duration) {
     let started = Instant::now();
     let r = client()
         .get(gw.url("/v1/chat?token=hard-Tok-1"))
@@ -176,7 +201,7 @@ async fn mid_stream_stalls_and_resets_end_the_stream_promptly() {
         drop(s);
     })
     .await;
-    let gw = gateway_for(stall);
+    let gw = gateway_for(stall).await;
     let (got, broke, took) = stream_outcome(&gw).await;
     assert_eq!(got, b"data: {\"n\":1}\n\n");
     assert!(broke, "a cut stream must not look complete");
@@ -191,7 +216,7 @@ async fn mid_stream_stalls_and_resets_end_the_stream_promptly() {
         drop(s);
     })
     .await;
-    let gw = gateway_for(reset);
+    let gw = gateway_for(reset).await;
     let (got, broke, took) = stream_outcome(&gw).await;
     assert_eq!(got, b"data: {\"n\":1}\n\n");
     assert!(broke);
@@ -212,7 +237,7 @@ async fn raw_status(addr: SocketAddr, request: &[u8]) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_a_clear_4xx_or_a_faithful_forward() {
     let up = MockUpstream::start().await;
-    let gw = Launch::new(&up.url()).tokens(TOKENS).start();
+    let gw = Launch::new(&up.url()).tokens(TOKENS).serve().await;
     let get_req = |target: &str, extra: &str| {
         format!("GET {target} HTTP/1.1\r\nHost: gw\r\n{extra}Connection: close\r\n\r\n")
             .into_bytes()
@@ -233,12 +258,9 @@ async fn hostile_requests_get_a_clear_4xx_or_a_faithful_forward() {
     assert!(matches!(status, 414 | 431 | 400), "{status}");
 
     // Invalid UTF-8 raw in the path: refused by the HTTP parser.
-    let mut bad =
-        b"GET /v1/\xff\xfe?token=hard-Tok-1 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
-            .to_vec();
-    let (status, _) = raw_status(gw.addr, &bad).await;
+    let bad = b"GET /v1/\xff\xfe?token=hard-Tok-1 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n";
+    let (status, _) = raw_status(gw.addr, bad).await;
     assert_eq!(status, 400);
-    bad.clear();
 
     // Percent-encoded invalid UTF-8 and bad percent-encoding: forwarded as sent.
     for target in ["/v1/%FF%FE?x=%C0%AF", "/v1/files/%zz?q=%G1&r=%"] {
@@ -328,62 +350,8 @@ async fn hostile_requests_get_a_clear_4xx_or_a_faithful_forward() {
     assert!(matches!(status, 400 | 401), "{answer}");
     assert_eq!(up.count(), before + 3, "CONNECT reached the upstream");
 
-    still_serving(&gw).await;
-    let text = gw.log_text();
-    assert!(!text.contains("hard-Tok-1") && !text.contains("hard-Tok-2"));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn load_20000_requests_at_200_connections_mixing_json_and_sse() {
-    let up = MockUpstream::start().await;
-    let gw = Launch::new(&up.url()).tokens(TOKENS).start();
-    let idle_kib = gw.rss_kib();
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(200)
-        .build()
-        .unwrap();
-    let started = Instant::now();
-    let workers: Vec<_> = (0..200)
-        .map(|w| {
-            let client = client.clone();
-            let base = gw.url("");
-            tokio::spawn(async move {
-                let mut errors = 0u32;
-                for i in 0..100 {
-                    let sse = (w + i) % 4 == 0;
-                    let url = if sse {
-                        format!("{base}/v1/sse?n=3&gap_ms=1&token=hard-Tok-1")
-                    } else {
-                        format!("{base}/v1/models?token=hard-Tok-1")
-                    };
-                    match client.get(url).send().await {
-                        Ok(r) if r.status() == 200 => match r.bytes().await {
-                            Ok(b) if !sse || b.ends_with(b"data: [DONE]\n\n") => {}
-                            _ => errors += 1,
-                        },
-                        _ => errors += 1,
-                    }
-                }
-                errors
-            })
-        })
-        .collect();
-    let mut errors = 0;
-    for w in workers {
-        errors += w.await.unwrap();
-    }
-    let took = started.elapsed();
-    let peak_kib = gw.peak_rss_kib();
-    eprintln!(
-        "load: 20000 requests, 200 connections, {errors} errors, {took:?}, idle RSS {} MiB, peak RSS {} MiB",
-        idle_kib / 1024,
-        peak_kib / 1024
-    );
-    assert_eq!(errors, 0);
-    assert_eq!(up.count(), 20_000);
-    // Bounded: well under what buffering 20,000 responses would take.
-    assert!(peak_kib < 200 * 1024, "peak RSS {peak_kib} KiB");
+    // Still serving after all of it.
+    assert_eq!(get(&gw, "/v1/models?token=hard-Tok-1").await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,7 +410,8 @@ async fn secret_canaries_never_leak() {
     let (status, answer) = raw_status(gw.addr, b"GET /v1/models?token=CANARY-GATEWAY-TOKEN-7c1f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert_eq!(status, 200);
     answers.push_str(&answer);
-    gw.wait_access_lines(calls.len());
+    let lines = gw.wait_access_lines(calls.len() + 1);
+    assert_eq!(lines.len(), calls.len() + 1, "one access line per request");
     let logs = gw.log_text();
     let upstream: String = up
         .requests

@@ -7,17 +7,22 @@ mod common;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use chatgpt_gateway::config::Upstream;
+use std::sync::Arc;
+
 use chatgpt_gateway::lambda;
-use chatgpt_gateway::proxy::Proxy;
-use chatgpt_gateway::tokens::cache::Cached;
+use chatgpt_gateway::proxy::{Proxy, Upstream};
+use chatgpt_gateway::sources::cached::Cached;
 use chatgpt_gateway::tokens::format;
-use chatgpt_gateway::Gateway;
+use chatgpt_gateway::{Gateway, GatewayOptions};
 use common::*;
 use http_body_util::BodyExt;
 use lambda_http::RequestExt;
 
 fn gateway(upstream: &str) -> Gateway {
+    gateway_with_records(upstream).0
+}
+
+fn gateway_with_records(upstream: &str) -> (Gateway, Collect) {
     let list = format::parse(
         include_str!("../events/tokens.json"),
         chrono::FixedOffset::east_opt(0).unwrap(),
@@ -29,13 +34,11 @@ fn gateway(upstream: &str) -> Gateway {
         Duration::from_secs(5),
     )
     .unwrap();
-    Gateway::new(
-        proxy,
-        Cached::fixed(list.tokens),
-        None,
-        false,
-        Duration::from_secs(30),
-    )
+    let records = Collect::default();
+    let mut options = GatewayOptions::new(proxy, Cached::fixed(list.tokens));
+    options.idle_timeout = Duration::from_secs(30);
+    options.hooks.push(Arc::new(records.clone()));
+    (Gateway::new(options), records)
 }
 
 fn event(json: &str) -> lambda_http::Request {
@@ -227,7 +230,7 @@ async fn errors_keep_status_and_body_in_both_modes() {
 #[tokio::test]
 async fn buffered_binary_goes_base64_and_oversized_bodies_get_a_clear_error() {
     let up = MockUpstream::start().await;
-    let gw = gateway(&up.url());
+    let (gw, records) = gateway_with_records(&up.url());
     let get = |path: &str| {
         include_str!("../events/function-url-get-models.json")
             .replace(
@@ -261,6 +264,19 @@ async fn buffered_binary_goes_base64_and_oversized_bodies_get_a_clear_error() {
         lambda_http::Body::Text(text) => assert!(text.contains("response_too_large"), "{text}"),
         other => panic!("{other:?}"),
     }
+    // The record (and so the access line) says what the client got.
+    let records = records.0.lock().unwrap();
+    let last = records.last().unwrap();
+    assert_eq!(
+        (
+            last["status"].as_u64(),
+            last["error_code"].as_str(),
+            last["outcome"].as_str()
+        ),
+        (Some(502), Some("response_too_large"), Some("gateway_error")),
+        "{last}"
+    );
+    assert_eq!(records.len(), 2, "each request recorded exactly once");
 }
 
 #[tokio::test]
@@ -271,7 +287,7 @@ async fn from_event_maps_the_uri_and_the_request_id() {
     )));
     let id = request
         .extensions()
-        .get::<chatgpt_gateway::telemetry::RequestId>()
+        .get::<chatgpt_gateway::record::RequestId>()
         .map(|r| r.0.clone());
     assert_eq!(id.as_deref(), Some("req-lambda-test-1"));
     assert_eq!(

@@ -379,7 +379,8 @@ impl Served {
 }
 
 /// A completion hook that keeps each record as the access line's fields.
-struct Collect(Arc<Mutex<Vec<serde_json::Value>>>);
+#[derive(Clone, Default)]
+pub struct Collect(pub Arc<Mutex<Vec<serde_json::Value>>>);
 
 impl Finish for Collect {
     fn finish(&self, r: &Record) -> BoxFuture<()> {
