@@ -196,10 +196,7 @@ mod tests {
         .unwrap()
     }
 
-    fn run(
-        query: Option<&str>,
-        headers: &[(&str, &str)],
-    ) -> Result<Admitted, GatewayError> {
+    fn run(query: Option<&str>, headers: &[(&str, &str)]) -> Result<Admitted, GatewayError> {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.append(
@@ -215,10 +212,7 @@ mod tests {
         let out = run(Some("a=1&token=tok-a&b=%2F&c"), &[]).unwrap();
         assert_eq!(out.name.as_deref(), Some("alice"));
         assert_eq!(out.query.as_deref(), Some("a=1&b=%2F&c"));
-        assert_eq!(
-            out.upstream_key.unwrap().authorization(),
-            "Bearer sk-alice"
-        );
+        assert_eq!(out.upstream_key.unwrap().authorization(), "Bearer sk-alice");
         assert_eq!(run(Some("token=tok-a"), &[]).unwrap().query, None);
         // Encoded name and form-encoded value (`+` is a space).
         let out = run(Some("x=1&%74oken=tok+b"), &[]).unwrap();
@@ -235,10 +229,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out.name.as_deref(), Some("alice"));
-        assert!(
-            !out.strip.authorization,
-            "the client's own key stays"
-        );
+        assert!(!out.strip.authorization, "the client's own key stays");
         let out = run(None, &[("authorization", "bearer tok-a")]).unwrap();
         assert_eq!(out.name.as_deref(), Some("alice"));
         assert!(

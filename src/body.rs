@@ -456,8 +456,11 @@ mod tests {
     use std::sync::Mutex;
 
     /// A hook that keeps what it saw, after an await.
+    /// What a hook saw: outcome, bytes out, status, code.
+    type Seen = Arc<Mutex<Vec<(Outcome, u64, u16, Option<&'static str>)>>>;
+
     #[derive(Default)]
-    struct Keep(Arc<Mutex<Vec<(Outcome, u64, u16, Option<&'static str>)>>>);
+    struct Keep(Seen);
 
     impl Finish for Keep {
         fn finish(&self, record: &Record) -> BoxFuture<()> {
@@ -470,14 +473,18 @@ mod tests {
         }
     }
 
-    fn completion<B>(body: B, committed: bool) -> (Completion<B>, Arc<Mutex<Vec<(Outcome, u64, u16, Option<&'static str>)>>>, Arc<Pending>) {
+    fn completion<B>(body: B, committed: bool) -> (Completion<B>, Seen, Arc<Pending>) {
         let keep = Keep::default();
         let seen = keep.0.clone();
         let mut record = Record::start(&Method::GET, "/x", Instant::now());
         record.status = 200;
         let pending = Arc::new(Pending::default());
         let hooks: Hooks = Arc::new([Arc::new(keep) as Arc<dyn Finish>]);
-        (Completion::new(body, record, hooks, pending.clone(), committed), seen, pending)
+        (
+            Completion::new(body, record, hooks, pending.clone(), committed),
+            seen,
+            pending,
+        )
     }
 
     fn stream(parts: Vec<Result<&'static str, &'static str>>) -> GatewayBody {
@@ -503,7 +510,10 @@ mod tests {
         assert_eq!(first.into_data().unwrap(), "ab");
         drop(body);
         pending.settled().await;
-        assert_eq!(*seen.lock().unwrap(), [(Outcome::ClientClosed, 2, 200, None)]);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(Outcome::ClientClosed, 2, 200, None)]
+        );
     }
 
     #[tokio::test]

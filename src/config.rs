@@ -98,24 +98,112 @@ const fn env(var: &'static str, default: &'static str, meaning: &'static str) ->
 
 /// Every setting, in the order the documentation lists them.
 pub const SETTINGS: &[Setting] = &[
-    flag("--listen", GATEWAY_LISTEN, "`127.0.0.1:8080`", "address of the local server"),
-    flag("--upstream", UPSTREAM_URL, "`https://api.openai.com`", "where requests go; a path prefix (`http://host:port/openai`) is kept"),
-    flag("--tokens-file", TOKENS_FILE, "`./tokens.json` if present", "the token list"),
-    flag("--tokens-ssm-parameter", TOKENS_SSM_PARAMETER, "none", "the token list from SSM Parameter Store instead"),
-    flag("--tokens-refresh-secs", TOKENS_REFRESH_SECS, "60", "how long SSM values are cached before a refresh"),
-    env(UPSTREAM_API_KEY, "none", "OpenAI key the gateway injects (environment only, so it never shows in `ps`)"),
-    flag("--upstream-api-key-ssm-parameter", UPSTREAM_API_KEY_SSM_PARAMETER, "none", "that key from SSM instead"),
-    flag("--upstream-timeout-secs", UPSTREAM_TIMEOUT_SECS, "900", "wait for the upstream's response headers, then 504"),
-    flag("--upstream-connect-timeout-secs", UPSTREAM_CONNECT_TIMEOUT_SECS, "10", "TCP + TLS connect, then 502"),
-    flag("--upstream-idle-timeout-secs", UPSTREAM_IDLE_TIMEOUT_SECS, "300", "longest silence inside a response body before the stream is cut"),
-    flag("--allow-anonymous", ALLOW_ANONYMOUS, "false", "allow running with no tokens on a non-loopback address"),
-    flag("--tokens-utc-offset", TOKENS_UTC_OFFSET, "`+00:00`", "zone of expiry times written without an offset"),
-    flag("--shutdown-grace-secs", SHUTDOWN_GRACE_SECS, "30", "on SIGTERM/Ctrl-C, how long in-flight requests may finish"),
-    flag("--cors-allow-origins", CORS_ALLOW_ORIGINS, "off", "browser origins allowed to call, comma-separated, or `*`"),
-    flag("--worker-threads", GATEWAY_WORKER_THREADS, "one per core", "runtime threads; `1` runs everything on one thread"),
-    flag("--log-format", LOG_FORMAT, "`text` (`json` on Lambda)", "`json` for one JSON object per line"),
-    flag("--invoke-mode", GATEWAY_INVOKE_MODE, "`RESPONSE_STREAM`", "Lambda only: `RESPONSE_STREAM` or `BUFFERED`"),
-    env(AWS_LAMBDA_RUNTIME_API, "unset", "set by Lambda and `cargo lambda watch`; selects Lambda mode"),
+    flag(
+        "--listen",
+        GATEWAY_LISTEN,
+        "`127.0.0.1:8080`",
+        "address of the local server",
+    ),
+    flag(
+        "--upstream",
+        UPSTREAM_URL,
+        "`https://api.openai.com`",
+        "where requests go; a path prefix (`http://host:port/openai`) is kept",
+    ),
+    flag(
+        "--tokens-file",
+        TOKENS_FILE,
+        "`./tokens.json` if present",
+        "the token list",
+    ),
+    flag(
+        "--tokens-ssm-parameter",
+        TOKENS_SSM_PARAMETER,
+        "none",
+        "the token list from SSM Parameter Store instead",
+    ),
+    flag(
+        "--tokens-refresh-secs",
+        TOKENS_REFRESH_SECS,
+        "60",
+        "how long SSM values are cached before a refresh",
+    ),
+    env(
+        UPSTREAM_API_KEY,
+        "none",
+        "OpenAI key the gateway injects (environment only, so it never shows in `ps`)",
+    ),
+    flag(
+        "--upstream-api-key-ssm-parameter",
+        UPSTREAM_API_KEY_SSM_PARAMETER,
+        "none",
+        "that key from SSM instead",
+    ),
+    flag(
+        "--upstream-timeout-secs",
+        UPSTREAM_TIMEOUT_SECS,
+        "900",
+        "wait for the upstream's response headers, then 504",
+    ),
+    flag(
+        "--upstream-connect-timeout-secs",
+        UPSTREAM_CONNECT_TIMEOUT_SECS,
+        "10",
+        "TCP + TLS connect, then 502",
+    ),
+    flag(
+        "--upstream-idle-timeout-secs",
+        UPSTREAM_IDLE_TIMEOUT_SECS,
+        "300",
+        "longest silence inside a response body before the stream is cut",
+    ),
+    flag(
+        "--allow-anonymous",
+        ALLOW_ANONYMOUS,
+        "false",
+        "allow running with no tokens on a non-loopback address",
+    ),
+    flag(
+        "--tokens-utc-offset",
+        TOKENS_UTC_OFFSET,
+        "`+00:00`",
+        "zone of expiry times written without an offset",
+    ),
+    flag(
+        "--shutdown-grace-secs",
+        SHUTDOWN_GRACE_SECS,
+        "30",
+        "on SIGTERM/Ctrl-C, how long in-flight requests may finish",
+    ),
+    flag(
+        "--cors-allow-origins",
+        CORS_ALLOW_ORIGINS,
+        "off",
+        "browser origins allowed to call, comma-separated, or `*`",
+    ),
+    flag(
+        "--worker-threads",
+        GATEWAY_WORKER_THREADS,
+        "one per core",
+        "runtime threads; `1` runs everything on one thread",
+    ),
+    flag(
+        "--log-format",
+        LOG_FORMAT,
+        "`text` (`json` on Lambda)",
+        "`json` for one JSON object per line",
+    ),
+    flag(
+        "--invoke-mode",
+        GATEWAY_INVOKE_MODE,
+        "`RESPONSE_STREAM`",
+        "Lambda only: `RESPONSE_STREAM` or `BUFFERED`",
+    ),
+    env(
+        AWS_LAMBDA_RUNTIME_API,
+        "unset",
+        "set by Lambda and `cargo lambda watch`; selects Lambda mode",
+    ),
     env(RUST_LOG, "`info`", "log filter"),
 ];
 
@@ -319,10 +407,7 @@ mod tests {
 
     #[test]
     fn invoke_modes() {
-        assert_eq!(
-            InvokeMode::parse("buffered").unwrap(),
-            InvokeMode::Buffered
-        );
+        assert_eq!(InvokeMode::parse("buffered").unwrap(), InvokeMode::Buffered);
         assert_eq!(InvokeMode::parse("").unwrap(), InvokeMode::ResponseStream);
         assert!(matches!(
             InvokeMode::parse("stream"),

@@ -192,6 +192,5 @@ mod tests {
         assert!(cors
             .preflight::<bytes::Bytes>(&Method::OPTIONS, &headers(&[]))
             .is_none());
-
     }
 }

@@ -176,7 +176,9 @@ pub enum ConfigError {
     #[error("the upstream URL must not carry credentials; use UPSTREAM_API_KEY")]
     UpstreamCredentials,
     /// An upstream key that cannot be sent in an Authorization header.
-    #[error("{origin}: the upstream API key is empty or holds characters an HTTP header cannot carry")]
+    #[error(
+        "{origin}: the upstream API key is empty or holds characters an HTTP header cannot carry"
+    )]
     InvalidKey {
         /// Where the key came from (a variable, an SSM parameter).
         origin: String,

@@ -207,7 +207,10 @@ mod tests {
             .unwrap()
             .contains("x-request-id"));
         let mut denied = map(&[("access-control-allow-origin", "*")]);
-        apply_cors(&mut denied, &cors.decide(&map(&[("origin", "https://evil.example")])));
+        apply_cors(
+            &mut denied,
+            &cors.decide(&map(&[("origin", "https://evil.example")])),
+        );
         assert!(denied.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
     }
 }

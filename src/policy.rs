@@ -75,9 +75,8 @@ impl RequestBody {
         if let State::Streaming(body) = &mut self.0 {
             let mut bytes = BytesMut::new();
             while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|_| {
-                    GatewayError::InvalidRequestBody("the body could not be read")
-                })?;
+                let frame = frame
+                    .map_err(|_| GatewayError::InvalidRequestBody("the body could not be read"))?;
                 if let Some(data) = frame.data_ref() {
                     if (bytes.len() + data.len()) as u64 > limit {
                         return Err(GatewayError::RequestTooLarge(limit));
@@ -113,7 +112,9 @@ mod tests {
         let frames = futures_util::stream::iter(
             parts
                 .iter()
-                .map(|p| Ok::<_, BoxError>(http_body::Frame::data(Bytes::from_static(p.as_bytes()))))
+                .map(|p| {
+                    Ok::<_, BoxError>(http_body::Frame::data(Bytes::from_static(p.as_bytes())))
+                })
                 .collect::<Vec<_>>(),
         );
         RequestBody::new(StreamBody::new(frames), ByteCount::default())
@@ -122,7 +123,10 @@ mod tests {
     #[tokio::test]
     async fn a_read_body_is_kept_whole_and_bounded() {
         let mut body = chunks(&["{\"model\":", "\"gpt-4o\"}"]);
-        assert_eq!(&body.read(100).await.unwrap()[..], b"{\"model\":\"gpt-4o\"}");
+        assert_eq!(
+            &body.read(100).await.unwrap()[..],
+            b"{\"model\":\"gpt-4o\"}"
+        );
         // Read again: the same bytes, nothing lost.
         assert_eq!(body.read(100).await.unwrap().len(), 18);
         let mut big = chunks(&["12345", "67890"]);

@@ -32,8 +32,7 @@ impl Upstream {
             url: text.to_owned(),
             problem,
         };
-        let mut url =
-            Url::parse(text.trim()).map_err(|e| problem(format!("is not a URL: {e}")))?;
+        let mut url = Url::parse(text.trim()).map_err(|e| problem(format!("is not a URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(problem("must start with http:// or https://".into()));
         }
@@ -257,7 +256,10 @@ mod tests {
         assert_eq!(u.to_string(), "http://127.0.0.1:9000/openai");
         assert_eq!(u.prefix, "/openai");
         let u = Upstream::parse("https://api.openai.com/").unwrap();
-        assert_eq!((u.to_string().as_str(), u.prefix.as_str()), ("https://api.openai.com", ""));
+        assert_eq!(
+            (u.to_string().as_str(), u.prefix.as_str()),
+            ("https://api.openai.com", "")
+        );
         assert!(matches!(
             Upstream::parse("https://u:p@x"),
             Err(ConfigError::UpstreamCredentials)

@@ -23,12 +23,13 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Ctrl-C.
 pub async fn run(settings: Settings) -> Result<(), ConfigError> {
     let gateway = startup::build(&settings, Mode::Local).await?;
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| ConfigError::Listen {
-            address: settings.listen,
-            source,
-        })?;
+    let listener =
+        TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| ConfigError::Listen {
+                address: settings.listen,
+                source,
+            })?;
     let address = listener
         .local_addr()
         .map_err(|source| ConfigError::Listen {

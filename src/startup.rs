@@ -144,11 +144,11 @@ pub async fn options(settings: &Settings, mode: Mode) -> Result<GatewayOptions, 
         &settings.upstream_api_key,
         &settings.upstream_api_key_ssm_parameter,
     ) {
-        (Some(key), _) => Some(Cached::fixed(ApiKey::new(key.expose()).map_err(
-            |_| ConfigError::InvalidKey {
+        (Some(key), _) => Some(Cached::fixed(ApiKey::new(key.expose()).map_err(|_| {
+            ConfigError::InvalidKey {
                 origin: UPSTREAM_API_KEY.into(),
-            },
-        )?)),
+            }
+        })?)),
         (None, Some(name)) => {
             let cache = ssm::key_cache(
                 ssm.as_ref().expect("client made for SSM sources"),

@@ -341,7 +341,8 @@ async fn upstream_key_injection_versus_pass_through() {
     let gw = Launch::new(&up.url())
         .tokens(TOKENS)
         .env("UPSTREAM_API_KEY", "sk-global-key-77c1")
-        .serve().await;
+        .serve()
+        .await;
     // The entry's own key wins, and the client's key is replaced.
     client()
         .get(gw.url("/v1/models?token=tok-alice-Secret1"))
@@ -390,7 +391,8 @@ async fn unreachable_and_slow_upstreams_get_502_and_504() {
         .unwrap();
     let gw = Launch::new(&format!("http://{closed}"))
         .tokens(TOKENS)
-        .serve().await;
+        .serve()
+        .await;
     let r = fetch(&gw, "/v1/models?token=tok-bob-Secret2").await;
     let (status, body) = error_of(r).await;
     assert_eq!(
@@ -403,7 +405,8 @@ async fn unreachable_and_slow_upstreams_get_502_and_504() {
     let gw = Launch::new(&up.url())
         .tokens(TOKENS)
         .env("UPSTREAM_TIMEOUT_SECS", "1")
-        .serve().await;
+        .serve()
+        .await;
     let started = Instant::now();
     let r = fetch(&gw, "/v1/slow?ms=5000&token=tok-bob-Secret2").await;
     let (status, body) = error_of(r).await;
@@ -436,7 +439,8 @@ async fn a_dropped_stream_ends_promptly_and_the_next_request_is_served() {
     let gw2 = Launch::new(&up.url())
         .tokens(TOKENS)
         .env("UPSTREAM_IDLE_TIMEOUT_SECS", "1")
-        .serve().await;
+        .serve()
+        .await;
     let r = fetch(&gw2, "/v1/stall?token=tok-bob-Secret2").await;
     let started = Instant::now();
     let outcome = tokio::time::timeout(Duration::from_secs(5), r.bytes())

@@ -16,7 +16,8 @@ const TOKENS: &str =
     r#"[{"name": "h", "token": "hard-Tok-1"}, {"name": "h2", "token": "hard-Tok-2"}]"#;
 
 /// What a healthy upstream answers in these tests.
-const HEALTHY: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"ok\":true}";
+const HEALTHY: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"ok\":true}";
 
 /// An upstream that behaves badly once: `script` runs on the first accepted
 /// connection, and every later one gets a healthy answer, so a test can
@@ -258,7 +259,8 @@ async fn hostile_requests_get_a_clear_4xx_or_a_faithful_forward() {
     assert!(matches!(status, 414 | 431 | 400), "{status}");
 
     // Invalid UTF-8 raw in the path: refused by the HTTP parser.
-    let bad = b"GET /v1/\xff\xfe?token=hard-Tok-1 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n";
+    let bad =
+        b"GET /v1/\xff\xfe?token=hard-Tok-1 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n";
     let (status, _) = raw_status(gw.addr, bad).await;
     assert_eq!(status, 400);
 

@@ -9,7 +9,8 @@ use std::time::Instant;
 use common::*;
 use futures_util::StreamExt;
 
-const TOKENS: &str = r#"[{"name": "bob", "token": "tok-bob-Secret2"}, {"name": "h", "token": "hard-Tok-1"}]"#;
+const TOKENS: &str =
+    r#"[{"name": "bob", "token": "tok-bob-Secret2"}, {"name": "h", "token": "hard-Tok-1"}]"#;
 
 #[tokio::test]
 #[ignore = "slow: scripts/test runs it with --ignored"]
@@ -129,4 +130,3 @@ async fn load_20000_requests_at_200_connections_mixing_json_and_sse() {
     // Bounded: well under what buffering 20,000 responses would take.
     assert!(peak_kib < 200 * 1024, "peak RSS {peak_kib} KiB");
 }
-

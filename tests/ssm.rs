@@ -197,13 +197,21 @@ async fn relay(
         .unwrap()
 }
 
+/// The environment that points the AWS SDK at an emulator, with test credentials.
+fn aws_vars(endpoint: &str) -> [(&'static str, String); 5] {
+    [
+        ("AWS_ENDPOINT_URL_SSM", endpoint.to_owned()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ]
+}
+
 fn aws_env(launch: Launch, endpoint: &str) -> Launch {
-    launch
-        .env("AWS_ENDPOINT_URL_SSM", endpoint)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
+    aws_vars(endpoint)
+        .iter()
+        .fold(launch, |launch, (k, v)| launch.env(k, v))
 }
 
 async fn status_of(gw: &GatewayProc, token: &str) -> (u16, serde_json::Value) {
@@ -352,7 +360,10 @@ async fn ssm_down_at_start_gives_503_then_recovers_by_itself() {
     assert_eq!(up.count(), 0);
     front.set(PASS);
     until(&gw, "late-Tok", 200, Duration::from_secs(5)).await;
-    assert!(gw.child.id() > 0);
+    // Recovered by itself: the same process, and only the good request went upstream.
+    let mut gw = gw;
+    assert!(gw.child.try_wait().unwrap().is_none(), "the gateway exited");
+    assert_eq!(up.count(), 1);
 
     // And a gateway whose SSM endpoint refuses connections answers 503 too.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -479,16 +490,33 @@ async fn the_upstream_key_comes_from_ssm_and_never_shows() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_key_parameter_is_blamed_on_the_key_not_the_tokens() {
+    let tokens = param("tokens");
+    put(&tokens, r#"[{"name":"k","token":"key-less-Tok"}]"#).await;
+    let up = MockUpstream::start().await;
+    let gw = aws_env(Launch::new(&up.url()), &moto().url)
+        .env("TOKENS_SSM_PARAMETER", &tokens)
+        .env(
+            "UPSTREAM_API_KEY_SSM_PARAMETER",
+            &param("never-written-key"),
+        )
+        .start();
+    let (status, body) = status_of(&gw, "key-less-Tok").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("upstream_key_unavailable")),
+        "{body}"
+    );
+    assert_eq!(up.count(), 0, "nothing goes upstream without the key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_new_push_check_round_trip() {
     let bin = env!("CARGO_BIN_EXE_chatgpt-gateway");
     let run = |args: &[&str]| {
         Command::new(bin)
             .args(args)
-            .env("AWS_ENDPOINT_URL_SSM", &moto().url)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(aws_vars(&moto().url))
             .env("OPENAI_KEY_FOR_TEST", "sk-cli-Injected")
             .output()
             .unwrap()

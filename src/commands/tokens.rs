@@ -194,7 +194,12 @@ fn new(
     } else {
         Credential::Digest(&digest)
     };
-    let entry = format::entry_json(name, credential, expires, upstream_key.as_deref().map(str::trim));
+    let entry = format::entry_json(
+        name,
+        credential,
+        expires,
+        upstream_key.as_deref().map(str::trim),
+    );
     if json {
         println!("{}", serde_json::json!({ "token": token, "entry": entry }));
     } else {

@@ -213,20 +213,25 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
         name: name.to_owned(),
         problem,
     };
-    let repeated = |key: String| format!("key `{key}` appears more than once (keys are case-insensitive)");
+    let repeated =
+        |key: String| format!("key `{key}` appears more than once (keys are case-insensitive)");
     let Value::Object(map) = item else {
-        return Err(entry_error(&format!("#{index}"), "expected an object".into()));
+        return Err(entry_error(
+            &format!("#{index}"),
+            "expected an object".into(),
+        ));
     };
-    let name = match get(map, keys::NAME).map_err(|k| entry_error(&format!("#{index}"), repeated(k)))? {
-        None | Some(Value::Null) => format!("#{index}"),
-        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-        Some(_) => {
-            return Err(entry_error(
-                &format!("#{index}"),
-                "`name` must be a non-empty string".into(),
-            ))
-        }
-    };
+    let name =
+        match get(map, keys::NAME).map_err(|k| entry_error(&format!("#{index}"), repeated(k)))? {
+            None | Some(Value::Null) => format!("#{index}"),
+            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+            Some(_) => {
+                return Err(entry_error(
+                    &format!("#{index}"),
+                    "`name` must be a non-empty string".into(),
+                ))
+            }
+        };
     let fail = |problem: String| entry_error(&name, problem);
     for key in map.keys() {
         if !keys::ALL.iter().any(|k| k.eq_ignore_ascii_case(key)) {
@@ -256,7 +261,8 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
     let expires = match (string(keys::EXPIRES)?, string(keys::EXPIRE)?) {
         (Some(_), Some(_)) => return Err(fail("has both `expires` and `expire`; give one".into())),
         (Some(text), None) | (None, Some(text)) => Some(
-            parse_time(text, offset).map_err(|_| fail(format!("`expires` value {}", shown_time(text))))?,
+            parse_time(text, offset)
+                .map_err(|_| fail(format!("`expires` value {}", shown_time(text))))?,
         ),
         (None, None) => None,
     };
@@ -504,7 +510,10 @@ mod tests {
             let list = parse(&format!("[{entry}]"), utc()).unwrap();
             let read = list.tokens.find(b"gw-x").expect("the token reads back");
             assert_eq!((read.name.as_str(), read.expires), ("n", Some(at)));
-            assert_eq!(read.upstream_key.as_ref().unwrap().authorization(), "Bearer sk-1");
+            assert_eq!(
+                read.upstream_key.as_ref().unwrap().authorization(),
+                "Bearer sk-1"
+            );
         }
     }
 

@@ -153,14 +153,8 @@ mod tests {
         assert!(set.find(b"SECRET-A").is_none());
         let before = at - chrono::Duration::seconds(1);
         assert_eq!(set.verify(b"Secret-A", before).unwrap().name, "a");
-        assert_eq!(
-            set.verify(b"Secret-A", at).unwrap_err(),
-            Refused::Expired
-        );
-        assert_eq!(
-            set.verify(b"nope", before).unwrap_err(),
-            Refused::Unknown
-        );
+        assert_eq!(set.verify(b"Secret-A", at).unwrap_err(), Refused::Expired);
+        assert_eq!(set.verify(b"nope", before).unwrap_err(), Refused::Unknown);
         assert_eq!(
             set.verify(b"b", at + chrono::Duration::days(9999))
                 .unwrap()

@@ -457,7 +457,10 @@ impl Launch {
         let dir = TempDir::new();
         let mut args = vec!["chatgpt-gateway".to_owned()];
         if let Some(tokens) = &self.tokens {
-            args.push(format!("--tokens-file={}", dir.write("tokens.json", tokens).display()));
+            args.push(format!(
+                "--tokens-file={}",
+                dir.write("tokens.json", tokens).display()
+            ));
         }
         let mut key = None;
         for (var, value) in &self.env {
