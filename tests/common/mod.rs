@@ -517,6 +517,20 @@ impl Launch {
 
     /// Starts the binary; on an early exit returns its status and output.
     pub fn spawn(self) -> Result<GatewayProc, (Option<i32>, Vec<String>)> {
+        self.spawn_until("listening")
+    }
+
+    /// Starts the binary in Lambda mode (its environment names the runtime
+    /// API) and waits until it serves events.
+    pub fn start_lambda(self) -> GatewayProc {
+        match self.spawn_until("serving Lambda events") {
+            Ok(proc) => proc,
+            Err((code, logs)) => panic!("gateway exited ({code:?}):\n{}", logs.join("\n")),
+        }
+    }
+
+    /// Starts the binary and waits for a log line with `message`.
+    fn spawn_until(self, message: &str) -> Result<GatewayProc, (Option<i32>, Vec<String>)> {
         let dir = TempDir::new();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatgpt-gateway"));
         cmd.current_dir(&dir.0)
@@ -553,8 +567,11 @@ impl Launch {
         loop {
             let found = logs.lock().unwrap().iter().find_map(|line| {
                 let v: serde_json::Value = serde_json::from_str(line).ok()?;
-                (v["message"] == "listening")
-                    .then(|| v["address"].as_str().unwrap().parse().unwrap())
+                (v["message"] == message).then(|| {
+                    v["address"]
+                        .as_str()
+                        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |a| a.parse().unwrap())
+                })
             });
             if let Some(addr) = found {
                 return Ok(GatewayProc {
