@@ -23,7 +23,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATEWAY = os.path.join(ROOT, "target", "release", "chatgpt-gateway")
-HELPER = os.path.join(ROOT, "target", "release", "examples", "bench_upstream")
+HELPER = os.path.join(ROOT, "target", "release", "examples", "mock_upstream")
 TOKEN = "bench-token"
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 WORK = tempfile.mkdtemp(prefix="gw-bench-")
@@ -381,7 +381,7 @@ def main():
         "Tools: %s; %s; %s. wrk runs last %d s each; load generator, proxies and upstream share the machine's cores." % (nginx_v, wrk_v, rustc, SECONDS),
         "",
         "Three paths do the same work: **direct** to the upstream (nginx serving a 1 KB JSON body and a 100 MB file, and proxying",
-        "`/sse` and `/upload` to a small Rust helper, `examples/bench_upstream.rs`), through **nginx** as a reverse proxy",
+        "`/sse` and `/upload` to a small Rust helper, the mock upstream, `examples/mock_upstream.rs`), through **nginx** as a reverse proxy",
         "(upstream keep-alive, no buffering), and through the **gateway** (release build, local mode, tokens on: every",
         "request carries `?token=`, which the gateway checks and strips).",
         "",

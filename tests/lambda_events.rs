@@ -82,10 +82,13 @@ async fn function_url_get_models() {
     .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/json");
-    assert_eq!(response.headers()["x-request-id"], "req_mock_123");
+    assert!(response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("req_mock_"));
     assert!(response.headers().get("content-length").is_none());
     let body: serde_json::Value = serde_json::from_slice(&body_of(response).await).unwrap();
-    assert_eq!(body["data"][0]["id"], "gpt-4o");
+    assert_eq!(body["data"][1]["id"], "gpt-4o");
     let seen = up.last();
     assert_eq!(
         (seen.method.as_str(), seen.target.as_str()),
@@ -114,7 +117,10 @@ async fn function_url_streamed_chat_keeps_event_timing() {
     let json = include_str!("../events/function-url-chat-stream.json");
     let response = lambda::streaming(&gw, event(json)).await;
     assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     let mut body = response.into_body();
     let started = Instant::now();
     let mut arrivals = Vec::new();
@@ -127,9 +133,10 @@ async fn function_url_streamed_chat_keeps_event_timing() {
             }
         }
     }
-    assert_eq!(text.matches("data: ").count(), 6, "{text}");
+    // Five words, the stop chunk and [DONE], 200 ms apart.
+    assert_eq!(text.matches("data: ").count(), 7, "{text}");
     assert!(
-        arrivals.len() >= 6,
+        arrivals.len() >= 7,
         "events arrived in {} frames",
         arrivals.len()
     );

@@ -27,10 +27,13 @@ enum Post {
     Accept,
 }
 
+/// Accepted responses: (request id, body).
+type Accepted = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 struct RuntimeApi {
     addr: SocketAddr,
     /// The bodies of accepted responses, by request id.
-    accepted: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    accepted: Accepted,
     /// How many `/next` calls were answered.
     served: Arc<Mutex<usize>>,
 }
@@ -73,7 +76,7 @@ async fn answer(
     req: hyper::Request<Incoming>,
     events: usize,
     posts: fn(usize) -> Post,
-    keep: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    keep: Accepted,
     count: Arc<Mutex<usize>>,
 ) -> Answer {
     let path = req.uri().path().to_owned();

@@ -22,6 +22,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BINARY = os.environ.get("GATEWAY_BIN", os.path.join(ROOT, "target", "debug", "chatgpt-gateway"))
+# The mock OpenAI upstream: the one the Rust suites use (tests/common/mock.rs), as a program.
+MOCK_BIN = os.environ.get("MOCK_BIN", os.path.join(ROOT, "target", "debug", "examples", "mock_upstream"))
+# The mock's file content (GET .../files/ID/content): every byte value, 64 times.
+FILE_BYTES = bytes(range(256)) * 64
 
 GW_TOKEN = "gw-compat-Token-1"
 KEYED_TOKEN = "gw-keyed-Token-2"
@@ -68,7 +72,7 @@ class Mock:
 @pytest.fixture(scope="session")
 def mock():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "compat", "mock_openai.py"), str(port)], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([MOCK_BIN, str(port)], stdout=subprocess.DEVNULL)
     wait_port(port, proc, "mock upstream")
     yield Mock(port)
     proc.terminate()

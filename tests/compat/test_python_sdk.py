@@ -10,8 +10,7 @@ import uuid
 
 import openai
 import pytest
-from conftest import CLIENT_KEY, EXPIRED_TOKEN, GW_TOKEN, KEYED_TOKEN, UPSTREAM_KEY
-from mock_openai import FILE_BYTES
+from conftest import CLIENT_KEY, EXPIRED_TOKEN, FILE_BYTES, GW_TOKEN, KEYED_TOKEN, UPSTREAM_KEY
 
 
 def client(target, **kw):
