@@ -1,16 +1,17 @@
 //! Response and request bodies, built from small layers over any body.
 //!
-//! Nothing here buffers: each layer passes frames through as they arrive.
-//! A proxied response is, from the inside out:
+//! Nothing here buffers: each [`Layer`] passes frames through as they
+//! arrive, showing them to its [`Step`]. A proxied response is, from the
+//! inside out:
 //!
 //! 1. the upstream's body;
 //! 2. [`IdleTimeout`]: cut when the upstream goes silent too long;
-//! 3. [`Capped`] (buffered Lambda only): refuse to grow past Lambda's limit;
+//! 3. a [`Cap`] (buffered Lambda only): refuse to grow past Lambda's limit;
 //! 4. [`Completion`]: counts what was sent, sets the record's outcome, and
 //!    runs the completion hooks exactly once.
 //!
 //! The gateway's own answers (errors, preflights) are a full body under the
-//! same [`Completion`] layer. On the way up, [`Counted`] counts the request
+//! same [`Completion`] layer. On the way up, [`counted`] counts the request
 //! body into the record. New behaviour (a usage tap, an SSE filter) is one
 //! more layer, in the place the list above gives it.
 
@@ -63,10 +64,7 @@ impl Body for GatewayBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Polled>> {
         Pin::new(&mut self.0).poll_frame(cx)
     }
     fn is_end_stream(&self) -> bool {
@@ -82,28 +80,37 @@ impl Body for GatewayBody {
 #[error("the upstream sent nothing for {0:?}; stream cut")]
 pub struct Idle(pub Duration);
 
-/// Cuts a body that yields no frame for `idle`.
-pub struct IdleTimeout<B> {
-    inner: B,
-    idle: Duration,
-    deadline: Pin<Box<Sleep>>,
-}
-
-impl<B> IdleTimeout<B> {
-    /// Wraps `inner`.
-    pub fn new(inner: B, idle: Duration) -> Self {
-        Self {
-            inner,
-            idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
-        }
+/// What one body layer does, seen from its [`Layer`]: each layer is a step
+/// that looks at the chunks going by and may end the body with an error.
+pub trait Step: Unpin {
+    /// Sees a data chunk; an error ends the body.
+    fn data(&mut self, _data: &Bytes) -> Result<(), BoxError> {
+        Ok(())
+    }
+    /// Runs while the inner body has nothing to give; an error ends the body.
+    fn waiting(&mut self, _cx: &mut Context<'_>) -> Option<BoxError> {
+        None
     }
 }
 
-impl<B> Body for IdleTimeout<B>
+/// A body with one [`Step`] over it, passing every frame through as it comes.
+pub struct Layer<B, S> {
+    inner: B,
+    step: S,
+}
+
+impl<B, S> Layer<B, S> {
+    /// Puts `step` over `inner`.
+    pub fn new(inner: B, step: S) -> Self {
+        Self { inner, step }
+    }
+}
+
+impl<B, S> Body for Layer<B, S>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
+    S: Step,
 {
     type Data = Bytes;
     type Error = BoxError;
@@ -115,14 +122,18 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.deadline.as_mut().reset(Instant::now() + this.idle);
+                if let Some(data) = frame.data_ref() {
+                    if let Err(error) = this.step.data(data) {
+                        return Poll::Ready(Some(Err(error)));
+                    }
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Idle(this.idle).into()))),
-                Poll::Pending => Poll::Pending,
+            Poll::Pending => match this.step.waiting(cx) {
+                Some(error) => Poll::Ready(Some(Err(error))),
+                None => Poll::Pending,
             },
         }
     }
@@ -131,6 +142,48 @@ where
     }
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Cuts a body that yields no frame for `idle`.
+pub struct IdleTimeout {
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl IdleTimeout {
+    /// The step for a silence of at most `idle`.
+    pub fn new(idle: Duration) -> Self {
+        Self {
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl Step for IdleTimeout {
+    fn data(&mut self, _data: &Bytes) -> Result<(), BoxError> {
+        self.deadline.as_mut().reset(Instant::now() + self.idle);
+        Ok(())
+    }
+    fn waiting(&mut self, cx: &mut Context<'_>) -> Option<BoxError> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Some(Idle(self.idle).into()),
+            Poll::Pending => None,
+        }
+    }
+}
+
+/// A step that shows each data chunk to a function, which may end the body:
+/// byte counting, caps, and later usage taps are each one function.
+pub struct Tap<F>(pub F);
+
+impl<F> Step for Tap<F>
+where
+    F: FnMut(&Bytes) -> Result<(), BoxError> + Unpin,
+{
+    fn data(&mut self, data: &Bytes) -> Result<(), BoxError> {
+        (self.0)(data)
     }
 }
 
@@ -171,58 +224,22 @@ pub struct Cap {
     pub reported: usize,
 }
 
-/// Applies a [`Cap`] to a body.
-pub struct Capped<B> {
-    inner: B,
-    cap: Cap,
-    seen: usize,
-}
-
-impl<B> Capped<B> {
-    /// Wraps `inner`.
-    pub fn new(inner: B, cap: Cap) -> Self {
-        Self {
-            inner,
-            cap,
-            seen: 0,
-        }
-    }
-}
-
-impl<B> Body for Capped<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.seen += data.len();
-                let payload = if self.cap.base64 {
-                    self.seen.div_ceil(3) * 4
-                } else {
-                    self.seen
-                };
-                if payload > self.cap.limit {
-                    let error = GatewayError::ResponseTooLarge(self.cap.reported);
-                    return Poll::Ready(Some(Err(error.into())));
-                }
+impl Cap {
+    /// A [`Tap`] that fails the body once it carries more than the cap.
+    pub fn tap(self) -> Tap<impl FnMut(&Bytes) -> Result<(), BoxError> + Send + Unpin> {
+        let mut seen = 0usize;
+        Tap(move |data: &Bytes| {
+            seen += data.len();
+            let payload = if self.base64 {
+                seen.div_ceil(3) * 4
+            } else {
+                seen
+            };
+            if payload > self.limit {
+                return Err(GatewayError::ResponseTooLarge(self.reported).into());
             }
-        }
-        polled.map_err(Into::into)
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+            Ok(())
+        })
     }
 }
 
@@ -262,6 +279,9 @@ impl Pending {
         }
     }
 }
+
+/// What a body's poll yields.
+type Polled = Result<Frame<Bytes>, BoxError>;
 
 /// The one completion point of a request: counts the bytes sent, decides the
 /// outcome, and runs the hooks once, before the body reports its end (or, if
@@ -337,14 +357,11 @@ impl<B> Body for Completion<B>
 where
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
-    type Data = Bytes;
-    type Error = BoxError;
+    type Data = B::Data;
+    type Error = B::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Polled>> {
+        let this = self.get_mut();
         if this.ending.is_none() {
             let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -408,44 +425,19 @@ impl<B> Drop for Completion<B> {
     }
 }
 
-/// A request body that counts the bytes it yields.
-pub struct Counted<B> {
-    inner: B,
-    count: ByteCount,
-}
-
-impl<B> Counted<B> {
-    /// Wraps `inner`, adding its data lengths to `count`.
-    pub fn new(inner: B, count: ByteCount) -> Self {
-        Self { inner, count }
-    }
-}
-
-impl<B> Body for Counted<B>
+/// Counts a request body's bytes into `count` as they stream.
+pub fn counted<B>(body: B, count: ByteCount) -> impl Body<Data = Bytes, Error = BoxError>
 where
     B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
 {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.count.add(data.len());
-            }
-        }
-        polled
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+    Layer::new(
+        body,
+        Tap(move |data: &Bytes| {
+            count.add(data.len());
+            Ok(())
+        }),
+    )
 }
 
 #[cfg(test)]
@@ -523,7 +515,7 @@ mod tests {
             base64: false,
             reported: 99,
         };
-        let capped = GatewayBody::new(Capped::new(stream(vec![Ok("abc"), Ok("de")]), cap));
+        let capped = GatewayBody::new(Layer::new(stream(vec![Ok("abc"), Ok("de")]), cap.tap()));
         let (body, seen, _) = completion(capped, false);
         let error = body.collect().await.unwrap_err();
         assert_eq!(
@@ -548,7 +540,7 @@ mod tests {
         let silent = http_body_util::StreamBody::new(futures_util::stream::pending::<
             Result<Frame<Bytes>, BoxError>,
         >());
-        let mut body = IdleTimeout::new(silent, Duration::from_secs(5));
+        let mut body = Layer::new(silent, IdleTimeout::new(Duration::from_secs(5)));
         let error = body.frame().await.unwrap().unwrap_err();
         assert!(error.is::<Idle>(), "{error}");
     }
@@ -561,9 +553,9 @@ mod tests {
             reported: 8,
         };
         // 6 bytes are 8 in base64: allowed; 7 are 12: refused.
-        let ok = Capped::new(stream(vec![Ok("abcdef")]), cap);
+        let ok = Layer::new(stream(vec![Ok("abcdef")]), cap.tap());
         assert!(ok.collect().await.is_ok());
-        let big = Capped::new(stream(vec![Ok("abcdefg")]), cap);
+        let big = Layer::new(stream(vec![Ok("abcdefg")]), cap.tap());
         assert!(big.collect().await.is_err());
     }
 }

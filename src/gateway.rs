@@ -25,7 +25,7 @@ use http::{Request, Response};
 use tokio::time::Instant;
 
 use crate::auth;
-use crate::body::{BoxError, Buffered, Capped, Completion, GatewayBody, IdleTimeout, Pending};
+use crate::body::{BoxError, Buffered, Completion, GatewayBody, IdleTimeout, Layer, Pending};
 use crate::cors::Cors;
 use crate::error::GatewayError;
 use crate::headers;
@@ -79,40 +79,19 @@ pub struct Gateway {
 }
 
 struct Inner {
-    proxy: Proxy,
-    tokens: Cached<TokenSet>,
-    upstream_key: Option<Cached<ApiKey>>,
-    anonymous: bool,
-    idle_timeout: Duration,
-    cors: Option<Cors>,
-    policies: Vec<Arc<dyn Policy>>,
+    options: GatewayOptions,
     hooks: Hooks,
     pending: Arc<Pending>,
 }
 
 impl Gateway {
     /// Assembles a gateway.
-    pub fn new(options: GatewayOptions) -> Self {
-        let GatewayOptions {
-            proxy,
-            tokens,
-            upstream_key,
-            anonymous,
-            idle_timeout,
-            cors,
-            policies,
-            hooks,
-        } = options;
+    pub fn new(mut options: GatewayOptions) -> Self {
+        let hooks = std::mem::take(&mut options.hooks).into();
         Self {
             inner: Arc::new(Inner {
-                proxy,
-                tokens,
-                upstream_key,
-                anonymous,
-                idle_timeout,
-                cors,
-                policies,
-                hooks: hooks.into(),
+                options,
+                hooks,
                 pending: Arc::default(),
             }),
         }
@@ -120,7 +99,7 @@ impl Gateway {
 
     /// Opens a connection to the upstream ahead of the first request.
     pub async fn warm_up(&self) {
-        self.inner.proxy.warm_up().await;
+        self.inner.options.proxy.warm_up().await;
     }
 
     /// Resolves once the completion work of responses whose client left
@@ -139,7 +118,7 @@ impl Gateway {
         let mut record = Record::start(&parts.method, parts.uri.path(), Instant::now());
         record.request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
         let buffered = parts.extensions.get::<Buffered>().copied();
-        let cors = self.inner.cors.as_ref();
+        let cors = self.inner.options.cors.as_ref();
 
         // 1. preflight
         if let Some(preflight) = cors.and_then(|c| c.preflight(&parts.method, &parts.headers)) {
@@ -171,7 +150,7 @@ impl Gateway {
         B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let inner = &*self.inner;
+        let inner = &self.inner.options;
         let tokens = inner.tokens.get().await?;
         let admitted = auth::admit(
             &parts.headers,
@@ -210,7 +189,7 @@ impl Gateway {
             .await?;
         record.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
         let idle = inner.idle_timeout;
-        Ok(response.map(|body| GatewayBody::new(IdleTimeout::new(body, idle))))
+        Ok(response.map(|body| GatewayBody::new(Layer::new(body, IdleTimeout::new(idle)))))
     }
 
     /// Layers the response body: a cap when it will be collected, then the
@@ -224,7 +203,7 @@ impl Gateway {
         record.status = response.status().as_u16();
         let (parts, body) = response.into_parts();
         let body = match buffered {
-            Some(b) => GatewayBody::new(Capped::new(body, b.cap(&parts.headers))),
+            Some(b) => GatewayBody::new(Layer::new(body, b.cap(&parts.headers).tap())),
             None => body,
         };
         let inner = &*self.inner;

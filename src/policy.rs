@@ -18,7 +18,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
 
 use crate::auth::Admitted;
-use crate::body::{BoxError, Counted};
+use crate::body::{counted, BoxError};
 use crate::error::GatewayError;
 use crate::record::ByteCount;
 
@@ -64,9 +64,7 @@ impl RequestBody {
         if body.is_end_stream() {
             return Self(State::Empty);
         }
-        Self(State::Streaming(
-            Counted::new(body, count).map_err(Into::into).boxed(),
-        ))
+        Self(State::Streaming(counted(body, count).boxed()))
     }
 
     /// Reads the whole body, up to `limit` bytes. Later calls return the

@@ -4,31 +4,16 @@
 
 pub mod tokens;
 
-use std::path::PathBuf;
-
+use crate::error::ConfigError;
 use crate::sources::cached::LoadError;
 use crate::sources::ssm::SsmError;
-use crate::tokens::format::ParseError;
 
 /// Why an admin command failed: one line on stderr, never a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
-    /// A file cannot be read.
-    #[error("{}: cannot read: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A token list is malformed.
-    #[error("{origin}: {error}")]
-    Tokens {
-        /// Where it came from.
-        origin: String,
-        /// What is wrong, naming the entry.
-        error: ParseError,
-    },
+    /// A token list cannot be read, or is malformed.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// A flag's value is unusable.
     #[error("{flag}: {problem}")]
     Flag {

@@ -16,6 +16,7 @@ use clap::{Args, Subcommand};
 
 use super::CommandError;
 use crate::config::TOKENS_UTC_OFFSET;
+use crate::error::ConfigError;
 use crate::sources::ssm::Ssm;
 use crate::tokens::format::{self, parse_offset, parse_time, Credential, TokenList};
 use crate::tokens::{bundled, TokenSet};
@@ -137,16 +138,22 @@ pub async fn run(command: TokensCommand) -> Result<(), CommandError> {
 }
 
 fn read(file: &PathBuf) -> Result<String, CommandError> {
-    std::fs::read_to_string(file).map_err(|source| CommandError::Read {
-        path: file.clone(),
-        source,
+    std::fs::read_to_string(file).map_err(|source| {
+        ConfigError::TokensUnreadable {
+            path: file.clone(),
+            source,
+        }
+        .into()
     })
 }
 
 fn parse(origin: &str, text: &str, offset: FixedOffset) -> Result<TokenList, CommandError> {
-    format::parse(text, offset).map_err(|error| CommandError::Tokens {
-        origin: origin.to_owned(),
-        error,
+    format::parse(text, offset).map_err(|error| {
+        ConfigError::Tokens {
+            origin: origin.to_owned(),
+            error,
+        }
+        .into()
     })
 }
 

@@ -23,7 +23,6 @@ use chatgpt_gateway::{server, ConfigError, Gateway};
 use futures_util::StreamExt;
 use tokio::net::TcpListener;
 
-
 /// A scratch directory, removed on drop.
 pub struct TempDir(pub PathBuf);
 
