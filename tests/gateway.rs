@@ -671,3 +671,76 @@ async fn flags_win_over_environment_and_prefixes_are_kept() {
     assert_eq!(r.status(), 200);
     assert_eq!(up.last().target, "/openai/v1/models");
 }
+
+/// A rule of the kind spend control adds: read the JSON body's `model`
+/// (up to 64 bytes) and refuse one of them.
+struct RefuseModel;
+
+impl chatgpt_gateway::policy::Policy for RefuseModel {
+    fn check<'a>(
+        &'a self,
+        request: &'a mut chatgpt_gateway::policy::Inspect<'_>,
+    ) -> chatgpt_gateway::policy::Verdict<'a> {
+        Box::pin(async move {
+            if request.method != http::Method::POST {
+                return Ok(());
+            }
+            let body = request.body.read(64).await?;
+            let value: serde_json::Value = serde_json::from_slice(body)
+                .map_err(|_| chatgpt_gateway::GatewayError::InvalidRequestBody("not JSON"))?;
+            match value["model"].as_str() {
+                Some("refused-model") => Err(chatgpt_gateway::GatewayError::InvalidRequestBody(
+                    "the test policy refuses this model",
+                )),
+                _ => Ok(()),
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_policy_reads_a_bounded_body_and_its_verdict_holds() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url())
+        .tokens(TOKENS)
+        .policy(RefuseModel)
+        .serve()
+        .await;
+    let post = |body: &'static str| {
+        client()
+            .post(gw.url("/v1/echo?token=tok-bob-Secret2"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    // Allowed: the body the policy read goes upstream byte for byte.
+    let allowed = r#"{"model": "gpt-4o-mini",  "n": 1}"#;
+    let r = post(allowed).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), allowed);
+    assert_eq!(up.last().body, allowed.as_bytes());
+    // Refused: the client gets the policy's error, and nothing is forwarded.
+    let before = up.count();
+    let (status, body) = error_of(post(r#"{"model": "refused-model"}"#).await.unwrap()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_request_body"))
+    );
+    // Over the bound the policy set: 413.
+    let big = r#"{"model": "gpt-4o-mini", "messages": "0123456789012345678901234567890123456789"}"#;
+    let (status, body) = error_of(post(big).await.unwrap()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("request_too_large"))
+    );
+    assert_eq!(up.count(), before, "a refused request reached the upstream");
+    // A request the policy does not read streams as before.
+    let r = fetch(&gw, "/v1/models?token=tok-bob-Secret2").await;
+    assert_eq!(r.status(), 200);
+    let lines = gw.wait_access_lines(4).await;
+    let codes: Vec<_> = lines.iter().map(|l| l["error_code"].clone()).collect();
+    assert_eq!(
+        codes,
+        ["-", "invalid_request_body", "request_too_large", "-"]
+    );
+}

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chatgpt_gateway::config::{Settings, SETTINGS};
+use chatgpt_gateway::policy::Policy;
 use chatgpt_gateway::record::{BoxFuture, Finish, Record};
 use chatgpt_gateway::secret::Secret;
 use chatgpt_gateway::startup::{self, Mode};
@@ -140,6 +141,8 @@ pub struct Launch {
     pub tokens: Option<String>,
     pub env: Vec<(String, String)>,
     pub args: Vec<String>,
+    /// Rules added to the gateway (in-process only).
+    pub policies: Vec<Arc<dyn Policy>>,
 }
 
 impl Launch {
@@ -148,7 +151,12 @@ impl Launch {
             tokens: None,
             env: vec![("UPSTREAM_URL".into(), upstream.into())],
             args: Vec::new(),
+            policies: Vec::new(),
         }
+    }
+    pub fn policy(mut self, policy: impl Policy + 'static) -> Self {
+        self.policies.push(Arc::new(policy));
+        self
     }
     pub fn tokens(mut self, json: &str) -> Self {
         self.tokens = Some(json.into());
@@ -207,6 +215,7 @@ impl Launch {
         let records = Arc::new(Mutex::new(Vec::new()));
         let mut options = startup::options(&settings, Mode::Local).await?;
         options.hooks.push(Arc::new(Collect(records.clone())));
+        options.policies.extend(self.policies);
         let gateway = Gateway::new(options);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -237,6 +246,10 @@ impl Launch {
 
     /// Starts the binary; on an early exit returns its status and output.
     pub fn spawn(self) -> Result<GatewayProc, (Option<i32>, Vec<String>)> {
+        assert!(
+            self.policies.is_empty(),
+            "policies are for the in-process gateway"
+        );
         self.spawn_until("listening")
     }
 
