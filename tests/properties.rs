@@ -1,6 +1,7 @@
 //! Property tests: token-file parsing, the request → upstream URL mapping, and
 //! header filtering, over generated inputs.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use chatgpt_gateway::auth::strip_token_params;
@@ -14,6 +15,26 @@ use proptest::test_runner::FileFailurePersistence;
 
 /// A token value planted in generated inputs: no error may ever show it.
 const CANARY: &str = "CANARY-7f3a9";
+
+/// A proxy per upstream prefix, built once: building the HTTP client (its TLS
+/// roots) costs far more than a case.
+fn proxy(prefix: &str) -> &'static Proxy {
+    static PROXIES: OnceLock<Vec<(&'static str, Proxy)>> = OnceLock::new();
+    let all = PROXIES.get_or_init(|| {
+        ["", "/openai", "/a/b"]
+            .into_iter()
+            .map(|p| {
+                let upstream =
+                    Upstream::parse(&format!("https://api.example.com:8443{p}")).unwrap();
+                (
+                    p,
+                    Proxy::new(upstream, Duration::from_secs(1), Duration::from_secs(1)).unwrap(),
+                )
+            })
+            .collect()
+    });
+    &all.iter().find(|(p, _)| *p == prefix).unwrap().1
+}
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -128,9 +149,7 @@ proptest! {
         let expected = kept.join("&");
         prop_assert_eq!(stripped.clone().unwrap_or_default(), expected.clone());
 
-        let upstream = Upstream::parse(&format!("https://api.example.com:8443{prefix}")).unwrap();
-        let proxy = Proxy::new(upstream, Duration::from_secs(1), Duration::from_secs(1)).unwrap();
-        let url = proxy.target(&path, stripped.as_deref()).unwrap();
+        let url = proxy(prefix).target(&path, stripped.as_deref()).unwrap();
         prop_assert_eq!(url.host_str(), Some("api.example.com"));
         prop_assert_eq!(url.port(), Some(8443));
         let with_slash = format!("{prefix}/");
