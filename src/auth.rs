@@ -45,7 +45,17 @@ impl From<Refused> for GatewayError {
 struct Presented<'a> {
     query: Option<String>,
     explicit: Vec<Vec<u8>>,
-    bearer: Option<&'a [u8]>,
+    authorization: Option<Authorization<'a>>,
+}
+
+/// The one `Authorization` value: its scheme word, if any, and the credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Authorization<'a> {
+    bearer: bool,
+    /// What follows the scheme word (the whole value when there is none).
+    credential: &'a [u8],
+    /// The whole value, trimmed: a bare token may itself hold a space.
+    whole: &'a [u8],
 }
 
 /// Checks a request's credential.
@@ -59,12 +69,11 @@ pub fn admit(
     anonymous: bool,
     now: DateTime<Utc>,
 ) -> Result<Admitted, GatewayError> {
-    let presented = Presented::find(headers, query);
     let Presented {
         query,
         explicit,
-        bearer,
-    } = presented;
+        authorization,
+    } = Presented::find(headers, query)?;
     let mut strip = Strip::default();
 
     if anonymous && tokens.is_empty() {
@@ -79,26 +88,32 @@ pub fn admit(
     if explicit.iter().skip(1).any(|t| *t != explicit[0]) {
         return Err(GatewayError::ConflictingTokens);
     }
-    let entry = match (explicit.first(), bearer) {
-        (Some(token), bearer) => {
+    // A gateway token in the Authorization header, whatever its scheme
+    // (`Bearer`, `Token`, none) and however it is spaced, is a credential of
+    // the gateway's: never forwarded, and never a second identity.
+    let matched = authorization.and_then(|a| {
+        [a.credential, a.whole]
+            .into_iter()
+            .find(|c| tokens.find(c).is_some())
+    });
+    let in_authorization = matched.and_then(|c| tokens.find(c));
+    if in_authorization.is_some() {
+        strip.authorization = true;
+    }
+    let entry = match (explicit.first(), authorization) {
+        (Some(token), _) => {
             let entry = tokens.verify(token, now)?;
-            if let Some(b) = bearer {
-                if let Some(other) = tokens.find(b) {
-                    // The Authorization header holds a gateway token too: never
-                    // forward it, and refuse two different identities.
-                    if other.digest != entry.digest {
-                        return Err(GatewayError::ConflictingTokens);
-                    }
-                    strip.authorization = true;
-                }
+            if in_authorization.is_some_and(|other| other.digest != entry.digest) {
+                return Err(GatewayError::ConflictingTokens);
             }
             entry
         }
-        (None, Some(b)) => {
+        (None, Some(a)) if matched.is_some() || a.bearer => {
+            // A Bearer value is the gateway token when nothing else is.
             strip.authorization = true;
-            tokens.verify(b, now)?
+            tokens.verify(matched.unwrap_or(a.credential), now)?
         }
-        (None, None) => return Err(GatewayError::MissingToken),
+        (None, _) => return Err(GatewayError::MissingToken),
     };
     Ok(Admitted {
         name: Some(entry.name.clone()),
@@ -109,7 +124,7 @@ pub fn admit(
 }
 
 impl<'a> Presented<'a> {
-    fn find(headers: &'a HeaderMap, query: Option<&str>) -> Self {
+    fn find(headers: &'a HeaderMap, query: Option<&str>) -> Result<Self, GatewayError> {
         let mut explicit = Vec::new();
         let query = query.and_then(|q| strip_token_params(q, &mut explicit));
         explicit.extend(
@@ -118,25 +133,38 @@ impl<'a> Presented<'a> {
                 .iter()
                 .map(|v| v.as_bytes().trim_ascii().to_vec()),
         );
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| bearer_token(v.as_bytes()));
-        Self {
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        let authorization = values.next().map(|v| Authorization::parse(v.as_bytes()));
+        if values.next().is_some() {
+            // No client needs two, OpenAI reads one, and a second would carry
+            // a second identity past the check.
+            return Err(GatewayError::MultipleAuthorization);
+        }
+        Ok(Self {
             query,
             explicit,
-            bearer,
-        }
+            authorization,
+        })
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
-pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
-    let (scheme, rest) = value.split_at_checked(7)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer ") {
-        return None;
+impl<'a> Authorization<'a> {
+    /// `Scheme credential` (any run of spaces or tabs between), or a bare credential.
+    fn parse(value: &'a [u8]) -> Self {
+        let value = value.trim_ascii();
+        match value.iter().position(|b| *b == b' ' || *b == b'\t') {
+            Some(at) => Self {
+                bearer: value[..at].eq_ignore_ascii_case(b"bearer"),
+                credential: value[at..].trim_ascii(),
+                whole: value,
+            },
+            None => Self {
+                bearer: false,
+                credential: value,
+                whole: value,
+            },
+        }
     }
-    let token = rest.trim_ascii();
-    (!token.is_empty()).then_some(token)
 }
 
 /// Removes every `token` parameter (name compared after decoding,
@@ -268,6 +296,41 @@ mod tests {
         assert_eq!(
             err(Some("token=tok-a"), &[("authorization", "Bearer tok b")]),
             GatewayError::ConflictingTokens
+        );
+    }
+
+    #[test]
+    fn gateway_tokens_in_any_authorization_form_are_credentials() {
+        // Another scheme, a tab, no scheme: still the gateway's, stripped.
+        for value in ["Token tok b", "Bearer\ttok b", "tok b", "  bearer   tok b "] {
+            let out = run(None, &[("authorization", value)]).unwrap();
+            assert_eq!(out.name.as_deref(), Some("bob"), "{value}");
+            assert!(out.strip.authorization, "{value}");
+            // Beside another user's token: two identities.
+            assert_eq!(
+                run(Some("token=tok-a"), &[("authorization", value)]).unwrap_err(),
+                GatewayError::ConflictingTokens,
+                "{value}"
+            );
+        }
+        // Two Authorization headers: refused, whatever they hold.
+        assert_eq!(
+            run(
+                Some("token=tok-a"),
+                &[
+                    ("authorization", "Bearer sk-own"),
+                    ("authorization", "Bearer tok b")
+                ]
+            )
+            .unwrap_err(),
+            GatewayError::MultipleAuthorization
+        );
+        // The client's own key in another scheme stays, and is not a token.
+        let out = run(Some("token=tok-a"), &[("authorization", "Token sk-own")]).unwrap();
+        assert!(!out.strip.authorization);
+        assert_eq!(
+            run(None, &[("authorization", "Token sk-own")]).unwrap_err(),
+            GatewayError::MissingToken
         );
     }
 

@@ -11,8 +11,9 @@
 //!    runs the completion hooks exactly once.
 //!
 //! The gateway's own answers (errors, preflights) are a full body under the
-//! same [`Completion`] layer. On the way up, [`counted`] counts the request
-//! body into the record. New behaviour (a usage tap, an SSE filter) is one
+//! same [`Completion`] layer. On the way up, [`from_client`] counts the
+//! request body into the record, cuts a silent upload, and marks its failures
+//! as the client's. New behaviour (a usage tap, an SSE filter) is one
 //! more layer, in the place the list above gives it.
 
 use std::future::Future;
@@ -145,10 +146,12 @@ where
     }
 }
 
-/// Cuts a body that yields no frame for `idle`.
+/// Cuts a body that yields no frame for `idle`, counted from the first
+/// time it is asked for one (a body not yet asked for is not silent).
 pub struct IdleTimeout {
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
+    armed: bool,
 }
 
 impl IdleTimeout {
@@ -157,16 +160,25 @@ impl IdleTimeout {
         Self {
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
+            armed: false,
         }
+    }
+
+    fn rearm(&mut self) {
+        self.deadline.as_mut().reset(Instant::now() + self.idle);
+        self.armed = true;
     }
 }
 
 impl Step for IdleTimeout {
     fn data(&mut self, _data: &Bytes) -> Result<(), BoxError> {
-        self.deadline.as_mut().reset(Instant::now() + self.idle);
+        self.rearm();
         Ok(())
     }
     fn waiting(&mut self, cx: &mut Context<'_>) -> Option<BoxError> {
+        if !self.armed {
+            self.rearm();
+        }
         match self.deadline.as_mut().poll(cx) {
             Poll::Ready(()) => Some(Idle(self.idle).into()),
             Poll::Pending => None,
@@ -425,19 +437,50 @@ impl<B> Drop for Completion<B> {
     }
 }
 
-/// Counts a request body's bytes into `count` as they stream.
-pub fn counted<B>(body: B, count: ByteCount) -> impl Body<Data = Bytes, Error = BoxError>
+/// The client's request body failed: malformed framing, a connection that
+/// broke, or silence. The client's fault, never the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed")]
+pub struct ClientBodyError(#[source] pub BoxError);
+
+/// The client's request body on its way up: its bytes counted into `count`,
+/// cut after `idle` of silence, and any failure marked as the client's.
+pub fn from_client<B>(
+    body: B,
+    count: ByteCount,
+    idle: Duration,
+) -> impl Body<Data = Bytes, Error = BoxError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    Layer::new(
+    let counted = Layer::new(
         body,
         Tap(move |data: &Bytes| {
             count.add(data.len());
             Ok(())
         }),
-    )
+    );
+    Layer::new(counted, IdleTimeout::new(idle))
+        .map_err(|error| -> BoxError { Box::new(ClientBodyError(error)) })
+}
+
+/// The answer for a failure whose cause is the client's request body, found
+/// anywhere in `error`'s chain of sources: a 408 for silence, else a 400.
+pub fn client_fault(error: &(dyn std::error::Error + 'static)) -> Option<GatewayError> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(ClientBodyError(cause)) = e.downcast_ref::<ClientBodyError>() {
+            return Some(match cause.downcast_ref::<Idle>() {
+                Some(Idle(idle)) => GatewayError::ClientTimeout(idle.as_secs()),
+                None => {
+                    GatewayError::InvalidRequestBody("the request body is malformed or incomplete")
+                }
+            });
+        }
+        next = e.source();
+    }
+    None
 }
 
 #[cfg(test)]

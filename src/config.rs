@@ -36,6 +36,8 @@ pub const UPSTREAM_TIMEOUT_SECS: &str = "UPSTREAM_TIMEOUT_SECS";
 pub const UPSTREAM_CONNECT_TIMEOUT_SECS: &str = "UPSTREAM_CONNECT_TIMEOUT_SECS";
 /// `UPSTREAM_IDLE_TIMEOUT_SECS`: longest silence inside a response body.
 pub const UPSTREAM_IDLE_TIMEOUT_SECS: &str = "UPSTREAM_IDLE_TIMEOUT_SECS";
+/// `CLIENT_IDLE_TIMEOUT_SECS`: longest silence from a client (upload) or refusal to read (download).
+pub const CLIENT_IDLE_TIMEOUT_SECS: &str = "CLIENT_IDLE_TIMEOUT_SECS";
 /// `ALLOW_ANONYMOUS`: permit running with no tokens on a public address.
 pub const ALLOW_ANONYMOUS: &str = "ALLOW_ANONYMOUS";
 /// `TOKENS_UTC_OFFSET`: zone of expiry times written without an offset.
@@ -156,6 +158,12 @@ pub const SETTINGS: &[Setting] = &[
         UPSTREAM_IDLE_TIMEOUT_SECS,
         "300",
         "longest silence inside a response body before the stream is cut",
+    ),
+    flag(
+        "--client-idle-timeout-secs",
+        CLIENT_IDLE_TIMEOUT_SECS,
+        "300",
+        "longest a client may send no body bytes, or (local server) accept none, before it is cut off",
     ),
     flag(
         "--allow-anonymous",
@@ -301,6 +309,10 @@ pub struct Settings {
     #[arg(long, env = UPSTREAM_IDLE_TIMEOUT_SECS, default_value_t = 300)]
     pub upstream_idle_timeout_secs: u64,
 
+    /// Longest time, in seconds, a client may send no request body bytes or accept no response bytes.
+    #[arg(long, env = CLIENT_IDLE_TIMEOUT_SECS, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub client_idle_timeout_secs: u64,
+
     /// Allow running without tokens on a non-loopback address.
     #[arg(long, env = ALLOW_ANONYMOUS, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub allow_anonymous: bool,
@@ -346,6 +358,10 @@ impl Settings {
     /// Body idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.upstream_idle_timeout_secs)
+    }
+    /// Client idle timeout.
+    pub fn client_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.client_idle_timeout_secs)
     }
     /// Graceful-shutdown window.
     pub fn shutdown_grace(&self) -> Duration {

@@ -32,6 +32,15 @@ pub enum GatewayError {
     /// The request carried two different gateway tokens (query and header, or a repeated `token`).
     #[error("conflicting gateway tokens: the request carries more than one different token")]
     ConflictingTokens,
+    /// The request carries more than one `Authorization` header.
+    #[error("the request carries more than one Authorization header; send one")]
+    MultipleAuthorization,
+    /// The method is one the gateway never forwards (`CONNECT`).
+    #[error("the {0} method is not supported by this gateway")]
+    MethodNotAllowed(&'static str),
+    /// The client went silent while sending its request body.
+    #[error("the client sent no request body bytes for {0} seconds")]
+    ClientTimeout(u64),
     /// The request target cannot be forwarded safely (dot segments, backslashes, not origin-form).
     #[error("invalid request path: {0}")]
     InvalidPath(&'static str),
@@ -53,6 +62,11 @@ pub enum GatewayError {
     /// The upstream connection failed after it was made (reset, malformed HTTP).
     #[error("the upstream API failed to answer with a valid HTTP response")]
     UpstreamFailed,
+    /// The upstream answered 101 Switching Protocols (e.g. WebSocket).
+    #[error(
+        "the upstream switched protocols (e.g. to WebSocket), which this gateway does not proxy"
+    )]
+    UpstreamUpgrade,
     /// The upstream sent no response headers within the configured timeout.
     #[error("the upstream API did not answer within {0} seconds")]
     UpstreamTimeout(u64),
@@ -68,16 +82,20 @@ impl GatewayError {
             Self::MissingToken | Self::InvalidToken | Self::TokenExpired => {
                 StatusCode::UNAUTHORIZED
             }
-            Self::ConflictingTokens | Self::InvalidPath(_) | Self::InvalidRequestBody(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::ConflictingTokens
+            | Self::MultipleAuthorization
+            | Self::InvalidPath(_)
+            | Self::InvalidRequestBody(_) => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TokenStoreUnavailable | Self::UpstreamKeyUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::UpstreamUnreachable | Self::UpstreamFailed | Self::ResponseTooLarge(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::UpstreamUnreachable
+            | Self::UpstreamFailed
+            | Self::UpstreamUpgrade
+            | Self::ResponseTooLarge(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -89,6 +107,10 @@ impl GatewayError {
             Self::InvalidToken => "invalid_token",
             Self::TokenExpired => "token_expired",
             Self::ConflictingTokens => "conflicting_tokens",
+            Self::MultipleAuthorization => "multiple_authorization_headers",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::ClientTimeout(_) => "request_timeout",
+            Self::UpstreamUpgrade => "upgrade_not_supported",
             Self::InvalidPath(_) => "invalid_path",
             Self::RequestTooLarge(_) => "request_too_large",
             Self::InvalidRequestBody(_) => "invalid_request_body",
@@ -105,7 +127,10 @@ impl GatewayError {
     pub fn kind(&self) -> &'static str {
         match self.status() {
             StatusCode::UNAUTHORIZED => "authentication_error",
-            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => "invalid_request_error",
+            StatusCode::BAD_REQUEST
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::METHOD_NOT_ALLOWED
+            | StatusCode::REQUEST_TIMEOUT => "invalid_request_error",
             _ => "gateway_error",
         }
     }

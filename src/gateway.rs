@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use tokio::time::Instant;
 
 use crate::auth;
@@ -48,6 +48,9 @@ pub struct GatewayOptions {
     pub anonymous: bool,
     /// Longest silence inside an upstream body.
     pub idle_timeout: Duration,
+    /// Longest time a client may send no request body bytes, or (local
+    /// server) accept no response bytes.
+    pub client_idle_timeout: Duration,
     /// Browser access, when on.
     pub cors: Option<Cors>,
     /// Rules run after authentication, in order.
@@ -65,6 +68,7 @@ impl GatewayOptions {
             upstream_key: None,
             anonymous: false,
             idle_timeout: Duration::from_secs(300),
+            client_idle_timeout: Duration::from_secs(300),
             cors: None,
             policies: Vec::new(),
             hooks: Vec::new(),
@@ -100,6 +104,12 @@ impl Gateway {
     /// Opens a connection to the upstream ahead of the first request.
     pub async fn warm_up(&self) {
         self.inner.options.proxy.warm_up().await;
+    }
+
+    /// Longest time a client may accept no response bytes (the local server
+    /// enforces it on the connection).
+    pub fn client_idle_timeout(&self) -> Duration {
+        self.inner.options.client_idle_timeout
     }
 
     /// Resolves once the completion work of responses whose client left
@@ -151,6 +161,11 @@ impl Gateway {
         B::Error: Into<BoxError>,
     {
         let inner = &self.inner.options;
+        if parts.method == Method::CONNECT {
+            // An origin-form CONNECT would otherwise be sent upstream as a
+            // CONNECT to the upstream's host.
+            return Err(GatewayError::MethodNotAllowed("CONNECT"));
+        }
         let tokens = inner.tokens.get().await?;
         let admitted = auth::admit(
             &parts.headers,
@@ -168,7 +183,14 @@ impl Gateway {
             (None, Some(global)) => Some(ApiKey::clone(&*global.get().await?)),
             (None, None) => None,
         };
-        let mut body = RequestBody::new(body, record.bytes_in.clone());
+        let mut body = RequestBody::new(body, record.bytes_in.clone(), inner.client_idle_timeout);
+        if matches!(parts.method, Method::GET | Method::HEAD) {
+            // One rule whatever the framing: such a body has no meaning, and
+            // is refused rather than silently dropped or sent on.
+            body.read(0).await.map_err(|_| {
+                GatewayError::InvalidRequestBody("GET and HEAD requests cannot carry a body")
+            })?;
+        }
         if !inner.policies.is_empty() {
             let mut inspect = Inspect {
                 method: &parts.method,

@@ -96,7 +96,14 @@ pub fn to_upstream(mut headers: HeaderMap, strip: Strip, inject: Option<&ApiKey>
 }
 
 /// Cleans the upstream's response headers for the client.
+///
+/// A response with both `Transfer-Encoding` and `Content-Length` was framed
+/// by the former (RFC 9112 §6.3); its length is dropped with it, since the
+/// body is framed anew and a stale length would cut it short.
 pub fn from_upstream(headers: &mut HeaderMap) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     remove_hop_by_hop(headers);
 }
 
@@ -180,6 +187,20 @@ mod tests {
         assert_eq!(out["authorization"], "Bearer sk-injected");
         assert_eq!(out.get_all("authorization").iter().count(), 1);
         assert!(out["authorization"].is_sensitive());
+    }
+
+    #[test]
+    fn a_chunked_upstream_response_loses_its_stale_length() {
+        let mut h = map(&[
+            ("transfer-encoding", "chunked"),
+            ("content-length", "2"),
+            ("content-type", "text/plain"),
+        ]);
+        from_upstream(&mut h);
+        assert!(h.get("content-length").is_none() && h.get("transfer-encoding").is_none());
+        let mut h = map(&[("content-length", "2")]);
+        from_upstream(&mut h);
+        assert_eq!(h["content-length"], "2");
     }
 
     #[test]

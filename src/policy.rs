@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method};
@@ -18,7 +19,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
 
 use crate::auth::Admitted;
-use crate::body::{counted, BoxError};
+use crate::body::{client_fault, from_client, BoxError};
 use crate::error::GatewayError;
 use crate::record::ByteCount;
 
@@ -55,8 +56,9 @@ enum State {
 }
 
 impl RequestBody {
-    /// The client's body, counting what is read of it into `count`.
-    pub fn new<B>(body: B, count: ByteCount) -> Self
+    /// The client's body, counting what is read of it into `count`, cut
+    /// after `idle` without a byte.
+    pub fn new<B>(body: B, count: ByteCount, idle: Duration) -> Self
     where
         B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -64,7 +66,7 @@ impl RequestBody {
         if body.is_end_stream() {
             return Self(State::Empty);
         }
-        Self(State::Streaming(counted(body, count).boxed()))
+        Self(State::Streaming(from_client(body, count, idle).boxed()))
     }
 
     /// Reads the whole body, up to `limit` bytes. Later calls return the
@@ -73,8 +75,11 @@ impl RequestBody {
         if let State::Streaming(body) = &mut self.0 {
             let mut bytes = BytesMut::new();
             while let Some(frame) = body.frame().await {
-                let frame = frame
-                    .map_err(|_| GatewayError::InvalidRequestBody("the body could not be read"))?;
+                let frame = frame.map_err(|e| {
+                    client_fault(&*e).unwrap_or(GatewayError::InvalidRequestBody(
+                        "the body could not be read",
+                    ))
+                })?;
                 if let Some(data) = frame.data_ref() {
                     if (bytes.len() + data.len()) as u64 > limit {
                         return Err(GatewayError::RequestTooLarge(limit));
@@ -106,6 +111,8 @@ mod tests {
     use super::*;
     use http_body_util::{Full, StreamBody};
 
+    const IDLE: Duration = Duration::from_secs(30);
+
     fn chunks(parts: &[&'static str]) -> RequestBody {
         let frames = futures_util::stream::iter(
             parts
@@ -115,7 +122,7 @@ mod tests {
                 })
                 .collect::<Vec<_>>(),
         );
-        RequestBody::new(StreamBody::new(frames), ByteCount::default())
+        RequestBody::new(StreamBody::new(frames), ByteCount::default(), IDLE)
     }
 
     #[tokio::test]
@@ -133,10 +140,23 @@ mod tests {
             GatewayError::RequestTooLarge(8)
         );
         let count = ByteCount::default();
-        let mut empty = RequestBody::new(Full::new(Bytes::new()), count.clone());
+        let mut empty = RequestBody::new(Full::new(Bytes::new()), count.clone(), IDLE);
         assert!(empty.read(1).await.unwrap().is_empty());
-        let mut counted = RequestBody::new(Full::new(Bytes::from_static(b"abc")), count.clone());
+        let mut counted =
+            RequestBody::new(Full::new(Bytes::from_static(b"abc")), count.clone(), IDLE);
         counted.read(10).await.unwrap();
         assert_eq!(count.get(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_upload_is_the_clients_timeout() {
+        let silent = StreamBody::new(futures_util::stream::pending::<
+            Result<http_body::Frame<Bytes>, BoxError>,
+        >());
+        let mut body = RequestBody::new(silent, ByteCount::default(), Duration::from_secs(7));
+        assert_eq!(
+            body.read(10).await.unwrap_err(),
+            GatewayError::ClientTimeout(7)
+        );
     }
 }

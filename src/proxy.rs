@@ -12,6 +12,7 @@ use std::time::Duration;
 use http::{HeaderMap, Method};
 use reqwest::Url;
 
+use crate::body::client_fault;
 use crate::error::{error_chain, ConfigError, GatewayError};
 use crate::headers;
 
@@ -155,6 +156,10 @@ impl Proxy {
             Err(_) => return Err(GatewayError::UpstreamTimeout(self.header_timeout.as_secs())),
             Ok(Err(error)) => {
                 let error = error.without_url();
+                if let Some(fault) = client_fault(&error) {
+                    tracing::info!(side = "client", error = %error_chain(&error), code = fault.code(), "the client's request body failed");
+                    return Err(fault);
+                }
                 let mapped = if error.is_connect() {
                     GatewayError::UpstreamUnreachable
                 } else if error.is_timeout() {
@@ -167,6 +172,13 @@ impl Proxy {
             }
             Ok(Ok(response)) => response,
         };
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            tracing::warn!(
+                code = GatewayError::UpstreamUpgrade.code(),
+                "the upstream switched protocols"
+            );
+            return Err(GatewayError::UpstreamUpgrade);
+        }
         let mut response = http::Response::from(response);
         headers::from_upstream(response.headers_mut());
         Ok(response)

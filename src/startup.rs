@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{
-    Settings, DEFAULT_TOKENS_FILE, DEFAULT_UPSTREAM, TOKENS_FILE, TOKENS_SSM_PARAMETER,
+    LogFormat, Settings, DEFAULT_TOKENS_FILE, DEFAULT_UPSTREAM, TOKENS_FILE, TOKENS_SSM_PARAMETER,
     UPSTREAM_API_KEY, UPSTREAM_API_KEY_SSM_PARAMETER,
 };
 use crate::cors::Cors;
@@ -75,7 +75,8 @@ fn token_source(settings: &Settings) -> Result<TokenSource, ConfigError> {
 /// Builds the gateway for `mode`, writing an access-log line per request.
 pub async fn build(settings: &Settings, mode: Mode) -> Result<Gateway, ConfigError> {
     let mut options = options(settings, mode).await?;
-    options.hooks.push(Arc::new(AccessLog));
+    let text = settings.log_format(mode == Mode::Lambda) == LogFormat::Text;
+    options.hooks.push(Arc::new(AccessLog { quote_path: text }));
     Ok(Gateway::new(options))
 }
 
@@ -181,6 +182,7 @@ pub async fn options(settings: &Settings, mode: Mode) -> Result<GatewayOptions, 
         upstream_key,
         anonymous,
         idle_timeout: settings.idle_timeout(),
+        client_idle_timeout: settings.client_idle_timeout(),
         cors,
         ..GatewayOptions::new(proxy, tokens)
     })

@@ -68,14 +68,24 @@ pub fn init_cli() {
 
 /// The completion hook that writes one access-log line per request.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct AccessLog;
+pub struct AccessLog {
+    /// Quote and escape the path (text lines), so that a path holding
+    /// `status=200` or quotes cannot pass for other fields. JSON lines
+    /// escape it already.
+    pub quote_path: bool,
+}
 
 impl Finish for AccessLog {
     fn finish(&self, record: &Record) -> BoxFuture<()> {
         let round = |ms: f64| (ms * 1e3).round() / 1e3;
+        let path = if self.quote_path {
+            std::borrow::Cow::Owned(format!("{:?}", record.path))
+        } else {
+            std::borrow::Cow::Borrowed(record.path.as_str())
+        };
         tracing::info!(
             method = %record.method,
-            path = %record.path,
+            path = %path,
             status = record.status,
             token = record.token.as_deref().unwrap_or("-"),
             error_code = record.code.unwrap_or("-"),

@@ -12,8 +12,8 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-const TOKENS: &str =
-    r#"[{"name": "h", "token": "hard-Tok-1"}, {"name": "h2", "token": "hard-Tok-2"}]"#;
+const TOKENS: &str = r#"[{"name": "h", "token": "hard-Tok-1"}, {"name": "h2", "token": "hard-Tok-2"},
+    {"name": "old", "token": "hard-Old-3", "expires": "2020-01-01T00:00:00Z"}]"#;
 
 /// What a healthy upstream answers in these tests.
 const HEALTHY: &[u8] =
@@ -344,12 +344,15 @@ async fn hostile_requests_get_a_clear_4xx_or_a_faithful_forward() {
         assert_eq!(seen.header("host"), Some(up.addr.to_string()));
     }
     assert_eq!(up.count(), before + 3);
-    let (status, answer) = raw_status(
-        gw.addr,
-        b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n",
-    )
-    .await;
-    assert!(matches!(status, 400 | 401), "{answer}");
+    for connect in [
+        &b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n"[..],
+        // Origin-form, with a valid token: still never sent upstream.
+        b"CONNECT /v1/models?token=hard-Tok-1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let (status, answer) = raw_status(gw.addr, connect).await;
+        assert_eq!(status, 405, "{answer}");
+        assert!(answer.contains("method_not_allowed"), "{answer}");
+    }
     assert_eq!(up.count(), before + 3, "CONNECT reached the upstream");
 
     // Still serving after all of it.
@@ -458,5 +461,302 @@ async fn secret_canaries_never_leak() {
     // The client's own key is replaced by the injected one, so it never goes upstream either.
     assert!(
         !upstream.contains("CANARY-CLIENT-KEY-3e4d") && !logs.contains("CANARY-CLIENT-KEY-3e4d")
+    );
+}
+
+/// Sends `extra` header lines with a valid `?token=` and returns the status,
+/// the error code, and what the upstream saw as Authorization.
+async fn with_authorization(
+    gw: &Served,
+    up: &MockUpstream,
+    values: &[&str],
+) -> (u16, String, Option<String>) {
+    let before = up.count();
+    let headers: String = values
+        .iter()
+        .map(|v| format!("Authorization: {v}\r\n"))
+        .collect();
+    let request = format!(
+        "GET /v1/models?token=hard-Tok-1 HTTP/1.1\r\nHost: gw\r\n{headers}Connection: close\r\n\r\n"
+    );
+    let (status, answer) = raw_status(gw.addr, request.as_bytes()).await;
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    let code = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let seen = (up.count() > before)
+        .then(|| up.last().header("authorization"))
+        .flatten();
+    (status, code, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_authorization_header_is_checked() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(TOKENS).serve().await;
+    // Two Authorization headers: refused, and nothing goes upstream.
+    let before = up.count();
+    for pair in [
+        ["Bearer sk-client-own", "Bearer hard-Tok-2"],
+        ["Bearer hard-Tok-1", "Bearer hard-Tok-1"],
+        ["Bearer sk-a", "Bearer sk-b"],
+    ] {
+        let (status, code, _) = with_authorization(&gw, &up, &pair).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (400, "multiple_authorization_headers"),
+            "{pair:?}"
+        );
+    }
+    assert_eq!(up.count(), before);
+    // Another user's token (valid or expired) in any scheme or spacing: two identities.
+    for value in [
+        "Bearer hard-Tok-2",
+        "Token hard-Tok-2",
+        "Bearer\thard-Tok-2",
+        "hard-Tok-2",
+        "Bearer hard-Old-3",
+    ] {
+        let (status, code, _) = with_authorization(&gw, &up, &[value]).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (400, "conflicting_tokens"),
+            "{value}"
+        );
+    }
+    assert_eq!(
+        up.count(),
+        before,
+        "a conflicting request reached the upstream"
+    );
+    // The same token again, in any form: stripped, never forwarded.
+    for value in ["Token hard-Tok-1", "Bearer\thard-Tok-1", "hard-Tok-1"] {
+        let (status, _, seen) = with_authorization(&gw, &up, &[value]).await;
+        assert_eq!((status, seen), (200, None), "{value}");
+    }
+    // The client's own key in any scheme goes on as sent.
+    let (status, _, seen) = with_authorization(&gw, &up, &["Token sk-client-own"]).await;
+    assert_eq!(
+        (status, seen.as_deref()),
+        (200, Some("Token sk-client-own"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_and_the_upstream_released() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url())
+        .tokens(TOKENS)
+        .env("CLIENT_IDLE_TIMEOUT_SECS", "2")
+        .serve()
+        .await;
+    // Five 100 MB downloads that are never read.
+    let mut sockets = Vec::new();
+    for _ in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(
+            b"GET /v1/download?bytes=100000000&token=hard-Tok-1 HTTP/1.1\r\nHost: gw\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        sockets.push(s);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.live_downloads() < 5 {
+        assert!(Instant::now() < deadline, "the downloads did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Cut off after the client idle timeout, and the upstream's bodies go with them.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while up.live_downloads() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} upstream downloads still held by clients that read nothing",
+            up.live_downloads()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lines = gw.wait_access_lines(5).await;
+    assert!(
+        lines.iter().all(|l| l["outcome"] == "client_closed"),
+        "{lines:?}"
+    );
+    drop(sockets);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_upload_gets_408_from_the_client_idle_timeout() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url())
+        .tokens(TOKENS)
+        .env("CLIENT_IDLE_TIMEOUT_SECS", "1")
+        .serve()
+        .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /v1/upload?token=hard-Tok-1 HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("}}") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("no answer to a silent upload")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_framing_errors_are_blamed_on_the_client() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(TOKENS).serve().await;
+    let chunked = |body: &str| {
+        format!(
+            "POST /v1/echo?token=hard-Tok-1 HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{body}"
+        )
+    };
+    for (what, body) in [
+        ("a size that is not hex", "zz\r\nhello\r\n0\r\n\r\n"),
+        ("a 0x prefix", "0x5\r\nhello\r\n0\r\n\r\n"),
+        (
+            "an overflowing size",
+            "fffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        ),
+        ("more data than declared", "5\r\nhelloEXTRA\r\n0\r\n\r\n"),
+    ] {
+        let (status, answer) = raw_status(gw.addr, chunked(body).as_bytes()).await;
+        assert_eq!(status, 400, "{what}: {answer}");
+        assert!(answer.contains("invalid_request_body"), "{what}: {answer}");
+    }
+    let lines = gw.wait_access_lines(4).await;
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["error_code"] == "invalid_request_body"),
+        "{lines:?}"
+    );
+    // A well-formed chunked body still goes through whole.
+    let (status, answer) = raw_status(gw.addr, chunked("5\r\nhello\r\n0\r\n\r\n").as_bytes()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(up.last().body, b"hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_length_beside_chunked_framing_does_not_cut_the_body() {
+    let upstream = bad_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+            .await;
+    })
+    .await;
+    let gw = gateway_for(upstream).await;
+    let (status, body) = get(&gw, "/v1/models?token=hard-Tok-1").await;
+    assert_eq!((status, body.as_str()), (200, "hello"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_protocol_switch_is_a_clear_502() {
+    let upstream = bad_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            .await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    })
+    .await;
+    let gw = gateway_for(upstream).await;
+    let (status, body) = get(&gw, "/v1/realtime?token=hard-Tok-1").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("upgrade_not_supported"), "{body}");
+    still_serving(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_and_head_bodies_follow_one_rule_whatever_the_framing() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(TOKENS).serve().await;
+    let before = up.count();
+    for (method, framing) in [
+        ("GET", "Content-Length: 5\r\n\r\nhello"),
+        (
+            "GET",
+            "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        ("HEAD", "Content-Length: 5\r\n\r\nhello"),
+        (
+            "HEAD",
+            "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+    ] {
+        let request = format!(
+            "{method} /v1/models?token=hard-Tok-1 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n{framing}"
+        );
+        let (status, answer) = raw_status(gw.addr, request.as_bytes()).await;
+        assert_eq!(status, 400, "{method} {framing}: {answer}");
+        if method == "GET" {
+            assert!(answer.contains("invalid_request_body"), "{answer}");
+        }
+    }
+    assert_eq!(
+        up.count(),
+        before,
+        "a GET or HEAD body reached the upstream"
+    );
+    // Empty bodies, in either framing, are no body.
+    for framing in [
+        "Content-Length: 0\r\n\r\n",
+        "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        let request = format!(
+            "GET /v1/models?token=hard-Tok-1 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n{framing}"
+        );
+        let (status, answer) = raw_status(gw.addr, request.as_bytes()).await;
+        assert_eq!(status, 200, "{framing}: {answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_log_lines_quote_the_path_so_it_cannot_forge_fields() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url())
+        .tokens(TOKENS)
+        .env("LOG_FORMAT", "text")
+        .start();
+    let forged = "/v1/x\"status=999\"token=h2";
+    let request =
+        format!("GET {forged}?token=hard-Tok-1 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
+    let (status, answer) = raw_status(gw.addr, request.as_bytes()).await;
+    assert_eq!(status, 200, "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let text = gw.log_text();
+        if let Some(line) = text.lines().find(|l| l.contains(" request ")) {
+            break line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no access line:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        line.contains(r#"path="/v1/x\"status=999\"token=h2""#),
+        "the path must be quoted and escaped: {line}"
+    );
+    assert!(
+        line.contains("status=200") && line.contains(r#"token="h""#),
+        "{line}"
     );
 }

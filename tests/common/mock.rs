@@ -27,6 +27,7 @@
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -91,14 +92,32 @@ impl Recorded {
 
 #[derive(Default)]
 struct State {
-    requests: Mutex<Vec<Recorded>>,
     seen_429: Mutex<HashSet<String>>,
+    /// Downloads whose body is still being sent.
+    live_downloads: Arc<AtomicUsize>,
+}
+
+/// Counts a download while its body lives.
+struct Live(Arc<AtomicUsize>);
+
+impl Live {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The mock, listening.
 pub struct MockUpstream {
     pub addr: SocketAddr,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
+    live_downloads: Arc<AtomicUsize>,
 }
 
 impl MockUpstream {
@@ -112,6 +131,7 @@ impl MockUpstream {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let state = Arc::new(State::default());
+        let live_downloads = state.live_downloads.clone();
         let (log, state2) = (requests.clone(), state.clone());
         tokio::spawn(async move {
             loop {
@@ -131,7 +151,16 @@ impl MockUpstream {
                 });
             }
         });
-        Self { addr, requests }
+        Self {
+            addr,
+            requests,
+            live_downloads,
+        }
+    }
+
+    /// How many `/download` bodies are being sent right now.
+    pub fn live_downloads(&self) -> usize {
+        self.live_downloads.load(Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {
@@ -522,6 +551,7 @@ async fn answer(
         p if p.ends_with("/upload") => json(200, json!({"len": len, "length": len, "sha256": sha})),
         p if p.ends_with("/download") => {
             let total = num("bytes", 1 << 20);
+            let live = Live::new(&state.live_downloads);
             let stream = futures_util::stream::unfold(0u64, move |at| async move {
                 if at >= total {
                     return None;
@@ -534,6 +564,11 @@ async fn answer(
                     ))),
                     at + size,
                 ))
+            });
+            // The counter lives as long as the body does.
+            let stream = stream.map(move |frame| {
+                let _alive = &live;
+                frame
             });
             Response::builder()
                 .header("content-type", "application/octet-stream")

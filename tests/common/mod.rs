@@ -299,7 +299,14 @@ impl Launch {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let found = logs.lock().unwrap().iter().find_map(|line| {
-                let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                    // A text line: `… INFO listening address=127.0.0.1:1234`.
+                    let rest = line.split_once(&format!(" {message}"))?.1;
+                    let address = rest.split_once("address=").map(|(_, a)| a.trim());
+                    return Some(
+                        address.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |a| a.parse().unwrap()),
+                    );
+                };
                 (v["message"] == message).then(|| {
                     v["address"]
                         .as_str()
