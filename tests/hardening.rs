@@ -649,6 +649,12 @@ async fn client_framing_errors_are_blamed_on_the_client() {
             .all(|l| l["error_code"] == "invalid_request_body"),
         "{lines:?}"
     );
+    // What reached the upstream of them (the bytes before the fault) never
+    // arrived as a complete request: the upstream's connection broke first.
+    assert!(
+        up.requests.lock().unwrap().iter().all(|r| !r.complete),
+        "a broken body reached the upstream as a whole request"
+    );
     // A well-formed chunked body still goes through whole.
     let (status, answer) = raw_status(gw.addr, chunked("5\r\nhello\r\n0\r\n\r\n").as_bytes()).await;
     assert_eq!(status, 200, "{answer}");

@@ -62,6 +62,8 @@ pub struct Recorded {
     pub body_sha256: String,
     /// The body itself, kept only when it is small (under 1 MB).
     pub body: Vec<u8>,
+    /// Whether the body arrived whole (false when its framing broke off).
+    pub complete: bool,
 }
 
 impl Recorded {
@@ -383,8 +385,12 @@ async fn answer(
     let mut kept = Vec::new();
     let echo = path.ends_with("/echo");
     let mut echoed = Vec::new();
+    let mut complete = true;
     while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { break };
+        let Ok(frame) = frame else {
+            complete = false;
+            break;
+        };
         if let Some(data) = frame.data_ref() {
             hasher.update(data);
             len += data.len() as u64;
@@ -423,6 +429,7 @@ async fn answer(
             } else {
                 Vec::new()
             },
+            complete,
         });
         requests.len()
     };
