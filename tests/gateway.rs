@@ -628,6 +628,17 @@ async fn start_up_refuses_bad_or_unsafe_configurations() {
         out.contains("UPSTREAM_API_KEY") && !out.contains("sk-lonely-key"),
         "{out}"
     );
+    // A key no Authorization header could carry: refused at start, never
+    // replaced by a placeholder.
+    let out = fail(
+        Launch::new(upstream)
+            .tokens(TOKENS)
+            .env("UPSTREAM_API_KEY", "sk-broken\u{7}key"),
+    );
+    assert!(
+        out.contains("UPSTREAM_API_KEY") && !out.contains("sk-broken"),
+        "{out}"
+    );
     let out = fail(Launch::new(upstream).arg("--listen").arg("0.0.0.0:0"));
     assert!(out.contains("ALLOW_ANONYMOUS"), "{out}");
     let out = fail(Launch::new("ftp://nowhere").tokens(TOKENS));

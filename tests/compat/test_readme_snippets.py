@@ -1,13 +1,17 @@
-"""The README's "Use it from your code" snippets, run as written (only the URL,
-token and key swapped), through the local server and under cargo lambda watch."""
+"""The documentation's snippets, run as written: the README's quick start
+(only the binary and the addresses swapped), and the "Use it from your code"
+snippets (only the URL, token and key swapped) through the local server and
+under cargo lambda watch."""
 
 import json
 import os
+import shlex
 import subprocess
 import sys
+import tempfile
 
-from conftest import GW_TOKEN, ROOT
-from readme import adapted
+from conftest import BINARY, GW_TOKEN, ROOT, free_port, wait_port
+from readme import adapted, snippet
 
 WANT = "Hello from the mock!"
 
@@ -40,3 +44,27 @@ def test_curl_snippets(target):
     assert events[-1] == "[DONE]"
     text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1])
     assert text == WANT
+
+
+def test_quick_start(mock, workdir):
+    lines = [line for line in snippet("quickstart").splitlines() if line.strip()]
+    assert len(lines) == 3, lines
+    here = tempfile.mkdtemp(dir=workdir)
+    run(["bash", "-c", lines[0]], cwd=here)
+    port = free_port()
+    start = lines[1].replace("cargo run --release", "exec " + shlex.quote(BINARY))
+    assert start != lines[1], lines[1]
+    env = dict(os.environ, GATEWAY_LISTEN="127.0.0.1:%d" % port, UPSTREAM_URL=mock.url)
+    proc = subprocess.Popen(["bash", "-c", start], cwd=here, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc, "the quick start's gateway")
+        call = lines[2].replace("127.0.0.1:8080", "127.0.0.1:%d" % port)
+        assert call != lines[2], lines[2]
+        assert json.loads(run(["bash", "-c", call]))["object"] == "list"
+        seen = mock.last()
+        assert seen["target"] == "/v1/models", seen
+        assert ["authorization", "Bearer sk-your-openai-key"] in seen["headers"], seen
+    finally:
+        proc.terminate()
+        proc.wait()
