@@ -59,8 +59,10 @@ pub const RUST_LOG: &str = "RUST_LOG";
 
 /// The default upstream.
 pub const DEFAULT_UPSTREAM: &str = "https://api.openai.com";
-/// The token file read from the working directory when none is named.
-pub const DEFAULT_TOKENS_FILE: &str = "tokens.json";
+/// The token files read from the working directory when none is named, the
+/// first that exists: the native name, then the original's `appsettings.json`
+/// (so the original's deployment works with its file where it was).
+pub const DEFAULT_TOKENS_FILES: [&str; 2] = ["tokens.json", "appsettings.json"];
 
 /// One row of the settings table.
 #[derive(Debug, Clone, Copy)]
@@ -115,7 +117,7 @@ pub const SETTINGS: &[Setting] = &[
     flag(
         "--tokens-file",
         TOKENS_FILE,
-        "`./tokens.json` if present",
+        "`./tokens.json`, else `./appsettings.json`, if present",
         "the token list",
     ),
     flag(

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{
-    LogFormat, Settings, DEFAULT_TOKENS_FILE, DEFAULT_UPSTREAM, TOKENS_FILE, TOKENS_SSM_PARAMETER,
+    LogFormat, Settings, DEFAULT_TOKENS_FILES, DEFAULT_UPSTREAM, TOKENS_FILE, TOKENS_SSM_PARAMETER,
     UPSTREAM_API_KEY, UPSTREAM_API_KEY_SSM_PARAMETER,
 };
 use crate::cors::Cors;
@@ -32,11 +32,14 @@ pub enum Mode {
     Lambda,
 }
 
-/// The token file to read: the named one, else `./tokens.json` when present.
+/// The token file to read: the named one, else the first of
+/// [`DEFAULT_TOKENS_FILES`] in the working directory.
 pub fn tokens_file(settings: &Settings) -> Option<PathBuf> {
     settings.tokens_file.clone().or_else(|| {
-        let default = PathBuf::from(DEFAULT_TOKENS_FILE);
-        default.is_file().then_some(default)
+        DEFAULT_TOKENS_FILES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
     })
 }
 
@@ -194,7 +197,7 @@ fn check_anonymous(settings: &Settings, mode: Mode, has_key: bool) -> Result<(),
         return Err(ConfigError::Unsafe(
             "an upstream key is configured (UPSTREAM_API_KEY or \
              UPSTREAM_API_KEY_SSM_PARAMETER) but no gateway tokens are, so anyone could spend the key. \
-             Configure tokens (TOKENS_SSM_PARAMETER, TOKENS_FILE or tokens.json)."
+             Configure tokens (TOKENS_SSM_PARAMETER, TOKENS_FILE, tokens.json or appsettings.json)."
                 .into(),
         ));
     }
@@ -206,7 +209,7 @@ fn check_anonymous(settings: &Settings, mode: Mode, has_key: bool) -> Result<(),
         };
         return Err(ConfigError::Unsafe(format!(
             "no gateway tokens are configured and {place}. \
-             Configure tokens (TOKENS_FILE or tokens.json), or set ALLOW_ANONYMOUS=true to run an open proxy."
+             Configure tokens (TOKENS_FILE, tokens.json or appsettings.json), or set ALLOW_ANONYMOUS=true to run an open proxy."
         )));
     }
     Ok(())

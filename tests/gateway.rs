@@ -322,6 +322,28 @@ async fn the_original_appsettings_json_works_unchanged() {
 }
 
 #[tokio::test]
+async fn the_original_appsettings_json_is_read_where_it_lies() {
+    // Run from the directory that holds appsettings.json, as the original was:
+    // no TOKENS_FILE, no tokens.json.
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url())
+        .file(
+            "appsettings.json",
+            r#"{"Tokens": [{"Token": "datatoken", "Expire": "2099-3-30 23:00"}]}"#,
+        )
+        .start();
+    assert_eq!(fetch(&gw, "/v1/models?token=datatoken").await.status(), 200);
+    assert_eq!(fetch(&gw, "/v1/models?token=other").await.status(), 401);
+    // tokens.json, when both are there, wins.
+    let gw = Launch::new(&up.url())
+        .file("appsettings.json", r#"{"Tokens": [{"Token": "datatoken"}]}"#)
+        .file("tokens.json", r#"[{"token": "native"}]"#)
+        .start();
+    assert_eq!(fetch(&gw, "/v1/models?token=native").await.status(), 200);
+    assert_eq!(fetch(&gw, "/v1/models?token=datatoken").await.status(), 401);
+}
+
+#[tokio::test]
 async fn sha256_entries_accept_the_token_they_hash() {
     let up = MockUpstream::start().await;
     let tokens = format!(

@@ -143,6 +143,8 @@ pub struct Launch {
     pub args: Vec<String>,
     /// Rules added to the gateway (in-process only).
     pub policies: Vec<Arc<dyn Policy>>,
+    /// Files written to the binary's working directory.
+    pub files: Vec<(String, String)>,
 }
 
 impl Launch {
@@ -152,7 +154,13 @@ impl Launch {
             env: vec![("UPSTREAM_URL".into(), upstream.into())],
             args: Vec::new(),
             policies: Vec::new(),
+            files: Vec::new(),
         }
+    }
+    /// A file in the binary's working directory (binary only).
+    pub fn file(mut self, name: &str, text: &str) -> Self {
+        self.files.push((name.into(), text.into()));
+        self
     }
     pub fn policy(mut self, policy: impl Policy + 'static) -> Self {
         self.policies.push(Arc::new(policy));
@@ -275,6 +283,9 @@ impl Launch {
             .env("SHUTDOWN_GRACE_SECS", "5");
         if let Some(tokens) = &self.tokens {
             cmd.env("TOKENS_FILE", dir.write("tokens.json", tokens));
+        }
+        for (name, text) in &self.files {
+            dir.write(name, text);
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
