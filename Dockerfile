@@ -41,7 +41,7 @@ EXPOSE 8080
 # Until a health endpoint exists, the gateway's own answer is the check: an
 # unauthenticated request gets its JSON 401 (bash's /dev/tcp: no curl needed).
 HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /v1/models HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q missing_token <&3"]
+  CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${GATEWAY_LISTEN##*:} && printf 'GET /v1/models HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q missing_token <&3"]
 # SIGTERM (docker stop) drains in-flight requests for SHUTDOWN_GRACE_SECS.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/chatgpt-gateway"]

@@ -88,7 +88,7 @@ async fn function_url_get_models() {
         .starts_with("req_mock_"));
     assert!(response.headers().get("content-length").is_none());
     let body: serde_json::Value = serde_json::from_slice(&body_of(response).await).unwrap();
-    assert_eq!(body["data"][1]["id"], "gpt-4o");
+    assert_eq!(body["data"][0]["id"], "gpt-4o-mini");
     let seen = up.last();
     assert_eq!(
         (seen.method.as_str(), seen.target.as_str()),

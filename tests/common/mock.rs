@@ -599,8 +599,7 @@ async fn answer(
         _ => json(
             200,
             json!({"object": "list", "data": [
-                {"id": "gpt-4o-mini", "object": "model", "created": 1, "owned_by": "openai"},
-                {"id": "gpt-4o", "object": "model", "created": 1, "owned_by": "openai"}
+                {"id": "gpt-4o-mini", "object": "model", "created": 1, "owned_by": "openai"}
             ]}),
         ),
     }

@@ -124,8 +124,13 @@ def test_the_image_is_small_and_runs_as_non_root(image):
 
 
 def test_it_refuses_to_run_as_an_open_proxy(image):
-    done = sh("docker", "run", "--rm", "--network", "host", "-e", "GATEWAY_LISTEN=127.0.0.1:%d" % free_port(),
-              image, check=False, timeout=60)
+    # No token list mounted, on the container's public address.
+    name = "gw-open-%d" % free_port()
+    try:
+        done = sh("docker", "run", "--name", name, "--network", "host",
+                  "-e", "GATEWAY_LISTEN=0.0.0.0:%d" % free_port(), image, check=False, timeout=60)
+    finally:
+        sh("docker", "rm", "-f", name, check=False)
     assert done.returncode != 0
     assert "refusing to start" in done.stderr + done.stdout, done.stderr
 
@@ -134,7 +139,7 @@ def test_the_originals_appsettings_mount_works_and_docker_stop_drains(image, wor
     port = free_port()
     name = "gw-selfhost-%d" % port
     # --network host (no bridge on these machines): the container's 8080 is the host's `port`.
-    sh("docker", "run", "-d", "--name", name, "--network", "host",
+    sh("docker", "run", "-d", "--name", name, "--network", "host", "--health-interval", "1s",
        "-e", "GATEWAY_LISTEN=0.0.0.0:%d" % port,
        "-v", os.path.join(workdir_with_appsettings, "appsettings.json") + ":/app/appsettings.json:ro",
        image)
@@ -146,6 +151,15 @@ def test_the_originals_appsettings_mount_works_and_docker_stop_drains(image, wor
         assert mock.last()["target"] == "/v1/models", "?token= is not forwarded"
         status, body = get(root + "/v1/models?token=expiredtoken")
         assert status == 401 and json.loads(body)["error"]["code"] == "token_expired"
+        # The image's HEALTHCHECK (run every second here) finds it serving.
+        end = time.time() + 20
+        health = None
+        while time.time() < end:
+            health = json.loads(sh("docker", "inspect", name).stdout)[0]["State"]["Health"]
+            if health["Status"] == "healthy":
+                break
+            time.sleep(0.2)
+        assert health and health["Status"] == "healthy", health
         # SSE unbuffered: events 300 ms apart arrive apart, and a `docker stop`
         # during the stream lets it finish.
         r = urllib.request.urlopen(root + "/v1/sse?n=6&gap_ms=300&token=datatoken", timeout=10)
