@@ -336,7 +336,10 @@ async fn the_original_appsettings_json_is_read_where_it_lies() {
     assert_eq!(fetch(&gw, "/v1/models?token=other").await.status(), 401);
     // tokens.json, when both are there, wins.
     let gw = Launch::new(&up.url())
-        .file("appsettings.json", r#"{"Tokens": [{"Token": "datatoken"}]}"#)
+        .file(
+            "appsettings.json",
+            r#"{"Tokens": [{"Token": "datatoken"}]}"#,
+        )
         .file("tokens.json", r#"[{"token": "native"}]"#)
         .start();
     assert_eq!(fetch(&gw, "/v1/models?token=native").await.status(), 200);
