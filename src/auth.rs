@@ -9,6 +9,8 @@
 //! token ([`Strip`]) and [`crate::headers::to_upstream`] removes it, so the
 //! token never travels upstream.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use http::{header, HeaderMap};
 use percent_encoding::percent_decode;
@@ -16,7 +18,7 @@ use percent_encoding::percent_decode;
 use crate::error::GatewayError;
 use crate::headers::{Strip, X_TOKEN};
 use crate::secret::ApiKey;
-use crate::tokens::{Refused, TokenSet};
+use crate::tokens::{Refused, Rules, TokenSet};
 
 /// Who the request was admitted as, and what to send upstream on its behalf.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +32,8 @@ pub struct Admitted {
     pub query: Option<String>,
     /// The headers that carried a gateway credential, to strip.
     pub strip: Strip,
+    /// What the token may reach; `None`: everything.
+    pub rules: Option<Arc<Rules>>,
 }
 
 impl From<Refused> for GatewayError {
@@ -82,6 +86,7 @@ pub fn admit(
             upstream_key: None,
             query,
             strip,
+            rules: None,
         });
     }
 
@@ -120,6 +125,7 @@ pub fn admit(
         upstream_key: entry.upstream_key.clone(),
         query,
         strip,
+        rules: entry.rules.clone(),
     })
 }
 
@@ -216,6 +222,7 @@ mod tests {
             digest: digest(token.as_bytes()),
             expires: None,
             upstream_key: key.map(|k| ApiKey::new(k).unwrap()),
+            rules: None,
         };
         TokenSet::new(vec![
             entry("alice", "tok-a", Some("sk-alice")),

@@ -38,6 +38,8 @@ pub const UPSTREAM_CONNECT_TIMEOUT_SECS: &str = "UPSTREAM_CONNECT_TIMEOUT_SECS";
 pub const UPSTREAM_IDLE_TIMEOUT_SECS: &str = "UPSTREAM_IDLE_TIMEOUT_SECS";
 /// `CLIENT_IDLE_TIMEOUT_SECS`: longest silence from a client (upload) or refusal to read (download).
 pub const CLIENT_IDLE_TIMEOUT_SECS: &str = "CLIENT_IDLE_TIMEOUT_SECS";
+/// `MAX_INSPECTED_BODY_BYTES`: the most of a request body read to find its model.
+pub const MAX_INSPECTED_BODY_BYTES: &str = "MAX_INSPECTED_BODY_BYTES";
 /// `ALLOW_ANONYMOUS`: permit running with no tokens on a public address.
 pub const ALLOW_ANONYMOUS: &str = "ALLOW_ANONYMOUS";
 /// `TOKENS_UTC_OFFSET`: zone of expiry times written without an offset.
@@ -166,6 +168,12 @@ pub const SETTINGS: &[Setting] = &[
         CLIENT_IDLE_TIMEOUT_SECS,
         "300",
         "longest a client may send no body bytes, or (local server) accept none, before it is cut off",
+    ),
+    flag(
+        "--max-inspected-body-bytes",
+        MAX_INSPECTED_BODY_BYTES,
+        "33554432 (32 MiB)",
+        "the most of a request body read to find its model, for tokens with `models` (over it: 413)",
     ),
     flag(
         "--allow-anonymous",
@@ -314,6 +322,10 @@ pub struct Settings {
     /// Longest time, in seconds, a client may send no request body bytes or accept no response bytes.
     #[arg(long, env = CLIENT_IDLE_TIMEOUT_SECS, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub client_idle_timeout_secs: u64,
+
+    /// The most of a request body, in bytes, read to find its model (tokens with `models`).
+    #[arg(long, env = MAX_INSPECTED_BODY_BYTES, default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_inspected_body_bytes: u64,
 
     /// Allow running without tokens on a non-loopback address.
     #[arg(long, env = ALLOW_ANONYMOUS, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]

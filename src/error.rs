@@ -41,6 +41,15 @@ pub enum GatewayError {
     /// The client went silent while sending its request body.
     #[error("the client sent no request body bytes for {0} seconds")]
     ClientTimeout(u64),
+    /// The token's `endpoints` do not include this path.
+    #[error("this gateway token may not use this endpoint")]
+    EndpointNotAllowed,
+    /// The token's `models` do not include the request's model.
+    #[error("this gateway token may not use the model `{0}`")]
+    ModelNotAllowed(String),
+    /// The token has `models`, and the request's model cannot be told.
+    #[error("this gateway token may use only some models, and the gateway cannot tell which model this request uses; the token's `endpoints` must name this path to allow it")]
+    ModelUnknown,
     /// The request target cannot be forwarded safely (dot segments, backslashes, not origin-form).
     #[error("invalid request path: {0}")]
     InvalidPath(&'static str),
@@ -87,6 +96,9 @@ impl GatewayError {
             | Self::InvalidPath(_)
             | Self::InvalidRequestBody(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::EndpointNotAllowed | Self::ModelNotAllowed(_) | Self::ModelUnknown => {
+                StatusCode::FORBIDDEN
+            }
             Self::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TokenStoreUnavailable | Self::UpstreamKeyUnavailable => {
@@ -109,6 +121,8 @@ impl GatewayError {
             Self::ConflictingTokens => "conflicting_tokens",
             Self::MultipleAuthorization => "multiple_authorization_headers",
             Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::EndpointNotAllowed => "endpoint_not_allowed",
+            Self::ModelNotAllowed(_) | Self::ModelUnknown => "model_not_allowed",
             Self::ClientTimeout(_) => "request_timeout",
             Self::UpstreamUpgrade => "upgrade_not_supported",
             Self::InvalidPath(_) => "invalid_path",
@@ -127,6 +141,7 @@ impl GatewayError {
     pub fn kind(&self) -> &'static str {
         match self.status() {
             StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::FORBIDDEN => "permission_error",
             StatusCode::BAD_REQUEST
             | StatusCode::PAYLOAD_TOO_LARGE
             | StatusCode::METHOD_NOT_ALLOWED

@@ -15,6 +15,7 @@ use crate::config::{
 use crate::cors::Cors;
 use crate::error::ConfigError;
 use crate::gateway::{Gateway, GatewayOptions};
+use crate::policy::allowlist::Allowlist;
 use crate::proxy::{Proxy, Upstream};
 use crate::secret::ApiKey;
 use crate::sources::cached::Cached;
@@ -182,6 +183,9 @@ pub async fn options(settings: &Settings, mode: Mode) -> Result<GatewayOptions, 
         tracing::info!(?cors, "CORS on");
     }
     Ok(GatewayOptions {
+        policies: vec![Arc::new(Allowlist {
+            max_body: settings.max_inspected_body_bytes,
+        })],
         upstream_key,
         anonymous,
         idle_timeout: settings.idle_timeout(),

@@ -780,3 +780,176 @@ async fn a_policy_reads_a_bounded_body_and_its_verdict_holds() {
         ["-", "invalid_request_body", "request_too_large", "-"]
     );
 }
+
+const RULED: &str = r#"{"tokens": [
+    {"name": "friend", "token": "tok-friend-1", "models": ["gpt-4o-mini*"],
+     "endpoints": ["/v1/chat/completions", "/v1/models", "/v1/audio/transcriptions"]},
+    {"name": "batcher", "token": "tok-batcher-2", "models": ["gpt-4o-mini"]},
+    {"name": "batches-named", "token": "tok-batches-3", "models": ["gpt-4o-mini"],
+     "endpoints": ["/v1/batches"]},
+    {"name": "open", "token": "tok-open-4"}
+]}"#;
+
+async fn post_json(gw: &Served, path: &str, token: &str, body: &str) -> reqwest::Response {
+    client()
+        .post(gw.url(&format!("{path}?token={token}")))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn model_and_endpoint_allowlists_hold() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url())
+        .tokens(RULED)
+        .env("MAX_INSPECTED_BODY_BYTES", "4096")
+        .serve()
+        .await;
+    let chat = |model: &str| {
+        format!(r#"{{"model": "{model}", "messages": [{{"role": "user", "content": "hi"}}]}}"#)
+    };
+    // Allowed: a dated snapshot of the glob; the body arrives as sent.
+    let body = chat("gpt-4o-mini-2024-07-18");
+    let r = post_json(&gw, "/v1/chat/completions", "tok-friend-1", &body).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().body, body.as_bytes());
+    let before = up.count();
+    // Refused, never forwarded: another model, another endpoint, a body that is not JSON.
+    let (status, e) =
+        error_of(post_json(&gw, "/v1/chat/completions", "tok-friend-1", &chat("gpt-4o")).await)
+            .await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (403, Some("model_not_allowed"))
+    );
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("gpt-4o"),
+        "{e}"
+    );
+    let (status, e) =
+        error_of(post_json(&gw, "/v1/embeddings", "tok-friend-1", &chat("gpt-4o-mini")).await)
+            .await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (403, Some("endpoint_not_allowed"))
+    );
+    let (status, e) =
+        error_of(post_json(&gw, "/v1/chat/completions", "tok-friend-1", "{not json").await).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (400, Some("invalid_request_body"))
+    );
+    let big = chat(&"x".repeat(5000));
+    let (status, e) =
+        error_of(post_json(&gw, "/v1/chat/completions", "tok-friend-1", &big).await).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (413, Some("request_too_large"))
+    );
+    // No model to tell (a batch): refused unless `endpoints` names the path.
+    let batch = r#"{"input_file_id": "file-1", "endpoint": "/v1/chat/completions", "completion_window": "24h"}"#;
+    let (status, e) = error_of(post_json(&gw, "/v1/batches", "tok-batcher-2", batch).await).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (403, Some("model_not_allowed"))
+    );
+    assert_eq!(up.count(), before, "a refused request reached the upstream");
+    assert_eq!(
+        post_json(&gw, "/v1/batches", "tok-batches-3", batch)
+            .await
+            .status(),
+        200
+    );
+    // A model's own page follows the list; reads of others are refused.
+    assert_eq!(
+        fetch(&gw, "/v1/models/gpt-4o-mini?token=tok-friend-1")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        fetch(&gw, "/v1/models/gpt-4o?token=tok-friend-1")
+            .await
+            .status(),
+        403
+    );
+    // A token without rules reaches everything.
+    assert_eq!(
+        post_json(&gw, "/v1/embeddings", "tok-open-4", &chat("gpt-4o"))
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_multipart_model_is_checked_and_the_file_arrives_byte_for_byte() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(RULED).serve().await;
+    let audio: Vec<u8> = (0..=255u8)
+        .cycle()
+        .take(50_000)
+        .chain(*b"\r\n--not-a-boundary\r\n")
+        .collect();
+    let form = |model: &str| {
+        let mut body = Vec::new();
+        body.extend_from_slice(b"--BoUnD\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\n");
+        body.extend_from_slice(&audio);
+        body.extend_from_slice(format!("\r\n--BoUnD\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n--BoUnD--\r\n").as_bytes());
+        body
+    };
+    let send = |model: &str| {
+        client()
+            .post(gw.url("/v1/audio/transcriptions?token=tok-friend-1"))
+            .header("content-type", "multipart/form-data; boundary=BoUnD")
+            .body(form(model))
+            .send()
+    };
+    let r = send("whisper-1").await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = send("gpt-4o-mini-transcribe").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(text["text"], format!("sha256:{}", sha256_hex(&audio)));
+    assert_eq!(up.last().body, form("gpt-4o-mini-transcribe"));
+}
+
+#[test]
+fn tokens_new_writes_allowlists_that_read_back() {
+    let bin = env!("CARGO_BIN_EXE_chatgpt-gateway");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(bin)
+            .args(["tokens", "new", "--name", "friend", "--json"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "--models",
+        "gpt-4o-mini*,text-embedding-3-small",
+        "--endpoints",
+        "/v1/chat/completions,/v1/embeddings",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        made["entry"]["models"],
+        serde_json::json!(["gpt-4o-mini*", "text-embedding-3-small"])
+    );
+    assert_eq!(
+        made["entry"]["endpoints"],
+        serde_json::json!(["/v1/chat/completions", "/v1/embeddings"])
+    );
+    let out = run(&["--endpoints", "v1/chat"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must be a path starting with /"), "{err}");
+    assert!(!err.contains("gw-"), "no token in an error: {err}");
+}

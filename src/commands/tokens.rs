@@ -19,7 +19,7 @@ use crate::config::TOKENS_UTC_OFFSET;
 use crate::error::ConfigError;
 use crate::sources::ssm::Ssm;
 use crate::tokens::format::{self, parse_offset, parse_time, Credential, TokenList};
-use crate::tokens::{bundled, TokenSet};
+use crate::tokens::{bundled, Rules, TokenSet};
 
 /// `chatgpt-gateway tokens …`
 #[derive(Debug, Subcommand)]
@@ -41,6 +41,8 @@ pub enum TokensCommand {
         /// Print one JSON object {"token", "entry"} instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        rules: RuleArgs,
         #[command(flatten)]
         zone: Zone,
     },
@@ -65,6 +67,17 @@ pub enum TokensCommand {
         #[command(flatten)]
         zone: Zone,
     },
+}
+
+/// The entry's allowlists.
+#[derive(Debug, Args)]
+pub struct RuleArgs {
+    /// Models the token may use, comma-separated; `gpt-4o-mini*` allows every name it prefixes.
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
+    /// Path prefixes the token may reach, comma-separated, e.g. /v1/chat/completions,/v1/embeddings.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
 }
 
 /// Which list `check` reads.
@@ -99,6 +112,7 @@ pub async fn run(command: TokensCommand) -> Result<(), CommandError> {
             upstream_key_from_env,
             plaintext,
             json,
+            rules,
             zone,
         } => new(
             &name,
@@ -106,6 +120,7 @@ pub async fn run(command: TokensCommand) -> Result<(), CommandError> {
             upstream_key_from_env.as_deref(),
             plaintext,
             json,
+            &rules,
             zone.tokens_utc_offset,
         ),
         TokensCommand::Check { source, zone } => check(source, zone.tokens_utc_offset).await,
@@ -163,6 +178,7 @@ fn new(
     key_var: Option<&str>,
     plaintext: bool,
     json: bool,
+    rules: &RuleArgs,
     offset: FixedOffset,
 ) -> Result<(), CommandError> {
     if name.trim().is_empty() {
@@ -201,12 +217,23 @@ fn new(
     } else {
         Credential::Digest(&digest)
     };
+    let list = |items: &[String]| (!items.is_empty()).then(|| items.to_vec());
+    let rules = Rules {
+        models: list(&rules.models),
+        endpoints: list(&rules.endpoints),
+    };
     let entry = format::entry_json(
         name,
         credential,
         expires,
         upstream_key.as_deref().map(str::trim),
+        &rules,
     );
+    // What is printed must be what a list accepts: read it back.
+    format::parse(&format!("[{entry}]"), offset).map_err(|error| CommandError::Flag {
+        flag: "--models/--endpoints",
+        problem: error.to_string(),
+    })?;
     if json {
         println!("{}", serde_json::json!({ "token": token, "entry": entry }));
     } else {

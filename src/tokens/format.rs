@@ -18,7 +18,7 @@
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde_json::{Map, Value};
 
-use super::{TokenDigest, TokenEntry, TokenSet};
+use super::{Rules, TokenDigest, TokenEntry, TokenSet};
 use crate::secret::ApiKey;
 
 /// What a token list holds.
@@ -93,8 +93,21 @@ pub mod keys {
     pub const EXPIRE: &str = "expire";
     /// The key injected for this token.
     pub const UPSTREAM_KEY: &str = "upstream_key";
+    /// The models the token may use.
+    pub const MODELS: &str = "models";
+    /// The path prefixes the token may reach.
+    pub const ENDPOINTS: &str = "endpoints";
     /// All of them.
-    pub const ALL: [&str; 6] = [NAME, TOKEN, SHA256, EXPIRES, EXPIRE, UPSTREAM_KEY];
+    pub const ALL: [&str; 8] = [
+        NAME,
+        TOKEN,
+        SHA256,
+        EXPIRES,
+        EXPIRE,
+        UPSTREAM_KEY,
+        MODELS,
+        ENDPOINTS,
+    ];
 }
 
 /// How a written entry names its token.
@@ -113,6 +126,7 @@ pub fn entry_json(
     credential: Credential<'_>,
     expires: Option<DateTime<Utc>>,
     upstream_key: Option<&str>,
+    rules: &Rules,
 ) -> Value {
     let mut entry = Map::new();
     entry.insert(keys::NAME.into(), name.into());
@@ -128,6 +142,12 @@ pub fn entry_json(
     }
     if let Some(key) = upstream_key {
         entry.insert(keys::UPSTREAM_KEY.into(), key.into());
+    }
+    if let Some(models) = &rules.models {
+        entry.insert(keys::MODELS.into(), models.clone().into());
+    }
+    if let Some(endpoints) = &rules.endpoints {
+        entry.insert(keys::ENDPOINTS.into(), endpoints.clone().into());
     }
     Value::Object(entry)
 }
@@ -221,6 +241,7 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
             "expected an object".into(),
         ));
     };
+    let named = !matches!(map_get_name(map), None | Some(Value::Null));
     let name =
         match get(map, keys::NAME).map_err(|k| entry_error(&format!("#{index}"), repeated(k)))? {
             None | Some(Value::Null) => format!("#{index}"),
@@ -238,7 +259,7 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
             // An unknown key is most likely a typo of `expires`; ignoring it
             // would silently make the token immortal.
             return Err(fail(format!(
-                "unknown key {} (expected one of: name, token, sha256, expires, upstream_key)",
+                "unknown key {} (expected one of: name, token, sha256, expires, upstream_key, models, endpoints)",
                 shown_key(key)
             )));
         }
@@ -272,12 +293,52 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
         })?),
         None => None,
     };
+    let list = |key: &str| -> Result<Option<Vec<String>>, ParseError> {
+        match get(map, key).map_err(|k| fail(repeated(k)))? {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| match item {
+                    Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+                    _ => Err(fail(format!(
+                        "`{key}` must be an array of non-empty strings"
+                    ))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(fail(format!(
+                "`{key}` must be an array of non-empty strings"
+            ))),
+        }
+    };
+    let models = list(keys::MODELS)?;
+    let endpoints = list(keys::ENDPOINTS)?;
+    if let Some(bad) = endpoints.iter().flatten().find(|e| !e.starts_with('/')) {
+        return Err(fail(format!(
+            "`endpoints` entry `{bad}` must be a path starting with /"
+        )));
+    }
+    let rules = (models.is_some() || endpoints.is_some()).then_some(Rules { models, endpoints });
+    if rules.is_some() && !named {
+        return Err(fail(
+            "an entry with `models` or `endpoints` needs a `name` (its usage is kept by name)"
+                .into(),
+        ));
+    }
     Ok(TokenEntry {
         name,
         digest,
         expires,
         upstream_key,
+        rules: rules.map(std::sync::Arc::new),
     })
+}
+
+/// The `name` member, whatever its case (first one; repeats are refused later).
+fn map_get_name(map: &Map<String, Value>) -> Option<&Value> {
+    map.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(keys::NAME))
+        .map(|(_, v)| v)
 }
 
 /// An unknown key, as an error message shows it: quoted when it looks like
@@ -502,11 +563,59 @@ mod tests {
     }
 
     #[test]
+    fn rules_are_read_and_checked() {
+        let list = parse(
+            r#"[{"name": "friend", "token": "t", "Models": ["gpt-4o-mini*"], "endpoints": ["/v1/chat"]}]"#,
+            utc(),
+        )
+        .unwrap();
+        let rules = list.tokens.find(b"t").unwrap().rules.clone().unwrap();
+        assert_eq!(
+            rules.models.as_deref(),
+            Some(&["gpt-4o-mini*".to_owned()][..])
+        );
+        assert_eq!(
+            rules.endpoints.as_deref(),
+            Some(&["/v1/chat".to_owned()][..])
+        );
+        for (text, want) in [
+            (r#"[{"token": "t", "models": ["x"]}]"#, "needs a `name`"),
+            (
+                r#"[{"name": "n", "token": "t", "models": "x"}]"#,
+                "array of non-empty strings",
+            ),
+            (
+                r#"[{"name": "n", "token": "t", "models": [""]}]"#,
+                "array of non-empty strings",
+            ),
+            (
+                r#"[{"name": "n", "token": "t", "endpoints": ["v1/chat"]}]"#,
+                "starting with /",
+            ),
+            (
+                r#"[{"name": "n", "token": "a"}, {"name": "n", "token": "b"}]"#,
+                "names must be unique",
+            ),
+            (
+                r#"[{"name": "n", "token": "t", "limits": {}}]"#,
+                "unknown key",
+            ),
+        ] {
+            let err = parse(text, utc()).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn written_entries_read_back() {
         let at = Utc.with_ymd_and_hms(2027, 1, 2, 3, 4, 5).unwrap();
         let digest = crate::tokens::digest(b"gw-x");
         for credential in [Credential::Plain("gw-x"), Credential::Digest(&digest)] {
-            let entry = entry_json("n", credential, Some(at), Some("sk-1"));
+            let rules = Rules {
+                models: Some(vec!["gpt-4o-mini*".into()]),
+                endpoints: None,
+            };
+            let entry = entry_json("n", credential, Some(at), Some("sk-1"), &rules);
             let list = parse(&format!("[{entry}]"), utc()).unwrap();
             let read = list.tokens.find(b"gw-x").expect("the token reads back");
             assert_eq!((read.name.as_str(), read.expires), ("n", Some(at)));

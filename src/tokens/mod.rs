@@ -13,6 +13,7 @@
 pub mod format;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -55,6 +56,52 @@ pub struct TokenEntry {
     pub expires: Option<DateTime<Utc>>,
     /// An OpenAI key injected upstream for this token's requests.
     pub upstream_key: Option<ApiKey>,
+    /// What the token may reach (`models`, `endpoints`); `None`: everything.
+    pub rules: Option<Arc<Rules>>,
+}
+
+/// A token's allowlists. Each is `None` when the entry does not restrict it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rules {
+    /// Allowed model names; one ending in `*` allows every name it prefixes.
+    pub models: Option<Vec<String>>,
+    /// Allowed path prefixes, as the client sends the path.
+    pub endpoints: Option<Vec<String>>,
+}
+
+impl Rules {
+    /// Whether `model` is allowed.
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models.as_ref().is_none_or(|models| {
+            models.iter().any(|m| match m.strip_suffix('*') {
+                Some(prefix) => model.starts_with(prefix),
+                None => m == model,
+            })
+        })
+    }
+
+    /// Whether `path` is under one of the allowed prefixes (at a segment
+    /// boundary: `/v1/chat` allows `/v1/chat/completions`, not `/v1/chatter`).
+    pub fn allows_endpoint(&self, path: &str) -> bool {
+        self.endpoints
+            .as_ref()
+            .is_none_or(|endpoints| endpoints.iter().any(|e| under(path, e)))
+    }
+
+    /// Whether `endpoints` names `path` itself, which allows a request whose
+    /// model the gateway cannot tell (a batch, a file upload).
+    pub fn names_endpoint(&self, path: &str) -> bool {
+        let path = path.trim_end_matches('/');
+        self.endpoints
+            .as_ref()
+            .is_some_and(|endpoints| endpoints.iter().any(|e| e.trim_end_matches('/') == path))
+    }
+}
+
+fn under(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 impl TokenEntry {
@@ -76,7 +123,16 @@ impl TokenSet {
     /// Builds the index. Fails on a token listed twice, naming both entries.
     pub fn new(entries: Vec<TokenEntry>) -> Result<Self, ParseError> {
         let mut by_digest = HashMap::with_capacity(entries.len());
+        let mut by_name: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
+            if let Some(first) = by_name.insert(&entry.name, index) {
+                // Usage and limits are kept by name: two entries may not share one.
+                return Err(ParseError::Entry {
+                    index,
+                    name: entry.name.clone(),
+                    problem: format!("repeats the name of entry {first}; names must be unique"),
+                });
+            }
             if let Some(first) = by_digest.insert(entry.digest, index) {
                 return Err(ParseError::DuplicateToken {
                     index,
@@ -137,7 +193,30 @@ mod tests {
             digest: digest(token.as_bytes()),
             expires,
             upstream_key: None,
+            rules: None,
         }
+    }
+
+    #[test]
+    fn rules_match_globs_and_path_prefixes() {
+        let rules = Rules {
+            models: Some(vec!["gpt-4o-mini*".into(), "text-embedding-3-small".into()]),
+            endpoints: Some(vec!["/v1/chat/".into(), "/v1/embeddings".into()]),
+        };
+        assert!(rules.allows_model("gpt-4o-mini"));
+        assert!(rules.allows_model("gpt-4o-mini-2024-07-18"));
+        assert!(!rules.allows_model("gpt-4o"));
+        assert!(rules.allows_model("text-embedding-3-small"));
+        assert!(!rules.allows_model("text-embedding-3-small-v2"));
+        assert!(rules.allows_endpoint("/v1/chat/completions"));
+        assert!(rules.allows_endpoint("/v1/embeddings"));
+        assert!(!rules.allows_endpoint("/v1/chatter"));
+        assert!(!rules.allows_endpoint("/v1/batches"));
+        assert!(rules.names_endpoint("/v1/embeddings/"));
+        assert!(!rules.names_endpoint("/v1/chat/completions"));
+        let open = Rules::default();
+        assert!(open.allows_model("anything") && open.allows_endpoint("/x"));
+        assert!(!open.names_endpoint("/x"));
     }
 
     #[test]

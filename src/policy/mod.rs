@@ -7,6 +7,8 @@
 //! request through or with the [`GatewayError`] the client gets. A body
 //! that no policy reads keeps streaming upstream untouched; a body that one
 //! read is sent on byte for byte from what was read.
+//!
+//! The rules: [`allowlist`] (a token's `models` and `endpoints`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +19,8 @@ use http::{HeaderMap, Method};
 use http_body::Body;
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
+
+pub mod allowlist;
 
 use crate::auth::Admitted;
 use crate::body::{client_fault, from_client, BoxError};

@@ -1,0 +1,198 @@
+//! The token's allowlists: `endpoints` (path prefixes) and `models`.
+//!
+//! A request to a path outside `endpoints` gets `403 endpoint_not_allowed`.
+//! For `models`, the model comes from the request itself: the JSON body's
+//! `model`, a multipart body's `model` field, or the id in
+//! `/v1/models/{id}`; the body is read (up to a bound) only then, and goes
+//! upstream byte for byte as read. A request that could spend money and
+//! whose model the gateway cannot tell (`POST /v1/batches`, whose models sit
+//! in an uploaded file) is refused unless `endpoints` names its path itself:
+//! an allowlist that another endpoint could get around would be no allowlist.
+
+use http::Method;
+
+use super::{Inspect, Policy, Verdict};
+use crate::error::GatewayError;
+use crate::tokens::Rules;
+
+/// The allowlist rule, reading at most `max_body` bytes of a body.
+#[derive(Debug, Clone, Copy)]
+pub struct Allowlist {
+    /// How much of a body may be read to find its model.
+    pub max_body: u64,
+}
+
+impl Policy for Allowlist {
+    fn check<'a>(&'a self, request: &'a mut Inspect<'_>) -> Verdict<'a> {
+        Box::pin(async move {
+            let Some(rules) = request.admitted.rules.clone() else {
+                return Ok(());
+            };
+            if !rules.allows_endpoint(request.path) {
+                return Err(GatewayError::EndpointNotAllowed);
+            }
+            if rules.models.is_none() {
+                return Ok(());
+            }
+            self.check_model(&rules, request).await
+        })
+    }
+}
+
+impl Allowlist {
+    async fn check_model(
+        &self,
+        rules: &Rules,
+        request: &mut Inspect<'_>,
+    ) -> Result<(), GatewayError> {
+        let model = match *request.method {
+            Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS => {
+                // Reads spend nothing; a model's own page is still its model's.
+                match model_in_path(request.path) {
+                    Some(model) => model.to_owned(),
+                    None => return Ok(()),
+                }
+            }
+            _ => match self.model_in_body(request).await? {
+                Some(model) => model,
+                None if rules.names_endpoint(request.path) => return Ok(()),
+                None => return Err(GatewayError::ModelUnknown),
+            },
+        };
+        if rules.allows_model(&model) {
+            Ok(())
+        } else {
+            Err(GatewayError::ModelNotAllowed(model))
+        }
+    }
+
+    async fn model_in_body(
+        &self,
+        request: &mut Inspect<'_>,
+    ) -> Result<Option<String>, GatewayError> {
+        let content_type = request
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let essence = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        if essence == "application/json" || essence.ends_with("+json") {
+            let body = request.body.read(self.max_body).await?;
+            if body.is_empty() {
+                return Ok(None);
+            }
+            let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| {
+                GatewayError::InvalidRequestBody(
+                    "the body is not valid JSON, and this token's rules need its model",
+                )
+            })?;
+            return Ok(value
+                .get("model")
+                .and_then(|m| m.as_str())
+                .map(str::to_owned));
+        }
+        if essence == "multipart/form-data" {
+            let Some(boundary) = boundary(&content_type_raw(request)) else {
+                return Err(GatewayError::InvalidRequestBody(
+                    "a multipart body without a boundary",
+                ));
+            };
+            let body = request.body.read(self.max_body).await?;
+            return Ok(form_field(body, &boundary, "model"));
+        }
+        Ok(None)
+    }
+}
+
+fn content_type_raw(request: &Inspect<'_>) -> String {
+    request
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// The id in `/v1/models/{id}` (or `/models/{id}`).
+fn model_in_path(path: &str) -> Option<&str> {
+    let rest = path
+        .strip_prefix("/v1/models/")
+        .or_else(|| path.strip_prefix("/models/"))?;
+    (!rest.is_empty() && !rest.contains('/')).then_some(rest)
+}
+
+/// The `boundary` parameter of a multipart content type (case kept).
+fn boundary(content_type: &str) -> Option<String> {
+    content_type.split(';').skip(1).find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("boundary")
+            .then(|| value.trim().trim_matches('"').to_owned())
+            .filter(|b| !b.is_empty())
+    })
+}
+
+/// The value of the form field `name` in a multipart body.
+fn form_field(body: &[u8], boundary: &str, name: &str) -> Option<String> {
+    let delimiter = format!("--{boundary}");
+    let delimiter = delimiter.as_bytes();
+    let wanted = format!("name=\"{name}\"");
+    let mut rest = body;
+    while let Some(at) = find(rest, delimiter) {
+        rest = &rest[at + delimiter.len()..];
+        let end = find(rest, delimiter).unwrap_or(rest.len());
+        let part = &rest[..end];
+        let split = find(part, b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&part[..split]);
+        let is_field = head.lines().any(|line| {
+            let line = line.to_ascii_lowercase();
+            line.starts_with("content-disposition:")
+                && line.contains(&wanted)
+                && !line.contains("filename=")
+        });
+        if is_field {
+            let value = &part[split + 4..];
+            let value = value.strip_suffix(b"\r\n").unwrap_or(value);
+            return std::str::from_utf8(value).ok().map(|v| v.trim().to_owned());
+        }
+    }
+    None
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_of_a_multipart_body() {
+        let body = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nname=\"model\"\r\n--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--XyZ--\r\n";
+        assert_eq!(
+            form_field(body, "XyZ", "model").as_deref(),
+            Some("whisper-1")
+        );
+        assert_eq!(form_field(body, "XyZ", "prompt"), None);
+        assert_eq!(
+            boundary("multipart/form-data; boundary=\"XyZ\"").as_deref(),
+            Some("XyZ")
+        );
+        assert_eq!(boundary("multipart/form-data"), None);
+    }
+
+    #[test]
+    fn models_in_paths() {
+        assert_eq!(model_in_path("/v1/models/gpt-4o"), Some("gpt-4o"));
+        assert_eq!(model_in_path("/v1/models"), None);
+        assert_eq!(model_in_path("/v1/models/"), None);
+        assert_eq!(model_in_path("/v1/chat/completions"), None);
+    }
+}
