@@ -22,6 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::Utc;
 use http::{Method, Request, Response};
+use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use crate::auth;
@@ -29,7 +30,7 @@ use crate::body::{BoxError, Buffered, Completion, GatewayBody, IdleTimeout, Laye
 use crate::cors::Cors;
 use crate::error::GatewayError;
 use crate::headers;
-use crate::policy::{Inspect, Policy, RequestBody};
+use crate::policy::{Inspect, Policy, RequestBody, ResponseEdit};
 use crate::proxy::Proxy;
 use crate::record::{Finish, Hooks, Record, RequestId};
 use crate::secret::ApiKey;
@@ -191,6 +192,7 @@ impl Gateway {
                 GatewayError::InvalidRequestBody("GET and HEAD requests cannot carry a body")
             })?;
         }
+        let mut edit = None;
         if !inner.policies.is_empty() {
             let mut inspect = Inspect {
                 method: &parts.method,
@@ -198,12 +200,17 @@ impl Gateway {
                 headers: &parts.headers,
                 admitted: &admitted,
                 body: &mut body,
+                edit: None,
             };
             for rule in &inner.policies {
                 rule.check(&mut inspect).await?;
             }
+            edit = inspect.edit;
         }
-        let headers = headers::to_upstream(parts.headers, admitted.strip, key.as_ref());
+        let mut headers = headers::to_upstream(parts.headers, admitted.strip, key.as_ref());
+        if edit.is_some() {
+            headers::identity_only(&mut headers);
+        }
         let asked = Instant::now();
         let response = inner
             .proxy
@@ -211,9 +218,31 @@ impl Gateway {
             .await?;
         record.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
         let idle = inner.idle_timeout;
-        Ok(response.map(|body| GatewayBody::new(Layer::new(body, IdleTimeout::new(idle)))))
+        let mut response =
+            response.map(|body| GatewayBody::new(Layer::new(body, IdleTimeout::new(idle))));
+        if let Some(edit) = edit.filter(|_| response.status().is_success()) {
+            headers::for_rewrite(response.headers_mut());
+            response = response.map(|body| rewritten(body, edit));
+        }
+        Ok(response)
     }
+}
 
+/// A body replaced, once whole, by what `edit` makes of it.
+fn rewritten(body: GatewayBody, edit: ResponseEdit) -> GatewayBody {
+    let whole = async move {
+        let collected = http_body_util::Limited::new(body, edit.limit)
+            .collect()
+            .await
+            .map_err(|e| -> BoxError { e })?;
+        Ok::<_, BoxError>(http_body::Frame::data((edit.rewrite)(collected.to_bytes())))
+    };
+    GatewayBody::new(http_body_util::StreamBody::new(futures_util::stream::once(
+        whole,
+    )))
+}
+
+impl Gateway {
     /// Layers the response body: a cap when it will be collected, then the
     /// completion point that owns the record.
     fn respond(

@@ -120,6 +120,26 @@ pub fn apply_cors(headers: &mut HeaderMap, decision: &Decision) {
     }
 }
 
+/// Asks the upstream for an uncompressed body (one the gateway will rewrite).
+pub fn identity_only(headers: &mut HeaderMap) {
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+}
+
+/// A rewritten body has a new length, no encoding, and no validator of the old one.
+pub fn for_rewrite(headers: &mut HeaderMap) {
+    for name in [
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::ETAG,
+        HeaderName::from_static("content-md5"),
+    ] {
+        headers.remove(name);
+    }
+}
+
 /// A streamed response carries its own framing; a length from the upstream
 /// would contradict it.
 pub fn for_stream(headers: &mut HeaderMap) {

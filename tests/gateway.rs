@@ -876,6 +876,41 @@ async fn model_and_endpoint_allowlists_hold() {
             .status(),
         403
     );
+    // The model list shows only the allowed models, even when the client asks for gzip.
+    let r =
+        client()
+            .get(gw.url(
+                "/v1/models?mock_models=gpt-4o,gpt-4o-mini,o3,gpt-4o-mini-tts&token=tok-friend-1",
+            ))
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("content-encoding").is_none());
+    let list: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(list["object"], "list");
+    let ids: Vec<_> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].clone())
+        .collect();
+    assert_eq!(ids, ["gpt-4o-mini", "gpt-4o-mini-tts"]);
+    assert_eq!(
+        up.last().header("accept-encoding").as_deref(),
+        Some("identity")
+    );
+    let list: serde_json::Value = fetch(&gw, "/v1/models?mock_models=gpt-4o,o3&token=tok-open-4")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        2,
+        "no rules, no filter"
+    );
     // A token without rules reaches everything.
     assert_eq!(
         post_json(&gw, "/v1/embeddings", "tok-open-4", &chat("gpt-4o"))

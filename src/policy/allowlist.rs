@@ -9,9 +9,10 @@
 //! in an uploaded file) is refused unless `endpoints` names its path itself:
 //! an allowlist that another endpoint could get around would be no allowlist.
 
+use bytes::Bytes;
 use http::Method;
 
-use super::{Inspect, Policy, Verdict};
+use super::{Inspect, Policy, ResponseEdit, Verdict};
 use crate::error::GatewayError;
 use crate::tokens::Rules;
 
@@ -47,6 +48,15 @@ impl Allowlist {
     ) -> Result<(), GatewayError> {
         let model = match *request.method {
             Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS => {
+                if *request.method == Method::GET && is_model_list(request.path) {
+                    // The list shows only what the token may use.
+                    let rules = rules.clone();
+                    request.edit = Some(ResponseEdit {
+                        limit: MAX_MODEL_LIST,
+                        rewrite: Box::new(move |body| filter_models(&body, &rules)),
+                    });
+                    return Ok(());
+                }
                 // Reads spend nothing; a model's own page is still its model's.
                 match model_in_path(request.path) {
                     Some(model) => model.to_owned(),
@@ -119,6 +129,26 @@ fn content_type_raw(request: &Inspect<'_>) -> String {
         .to_owned()
 }
 
+/// The most of a model list the gateway collects to filter it.
+const MAX_MODEL_LIST: usize = 4 << 20;
+
+fn is_model_list(path: &str) -> bool {
+    matches!(path.trim_end_matches('/'), "/v1/models" | "/models")
+}
+
+/// A model list less the models `rules` exclude; an answer that is not a
+/// list becomes an empty one, so nothing unfiltered gets through.
+fn filter_models(body: &[u8], rules: &Rules) -> Bytes {
+    let mut list: serde_json::Value = serde_json::from_slice(body)
+        .ok()
+        .filter(|v: &serde_json::Value| v["data"].is_array())
+        .unwrap_or_else(|| serde_json::json!({"object": "list", "data": []}));
+    if let Some(data) = list["data"].as_array_mut() {
+        data.retain(|m| m["id"].as_str().is_some_and(|id| rules.allows_model(id)));
+    }
+    Bytes::from(list.to_string())
+}
+
 /// The id in `/v1/models/{id}` (or `/models/{id}`).
 fn model_in_path(path: &str) -> Option<&str> {
     let rest = path
@@ -186,6 +216,26 @@ mod tests {
             Some("XyZ")
         );
         assert_eq!(boundary("multipart/form-data"), None);
+    }
+
+    #[test]
+    fn model_lists_are_filtered_and_anything_else_emptied() {
+        let rules = Rules {
+            models: Some(vec!["gpt-4o-mini*".into()]),
+            endpoints: None,
+        };
+        let list = br#"{"object":"list","data":[{"id":"gpt-4o"},{"id":"gpt-4o-mini"},{"id":"gpt-4o-mini-tts"}]}"#;
+        let out: serde_json::Value = serde_json::from_slice(&filter_models(list, &rules)).unwrap();
+        let ids: Vec<_> = out["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].clone())
+            .collect();
+        assert_eq!(ids, ["gpt-4o-mini", "gpt-4o-mini-tts"]);
+        let out: serde_json::Value =
+            serde_json::from_slice(&filter_models(b"\x1f\x8b garbage", &rules)).unwrap();
+        assert_eq!(out["data"], serde_json::json!([]));
     }
 
     #[test]

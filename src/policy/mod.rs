@@ -48,6 +48,18 @@ pub struct Inspect<'r> {
     pub admitted: &'r Admitted,
     /// The body.
     pub body: &'r mut RequestBody,
+    /// A change the policy asks for in the response (at most one).
+    pub edit: Option<ResponseEdit>,
+}
+
+/// A change to a successful response's body, decided before the request goes
+/// upstream. The body is collected (up to `limit`), asked for uncompressed,
+/// and replaced by what `rewrite` makes of it.
+pub struct ResponseEdit {
+    /// The most the collected body may hold.
+    pub limit: usize,
+    /// The new body from the old.
+    pub rewrite: Box<dyn FnOnce(Bytes) -> Bytes + Send>,
 }
 
 /// A request body on its way upstream: streaming, or read by a policy.

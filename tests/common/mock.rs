@@ -22,7 +22,7 @@
 //! - a `model` of `force-500`: a 500; `force-429`: a 429 with `retry-after: 0`
 //!   the first time per `x-mock-attempt-key` (an SDK's retry then succeeds);
 //! - `GET /_mock/requests`: what it received, as JSON (`DELETE` clears it);
-//! - anything else: a model list.
+//! - anything else: a model list (`?mock_models=a,b` names its models).
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -596,11 +596,14 @@ async fn answer(
             let code: u16 = p.rsplit('/').next().unwrap().parse().unwrap_or(500);
             json(code, error_body(code, &format!("mock error {code}"), None))
         }
-        _ => json(
-            200,
-            json!({"object": "list", "data": [
-                {"id": "gpt-4o-mini", "object": "model", "created": 1, "owned_by": "openai"}
-            ]}),
-        ),
+        _ => {
+            // `?mock_models=a,b` lists those instead.
+            let ids = q.get("mock_models").map_or("gpt-4o-mini", String::as_str);
+            let data: Vec<Value> = ids
+                .split(',')
+                .map(|id| json!({"id": id, "object": "model", "created": 1, "owned_by": "openai"}))
+                .collect();
+            json(200, json!({"object": "list", "data": data}))
+        }
     }
 }
