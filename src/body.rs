@@ -7,18 +7,18 @@
 //! 1. the upstream's body;
 //! 2. [`IdleTimeout`]: cut when the upstream goes silent too long;
 //! 3. a [`Cap`] (buffered Lambda only): refuse to grow past Lambda's limit;
-//! 4. [`Completion`]: counts what was sent, sets the record's outcome, and
-//!    runs the completion hooks exactly once.
+//! 4. [`crate::completion::Completion`]: counts what was sent, sets the
+//!    record's outcome, and runs the completion hooks exactly once.
 //!
 //! The gateway's own answers (errors, preflights) are a full body under the
-//! same [`Completion`] layer. On the way up, [`from_client`] counts the
+//! same completion layer. On the way up, [`from_client`] counts the
 //! request body into the record, cuts a silent upload, and marks its failures
 //! as the client's. New behaviour (a usage tap, an SSE filter) is one
 //! more layer, in the place the list above gives it.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -27,14 +27,15 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::GatewayError;
-use crate::record::{BoxFuture, ByteCount, Hooks, Outcome, Record};
 
 /// The error type of gateway bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a body's poll yields.
+pub type Polled = Result<Frame<Bytes>, BoxError>;
 
 /// A response body in every mode: any stack of layers, boxed once.
 pub struct GatewayBody(UnsyncBoxBody<Bytes, BoxError>);
@@ -92,18 +93,31 @@ pub trait Step: Unpin {
     fn waiting(&mut self, _cx: &mut Context<'_>) -> Option<BoxError> {
         None
     }
+    /// Runs once when the inner body has ended cleanly.
+    fn end(&mut self) {}
 }
 
 /// A body with one [`Step`] over it, passing every frame through as it comes.
 pub struct Layer<B, S> {
     inner: B,
     step: S,
+    ended: bool,
 }
 
-impl<B, S> Layer<B, S> {
+impl<B, S: Step> Layer<B, S> {
     /// Puts `step` over `inner`.
     pub fn new(inner: B, step: S) -> Self {
-        Self { inner, step }
+        Self {
+            inner,
+            step,
+            ended: false,
+        }
+    }
+
+    fn end(&mut self) {
+        if !std::mem::replace(&mut self.ended, true) {
+            self.step.end();
+        }
     }
 }
 
@@ -128,10 +142,18 @@ where
                         return Poll::Ready(Some(Err(error)));
                     }
                 }
+                // A body of known length may not be polled past its last
+                // frame (the server stops once the length is written).
+                if this.inner.is_end_stream() {
+                    this.end();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.end();
+                Poll::Ready(None)
+            }
             Poll::Pending => match this.step.waiting(cx) {
                 Some(error) => Poll::Ready(Some(Err(error))),
                 None => Poll::Pending,
@@ -255,188 +277,6 @@ impl Cap {
     }
 }
 
-/// Completion work that outlived its response body (the client left, so
-/// nobody polls the body to its end): spawned, and counted so that a Lambda
-/// runner can wait for it before the container may be frozen.
-#[derive(Debug, Default)]
-pub struct Pending {
-    count: AtomicUsize,
-    settled: Notify,
-}
-
-impl Pending {
-    /// Runs `work` in the background, counted until it ends.
-    pub fn spawn(self: &Arc<Self>, work: BoxFuture<()>) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        self.count.fetch_add(1, Ordering::SeqCst);
-        let pending = self.clone();
-        runtime.spawn(async move {
-            work.await;
-            if pending.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-                pending.settled.notify_waiters();
-            }
-        });
-    }
-
-    /// Resolves once no spawned completion work is left.
-    pub async fn settled(&self) {
-        loop {
-            let notified = self.settled.notified();
-            if self.count.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// What a body's poll yields.
-type Polled = Result<Frame<Bytes>, BoxError>;
-
-/// The one completion point of a request: counts the bytes sent, decides the
-/// outcome, and runs the hooks once, before the body reports its end (or, if
-/// the body is dropped first, in the background via [`Pending`]).
-pub struct Completion<B> {
-    inner: B,
-    pending: Arc<Pending>,
-    state: Option<Finishing>,
-    running: Option<BoxFuture<()>>,
-    ending: Option<Option<Result<Frame<Bytes>, BoxError>>>,
-    saw_end: bool,
-}
-
-struct Finishing {
-    record: Record,
-    hooks: Hooks,
-    /// Whether the status already went out (streaming) or can still change
-    /// (a collected, buffered response).
-    committed: bool,
-}
-
-impl<B> Completion<B> {
-    /// Wraps `inner`; `committed` is false when the response head can still
-    /// be replaced by an error (buffered Lambda).
-    pub fn new(
-        inner: B,
-        record: Record,
-        hooks: Hooks,
-        pending: Arc<Pending>,
-        committed: bool,
-    ) -> Self {
-        Self {
-            inner,
-            pending,
-            state: Some(Finishing {
-                record,
-                hooks,
-                committed,
-            }),
-            running: None,
-            ending: None,
-            saw_end: false,
-        }
-    }
-
-    /// Ends the record with `outcome` and starts the hooks.
-    fn start_hooks(&mut self, outcome: Outcome, error: Option<&BoxError>) -> Option<BoxFuture<()>> {
-        let Finishing {
-            mut record,
-            hooks,
-            committed,
-            ..
-        } = self.state.take()?;
-        record.outcome = outcome;
-        if let Some(error) = error {
-            let gateway = error.downcast_ref::<GatewayError>();
-            if !committed {
-                // The client gets an error instead of this body: say so.
-                let error = gateway.cloned().unwrap_or(GatewayError::UpstreamFailed);
-                record.status = error.status().as_u16();
-                record.code = Some(error.code());
-            }
-            tracing::warn!(error = %error, "response stream ended early");
-        }
-        let work: Vec<BoxFuture<()>> = hooks.iter().map(|h| h.finish(&record)).collect();
-        Some(Box::pin(async move {
-            futures_util::future::join_all(work).await;
-        }))
-    }
-}
-
-impl<B> Body for Completion<B>
-where
-    B: Body<Data = Bytes, Error = BoxError> + Unpin,
-{
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Polled>> {
-        let this = self.get_mut();
-        if this.ending.is_none() {
-            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(frame) => frame,
-            };
-            match frame {
-                Some(Ok(frame)) => {
-                    if let (Some(data), Some(state)) = (frame.data_ref(), this.state.as_mut()) {
-                        state.record.bytes_out += data.len() as u64;
-                    }
-                    this.saw_end = this.inner.is_end_stream();
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                None => {
-                    this.saw_end = true;
-                    this.running = this.start_hooks(Outcome::Complete, None);
-                    this.ending = Some(None);
-                }
-                Some(Err(error)) => {
-                    let outcome = if error.is::<GatewayError>() {
-                        Outcome::GatewayError
-                    } else {
-                        Outcome::UpstreamStreamError
-                    };
-                    this.running = this.start_hooks(outcome, Some(&error));
-                    this.ending = Some(Some(Err(error)));
-                }
-            }
-        }
-        if let Some(running) = this.running.as_mut() {
-            if running.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            this.running = None;
-        }
-        Poll::Ready(this.ending.as_mut().and_then(Option::take))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        // Only once the hooks ran: the server then polls once more after the
-        // last frame, and that poll runs them.
-        self.state.is_none() && self.running.is_none() && self.ending.is_some()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl<B> Drop for Completion<B> {
-    fn drop(&mut self) {
-        let outcome = if self.saw_end {
-            // Every byte went out; only the closing poll never came.
-            Outcome::Complete
-        } else {
-            Outcome::ClientClosed
-        };
-        if let Some(work) = self.start_hooks(outcome, None).or(self.running.take()) {
-            self.pending.spawn(work);
-        }
-    }
-}
-
 /// The client's request body failed: malformed framing, a connection that
 /// broke, or silence. The client's fault, never the upstream's.
 #[derive(Debug, thiserror::Error)]
@@ -483,44 +323,25 @@ pub fn client_fault(error: &(dyn std::error::Error + 'static)) -> Option<Gateway
     None
 }
 
+/// Bytes read from the client's request body, counted while it streams
+/// upstream (the upload and the response run at the same time).
+#[derive(Debug, Clone, Default)]
+pub struct ByteCount(Arc<AtomicU64>);
+
+impl ByteCount {
+    /// Adds `n` bytes.
+    pub fn add(&self, n: usize) {
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    /// The count so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Finish;
-    use http::Method;
-    use std::sync::Mutex;
-
-    /// A hook that keeps what it saw, after an await.
-    /// What a hook saw: outcome, bytes out, status, code.
-    type Seen = Arc<Mutex<Vec<(Outcome, u64, u16, Option<&'static str>)>>>;
-
-    #[derive(Default)]
-    struct Keep(Seen);
-
-    impl Finish for Keep {
-        fn finish(&self, record: &Record) -> BoxFuture<()> {
-            let seen = self.0.clone();
-            let fact = (record.outcome, record.bytes_out, record.status, record.code);
-            Box::pin(async move {
-                tokio::task::yield_now().await;
-                seen.lock().unwrap().push(fact);
-            })
-        }
-    }
-
-    fn completion<B>(body: B, committed: bool) -> (Completion<B>, Seen, Arc<Pending>) {
-        let keep = Keep::default();
-        let seen = keep.0.clone();
-        let mut record = Record::start(&Method::GET, "/x", Instant::now());
-        record.status = 200;
-        let pending = Arc::new(Pending::default());
-        let hooks: Hooks = Arc::new([Arc::new(keep) as Arc<dyn Finish>]);
-        (
-            Completion::new(body, record, hooks, pending.clone(), committed),
-            seen,
-            pending,
-        )
-    }
 
     fn stream(parts: Vec<Result<&'static str, &'static str>>) -> GatewayBody {
         let frames = futures_util::stream::iter(parts.into_iter().map(|p| {
@@ -528,54 +349,6 @@ mod tests {
                 .map_err(BoxError::from)
         }));
         GatewayBody::new(http_body_util::StreamBody::new(frames))
-    }
-
-    #[tokio::test]
-    async fn hooks_run_once_before_the_end_is_reported() {
-        let (body, seen, _) = completion(stream(vec![Ok("ab"), Ok("cde")]), true);
-        let collected = body.collect().await.unwrap().to_bytes();
-        assert_eq!(&collected[..], b"abcde");
-        assert_eq!(*seen.lock().unwrap(), [(Outcome::Complete, 5, 200, None)]);
-    }
-
-    #[tokio::test]
-    async fn a_dropped_body_finishes_in_the_background() {
-        let (mut body, seen, pending) = completion(stream(vec![Ok("ab"), Ok("c")]), true);
-        let first = body.frame().await.unwrap().unwrap();
-        assert_eq!(first.into_data().unwrap(), "ab");
-        drop(body);
-        pending.settled().await;
-        assert_eq!(
-            *seen.lock().unwrap(),
-            [(Outcome::ClientClosed, 2, 200, None)]
-        );
-    }
-
-    #[tokio::test]
-    async fn an_uncommitted_head_takes_the_errors_status() {
-        let cap = Cap {
-            limit: 4,
-            base64: false,
-            reported: 99,
-        };
-        let capped = GatewayBody::new(Layer::new(stream(vec![Ok("abc"), Ok("de")]), cap.tap()));
-        let (body, seen, _) = completion(capped, false);
-        let error = body.collect().await.unwrap_err();
-        assert_eq!(
-            error.downcast_ref::<GatewayError>(),
-            Some(&GatewayError::ResponseTooLarge(99))
-        );
-        assert_eq!(
-            *seen.lock().unwrap(),
-            [(Outcome::GatewayError, 3, 502, Some("response_too_large"))]
-        );
-        // Committed (streamed): the status the client already got stays.
-        let (body, seen, _) = completion(stream(vec![Ok("a"), Err("reset")]), true);
-        assert!(body.collect().await.is_err());
-        assert_eq!(
-            *seen.lock().unwrap(),
-            [(Outcome::UpstreamStreamError, 1, 200, None)]
-        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -26,7 +26,8 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use crate::auth;
-use crate::body::{BoxError, Buffered, Completion, GatewayBody, IdleTimeout, Layer, Pending};
+use crate::body::{BoxError, Buffered, GatewayBody, IdleTimeout, Layer};
+use crate::completion::{Completion, Pending};
 use crate::cors::Cors;
 use crate::error::GatewayError;
 use crate::headers;
@@ -36,6 +37,9 @@ use crate::record::{Finish, Hooks, Record, RequestId};
 use crate::secret::ApiKey;
 use crate::sources::cached::Cached;
 use crate::tokens::TokenSet;
+use crate::usage::stream_usage::HideUsageChunk;
+use crate::usage::tap::UsageTap;
+use crate::usage::{self, Meter};
 
 /// What a gateway is made of.
 pub struct GatewayOptions {
@@ -208,9 +212,10 @@ impl Gateway {
             edit = inspect.edit;
         }
         let mut headers = headers::to_upstream(parts.headers, admitted.strip, key.as_ref());
-        if edit.is_some() {
+        if matches!(edit, Some(ResponseEdit::Rewrite { .. })) {
             headers::identity_only(&mut headers);
         }
+        let metered = parts.method == Method::POST && usage::is_metered(parts.uri.path());
         let asked = Instant::now();
         let response = inner
             .proxy
@@ -220,22 +225,60 @@ impl Gateway {
         let idle = inner.idle_timeout;
         let mut response =
             response.map(|body| GatewayBody::new(Layer::new(body, IdleTimeout::new(idle))));
-        if let Some(edit) = edit.filter(|_| response.status().is_success()) {
-            headers::for_rewrite(response.headers_mut());
-            response = response.map(|body| rewritten(body, edit));
+        if metered {
+            response = meter(response, &record.meter, record.bytes_in.get());
+        }
+        match edit.filter(|_| response.status().is_success()) {
+            Some(ResponseEdit::Rewrite { limit, rewrite }) => {
+                headers::for_rewrite(response.headers_mut());
+                response = response.map(|body| rewritten(body, limit, rewrite));
+            }
+            Some(ResponseEdit::HideUsageChunk) if usage::is_event_stream(response.headers()) => {
+                response = response.map(|body| GatewayBody::new(HideUsageChunk::new(body)));
+            }
+            _ => {}
         }
         Ok(response)
     }
 }
 
-/// A body replaced, once whole, by what `edit` makes of it.
-fn rewritten(body: GatewayBody, edit: ResponseEdit) -> GatewayBody {
+/// Puts a usage tap on a response that may carry usage (a stream's events,
+/// or a JSON body), reading into `meter`.
+fn meter(
+    response: Response<GatewayBody>,
+    meter: &Meter,
+    request_bytes: u64,
+) -> Response<GatewayBody> {
+    let tap = if usage::is_event_stream(response.headers()) {
+        UsageTap::stream(meter.clone())
+    } else if usage::is_json(response.headers()) {
+        let encoding = response
+            .headers()
+            .get(http::header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        UsageTap::json(meter.clone(), encoding)
+    } else {
+        return response;
+    };
+    if response.status().is_success() {
+        meter.expect(request_bytes);
+    }
+    response.map(|body| GatewayBody::new(Layer::new(body, tap)))
+}
+
+/// A body replaced, once whole, by what `rewrite` makes of it.
+fn rewritten(
+    body: GatewayBody,
+    limit: usize,
+    rewrite: Box<dyn FnOnce(Bytes) -> Bytes + Send>,
+) -> GatewayBody {
     let whole = async move {
-        let collected = http_body_util::Limited::new(body, edit.limit)
+        let collected = http_body_util::Limited::new(body, limit)
             .collect()
             .await
             .map_err(|e| -> BoxError { e })?;
-        Ok::<_, BoxError>(http_body::Frame::data((edit.rewrite)(collected.to_bytes())))
+        Ok::<_, BoxError>(http_body::Frame::data(rewrite(collected.to_bytes())))
     };
     GatewayBody::new(http_body_util::StreamBody::new(futures_util::stream::once(
         whole,

@@ -12,8 +12,9 @@
 //! 5. [`proxy`] maps the path onto the upstream and sends the request, with
 //!    the headers [`headers`] cleaned and the upstream key injected;
 //! 6. [`body`] layers stream the upstream's body back, cutting silent
-//!    streams, and end in one completion point that hands the request's
-//!    [`record`] to the completion hooks (the [`telemetry`] access line).
+//!    streams, [`usage`] taps read the usage it carries, and one completion
+//!    point ([`completion`]) hands the request's [`record`] to the completion hooks (the
+//!    [`telemetry`] access line).
 //!
 //! Around that path: [`config`] names every setting; [`startup`] builds the
 //! gateway from them; [`sources`] keeps the token list and the key fresh
@@ -24,6 +25,7 @@
 pub mod auth;
 pub mod body;
 pub mod commands;
+pub mod completion;
 pub mod config;
 pub mod cors;
 pub mod error;
@@ -39,6 +41,7 @@ pub mod sources;
 pub mod startup;
 pub mod telemetry;
 pub mod tokens;
+pub mod usage;
 
 pub use error::{ConfigError, GatewayError};
 pub use gateway::{Gateway, GatewayOptions};

@@ -2,17 +2,19 @@
 //!
 //! The gateway starts a [`Record`] when a request arrives and carries it
 //! through every phase (identity after authentication, timings after the
-//! upstream answers). The response body's [`crate::body::Completion`] layer
+//! upstream answers). The response body's [`crate::completion::Completion`] layer
 //! then owns it, fills in the outcome and byte counts, and hands it exactly
-//! once to the completion hooks ([`Finish`]): the access log now, metering
-//! and metrics later.
+//! once to the completion hooks ([`Finish`]): the access log now, the usage
+//! store and metrics later.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::Method;
+
+use crate::body::ByteCount;
+use crate::usage::Meter;
 use tokio::time::Instant;
 
 /// The longest path kept in a record; longer ones are cut.
@@ -48,22 +50,6 @@ impl Outcome {
     }
 }
 
-/// Bytes read from the client's request body, counted while it streams
-/// upstream (the upload and the response run at the same time).
-#[derive(Debug, Clone, Default)]
-pub struct ByteCount(Arc<AtomicU64>);
-
-impl ByteCount {
-    /// Adds `n` bytes.
-    pub fn add(&self, n: usize) {
-        self.0.fetch_add(n as u64, Ordering::Relaxed);
-    }
-    /// The count so far.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 /// One request, from arrival to the end of its response.
 #[derive(Debug)]
 pub struct Record {
@@ -89,6 +75,8 @@ pub struct Record {
     pub bytes_out: u64,
     /// How the response ended (set by the completion layer).
     pub outcome: Outcome,
+    /// The usage read from the response (or estimated), as it streams.
+    pub meter: Meter,
 }
 
 impl Record {
@@ -110,6 +98,7 @@ impl Record {
             bytes_in: ByteCount::default(),
             bytes_out: 0,
             outcome: Outcome::ClientClosed,
+            meter: Meter::default(),
         }
     }
 

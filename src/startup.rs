@@ -23,6 +23,7 @@ use crate::sources::ssm::{self, Ssm};
 use crate::telemetry::AccessLog;
 use crate::tokens::format::{self, TokenList};
 use crate::tokens::{bundled, TokenSet};
+use crate::usage::stream_usage::StreamUsage;
 
 /// Where the gateway runs, which decides when anonymous access is safe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,9 +184,14 @@ pub async fn options(settings: &Settings, mode: Mode) -> Result<GatewayOptions, 
         tracing::info!(?cors, "CORS on");
     }
     Ok(GatewayOptions {
-        policies: vec![Arc::new(Allowlist {
-            max_body: settings.max_inspected_body_bytes,
-        })],
+        policies: vec![
+            Arc::new(Allowlist {
+                max_body: settings.max_inspected_body_bytes,
+            }),
+            Arc::new(StreamUsage {
+                max_body: settings.max_inspected_body_bytes,
+            }),
+        ],
         upstream_key,
         anonymous,
         idle_timeout: settings.idle_timeout(),

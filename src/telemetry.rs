@@ -83,9 +83,16 @@ impl Finish for AccessLog {
         } else {
             std::borrow::Cow::Borrowed(record.path.as_str())
         };
+        let usage = record.meter.usage();
+        let model = usage.as_ref().and_then(|u| u.model.as_deref());
         tracing::info!(
             method = %record.method,
             path = %path,
+            model,
+            input_tokens = usage.as_ref().map(|u| u.input),
+            cached_tokens = usage.as_ref().map(|u| u.cached_input),
+            output_tokens = usage.as_ref().map(|u| u.output),
+            usage_estimated = usage.as_ref().map(|u| u.estimated),
             status = record.status,
             token = record.token.as_deref().unwrap_or("-"),
             error_code = record.code.unwrap_or("-"),

@@ -988,3 +988,101 @@ fn tokens_new_writes_allowlists_that_read_back() {
     assert!(err.contains("must be a path starting with /"), "{err}");
     assert!(!err.contains("gw-"), "no token in an error: {err}");
 }
+
+/// The events of an SSE body, as JSON (less `[DONE]`).
+fn events(body: &str) -> Vec<serde_json::Value> {
+    body.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn usage_is_read_from_json_gzip_and_streams_asked_for_or_not() {
+    let (up, gw) = setup().await;
+    let chat = |extra: &str| {
+        format!(
+            r#"{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "hi"}}]{extra}}}"#
+        )
+    };
+    let send = |body: String, gzip: bool| {
+        let mut request = client()
+            .post(gw.url("/v1/chat/completions?token=tok-bob-Secret2"))
+            .header("content-type", "application/json")
+            .body(body);
+        if gzip {
+            request = request.header("accept-encoding", "gzip");
+        }
+        request.send()
+    };
+    // JSON, and gzipped JSON passed on compressed as the upstream sent it.
+    let r = send(chat(""), false).await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    let r = send(chat(""), true).await.unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let bytes = r.bytes().await.unwrap();
+    assert_eq!(&bytes[..2], &[0x1f, 0x8b], "the client gets the gzip bytes");
+    // A stream whose client did not ask for usage: asked for upstream, hidden from the client.
+    let r = send(
+        chat(r#", "stream": true, "metadata": {"gap": "0.01"}"#),
+        false,
+    )
+    .await
+    .unwrap();
+    let body = r.text().await.unwrap();
+    let sent: serde_json::Value = serde_json::from_slice(&up.last().body).unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    assert!(
+        events(&body)
+            .iter()
+            .all(|e| !e["choices"].as_array().unwrap().is_empty()),
+        "an empty-choices chunk reached a client that did not ask: {body}"
+    );
+    assert!(body.ends_with("data: [DONE]\n\n"));
+    // A client that asked gets its usage chunk, as before.
+    let asked = chat(
+        r#", "stream": true, "stream_options": {"include_usage": true}, "metadata": {"gap": "0.01"}"#,
+    );
+    let body = send(asked.clone(), false)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(up.last().body, asked.as_bytes(), "sent byte for byte");
+    let last = events(&body).pop().unwrap();
+    assert_eq!(last["usage"]["completion_tokens"], 5);
+    let lines = gw.wait_access_lines(4).await;
+    let usage: Vec<_> = lines.iter().map(|l| l["usage"].clone()).collect();
+    let json = serde_json::json!({"model": "gpt-4o-mini", "input": 3, "cached": 0, "output": 5, "estimated": false});
+    let streamed = serde_json::json!({"model": "gpt-4o-mini", "input": 3, "cached": 1, "output": 5, "estimated": false});
+    assert_eq!(usage, [json.clone(), json, streamed.clone(), streamed]);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_a_stream_is_billed_an_estimate_never_zero() {
+    let (up, gw) = setup().await;
+    let body = r#"{"model": "gpt-4o-mini", "stream": true, "metadata": {"gap": "0.3"}, "messages": [{"role": "user", "content": "tell me a long story"}]}"#;
+    let r = client()
+        .post(gw.url("/v1/chat/completions?token=tok-bob-Secret2"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = r.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    drop(stream);
+    let lines = gw.wait_access_lines(1).await;
+    let line = &lines[0];
+    assert_eq!(line["outcome"], "client_closed");
+    let usage = &line["usage"];
+    assert_eq!(usage["estimated"], true, "{line}");
+    assert_eq!(usage["model"], "gpt-4o-mini");
+    assert!(usage["input"].as_u64().unwrap() > 0, "never zero: {line}");
+    assert!(usage["output"].as_u64().unwrap() > 0, "{line}");
+    assert_eq!(up.count(), 1);
+}

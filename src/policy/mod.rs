@@ -8,7 +8,8 @@
 //! that no policy reads keeps streaming upstream untouched; a body that one
 //! read is sent on byte for byte from what was read.
 //!
-//! The rules: [`allowlist`] (a token's `models` and `endpoints`).
+//! The rules: [`allowlist`] (a token's `models` and `endpoints`), and
+//! [`crate::usage::stream_usage`] (usage for every streamed chat).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,9 +24,8 @@ use http_body_util::BodyExt;
 pub mod allowlist;
 
 use crate::auth::Admitted;
-use crate::body::{client_fault, from_client, BoxError};
+use crate::body::{client_fault, from_client, BoxError, ByteCount};
 use crate::error::GatewayError;
-use crate::record::ByteCount;
 
 /// A policy's verdict, as a future borrowing the request.
 pub type Verdict<'a> = Pin<Box<dyn Future<Output = Result<(), GatewayError>> + Send + 'a>>;
@@ -52,14 +52,18 @@ pub struct Inspect<'r> {
     pub edit: Option<ResponseEdit>,
 }
 
-/// A change to a successful response's body, decided before the request goes
-/// upstream. The body is collected (up to `limit`), asked for uncompressed,
-/// and replaced by what `rewrite` makes of it.
-pub struct ResponseEdit {
-    /// The most the collected body may hold.
-    pub limit: usize,
-    /// The new body from the old.
-    pub rewrite: Box<dyn FnOnce(Bytes) -> Bytes + Send>,
+/// A change to a successful response, decided before the request goes upstream.
+pub enum ResponseEdit {
+    /// The body is collected (up to `limit`), asked for uncompressed, and
+    /// replaced by what `rewrite` makes of it.
+    Rewrite {
+        /// The most the collected body may hold.
+        limit: usize,
+        /// The new body from the old.
+        rewrite: Box<dyn FnOnce(Bytes) -> Bytes + Send>,
+    },
+    /// The stream's usage chunk, which the gateway asked for, is removed.
+    HideUsageChunk,
 }
 
 /// A request body on its way upstream: streaming, or read by a policy.
@@ -110,6 +114,11 @@ impl RequestBody {
             State::Read(bytes) => bytes,
             _ => &EMPTY,
         })
+    }
+
+    /// Sends `bytes` upstream instead (a policy that rewrote the body).
+    pub fn replace(&mut self, bytes: Bytes) {
+        self.0 = State::Read(bytes);
     }
 
     /// The body for the upstream request.

@@ -6,9 +6,10 @@
 //! It answers by path, the way OpenAI does where the clients care (JSON with
 //! OpenAI's headers, `usage`, SSE, binary content, OpenAI's error shape):
 //!
-//! - `POST …/chat/completions`: a completion, or with `"stream": true` five
-//!   SSE chunks `metadata.gap` seconds apart (default 0.2), a stop chunk and
-//!   `[DONE]`;
+//! - `POST …/chat/completions`: a completion with `usage` (gzipped when the
+//!   client accepts gzip), or with `"stream": true` five SSE chunks
+//!   `metadata.gap` seconds apart (default 0.2), a stop chunk, the usage
+//!   chunk when `stream_options.include_usage` asks for it, and `[DONE]`;
 //! - `POST …/responses`: the Responses API's SSE events, ending in `response.completed`;
 //! - `POST …/embeddings`, `…/images/generations`: their JSON;
 //! - `POST …/audio/transcriptions`: `{"text": "sha256:<digest of the file part>"}`;
@@ -492,19 +493,43 @@ async fn answer(
                     .map(|w| Ok(sse_event(None, &chat_chunk(Some(w), None))))
                     .collect();
                 events.push(Ok(sse_event(None, &chat_chunk(None, Some("stop")))));
+                // As OpenAI: the usage chunk (empty choices) only when asked for.
+                if request["stream_options"]["include_usage"] == true {
+                    let mut last = chat_chunk(None, None);
+                    last["choices"] = json!([]);
+                    last["usage"] = json!({"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8,
+                        "prompt_tokens_details": {"cached_tokens": 1}});
+                    events.push(Ok(sse_event(None, &last)));
+                }
                 events.push(Ok(sse_event(None, &json!("[DONE]"))));
                 return sse(events, Duration::from_secs_f64(gap), None);
             }
-            json(
-                200,
-                json!({
-                    "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000,
-                    "model": model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": words.concat()},
-                                 "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
-                }),
-            )
+            let completion = json!({
+                "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000,
+                "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": words.concat()},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+            });
+            let mut r = json(200, completion.clone());
+            // As OpenAI: JSON gzipped for a client that accepts it.
+            let gzip = parts
+                .headers
+                .get("accept-encoding")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("gzip"));
+            if gzip {
+                use std::io::Write;
+                let mut encoder =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                encoder
+                    .write_all(completion.to_string().as_bytes())
+                    .unwrap();
+                *r.body_mut() = full(encoder.finish().unwrap());
+                r.headers_mut()
+                    .insert("content-encoding", "gzip".parse().unwrap());
+            }
+            r
         }
         p if p.ends_with("/responses") => {
             let gap = request["metadata"]["gap"]

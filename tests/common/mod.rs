@@ -117,6 +117,10 @@ impl Finish for Collect {
             "bytes_out": r.bytes_out,
             "outcome": r.outcome.as_str(),
             "request_id": r.request_id,
+            "usage": r.meter.usage().map(|u| serde_json::json!({
+                "model": u.model, "input": u.input, "cached": u.cached_input,
+                "output": u.output, "estimated": u.estimated,
+            })),
         }));
         Box::pin(std::future::ready(()))
     }

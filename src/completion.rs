@@ -1,0 +1,298 @@
+//! The one completion point of a request: the outermost layer of every
+//! response body. It counts the bytes sent, decides how the response ended,
+//! and hands the request's [`Record`] to the completion hooks exactly once,
+//! before the body reports its end, so that on Lambda the hooks finish inside
+//! the invocation. A body dropped early (the client left) finishes its hooks
+//! in the background, counted by [`Pending`] so that a Lambda runner can wait
+//! for them.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::Notify;
+
+use crate::body::{BoxError, Polled};
+use crate::error::GatewayError;
+use crate::record::{BoxFuture, Hooks, Outcome, Record};
+
+/// Completion work that outlived its response body (the client left, so
+/// nobody polls the body to its end): spawned, and counted so that a Lambda
+/// runner can wait for it before the container may be frozen.
+#[derive(Debug, Default)]
+pub struct Pending {
+    count: AtomicUsize,
+    settled: Notify,
+}
+
+impl Pending {
+    /// Runs `work` in the background, counted until it ends.
+    pub fn spawn(self: &Arc<Self>, work: BoxFuture<()>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.count.fetch_add(1, Ordering::SeqCst);
+        let pending = self.clone();
+        runtime.spawn(async move {
+            work.await;
+            if pending.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+                pending.settled.notify_waiters();
+            }
+        });
+    }
+
+    /// Resolves once no spawned completion work is left.
+    pub async fn settled(&self) {
+        loop {
+            let notified = self.settled.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The one completion point of a request: counts the bytes sent, decides the
+/// outcome, and runs the hooks once, before the body reports its end (or, if
+/// the body is dropped first, in the background via [`Pending`]).
+pub struct Completion<B> {
+    inner: B,
+    pending: Arc<Pending>,
+    state: Option<Finishing>,
+    running: Option<BoxFuture<()>>,
+    ending: Option<Option<Result<Frame<Bytes>, BoxError>>>,
+    saw_end: bool,
+}
+
+struct Finishing {
+    record: Record,
+    hooks: Hooks,
+    /// Whether the status already went out (streaming) or can still change
+    /// (a collected, buffered response).
+    committed: bool,
+}
+
+impl<B> Completion<B> {
+    /// Wraps `inner`; `committed` is false when the response head can still
+    /// be replaced by an error (buffered Lambda).
+    pub fn new(
+        inner: B,
+        record: Record,
+        hooks: Hooks,
+        pending: Arc<Pending>,
+        committed: bool,
+    ) -> Self {
+        Self {
+            inner,
+            pending,
+            state: Some(Finishing {
+                record,
+                hooks,
+                committed,
+            }),
+            running: None,
+            ending: None,
+            saw_end: false,
+        }
+    }
+
+    /// Ends the record with `outcome` and starts the hooks.
+    fn start_hooks(&mut self, outcome: Outcome, error: Option<&BoxError>) -> Option<BoxFuture<()>> {
+        let Finishing {
+            mut record,
+            hooks,
+            committed,
+            ..
+        } = self.state.take()?;
+        record.outcome = outcome;
+        if let Some(error) = error {
+            let gateway = error.downcast_ref::<GatewayError>();
+            if !committed {
+                // The client gets an error instead of this body: say so.
+                let error = gateway.cloned().unwrap_or(GatewayError::UpstreamFailed);
+                record.status = error.status().as_u16();
+                record.code = Some(error.code());
+            }
+            tracing::warn!(error = %error, "response stream ended early");
+        }
+        let work: Vec<BoxFuture<()>> = hooks.iter().map(|h| h.finish(&record)).collect();
+        Some(Box::pin(async move {
+            futures_util::future::join_all(work).await;
+        }))
+    }
+}
+
+impl<B> Body for Completion<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Polled>> {
+        let this = self.get_mut();
+        if this.ending.is_none() {
+            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(frame) => frame,
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    if let (Some(data), Some(state)) = (frame.data_ref(), this.state.as_mut()) {
+                        state.record.bytes_out += data.len() as u64;
+                    }
+                    this.saw_end = this.inner.is_end_stream();
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                None => {
+                    this.saw_end = true;
+                    this.running = this.start_hooks(Outcome::Complete, None);
+                    this.ending = Some(None);
+                }
+                Some(Err(error)) => {
+                    let outcome = if error.is::<GatewayError>() {
+                        Outcome::GatewayError
+                    } else {
+                        Outcome::UpstreamStreamError
+                    };
+                    this.running = this.start_hooks(outcome, Some(&error));
+                    this.ending = Some(Some(Err(error)));
+                }
+            }
+        }
+        if let Some(running) = this.running.as_mut() {
+            if running.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.running = None;
+        }
+        Poll::Ready(this.ending.as_mut().and_then(Option::take))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Only once the hooks ran: the server then polls once more after the
+        // last frame, and that poll runs them.
+        self.state.is_none() && self.running.is_none() && self.ending.is_some()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Completion<B> {
+    fn drop(&mut self) {
+        let outcome = if self.saw_end {
+            // Every byte went out; only the closing poll never came.
+            Outcome::Complete
+        } else {
+            Outcome::ClientClosed
+        };
+        if let Some(work) = self.start_hooks(outcome, None).or(self.running.take()) {
+            self.pending.spawn(work);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::{Cap, GatewayBody, Layer};
+    use crate::record::Finish;
+    use http::Method;
+    use http_body_util::BodyExt;
+    use std::sync::Mutex;
+    use tokio::time::Instant;
+
+    /// A hook that keeps what it saw, after an await.
+    /// What a hook saw: outcome, bytes out, status, code.
+    type Seen = Arc<Mutex<Vec<(Outcome, u64, u16, Option<&'static str>)>>>;
+
+    #[derive(Default)]
+    struct Keep(Seen);
+
+    impl Finish for Keep {
+        fn finish(&self, record: &Record) -> BoxFuture<()> {
+            let seen = self.0.clone();
+            let fact = (record.outcome, record.bytes_out, record.status, record.code);
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                seen.lock().unwrap().push(fact);
+            })
+        }
+    }
+
+    fn completion<B>(body: B, committed: bool) -> (Completion<B>, Seen, Arc<Pending>) {
+        let keep = Keep::default();
+        let seen = keep.0.clone();
+        let mut record = Record::start(&Method::GET, "/x", Instant::now());
+        record.status = 200;
+        let pending = Arc::new(Pending::default());
+        let hooks: Hooks = Arc::new([Arc::new(keep) as Arc<dyn Finish>]);
+        (
+            Completion::new(body, record, hooks, pending.clone(), committed),
+            seen,
+            pending,
+        )
+    }
+
+    fn stream(parts: Vec<Result<&'static str, &'static str>>) -> GatewayBody {
+        let frames = futures_util::stream::iter(parts.into_iter().map(|p| {
+            p.map(|s| Frame::data(Bytes::from_static(s.as_bytes())))
+                .map_err(BoxError::from)
+        }));
+        GatewayBody::new(http_body_util::StreamBody::new(frames))
+    }
+
+    #[tokio::test]
+    async fn hooks_run_once_before_the_end_is_reported() {
+        let (body, seen, _) = completion(stream(vec![Ok("ab"), Ok("cde")]), true);
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&collected[..], b"abcde");
+        assert_eq!(*seen.lock().unwrap(), [(Outcome::Complete, 5, 200, None)]);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_body_finishes_in_the_background() {
+        let (mut body, seen, pending) = completion(stream(vec![Ok("ab"), Ok("c")]), true);
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "ab");
+        drop(body);
+        pending.settled().await;
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(Outcome::ClientClosed, 2, 200, None)]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_uncommitted_head_takes_the_errors_status() {
+        let cap = Cap {
+            limit: 4,
+            base64: false,
+            reported: 99,
+        };
+        let capped = GatewayBody::new(Layer::new(stream(vec![Ok("abc"), Ok("de")]), cap.tap()));
+        let (body, seen, _) = completion(capped, false);
+        let error = body.collect().await.unwrap_err();
+        assert_eq!(
+            error.downcast_ref::<GatewayError>(),
+            Some(&GatewayError::ResponseTooLarge(99))
+        );
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(Outcome::GatewayError, 3, 502, Some("response_too_large"))]
+        );
+        // Committed (streamed): the status the client already got stays.
+        let (body, seen, _) = completion(stream(vec![Ok("a"), Err("reset")]), true);
+        assert!(body.collect().await.is_err());
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(Outcome::UpstreamStreamError, 1, 200, None)]
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! Metering: the exact usage that every response carries, read as it passes.
+//!
+//! - [`read`] finds `usage` in an OpenAI JSON body or SSE event, whatever the
+//!   endpoint (chat completions and completions, embeddings, the Responses
+//!   API, transcriptions);
+//! - [`sse`] scans an event stream incrementally, in bounded memory;
+//! - [`decode`] inflates a copy of a compressed body (gzip, deflate, br, zstd)
+//!   while the client gets the compressed bytes unchanged;
+//! - [`tap`] is the response-body step that does all this and leaves the
+//!   result in the request's [`Meter`];
+//! - [`stream_usage`] asks the upstream for a streamed chat's usage when the
+//!   client did not, and hides the extra chunk from that client.
+//!
+//! When a response ends without usage (the client left mid-stream, or usage
+//! was malformed), the meter holds an estimate, flagged as such: never zero
+//! for a request that reached the upstream.
+
+pub mod decode;
+pub mod read;
+pub mod sse;
+pub mod stream_usage;
+pub mod tap;
+
+use std::sync::{Arc, Mutex};
+
+use http::HeaderMap;
+
+/// Whether a `POST` to `path` is billed by tokens (its response carries usage).
+pub fn is_metered(path: &str) -> bool {
+    [
+        "/chat/completions",
+        "/completions",
+        "/embeddings",
+        "/responses",
+        "/audio/transcriptions",
+        "/audio/translations",
+    ]
+    .iter()
+    .any(|end| path.ends_with(end))
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+/// Whether a response is an event stream.
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    content_type(headers).starts_with("text/event-stream")
+}
+
+/// Whether a response is JSON.
+pub fn is_json(headers: &HeaderMap) -> bool {
+    let kind = content_type(headers);
+    let essence = kind.split(';').next().unwrap_or("").trim();
+    essence == "application/json" || essence.ends_with("+json")
+}
+
+/// Token counts, as the upstream reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// The model as the upstream answered it.
+    pub model: Option<String>,
+    /// Input tokens, cached ones included.
+    pub input: u64,
+    /// Of the input, tokens served from the prompt cache.
+    pub cached_input: u64,
+    /// Output tokens, reasoning included (as OpenAI bills them).
+    pub output: u64,
+    /// Counted by the gateway, not reported by the upstream.
+    pub estimated: bool,
+}
+
+impl Usage {
+    /// Input plus output: what a token limit counts.
+    pub fn total(&self) -> u64 {
+        self.input + self.output
+    }
+}
+
+/// What is known of one request's usage while its response streams, shared
+/// by the response's usage tap and the request's record.
+#[derive(Debug, Clone, Default)]
+pub struct Meter(Arc<Mutex<Metered>>);
+
+#[derive(Debug, Default)]
+struct Metered {
+    reported: Option<Usage>,
+    model: Option<String>,
+    /// Bytes of the request body, for an estimate of its input.
+    request_bytes: u64,
+    /// Characters of generated content seen, for an estimate of the output.
+    output_chars: u64,
+    /// A usage that could not be read (truncated, malformed, undecodable).
+    unreadable: bool,
+    /// Whether a response that carries usage was expected.
+    expected: bool,
+}
+
+impl Meter {
+    /// The upstream's usage, as read from the response.
+    pub fn report(&self, usage: Usage) {
+        let mut m = self.0.lock().expect("meter lock");
+        if m.model.is_none() {
+            m.model.clone_from(&usage.model);
+        }
+        m.reported = Some(usage);
+    }
+
+    /// A model named by the response before its usage.
+    pub fn saw_model(&self, model: &str) {
+        let mut m = self.0.lock().expect("meter lock");
+        if m.model.is_none() {
+            m.model = Some(model.to_owned());
+        }
+    }
+
+    /// Generated content streamed to the client.
+    pub fn saw_output(&self, chars: usize) {
+        self.0.lock().expect("meter lock").output_chars += chars as u64;
+    }
+
+    /// The usage was there but could not be read.
+    pub fn unreadable(&self) {
+        self.0.lock().expect("meter lock").unreadable = true;
+    }
+
+    /// The response is of a kind that carries usage; the request body had `bytes`.
+    pub fn expect(&self, request_bytes: u64) {
+        let mut m = self.0.lock().expect("meter lock");
+        m.expected = true;
+        m.request_bytes = request_bytes;
+    }
+
+    /// The final usage: the reported one, else (when usage was expected or
+    /// unreadable) an estimate from the request's size and the streamed
+    /// output, about four characters a token; `None` for a response that
+    /// carries no usage (images, files).
+    pub fn usage(&self) -> Option<Usage> {
+        let m = self.0.lock().expect("meter lock");
+        if let Some(usage) = &m.reported {
+            return Some(usage.clone());
+        }
+        (m.expected || m.unreadable).then(|| Usage {
+            model: m.model.clone(),
+            input: m.request_bytes.div_ceil(4),
+            cached_input: 0,
+            output: m.output_chars.div_ceil(4),
+            estimated: true,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reported_usage_wins_and_an_estimate_is_flagged() {
+        let meter = Meter::default();
+        assert_eq!(meter.usage(), None, "nothing expected, nothing metered");
+        meter.expect(400);
+        meter.saw_model("gpt-4o-mini");
+        meter.saw_output(41);
+        let estimate = meter.usage().unwrap();
+        assert!(estimate.estimated);
+        assert_eq!((estimate.input, estimate.output), (100, 11));
+        assert_eq!(estimate.model.as_deref(), Some("gpt-4o-mini"));
+        meter.report(Usage {
+            model: Some("gpt-4o-mini-2024-07-18".into()),
+            input: 7,
+            cached_input: 2,
+            output: 9,
+            estimated: false,
+        });
+        let usage = meter.usage().unwrap();
+        assert!(!usage.estimated);
+        assert_eq!(
+            (usage.input, usage.cached_input, usage.output, usage.total()),
+            (7, 2, 9, 16)
+        );
+    }
+}
