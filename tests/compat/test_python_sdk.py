@@ -54,6 +54,27 @@ def test_chat_completion_streams_token_by_token(target, mock):
     assert "token=" not in mock.last()["target"]
 
 
+def test_a_stream_without_include_usage_shows_no_usage_chunk(target):
+    # The gateway asks the upstream for usage (to meter the stream) and hides
+    # the extra chunk: every chunk this client sees has choices, none usage.
+    chunks = list(client(target).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
+        metadata={"gap": "0.01"},
+    ))
+    assert chunks and all(c.choices for c in chunks), chunks
+    assert all(c.usage is None for c in chunks)
+    assert chunks[0].choices[0].delta.content == "Hello"
+
+
+def test_a_stream_with_include_usage_gets_its_usage_chunk(target):
+    chunks = list(client(target).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
+        stream_options={"include_usage": True}, metadata={"gap": "0.01"},
+    ))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5, chunks[-1]
+    assert all(c.choices for c in chunks[:-1])
+
+
 def test_responses_api_streams(target):
     deltas, done = [], None
     with client(target).responses.stream(model="gpt-4o-mini", input="hi") as stream:
