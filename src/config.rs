@@ -40,6 +40,8 @@ pub const UPSTREAM_IDLE_TIMEOUT_SECS: &str = "UPSTREAM_IDLE_TIMEOUT_SECS";
 pub const CLIENT_IDLE_TIMEOUT_SECS: &str = "CLIENT_IDLE_TIMEOUT_SECS";
 /// `MAX_INSPECTED_BODY_BYTES`: the most of a request body read to find its model.
 pub const MAX_INSPECTED_BODY_BYTES: &str = "MAX_INSPECTED_BODY_BYTES";
+/// `PRICES_FILE`: model prices over the bundled table.
+pub const PRICES_FILE: &str = "PRICES_FILE";
 /// `ALLOW_ANONYMOUS`: permit running with no tokens on a public address.
 pub const ALLOW_ANONYMOUS: &str = "ALLOW_ANONYMOUS";
 /// `TOKENS_UTC_OFFSET`: zone of expiry times written without an offset.
@@ -174,6 +176,12 @@ pub const SETTINGS: &[Setting] = &[
         MAX_INSPECTED_BODY_BYTES,
         "33554432 (32 MiB)",
         "the most of a request body read to find its model, for tokens with `models` (over it: 413)",
+    ),
+    flag(
+        "--prices-file",
+        PRICES_FILE,
+        "the bundled table",
+        "model prices (USD per 1M tokens) that override and extend the bundled ones",
     ),
     flag(
         "--allow-anonymous",
@@ -326,6 +334,10 @@ pub struct Settings {
     /// The most of a request body, in bytes, read to find its model (tokens with `models`).
     #[arg(long, env = MAX_INSPECTED_BODY_BYTES, default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_inspected_body_bytes: u64,
+
+    /// Model prices over the bundled table: a JSON object keyed by model.
+    #[arg(long, env = PRICES_FILE)]
+    pub prices_file: Option<PathBuf>,
 
     /// Allow running without tokens on a non-loopback address.
     #[arg(long, env = ALLOW_ANONYMOUS, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]

@@ -23,6 +23,7 @@ use crate::sources::ssm::{self, Ssm};
 use crate::telemetry::AccessLog;
 use crate::tokens::format::{self, TokenList};
 use crate::tokens::{bundled, TokenSet};
+use crate::usage::prices::Prices;
 use crate::usage::stream_usage::StreamUsage;
 
 /// Where the gateway runs, which decides when anonymous access is safe.
@@ -81,7 +82,11 @@ fn token_source(settings: &Settings) -> Result<TokenSource, ConfigError> {
 pub async fn build(settings: &Settings, mode: Mode) -> Result<Gateway, ConfigError> {
     let mut options = options(settings, mode).await?;
     let text = settings.log_format(mode == Mode::Lambda) == LogFormat::Text;
-    options.hooks.push(Arc::new(AccessLog { quote_path: text }));
+    let prices = Arc::new(Prices::load(settings.prices_file.as_deref())?);
+    options.hooks.push(Arc::new(AccessLog {
+        quote_path: text,
+        prices,
+    }));
     Ok(Gateway::new(options))
 }
 

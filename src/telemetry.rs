@@ -12,6 +12,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 use crate::record::{BoxFuture, Finish, Record};
+use crate::usage::prices::Prices;
+use std::sync::Arc;
 
 /// Installs the global subscriber, writing to stderr in `format`.
 ///
@@ -67,12 +69,14 @@ pub fn init_cli() {
 }
 
 /// The completion hook that writes one access-log line per request.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct AccessLog {
     /// Quote and escape the path (text lines), so that a path holding
     /// `status=200` or quotes cannot pass for other fields. JSON lines
     /// escape it already.
     pub quote_path: bool,
+    /// What usage costs.
+    pub prices: Arc<Prices>,
 }
 
 impl Finish for AccessLog {
@@ -93,6 +97,7 @@ impl Finish for AccessLog {
             cached_tokens = usage.as_ref().map(|u| u.cached_input),
             output_tokens = usage.as_ref().map(|u| u.output),
             usage_estimated = usage.as_ref().map(|u| u.estimated),
+            cost_usd = usage.as_ref().and_then(|u| self.prices.cost(u)),
             status = record.status,
             token = record.token.as_deref().unwrap_or("-"),
             error_code = record.code.unwrap_or("-"),

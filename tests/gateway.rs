@@ -541,7 +541,8 @@ async fn access_log_lines_carry_the_facts_and_no_secret() {
     let c = client();
     c.post(gw.url("/v1/chat/completions?token=tok-bob-Secret2&user=query-secret-x"))
         .bearer_auth("sk-client-own")
-        .body("{\"model\":\"x\"}")
+        .header("content-type", "application/json")
+        .body("{\"model\":\"gpt-4o-mini\"}")
         .send()
         .await
         .unwrap()
@@ -572,7 +573,23 @@ async fn access_log_lines_carry_the_facts_and_no_secret() {
     assert_eq!(first["path"], "/v1/chat/completions");
     assert_eq!(first["status"], 200);
     assert_eq!(first["token"], "bob");
-    assert_eq!(first["bytes_in"], 13);
+    assert_eq!(first["bytes_in"], 23);
+    // Usage from the response, priced from the bundled table (gpt-4o-mini:
+    // $0.15 in, $0.60 out per 1M tokens; the mock reports 3 in, 5 out).
+    assert_eq!(first["model"], "gpt-4o-mini");
+    assert_eq!(
+        (
+            first["input_tokens"].as_u64(),
+            first["output_tokens"].as_u64()
+        ),
+        (Some(3), Some(5))
+    );
+    assert_eq!(first["usage_estimated"], false);
+    let cost = first["cost_usd"].as_f64().unwrap();
+    assert!(
+        (cost - (3.0 * 0.15 + 5.0 * 0.6) / 1e6).abs() < 1e-12,
+        "{cost}"
+    );
     assert!(first["bytes_out"].as_u64().unwrap() > 10);
     assert!(first["upstream_ms"].as_f64().is_some());
     assert!(first["duration_ms"].as_f64().is_some());

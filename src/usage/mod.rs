@@ -6,6 +6,7 @@
 //! - [`sse`] scans an event stream incrementally, in bounded memory;
 //! - [`decode`] inflates a copy of a compressed body (gzip, deflate, br, zstd)
 //!   while the client gets the compressed bytes unchanged;
+//! - [`prices`] says what usage costs (a bundled table, and `PRICES_FILE`);
 //! - [`tap`] is the response-body step that does all this and leaves the
 //!   result in the request's [`Meter`];
 //! - [`stream_usage`] asks the upstream for a streamed chat's usage when the
@@ -16,6 +17,7 @@
 //! for a request that reached the upstream.
 
 pub mod decode;
+pub mod prices;
 pub mod read;
 pub mod sse;
 pub mod stream_usage;
