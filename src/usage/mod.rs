@@ -77,6 +77,17 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Counts as the upstream reported them.
+    pub fn reported(model: Option<&str>, input: u64, cached_input: u64, output: u64) -> Self {
+        Self {
+            model: model.map(str::to_owned),
+            input,
+            cached_input,
+            output,
+            estimated: false,
+        }
+    }
+
     /// Input plus output: what a token limit counts.
     pub fn total(&self) -> u64 {
         self.input + self.output

@@ -120,13 +120,7 @@ mod tests {
     use super::*;
 
     fn usage(model: &str, input: u64, cached: u64, output: u64) -> Usage {
-        Usage {
-            model: Some(model.into()),
-            input,
-            cached_input: cached,
-            output,
-            estimated: false,
-        }
+        Usage::reported(Some(model), input, cached, output)
     }
 
     #[test]
@@ -144,10 +138,7 @@ mod tests {
             prices.lookup("gpt-4o-mini-search-preview-2025-03-11"),
             prices.lookup("gpt-4o-mini-search-preview")
         );
-        assert!(
-            prices.lookup("gpt-4omni").is_none(),
-            "only before a `-`"
-        );
+        assert!(prices.lookup("gpt-4omni").is_none(), "only before a `-`");
         assert!(prices.lookup("my-own-model").is_none());
         // gpt-4o-mini: 0.15 in, 0.075 cached, 0.60 out per 1M.
         let cost = prices

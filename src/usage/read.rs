@@ -64,13 +64,7 @@ pub fn usage(document: &Value) -> Found {
         return Found::Malformed;
     };
     let cached = cached.unwrap_or(0).min(input);
-    Found::Usage(Usage {
-        model,
-        input,
-        cached_input: cached,
-        output,
-        estimated: false,
-    })
+    Found::Usage(Usage::reported(model.as_deref(), input, cached, output))
 }
 
 #[cfg(test)]
@@ -83,13 +77,7 @@ mod tests {
     }
 
     fn found(model: &str, input: u64, cached: u64, output: u64) -> Found {
-        Found::Usage(Usage {
-            model: Some(model.into()),
-            input,
-            cached_input: cached,
-            output,
-            estimated: false,
-        })
+        Found::Usage(Usage::reported(Some(model), input, cached, output))
     }
 
     #[test]
