@@ -25,7 +25,7 @@ use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use crate::auth;
+use crate::auth::{self, Admitted};
 use crate::body::{BoxError, Buffered, GatewayBody, IdleTimeout, Layer};
 use crate::completion::{Completion, Pending};
 use crate::cors::Cors;
@@ -155,6 +155,7 @@ impl Gateway {
         self.respond(response, record, buffered)
     }
 
+    /// Phases 2 to 4: authenticate, apply the policies, forward.
     async fn forward<B>(
         &self,
         parts: http::request::Parts,
@@ -171,23 +172,11 @@ impl Gateway {
             // CONNECT to the upstream's host.
             return Err(GatewayError::MethodNotAllowed("CONNECT"));
         }
-        let tokens = inner.tokens.get().await?;
-        let admitted = auth::admit(
-            &parts.headers,
-            parts.uri.query(),
-            &tokens,
-            inner.anonymous,
-            Utc::now(),
-        )?;
+        let (admitted, key) = self.authenticate(&parts).await?;
         record.token.clone_from(&admitted.name);
         let url = inner
             .proxy
             .target(parts.uri.path(), admitted.query.as_deref())?;
-        let key = match (&admitted.upstream_key, &inner.upstream_key) {
-            (Some(own), _) => Some(own.clone()),
-            (None, Some(global)) => Some(ApiKey::clone(&*global.get().await?)),
-            (None, None) => None,
-        };
         let mut body = RequestBody::new(body, record.bytes_in.clone(), inner.client_idle_timeout);
         if matches!(parts.method, Method::GET | Method::HEAD) {
             // One rule whatever the framing: such a body has no meaning, and
@@ -196,33 +185,78 @@ impl Gateway {
                 GatewayError::InvalidRequestBody("GET and HEAD requests cannot carry a body")
             })?;
         }
-        let mut edit = None;
-        if !inner.policies.is_empty() {
-            let mut inspect = Inspect {
-                method: &parts.method,
-                path: parts.uri.path(),
-                headers: &parts.headers,
-                admitted: &admitted,
-                body: &mut body,
-                edit: None,
-            };
-            for rule in &inner.policies {
-                rule.check(&mut inspect).await?;
-            }
-            edit = inspect.edit;
-        }
+        let edit = self.apply_policies(&parts, &admitted, &mut body).await?;
+        let metered = parts.method == Method::POST && usage::is_metered(parts.uri.path());
         let mut headers = headers::to_upstream(parts.headers, admitted.strip, key.as_ref());
         if matches!(edit, Some(ResponseEdit::Rewrite { .. })) {
             headers::identity_only(&mut headers);
         }
-        let metered = parts.method == Method::POST && usage::is_metered(parts.uri.path());
         let asked = Instant::now();
         let response = inner
             .proxy
             .send(parts.method, url, headers, body.into_upstream())
             .await?;
         record.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
-        let idle = inner.idle_timeout;
+        Ok(self.shape(response, edit, metered, record))
+    }
+
+    /// Who the request is, and the key to send upstream for it.
+    async fn authenticate(
+        &self,
+        parts: &http::request::Parts,
+    ) -> Result<(Admitted, Option<ApiKey>), GatewayError> {
+        let inner = &self.inner.options;
+        let tokens = inner.tokens.get().await?;
+        let admitted = auth::admit(
+            &parts.headers,
+            parts.uri.query(),
+            &tokens,
+            inner.anonymous,
+            Utc::now(),
+        )?;
+        let key = match (&admitted.upstream_key, &inner.upstream_key) {
+            (Some(own), _) => Some(own.clone()),
+            (None, Some(global)) => Some(ApiKey::clone(&*global.get().await?)),
+            (None, None) => None,
+        };
+        Ok((admitted, key))
+    }
+
+    /// Runs every policy in order; the first refusal is the answer.
+    async fn apply_policies(
+        &self,
+        parts: &http::request::Parts,
+        admitted: &Admitted,
+        body: &mut RequestBody,
+    ) -> Result<Option<ResponseEdit>, GatewayError> {
+        let policies = &self.inner.options.policies;
+        if policies.is_empty() {
+            return Ok(None);
+        }
+        let mut inspect = Inspect {
+            method: &parts.method,
+            path: parts.uri.path(),
+            headers: &parts.headers,
+            admitted,
+            body,
+            edit: None,
+        };
+        for rule in policies {
+            rule.check(&mut inspect).await?;
+        }
+        Ok(inspect.edit)
+    }
+
+    /// The upstream's response as the client gets it: cut when silent,
+    /// metered when it carries usage, edited as a policy asked.
+    fn shape(
+        &self,
+        response: http::Response<reqwest::Body>,
+        edit: Option<ResponseEdit>,
+        metered: bool,
+        record: &Record,
+    ) -> Response<GatewayBody> {
+        let idle = self.inner.options.idle_timeout;
         let mut response =
             response.map(|body| GatewayBody::new(Layer::new(body, IdleTimeout::new(idle))));
         if metered {
@@ -231,14 +265,13 @@ impl Gateway {
         match edit.filter(|_| response.status().is_success()) {
             Some(ResponseEdit::Rewrite { limit, rewrite }) => {
                 headers::for_rewrite(response.headers_mut());
-                response = response.map(|body| rewritten(body, limit, rewrite));
+                response.map(|body| rewritten(body, limit, rewrite))
             }
             Some(ResponseEdit::HideUsageChunk) if usage::is_event_stream(response.headers()) => {
-                response = response.map(|body| GatewayBody::new(HideUsageChunk::new(body)));
+                response.map(|body| GatewayBody::new(HideUsageChunk::new(body)))
             }
-            _ => {}
+            _ => response,
         }
-        Ok(response)
     }
 }
 
