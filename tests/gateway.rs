@@ -1103,3 +1103,22 @@ async fn a_client_that_stops_a_stream_is_billed_an_estimate_never_zero() {
     assert!(usage["output"].as_u64().unwrap() > 0, "{line}");
     assert_eq!(up.count(), 1);
 }
+
+#[tokio::test]
+async fn a_chat_body_too_big_to_inspect_still_goes_through_whole() {
+    // For a token without rules, a body over MAX_INSPECTED_BODY_BYTES is not
+    // refused: the usage request is skipped and the body streams on as sent.
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url())
+        .tokens(TOKENS)
+        .env("MAX_INSPECTED_BODY_BYTES", "64")
+        .serve()
+        .await;
+    let body = format!(
+        r#"{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "{}"}}]}}"#,
+        "x".repeat(100_000)
+    );
+    let r = post_json(&gw, "/v1/chat/completions", "tok-bob-Secret2", &body).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().body, body.as_bytes());
+}

@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use http::{HeaderMap, Method};
 use http_body::Body;
 use http_body_util::combinators::BoxBody;
@@ -73,6 +74,8 @@ enum State {
     Empty,
     Streaming(BoxBody<Bytes, BoxError>),
     Read(Bytes),
+    /// Read past a policy's limit: the bytes read, then the rest.
+    Over(Bytes, BoxBody<Bytes, BoxError>),
 }
 
 impl RequestBody {
@@ -90,8 +93,18 @@ impl RequestBody {
     }
 
     /// Reads the whole body, up to `limit` bytes. Later calls return the
-    /// same bytes; the body then goes upstream as read.
+    /// same bytes; the body then goes upstream as read. A larger body is
+    /// `413 request_too_large`.
     pub async fn read(&mut self, limit: u64) -> Result<&Bytes, GatewayError> {
+        self.try_read(limit)
+            .await?
+            .ok_or(GatewayError::RequestTooLarge(limit))
+    }
+
+    /// Like [`RequestBody::read`], but a body over `limit` is `None` and goes
+    /// upstream whole all the same (what was read, then the rest): for a
+    /// policy that only looks when it can.
+    pub async fn try_read(&mut self, limit: u64) -> Result<Option<&Bytes>, GatewayError> {
         if let State::Streaming(body) = &mut self.0 {
             let mut bytes = BytesMut::new();
             while let Some(frame) = body.frame().await {
@@ -101,18 +114,24 @@ impl RequestBody {
                     ))
                 })?;
                 if let Some(data) = frame.data_ref() {
-                    if (bytes.len() + data.len()) as u64 > limit {
-                        return Err(GatewayError::RequestTooLarge(limit));
-                    }
                     bytes.extend_from_slice(data);
+                    if bytes.len() as u64 > limit {
+                        let State::Streaming(rest) = std::mem::replace(&mut self.0, State::Empty)
+                        else {
+                            unreachable!("matched above")
+                        };
+                        self.0 = State::Over(bytes.freeze(), rest);
+                        return Ok(None);
+                    }
                 }
             }
             self.0 = State::Read(bytes.freeze());
         }
         static EMPTY: Bytes = Bytes::new();
         Ok(match &self.0 {
-            State::Read(bytes) => bytes,
-            _ => &EMPTY,
+            State::Read(bytes) => Some(bytes),
+            State::Over(..) => None,
+            _ => Some(&EMPTY),
         })
     }
 
@@ -127,6 +146,13 @@ impl RequestBody {
             State::Empty => reqwest::Body::from(Bytes::new()),
             State::Read(bytes) => reqwest::Body::from(bytes),
             State::Streaming(body) => reqwest::Body::wrap(body),
+            State::Over(head, rest) => {
+                let head = futures_util::stream::once(async move { Ok::<_, BoxError>(head) });
+                let rest = rest
+                    .into_data_stream()
+                    .map(|chunk| chunk.map_err(|e| -> BoxError { e }));
+                reqwest::Body::wrap_stream(head.chain(rest))
+            }
         }
     }
 }
@@ -171,6 +197,19 @@ mod tests {
             RequestBody::new(Full::new(Bytes::from_static(b"abc")), count.clone(), IDLE);
         counted.read(10).await.unwrap();
         assert_eq!(count.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_body_over_a_try_read_goes_upstream_whole() {
+        let mut body = chunks(&["12345", "67890", "abc"]);
+        assert_eq!(body.try_read(6).await.unwrap(), None);
+        assert_eq!(body.try_read(6).await.unwrap(), None, "again: still over");
+        let upstream = body.into_upstream();
+        let all = http_body_util::BodyExt::collect(upstream)
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&all[..], b"1234567890abc");
     }
 
     #[tokio::test(start_paused = true)]

@@ -48,7 +48,10 @@ impl Policy for StreamUsage {
             if !json {
                 return Ok(());
             }
-            let body = request.body.read(self.max_body).await?;
+            // A body too big to look at is sent as it is, unmetered by this step.
+            let Some(body) = request.body.try_read(self.max_body).await? else {
+                return Ok(());
+            };
             let Some(rewritten) = with_usage(body) else {
                 return Ok(());
             };
