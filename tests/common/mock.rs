@@ -450,7 +450,7 @@ async fn answer(
     let json = |status: u16, value: Value| json_response(status, &value, n);
     let numbered = |i: u64| -> Event {
         let mut chunk = chat_chunk(Some(&format!("tok{i} ")), None);
-        chunk["sent_us"] = now_us().to_string().parse::<u64>().unwrap_or(0).into();
+        chunk["sent_us"] = u64::try_from(now_us()).unwrap_or(0).into();
         Ok(sse_event(None, &chunk))
     };
 
@@ -559,9 +559,30 @@ async fn answer(
             .body(full(file_bytes()))
             .unwrap(),
         p if p.ends_with("/sse") => {
-            let mut events: Vec<Event> = (0..num("n", 5)).map(numbered).collect();
-            events.push(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
-            sse(events, Duration::from_millis(num("gap_ms", 200)), None)
+            // Each event is made (and stamped `sent_us`) when it is sent, `gap` after the last.
+            let (n, gap) = (num("n", 5), Duration::from_millis(num("gap_ms", 200)));
+            let stream = futures_util::stream::unfold(0u64, move |i| async move {
+                if i > n {
+                    return None;
+                }
+                if i > 0 {
+                    tokio::time::sleep(gap).await;
+                }
+                let event = if i == n {
+                    Ok(Bytes::from_static(b"data: [DONE]\n\n"))
+                } else {
+                    numbered(i)
+                };
+                let frame = event
+                    .map(Frame::data)
+                    .map_err(|m| -> Box<dyn std::error::Error + Send + Sync> { m.into() });
+                Some((frame, i + 1))
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream; charset=utf-8")
+                .header("x-request-id", "req_sse")
+                .body(BoxBody::new(StreamBody::new(stream)))
+                .unwrap()
         }
         p if p.ends_with("/drop") => {
             let mut events: Vec<Event> = (0..num("after", 2)).map(numbered).collect();
