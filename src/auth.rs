@@ -34,6 +34,8 @@ pub struct Admitted {
     pub strip: Strip,
     /// What the token may reach; `None`: everything.
     pub rules: Option<Arc<Rules>>,
+    /// When the token expires.
+    pub expires: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl From<Refused> for GatewayError {
@@ -87,6 +89,7 @@ pub fn admit(
             query,
             strip,
             rules: None,
+            expires: None,
         });
     }
 
@@ -126,6 +129,7 @@ pub fn admit(
         query,
         strip,
         rules: entry.rules.clone(),
+        expires: entry.expires,
     })
 }
 

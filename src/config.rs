@@ -42,6 +42,14 @@ pub const CLIENT_IDLE_TIMEOUT_SECS: &str = "CLIENT_IDLE_TIMEOUT_SECS";
 pub const MAX_INSPECTED_BODY_BYTES: &str = "MAX_INSPECTED_BODY_BYTES";
 /// `PRICES_FILE`: model prices over the bundled table.
 pub const PRICES_FILE: &str = "PRICES_FILE";
+/// `USAGE_STORE`: where usage and limits' counters are kept.
+pub const USAGE_STORE: &str = "USAGE_STORE";
+/// `USAGE_FAIL_MODE`: what requests with limits get while the store is down.
+pub const USAGE_FAIL_MODE: &str = "USAGE_FAIL_MODE";
+/// `USAGE_RESERVATION_TTL_SECS`: when an unsettled reservation stops counting.
+pub const USAGE_RESERVATION_TTL_SECS: &str = "USAGE_RESERVATION_TTL_SECS";
+/// `USAGE_DEFAULT_RESERVE_TOKENS`: the output reserved when a request sets no maximum.
+pub const USAGE_DEFAULT_RESERVE_TOKENS: &str = "USAGE_DEFAULT_RESERVE_TOKENS";
 /// `ALLOW_ANONYMOUS`: permit running with no tokens on a public address.
 pub const ALLOW_ANONYMOUS: &str = "ALLOW_ANONYMOUS";
 /// `TOKENS_UTC_OFFSET`: zone of expiry times written without an offset.
@@ -60,6 +68,18 @@ pub const GATEWAY_INVOKE_MODE: &str = "GATEWAY_INVOKE_MODE";
 pub const AWS_LAMBDA_RUNTIME_API: &str = "AWS_LAMBDA_RUNTIME_API";
 /// `RUST_LOG`: the log filter.
 pub const RUST_LOG: &str = "RUST_LOG";
+
+/// The local server's usage store when none is named.
+pub const DEFAULT_LOCAL_STORE: &str = "sqlite:usage.db";
+
+/// What requests whose token has limits get while the usage store is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailMode {
+    /// Served without enforcement; usage is kept in memory until the store is back.
+    Open,
+    /// `503 usage_store_unavailable`.
+    Closed,
+}
 
 /// The default upstream.
 pub const DEFAULT_UPSTREAM: &str = "https://api.openai.com";
@@ -194,6 +214,30 @@ pub const SETTINGS: &[Setting] = &[
         TOKENS_UTC_OFFSET,
         "`+00:00`",
         "zone of expiry times written without an offset",
+    ),
+    flag(
+        "--usage-store",
+        USAGE_STORE,
+        "`sqlite:usage.db` (none on Lambda)",
+        "`sqlite:PATH`, `dynamodb:TABLE` or `off`: where usage and limits are counted",
+    ),
+    flag(
+        "--usage-fail-mode",
+        USAGE_FAIL_MODE,
+        "`open`",
+        "store down: `open` serves unenforced (usage kept in memory), `closed` answers 503 to tokens with limits",
+    ),
+    flag(
+        "--usage-reservation-ttl-secs",
+        USAGE_RESERVATION_TTL_SECS,
+        "upstream timeout + 60",
+        "when a reservation left by a dead process stops counting",
+    ),
+    flag(
+        "--usage-default-reserve-tokens",
+        USAGE_DEFAULT_RESERVE_TOKENS,
+        "1024",
+        "output tokens reserved for a request that sets no maximum",
     ),
     flag(
         "--shutdown-grace-secs",
@@ -339,6 +383,22 @@ pub struct Settings {
     #[arg(long, env = PRICES_FILE)]
     pub prices_file: Option<PathBuf>,
 
+    /// Where usage and limits are counted: sqlite:PATH, dynamodb:TABLE or off [default: sqlite:usage.db locally, none on Lambda].
+    #[arg(long, env = USAGE_STORE)]
+    pub usage_store: Option<String>,
+
+    /// While the usage store is down: open (serve, unenforced) or closed (503 for tokens with limits).
+    #[arg(long, env = USAGE_FAIL_MODE, value_enum, ignore_case = true, default_value = "open")]
+    pub usage_fail_mode: FailMode,
+
+    /// Seconds after which an unsettled reservation stops counting [default: upstream timeout + 60].
+    #[arg(long, env = USAGE_RESERVATION_TTL_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub usage_reservation_ttl_secs: Option<u64>,
+
+    /// Output tokens reserved for a request that sets no maximum.
+    #[arg(long, env = USAGE_DEFAULT_RESERVE_TOKENS, default_value_t = 1024)]
+    pub usage_default_reserve_tokens: u64,
+
     /// Allow running without tokens on a non-loopback address.
     #[arg(long, env = ALLOW_ANONYMOUS, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub allow_anonymous: bool,
@@ -388,6 +448,13 @@ impl Settings {
     /// Client idle timeout.
     pub fn client_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.client_idle_timeout_secs)
+    }
+    /// How long an unsettled reservation counts.
+    pub fn reservation_ttl(&self) -> Duration {
+        Duration::from_secs(
+            self.usage_reservation_ttl_secs
+                .unwrap_or(self.upstream_timeout_secs + 60),
+        )
     }
     /// Graceful-shutdown window.
     pub fn shutdown_grace(&self) -> Duration {

@@ -50,6 +50,28 @@ pub enum GatewayError {
     /// The token has `models`, and the request's model cannot be told.
     #[error("this gateway token may use only some models, and the gateway cannot tell which model this request uses; the token's `endpoints` must name this path to allow it")]
     ModelUnknown,
+    /// A per-minute limit of the token is reached.
+    #[error("this gateway token has reached its limit `{limit}`; retry in {retry_after} s")]
+    RateLimited {
+        /// The limit's key.
+        limit: &'static str,
+        /// Seconds to the window's end.
+        retry_after: u64,
+    },
+    /// A day, month or total budget of the token is spent.
+    #[error("this gateway token has used up its `{limit}`{}", match .retry_after { Some(s) => format!("; it resets in {s} s"), None => String::new() })]
+    QuotaExceeded {
+        /// The limit's key.
+        limit: &'static str,
+        /// Seconds to the window's end; `None` for a total.
+        retry_after: Option<u64>,
+    },
+    /// The token has a dollar limit and the request's model has no price.
+    #[error("the model `{0}` has no price, and this gateway token has a dollar limit; add the model to the gateway's PRICES_FILE")]
+    ModelPriceUnknown(String),
+    /// The usage store cannot be reached and `USAGE_FAIL_MODE=closed`.
+    #[error("the gateway's usage store is unavailable; try again shortly")]
+    UsageStoreUnavailable,
     /// The request target cannot be forwarded safely (dot segments, backslashes, not origin-form).
     #[error("invalid request path: {0}")]
     InvalidPath(&'static str),
@@ -96,14 +118,16 @@ impl GatewayError {
             | Self::InvalidPath(_)
             | Self::InvalidRequestBody(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::EndpointNotAllowed | Self::ModelNotAllowed(_) | Self::ModelUnknown => {
-                StatusCode::FORBIDDEN
-            }
+            Self::EndpointNotAllowed
+            | Self::ModelNotAllowed(_)
+            | Self::ModelUnknown
+            | Self::ModelPriceUnknown(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } | Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::TokenStoreUnavailable | Self::UpstreamKeyUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::TokenStoreUnavailable
+            | Self::UpstreamKeyUnavailable
+            | Self::UsageStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnreachable
             | Self::UpstreamFailed
             | Self::UpstreamUpgrade
@@ -124,6 +148,10 @@ impl GatewayError {
             Self::EndpointNotAllowed => "endpoint_not_allowed",
             Self::ModelNotAllowed(_) | Self::ModelUnknown => "model_not_allowed",
             Self::ClientTimeout(_) => "request_timeout",
+            Self::RateLimited { .. } => "rate_limit_exceeded",
+            Self::QuotaExceeded { .. } => "insufficient_quota",
+            Self::ModelPriceUnknown(_) => "model_price_unknown",
+            Self::UsageStoreUnavailable => "usage_store_unavailable",
             Self::UpstreamUpgrade => "upgrade_not_supported",
             Self::InvalidPath(_) => "invalid_path",
             Self::RequestTooLarge(_) => "request_too_large",
@@ -139,6 +167,11 @@ impl GatewayError {
 
     /// The `type` of the error body, following OpenAI's vocabulary.
     pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RateLimited { .. } => return "requests",
+            Self::QuotaExceeded { .. } => return "insufficient_quota",
+            _ => {}
+        }
         match self.status() {
             StatusCode::UNAUTHORIZED => "authentication_error",
             StatusCode::FORBIDDEN => "permission_error",
@@ -176,6 +209,23 @@ impl GatewayError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"chatgpt-gateway\""),
             );
+        }
+        let retry_after = match self {
+            Self::RateLimited { retry_after, .. } => Some(*retry_after),
+            Self::QuotaExceeded { retry_after, .. } => {
+                // A spent budget is not worth retrying: the official SDKs
+                // honour this and give up at once.
+                response
+                    .headers_mut()
+                    .insert("x-should-retry", HeaderValue::from_static("false"));
+                *retry_after
+            }
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -185,7 +185,12 @@ impl Gateway {
                 GatewayError::InvalidRequestBody("GET and HEAD requests cannot carry a body")
             })?;
         }
-        let edit = self.apply_policies(&parts, &admitted, &mut body).await?;
+        let (edit, reply) = self
+            .apply_policies(&parts, &admitted, &mut body, &mut record.notes)
+            .await?;
+        if let Some(reply) = reply {
+            return Ok(reply.map(GatewayBody::from));
+        }
         let metered = parts.method == Method::POST && usage::is_metered(parts.uri.path());
         let mut headers = headers::to_upstream(parts.headers, admitted.strip, key.as_ref());
         if matches!(edit, Some(ResponseEdit::Rewrite { .. })) {
@@ -222,16 +227,18 @@ impl Gateway {
         Ok((admitted, key))
     }
 
-    /// Runs every policy in order; the first refusal is the answer.
+    /// Runs every policy in order; the first refusal, or the first answer
+    /// a policy gives itself, ends the run.
     async fn apply_policies(
         &self,
         parts: &http::request::Parts,
         admitted: &Admitted,
         body: &mut RequestBody,
-    ) -> Result<Option<ResponseEdit>, GatewayError> {
+        notes: &mut http::Extensions,
+    ) -> Result<(Option<ResponseEdit>, Option<Response<Bytes>>), GatewayError> {
         let policies = &self.inner.options.policies;
         if policies.is_empty() {
-            return Ok(None);
+            return Ok((None, None));
         }
         let mut inspect = Inspect {
             method: &parts.method,
@@ -240,11 +247,16 @@ impl Gateway {
             admitted,
             body,
             edit: None,
+            notes,
+            reply: None,
         };
         for rule in policies {
             rule.check(&mut inspect).await?;
+            if inspect.reply.is_some() {
+                break;
+            }
         }
-        Ok(inspect.edit)
+        Ok((inspect.edit, inspect.reply))
     }
 
     /// The upstream's response as the client gets it: cut when silent,

@@ -38,6 +38,7 @@ pub mod record;
 pub mod secret;
 pub mod server;
 pub mod sources;
+pub mod spend;
 pub mod startup;
 pub mod telemetry;
 pub mod tokens;

@@ -6,6 +6,7 @@
 use std::process::ExitCode;
 
 use chatgpt_gateway::commands::tokens::{self, TokensCommand};
+use chatgpt_gateway::commands::usage::{self, UsageCommand};
 use chatgpt_gateway::config::{self, Settings};
 use chatgpt_gateway::{lambda, server, telemetry};
 use clap::{Parser, Subcommand};
@@ -30,6 +31,9 @@ enum Command {
     /// Manage gateway tokens: new, check, push.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Usage and limits: init (create the store), report.
+    #[command(subcommand)]
+    Usage(UsageCommand),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +44,10 @@ fn main() -> ExitCode {
             // Warnings only (e.g. from the AWS SDK), so the command's own output stays clean.
             telemetry::init_cli();
             return exit(runtime(Some(1)).block_on(tokens::run(command)), false);
+        }
+        Some(Command::Usage(command)) => {
+            telemetry::init_cli();
+            return exit(runtime(Some(1)).block_on(usage::run(command)), false);
         }
         None => cli.settings,
     };

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use http::Method;
 
 use crate::body::ByteCount;
@@ -61,6 +62,8 @@ pub struct Record {
     pub request_id: Option<String>,
     /// When the request arrived.
     pub started: Instant,
+    /// The same instant on the UTC clock (the windows its usage counts in).
+    pub arrived: DateTime<Utc>,
     /// The token entry's name; `None` before authentication or when anonymous.
     pub token: Option<String>,
     /// The status the client got (0 until known).
@@ -77,6 +80,8 @@ pub struct Record {
     pub outcome: Outcome,
     /// The usage read from the response (or estimated), as it streams.
     pub meter: Meter,
+    /// What the policies left for the completion hooks (a spend reservation).
+    pub notes: http::Extensions,
 }
 
 impl Record {
@@ -91,6 +96,7 @@ impl Record {
             path: path[..cut].to_owned(),
             request_id: None,
             started,
+            arrived: Utc::now(),
             token: None,
             status: 0,
             code: None,
@@ -99,6 +105,7 @@ impl Record {
             bytes_out: 0,
             outcome: Outcome::ClientClosed,
             meter: Meter::default(),
+            notes: http::Extensions::new(),
         }
     }
 

@@ -9,17 +9,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{
-    LogFormat, Settings, DEFAULT_TOKENS_FILES, DEFAULT_UPSTREAM, TOKENS_FILE, TOKENS_SSM_PARAMETER,
-    UPSTREAM_API_KEY, UPSTREAM_API_KEY_SSM_PARAMETER,
+    LogFormat, Settings, DEFAULT_LOCAL_STORE, DEFAULT_TOKENS_FILES, DEFAULT_UPSTREAM, TOKENS_FILE,
+    TOKENS_SSM_PARAMETER, UPSTREAM_API_KEY, UPSTREAM_API_KEY_SSM_PARAMETER, USAGE_STORE,
 };
 use crate::cors::Cors;
 use crate::error::ConfigError;
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::policy::allowlist::Allowlist;
 use crate::proxy::{Proxy, Upstream};
+use crate::record::Finish;
 use crate::secret::ApiKey;
 use crate::sources::cached::Cached;
 use crate::sources::ssm::{self, Ssm};
+use crate::spend::account::Account;
+use crate::spend::enforce::{Enforce, Settle};
+use crate::spend::store::{self, Store};
 use crate::telemetry::AccessLog;
 use crate::tokens::format::{self, TokenList};
 use crate::tokens::{bundled, TokenSet};
@@ -80,14 +84,57 @@ fn token_source(settings: &Settings) -> Result<TokenSource, ConfigError> {
 
 /// Builds the gateway for `mode`, writing an access-log line per request.
 pub async fn build(settings: &Settings, mode: Mode) -> Result<Gateway, ConfigError> {
-    let mut options = options(settings, mode).await?;
-    let text = settings.log_format(mode == Mode::Lambda) == LogFormat::Text;
-    let prices = Arc::new(Prices::load(settings.prices_file.as_deref())?);
-    options.hooks.push(Arc::new(AccessLog {
-        quote_path: text,
-        prices,
-    }));
-    Ok(Gateway::new(options))
+    Ok(Gateway::new(options(settings, mode).await?))
+}
+
+/// Opens the usage store the settings name (locally `sqlite:usage.db` by
+/// default; on Lambda none), and checks that it can hold `tokens`' limits.
+pub async fn usage_store(
+    settings: &Settings,
+    mode: Mode,
+    tokens: Option<&TokenSet>,
+) -> Result<Option<Arc<dyn Store>>, ConfigError> {
+    let spec = match (&settings.usage_store, mode) {
+        (Some(spec), _) => spec.as_str(),
+        (None, Mode::Local) => DEFAULT_LOCAL_STORE,
+        (None, Mode::Lambda) => "off",
+    };
+    let limited = tokens
+        .into_iter()
+        .flat_map(|t| t.entries())
+        .find(|e| e.rules.as_ref().is_some_and(|r| r.limits.is_some()));
+    let shared = spec.trim_start().starts_with("dynamodb:");
+    if let Some(entry) = limited {
+        if mode == Mode::Lambda && !shared {
+            return Err(ConfigError::Invalid {
+                setting: USAGE_STORE,
+                problem: format!(
+                    "the token `{}` has limits, and on Lambda they need a shared store: set USAGE_STORE=dynamodb:TABLE \
+                     (a DynamoDB table; counters kept per container would multiply every limit)",
+                    entry.name
+                ),
+            });
+        }
+        if spec.trim().eq_ignore_ascii_case("off") {
+            return Err(ConfigError::Invalid {
+                setting: USAGE_STORE,
+                problem: format!(
+                    "the token `{}` has limits, which USAGE_STORE=off cannot enforce; use sqlite:PATH or dynamodb:TABLE",
+                    entry.name
+                ),
+            });
+        }
+    }
+    let store = store::open(spec)
+        .await
+        .map_err(|problem| ConfigError::Invalid {
+            setting: USAGE_STORE,
+            problem,
+        })?;
+    if let Some(store) = &store {
+        tracing::info!(store = store.name(), "usage store");
+    }
+    Ok(store)
 }
 
 /// What the gateway for `mode` is made of, checked; callers add hooks.
@@ -181,6 +228,17 @@ pub async fn options(settings: &Settings, mode: Mode) -> Result<GatewayOptions, 
         settings.upstream_timeout(),
         settings.connect_timeout(),
     )?;
+    let initial = tokens.peek();
+    let store = usage_store(settings, mode, initial.as_deref()).await?;
+    let prices = Arc::new(Prices::load(settings.prices_file.as_deref())?);
+    let mut hooks: Vec<Arc<dyn Finish>> = Vec::new();
+    if let Some(store) = &store {
+        hooks.push(Arc::new(Settle::new(store.clone(), prices.clone())));
+    }
+    hooks.push(Arc::new(AccessLog {
+        quote_path: settings.log_format(mode == Mode::Lambda) == LogFormat::Text,
+        prices: prices.clone(),
+    }));
     let cors = match &settings.cors_allow_origins {
         Some(text) => Cors::parse(text)?,
         None => None,
@@ -190,8 +248,19 @@ pub async fn options(settings: &Settings, mode: Mode) -> Result<GatewayOptions, 
     }
     Ok(GatewayOptions {
         policies: vec![
+            Arc::new(Account {
+                store: store.clone(),
+            }),
             Arc::new(Allowlist {
                 max_body: settings.max_inspected_body_bytes,
+            }),
+            Arc::new(Enforce {
+                store,
+                prices,
+                max_body: settings.max_inspected_body_bytes,
+                default_reserve: settings.usage_default_reserve_tokens,
+                ttl: settings.reservation_ttl(),
+                fail_mode: settings.usage_fail_mode,
             }),
             Arc::new(StreamUsage {
                 max_body: settings.max_inspected_body_bytes,
@@ -202,6 +271,7 @@ pub async fn options(settings: &Settings, mode: Mode) -> Result<GatewayOptions, 
         idle_timeout: settings.idle_timeout(),
         client_idle_timeout: settings.client_idle_timeout(),
         cors,
+        hooks,
         ..GatewayOptions::new(proxy, tokens)
     })
 }

@@ -1,8 +1,10 @@
 //! The admin commands, beside the gateway itself.
 //!
-//! - [`tokens`]: make, check and publish token lists.
+//! - [`tokens`]: make, check and publish token lists;
+//! - [`usage`]: set up the usage store, and report usage and limits.
 
 pub mod tokens;
+pub mod usage;
 
 use crate::error::ConfigError;
 use crate::sources::cached::LoadError;

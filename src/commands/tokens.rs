@@ -78,6 +78,9 @@ pub struct RuleArgs {
     /// Path prefixes the token may reach, comma-separated, e.g. /v1/chat/completions,/v1/embeddings.
     #[arg(long, value_delimiter = ',')]
     endpoints: Vec<String>,
+    /// A limit, KEY=VALUE, repeatable: requests_per_minute, tokens_per_minute, tokens_per_day, tokens_per_month, usd_per_day, usd_per_month, usd_total.
+    #[arg(long = "limit", value_name = "KEY=VALUE")]
+    limits: Vec<String>,
 }
 
 /// Which list `check` reads.
@@ -218,9 +221,22 @@ fn new(
         Credential::Digest(&digest)
     };
     let list = |items: &[String]| (!items.is_empty()).then(|| items.to_vec());
+    let limits = if rules.limits.is_empty() {
+        None
+    } else {
+        Some(
+            crate::spend::Limits::from_pairs(&rules.limits).map_err(|problem| {
+                CommandError::Flag {
+                    flag: "--limit",
+                    problem,
+                }
+            })?,
+        )
+    };
     let rules = Rules {
         models: list(&rules.models),
         endpoints: list(&rules.endpoints),
+        limits,
     };
     let entry = format::entry_json(
         name,
@@ -231,7 +247,7 @@ fn new(
     );
     // What is printed must be what a list accepts: read it back.
     format::parse(&format!("[{entry}]"), offset).map_err(|error| CommandError::Flag {
-        flag: "--models/--endpoints",
+        flag: "--models/--endpoints/--limit",
         problem: error.to_string(),
     })?;
     if json {

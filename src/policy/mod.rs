@@ -8,8 +8,11 @@
 //! that no policy reads keeps streaming upstream untouched; a body that one
 //! read is sent on byte for byte from what was read.
 //!
-//! The rules: [`allowlist`] (a token's `models` and `endpoints`), and
-//! [`crate::usage::stream_usage`] (usage for every streamed chat).
+//! The rules, in the order they run: [`crate::spend::account`] (a token's
+//! own usage, answered here), [`allowlist`] (a token's `models` and
+//! `endpoints`), [`crate::spend::enforce`] (limits: admission and
+//! reservation), and [`crate::usage::stream_usage`] (usage for every
+//! streamed chat).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -51,6 +54,12 @@ pub struct Inspect<'r> {
     pub body: &'r mut RequestBody,
     /// A change the policy asks for in the response (at most one).
     pub edit: Option<ResponseEdit>,
+    /// What a policy leaves for the completion hooks (kept in the request's
+    /// record), such as a spend reservation to settle.
+    pub notes: &'r mut http::Extensions,
+    /// An answer the gateway gives itself instead of forwarding (the
+    /// token holder's own usage); the policies after it do not run.
+    pub reply: Option<http::Response<Bytes>>,
 }
 
 /// A change to a successful response, decided before the request goes upstream.

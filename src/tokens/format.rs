@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 
 use super::{Rules, TokenDigest, TokenEntry, TokenSet};
 use crate::secret::ApiKey;
+use crate::spend::Limits;
 
 /// What a token list holds.
 #[derive(Debug, Clone)]
@@ -97,8 +98,10 @@ pub mod keys {
     pub const MODELS: &str = "models";
     /// The path prefixes the token may reach.
     pub const ENDPOINTS: &str = "endpoints";
+    /// Rate limits and budgets.
+    pub const LIMITS: &str = "limits";
     /// All of them.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         NAME,
         TOKEN,
         SHA256,
@@ -107,6 +110,7 @@ pub mod keys {
         UPSTREAM_KEY,
         MODELS,
         ENDPOINTS,
+        LIMITS,
     ];
 }
 
@@ -148,6 +152,9 @@ pub fn entry_json(
     }
     if let Some(endpoints) = &rules.endpoints {
         entry.insert(keys::ENDPOINTS.into(), endpoints.clone().into());
+    }
+    if let Some(limits) = &rules.limits {
+        entry.insert(keys::LIMITS.into(), limits.to_json());
     }
     Value::Object(entry)
 }
@@ -259,7 +266,7 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
             // An unknown key is most likely a typo of `expires`; ignoring it
             // would silently make the token immortal.
             return Err(fail(format!(
-                "unknown key {} (expected one of: name, token, sha256, expires, upstream_key, models, endpoints)",
+                "unknown key {} (expected one of: name, token, sha256, expires, upstream_key, models, endpoints, limits)",
                 shown_key(key)
             )));
         }
@@ -318,13 +325,28 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
             "`endpoints` entry `{bad}` must be a path starting with /"
         )));
     }
-    let rules = (models.is_some() || endpoints.is_some()).then_some(Rules { models, endpoints });
+    let limits = match get(map, keys::LIMITS).map_err(|k| fail(repeated(k)))? {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(Limits::parse(value).map_err(fail)?).filter(|l| !l.is_empty()),
+    };
+    let rules = (models.is_some() || endpoints.is_some() || limits.is_some()).then_some(Rules {
+        models,
+        endpoints,
+        limits,
+    });
     if rules.is_some() && !named {
         return Err(fail(
-            "an entry with `models` or `endpoints` needs a `name` (its usage is kept by name)"
+            "an entry with `models`, `endpoints` or `limits` needs a `name` (its usage is kept by name)"
                 .into(),
         ));
     }
+    // Usage is kept by name: an unnamed entry's is its digest's, which,
+    // unlike its position, stays when the list is reordered.
+    let name = if named {
+        name
+    } else {
+        format!("sha256:{}", &super::hex(&digest)[..12])
+    };
     Ok(TokenEntry {
         name,
         digest,
@@ -435,7 +457,10 @@ mod tests {
         let list = parse(ORIGINAL, utc()).unwrap();
         assert_eq!(list.upstream.as_deref(), Some("https://api.openai.com/"));
         let entry = list.tokens.find(b"datatoken").expect("token present");
-        assert_eq!(entry.name, "#0");
+        assert_eq!(
+            entry.name,
+            format!("sha256:{}", &crate::tokens::hex(&entry.digest)[..12])
+        );
         assert_eq!(
             entry.expires,
             Some(Utc.with_ymd_and_hms(2023, 3, 30, 23, 0, 0).unwrap())
@@ -552,7 +577,10 @@ mod tests {
                 index: 1,
                 name: "b".into(),
                 first: 0,
-                first_name: "#0".into()
+                first_name: format!(
+                    "sha256:{}",
+                    &crate::tokens::hex(&crate::tokens::digest(b"a"))[..12]
+                )
             }
         );
         assert!(matches!(
@@ -597,8 +625,20 @@ mod tests {
                 "names must be unique",
             ),
             (
-                r#"[{"name": "n", "token": "t", "limits": {}}]"#,
-                "unknown key",
+                r#"[{"name": "n", "token": "t", "limits": {"rpm": 5}}]"#,
+                "unknown key `rpm`",
+            ),
+            (
+                r#"[{"name": "n", "token": "t", "limits": {"usd_total": -5}}]"#,
+                "`limits.usd_total` must be a non-negative number",
+            ),
+            (
+                r#"[{"name": "n", "token": "t", "limits": [5]}]"#,
+                "`limits` must be an object",
+            ),
+            (
+                r#"[{"token": "t", "limits": {"usd_total": 5}}]"#,
+                "needs a `name`",
             ),
         ] {
             let err = parse(text, utc()).unwrap_err().to_string();
@@ -614,6 +654,7 @@ mod tests {
             let rules = Rules {
                 models: Some(vec!["gpt-4o-mini*".into()]),
                 endpoints: None,
+                limits: None,
             };
             let entry = entry_json("n", credential, Some(at), Some("sk-1"), &rules);
             let list = parse(&format!("[{entry}]"), utc()).unwrap();

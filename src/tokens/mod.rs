@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::secret::ApiKey;
+use crate::spend::Limits;
 use format::ParseError;
 
 /// The token list compiled into the binary (see `build.rs` and `bundle/`), if any.
@@ -48,7 +49,8 @@ pub fn hex(digest: &TokenDigest) -> String {
 /// One gateway token.
 #[derive(Debug, Clone)]
 pub struct TokenEntry {
-    /// A label for logs; entries without a name get `#<index>`.
+    /// The entry's name, which usage and limits are kept under; an entry
+    /// without one gets `sha256:` and the first 12 hex digits of its digest.
     pub name: String,
     /// SHA-256 of the token; the plaintext is never kept.
     pub digest: TokenDigest,
@@ -67,6 +69,8 @@ pub struct Rules {
     pub models: Option<Vec<String>>,
     /// Allowed path prefixes, as the client sends the path.
     pub endpoints: Option<Vec<String>>,
+    /// Rate limits and budgets.
+    pub limits: Option<Limits>,
 }
 
 impl Rules {
@@ -202,6 +206,7 @@ mod tests {
         let rules = Rules {
             models: Some(vec!["gpt-4o-mini*".into(), "text-embedding-3-small".into()]),
             endpoints: Some(vec!["/v1/chat/".into(), "/v1/embeddings".into()]),
+            limits: None,
         };
         assert!(rules.allows_model("gpt-4o-mini"));
         assert!(rules.allows_model("gpt-4o-mini-2024-07-18"));

@@ -61,7 +61,7 @@ pub struct Served {
     pub addr: SocketAddr,
     records: Arc<Mutex<Vec<serde_json::Value>>>,
     task: tokio::task::JoinHandle<()>,
-    _dir: TempDir,
+    pub dir: TempDir,
 }
 
 impl Target for Served {
@@ -219,6 +219,14 @@ impl Launch {
                 }
             }
         }
+        if !self.env.iter().any(|(k, _)| k == "USAGE_STORE") {
+            // The local default (`sqlite:usage.db` in the working directory),
+            // kept in this gateway's own directory.
+            args.push(format!(
+                "--usage-store=sqlite:{}",
+                dir.0.join("usage.db").display()
+            ));
+        }
         args.extend(self.args);
         let mut settings = <SettingsOnly as clap::Parser>::try_parse_from(&args)
             .unwrap_or_else(|e| panic!("{args:?}: {e}"))
@@ -241,7 +249,7 @@ impl Launch {
             addr,
             records,
             task,
-            _dir: dir,
+            dir,
         })
     }
 

@@ -1,0 +1,340 @@
+//! Enforcement: [`Enforce`], the policy that admits a request with limits
+//! (check and reserve, one atomic step in the store) before it is
+//! forwarded, and [`Settle`], the completion hook that replaces the
+//! reservation by what the request actually used.
+//!
+//! What a request reserves: one request; for a metered endpoint, its
+//! estimated input (a token per four bytes of body) plus its maximum output
+//! (`max_tokens`, `max_completion_tokens` or `max_output_tokens`, else
+//! `USAGE_DEFAULT_RESERVE_TOKENS`); and, for dollar limits, what that would
+//! cost. A token with a dollar limit never sends a request whose model has
+//! no price.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::Method;
+use serde_json::Value;
+
+use super::store::{Admission, Ask, Reservation, Settlement, Store};
+use super::{Amount, Limits};
+use crate::config::FailMode;
+use crate::error::GatewayError;
+use crate::policy::{Inspect, Policy, Verdict};
+use crate::record::{BoxFuture, Finish, Record};
+use crate::usage::prices::Prices;
+use crate::usage::{self, Usage};
+
+/// Settlements kept in memory while the store is down, at most.
+const MAX_BACKLOG: usize = 10_000;
+
+/// Left in a request's record by [`Enforce`]: the token has limits, and
+/// this is its reservation (`None` when the store was down and the request
+/// went through unenforced).
+#[derive(Debug, Clone)]
+pub struct Held(pub Option<Reservation>);
+
+/// The model a request asked for, left in its record for the settlement
+/// of a response that names none (images, speech).
+#[derive(Debug, Clone)]
+pub struct AskedModel(pub String);
+
+/// The policy that enforces a token's `limits`.
+#[derive(Debug, Clone)]
+pub struct Enforce {
+    /// The store; `None` (`USAGE_STORE=off`): a token with limits is
+    /// refused, as its limits cannot be enforced.
+    pub store: Option<Arc<dyn Store>>,
+    /// What models cost.
+    pub prices: Arc<Prices>,
+    /// How much of a body may be read.
+    pub max_body: u64,
+    /// Output tokens reserved when a request sets no maximum.
+    pub default_reserve: u64,
+    /// How long an unsettled reservation counts.
+    pub ttl: Duration,
+    /// What to do while the store is down.
+    pub fail_mode: FailMode,
+}
+
+/// What the gateway can tell of a request before sending it.
+#[derive(Debug, Default)]
+struct Facts {
+    model: Option<String>,
+    max_output: Option<u64>,
+    body_bytes: u64,
+}
+
+impl Policy for Enforce {
+    fn check<'a>(&'a self, request: &'a mut Inspect<'_>) -> Verdict<'a> {
+        Box::pin(async move {
+            let Some(limits) = request
+                .admitted
+                .rules
+                .as_ref()
+                .and_then(|r| r.limits.clone())
+            else {
+                return Ok(());
+            };
+            let Some(token) = request.admitted.name.clone() else {
+                return Ok(());
+            };
+            let Some(store) = &self.store else {
+                // Only a list reloaded since start-up can get here (start-up
+                // refuses limits without a store): never serve them unenforced.
+                tracing::error!(
+                    token,
+                    "this token has limits, and USAGE_STORE=off cannot enforce them"
+                );
+                return Err(GatewayError::UsageStoreUnavailable);
+            };
+            let facts = self.facts(request).await?;
+            if let Some(model) = &facts.model {
+                request.notes.insert(AskedModel(model.clone()));
+            }
+            let reserve = self.estimate(&limits, request.method, request.path, &facts)?;
+            let now = chrono::Utc::now();
+            let ask = Ask {
+                token,
+                limits,
+                reserve,
+                now,
+                expires: now
+                    + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::hours(1)),
+                id: reservation_id(),
+            };
+            match store.admit(ask).await {
+                Ok(Admission::Granted(reservation)) => {
+                    request.notes.insert(Held(Some(reservation)));
+                    Ok(())
+                }
+                Ok(Admission::Refused(refusal)) => Err(if refusal.limit.is_rate() {
+                    GatewayError::RateLimited {
+                        limit: refusal.limit.key,
+                        retry_after: refusal.retry_after.unwrap_or(1),
+                    }
+                } else {
+                    GatewayError::QuotaExceeded {
+                        limit: refusal.limit.key,
+                        retry_after: refusal.retry_after,
+                    }
+                }),
+                Err(error) => match self.fail_mode {
+                    FailMode::Closed => {
+                        tracing::error!(%error, "usage store unreachable: refusing requests with limits (USAGE_FAIL_MODE=closed)");
+                        Err(GatewayError::UsageStoreUnavailable)
+                    }
+                    FailMode::Open => {
+                        tracing::error!(%error, "usage store unreachable: serving without enforcing limits (USAGE_FAIL_MODE=open)");
+                        request.notes.insert(Held(None));
+                        Ok(())
+                    }
+                },
+            }
+        })
+    }
+}
+
+impl Enforce {
+    /// The model and maximum output a JSON body names.
+    async fn facts(&self, request: &mut Inspect<'_>) -> Result<Facts, GatewayError> {
+        if *request.method != Method::POST {
+            return Ok(Facts::default());
+        }
+        if !usage::is_json(request.headers) {
+            let body_bytes = request
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            return Ok(Facts {
+                body_bytes,
+                ..Facts::default()
+            });
+        }
+        let body = request.body.read(self.max_body).await?;
+        let mut facts = Facts {
+            body_bytes: body.len() as u64,
+            ..Facts::default()
+        };
+        if let Ok(value) = serde_json::from_slice::<Value>(body) {
+            facts.model = value
+                .get("model")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            facts.max_output = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
+                .iter()
+                .find_map(|key| value.get(*key).and_then(Value::as_u64));
+        }
+        Ok(facts)
+    }
+
+    /// What the request reserves.
+    fn estimate(
+        &self,
+        limits: &Limits,
+        method: &Method,
+        path: &str,
+        facts: &Facts,
+    ) -> Result<Amount, GatewayError> {
+        let metered = *method == Method::POST && usage::is_metered(path);
+        let mut amount = Amount {
+            requests: 1,
+            ..Amount::default()
+        };
+        let input = facts.body_bytes.div_ceil(4);
+        let output = if path.ends_with("/embeddings") {
+            0
+        } else {
+            facts.max_output.unwrap_or(self.default_reserve)
+        };
+        if metered {
+            amount.tokens = i64::try_from(input + output).unwrap_or(i64::MAX);
+        }
+        if limits.has_usd() && (metered || facts.model.is_some()) {
+            let model = facts.model.clone().unwrap_or_else(|| "(none)".to_owned());
+            let Some(price) = self.prices.lookup(&model) else {
+                return Err(GatewayError::ModelPriceUnknown(model));
+            };
+            let cost = if metered {
+                let usage = Usage::reported(Some(&model), input, 0, output);
+                self.prices.cost(&usage).unwrap_or(0.0)
+            } else {
+                price.per_request.unwrap_or(0.0)
+            };
+            amount.usd_micros = Amount::micros(cost);
+        }
+        Ok(amount)
+    }
+}
+
+fn reservation_id() -> String {
+    let mut random = [0u8; 12];
+    // Without randomness, a clock-based id is still unique enough per process.
+    if getrandom::fill(&mut random).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        random[..12].copy_from_slice(&nanos.to_le_bytes()[..12]);
+    }
+    random.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The completion hook that records each forwarded request's usage in the
+/// store and settles its reservation. While the store is down, settlements
+/// wait in memory (bounded) and are written when it answers again.
+#[derive(Debug)]
+pub struct Settle {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// What models cost.
+    pub prices: Arc<Prices>,
+    backlog: Arc<Mutex<VecDeque<Settlement>>>,
+}
+
+impl Settle {
+    /// Settles into `store`.
+    pub fn new(store: Arc<dyn Store>, prices: Arc<Prices>) -> Self {
+        Self {
+            store,
+            prices,
+            backlog: Arc::default(),
+        }
+    }
+
+    /// The settlement of a finished request, if it is usage or held a reservation.
+    pub fn settlement(&self, record: &Record) -> Option<Settlement> {
+        let held = record.notes.get::<Held>();
+        let reservation = held.and_then(|h| h.0.clone());
+        let used = record.upstream_ms.is_some();
+        if !used && reservation.is_none() {
+            // Refused by the gateway itself: not usage.
+            return None;
+        }
+        let token = record.token.clone()?;
+        let usage = record.meter.usage();
+        let asked = record.notes.get::<AskedModel>().map(|m| m.0.clone());
+        let model = usage
+            .as_ref()
+            .and_then(|u| u.model.clone())
+            .or(asked)
+            .unwrap_or_else(|| "-".to_owned());
+        let cost = match &usage {
+            Some(u) => {
+                let priced = Usage {
+                    model: Some(model.clone()),
+                    ..u.clone()
+                };
+                self.prices.cost(&priced).unwrap_or(0.0)
+            }
+            None => self
+                .prices
+                .lookup(&model)
+                .and_then(|p| p.per_request)
+                .unwrap_or(0.0),
+        };
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        Some(Settlement {
+            token,
+            at: record.arrived,
+            reservation,
+            used,
+            model,
+            input: usage.as_ref().map_or(0, |u| count(u.input)),
+            cached: usage.as_ref().map_or(0, |u| count(u.cached_input)),
+            output: usage.as_ref().map_or(0, |u| count(u.output)),
+            usd_micros: if used { Amount::micros(cost) } else { 0 },
+            estimated: usage.as_ref().is_some_and(|u| u.estimated),
+            limited: held.is_some(),
+        })
+    }
+
+    /// Writes what waited while the store was down, oldest first; stops at
+    /// the first failure.
+    async fn drain(store: &Arc<dyn Store>, backlog: &Mutex<VecDeque<Settlement>>) {
+        loop {
+            let Some(next) = backlog.lock().expect("backlog lock").pop_front() else {
+                return;
+            };
+            if let Err(error) = store.settle(next.clone()).await {
+                tracing::warn!(%error, "usage store still unreachable; usage kept in memory");
+                backlog.lock().expect("backlog lock").push_front(next);
+                return;
+            }
+        }
+    }
+
+    /// Settlements waiting for the store.
+    pub fn waiting(&self) -> usize {
+        self.backlog.lock().expect("backlog lock").len()
+    }
+}
+
+impl Finish for Settle {
+    fn finish(&self, record: &Record) -> BoxFuture<()> {
+        let Some(settlement) = self.settlement(record) else {
+            return Box::pin(std::future::ready(()));
+        };
+        let store = self.store.clone();
+        let backlog = self.backlog.clone();
+        Box::pin(async move {
+            if !backlog.lock().expect("backlog lock").is_empty() {
+                Self::drain(&store, &backlog).await;
+            }
+            if let Err(error) = store.settle(settlement.clone()).await {
+                tracing::error!(%error, "usage store unreachable: usage kept in memory until it is back");
+                let mut backlog = backlog.lock().expect("backlog lock");
+                if backlog.len() >= MAX_BACKLOG {
+                    tracing::error!(
+                        "usage backlog full ({MAX_BACKLOG}): the oldest settlement is dropped"
+                    );
+                    backlog.pop_front();
+                }
+                backlog.push_back(settlement);
+            }
+        })
+    }
+}

@@ -1,0 +1,400 @@
+//! The embedded store: one SQLite file (the bundled SQLite, nothing to
+//! install), the local server's default.
+//!
+//! Admission is one `BEGIN IMMEDIATE` transaction, so it is atomic across
+//! the threads of a process and across processes sharing the file. Live
+//! reservations are rows of their own, each with an expiry: a reservation
+//! whose process died simply stops being counted once it expires.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::store::{
+    first_exhausted, window_keys, Admission, Ask, Period, Reservation, Row, Settlement, Store,
+    StoreError, WindowState,
+};
+use super::{Amount, Window};
+use crate::record::BoxFuture;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS windows (
+    token TEXT NOT NULL, window TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0, tokens INTEGER NOT NULL DEFAULT 0,
+    usd_micros INTEGER NOT NULL DEFAULT 0,
+    expires INTEGER,
+    PRIMARY KEY (token, window));
+CREATE TABLE IF NOT EXISTS reservations (
+    id TEXT NOT NULL, token TEXT NOT NULL, window TEXT NOT NULL,
+    requests INTEGER NOT NULL, tokens INTEGER NOT NULL, usd_micros INTEGER NOT NULL,
+    expires INTEGER NOT NULL,
+    PRIMARY KEY (id, window));
+CREATE INDEX IF NOT EXISTS reservations_by_window ON reservations (token, window);
+CREATE TABLE IF NOT EXISTS usage (
+    token TEXT NOT NULL, day TEXT NOT NULL, model TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    input_tokens INTEGER NOT NULL DEFAULT 0, cached_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0, usd_micros INTEGER NOT NULL DEFAULT 0,
+    estimated_requests INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (token, day, model));
+";
+
+/// How long a minute window's row is kept after it ends.
+const KEEP_MINUTES_SECS: i64 = 3600;
+
+/// A SQLite usage store.
+#[derive(Debug, Clone)]
+pub struct Sqlite {
+    name: String,
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl Sqlite {
+    /// Opens (creating if needed) the file at `path`, with its schema.
+    pub fn open(path: &str) -> Result<Self, String> {
+        let name = format!("sqlite:{path}");
+        let fail = |e: rusqlite::Error| format!("{name}: {e}");
+        let connection = Connection::open(PathBuf::from(path)).map_err(fail)?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(fail)?;
+        // WAL lets readers (`usage report`) run beside the gateway.
+        let _: String = connection
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(fail)?;
+        connection.execute_batch(SCHEMA).map_err(fail)?;
+        Ok(Self {
+            name,
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    /// Runs `work` on the connection, off the async threads.
+    fn run<T, F>(&self, work: F) -> BoxFuture<Result<T, StoreError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let connection = self.connection.clone();
+        let name = self.name.clone();
+        Box::pin(async move {
+            let fail = |problem: String| StoreError {
+                store: name.clone(),
+                problem,
+            };
+            tokio::task::spawn_blocking(move || {
+                let mut connection = connection.lock().unwrap_or_else(|p| p.into_inner());
+                work(&mut connection)
+            })
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(e.to_string()))
+        })
+    }
+}
+
+fn state(
+    tx: &rusqlite::Transaction<'_>,
+    token: &str,
+    window: &str,
+    now: i64,
+) -> rusqlite::Result<WindowState> {
+    let used = tx
+        .query_row(
+            "SELECT requests, tokens, usd_micros FROM windows WHERE token = ?1 AND window = ?2",
+            params![token, window],
+            |r| {
+                Ok(Amount {
+                    requests: r.get(0)?,
+                    tokens: r.get(1)?,
+                    usd_micros: r.get(2)?,
+                })
+            },
+        )
+        .optional()?
+        .unwrap_or_default();
+    let reserved = tx.query_row(
+        "SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(tokens), 0), COALESCE(SUM(usd_micros), 0)
+         FROM reservations WHERE token = ?1 AND window = ?2 AND expires > ?3",
+        params![token, window, now],
+        |r| {
+            Ok(Amount {
+                requests: r.get(0)?,
+                tokens: r.get(1)?,
+                usd_micros: r.get(2)?,
+            })
+        },
+    )?;
+    Ok(WindowState { used, reserved })
+}
+
+fn expiry(window: Window, at: DateTime<Utc>) -> Option<i64> {
+    (window == Window::Minute)
+        .then(|| {
+            window
+                .end(at)
+                .map(|end| end.timestamp() + KEEP_MINUTES_SECS)
+        })
+        .flatten()
+}
+
+impl Store for Sqlite {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn init(&self) -> BoxFuture<Result<(), StoreError>> {
+        self.run(|c| c.execute_batch(SCHEMA))
+    }
+
+    fn admit(&self, ask: Ask) -> BoxFuture<Result<Admission, StoreError>> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = ask.now.timestamp();
+            tx.execute("DELETE FROM reservations WHERE expires <= ?1", [now])?;
+            tx.execute(
+                "DELETE FROM windows WHERE expires IS NOT NULL AND expires <= ?1",
+                [now],
+            )?;
+            let keys = window_keys(&ask.limits, ask.now);
+            let mut states = Vec::with_capacity(keys.len());
+            for (window, key) in &keys {
+                states.push((*window, state(&tx, &ask.token, key, now)?));
+            }
+            if let Some(refusal) = first_exhausted(&ask.limits, &states, ask.now) {
+                return Ok(Admission::Refused(refusal));
+            }
+            for (_, key) in &keys {
+                tx.execute(
+                    "INSERT INTO reservations (id, token, window, requests, tokens, usd_micros, expires)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        ask.id,
+                        ask.token,
+                        key,
+                        ask.reserve.requests,
+                        ask.reserve.tokens,
+                        ask.reserve.usd_micros,
+                        ask.expires.timestamp()
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(Admission::Granted(Reservation {
+                id: ask.id,
+                token: ask.token,
+                windows: keys.into_iter().map(|(_, k)| k).collect(),
+                amount: ask.reserve,
+            }))
+        })
+    }
+
+    fn settle(&self, s: Settlement) -> BoxFuture<Result<(), StoreError>> {
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(reservation) = &s.reservation {
+                tx.execute("DELETE FROM reservations WHERE id = ?1", [&reservation.id])?;
+            }
+            if s.used {
+                let amount = s.amount();
+                if s.limited {
+                    for window in Window::ALL {
+                        tx.execute(
+                            "INSERT INTO windows (token, window, requests, tokens, usd_micros, expires)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                             ON CONFLICT (token, window) DO UPDATE SET
+                               requests = requests + excluded.requests,
+                               tokens = tokens + excluded.tokens,
+                               usd_micros = usd_micros + excluded.usd_micros",
+                            params![
+                                s.token,
+                                window.key(s.at),
+                                amount.requests,
+                                amount.tokens,
+                                amount.usd_micros,
+                                expiry(window, s.at)
+                            ],
+                        )?;
+                    }
+                }
+                tx.execute(
+                    "INSERT INTO usage (token, day, model, requests, input_tokens, cached_tokens,
+                                        output_tokens, usd_micros, estimated_requests)
+                     VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (token, day, model) DO UPDATE SET
+                       requests = requests + 1,
+                       input_tokens = input_tokens + excluded.input_tokens,
+                       cached_tokens = cached_tokens + excluded.cached_tokens,
+                       output_tokens = output_tokens + excluded.output_tokens,
+                       usd_micros = usd_micros + excluded.usd_micros,
+                       estimated_requests = estimated_requests + excluded.estimated_requests",
+                    params![
+                        s.token,
+                        s.at.format("%Y-%m-%d").to_string(),
+                        s.model,
+                        s.input,
+                        s.cached,
+                        s.output,
+                        s.usd_micros,
+                        i64::from(s.estimated)
+                    ],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    fn windows(
+        &self,
+        token: String,
+        windows: Vec<Window>,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<Result<Vec<WindowState>, StoreError>> {
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            windows
+                .iter()
+                .map(|w| state(&tx, &token, &w.key(now), now.timestamp()))
+                .collect()
+        })
+    }
+
+    fn report(
+        &self,
+        period: Period,
+        token: Option<String>,
+    ) -> BoxFuture<Result<Vec<Row>, StoreError>> {
+        self.run(move |c| {
+            let (from, to) = match &period {
+                Period::Day(d) => (d.clone(), d.clone()),
+                Period::Month(m) => (format!("{m}-01"), format!("{m}-31")),
+                Period::Days(from, to) => (from.clone(), to.clone()),
+            };
+            let mut statement = c.prepare(
+                "SELECT token, model, SUM(requests), SUM(input_tokens), SUM(cached_tokens),
+                        SUM(output_tokens), SUM(usd_micros), SUM(estimated_requests)
+                 FROM usage WHERE day >= ?1 AND day <= ?2 AND (?3 IS NULL OR token = ?3)
+                 GROUP BY token, model ORDER BY token, model",
+            )?;
+            let rows = statement.query_map(params![from, to, token], |r| {
+                Ok(Row {
+                    token: r.get(0)?,
+                    model: r.get(1)?,
+                    requests: r.get(2)?,
+                    input_tokens: r.get(3)?,
+                    cached_tokens: r.get(4)?,
+                    output_tokens: r.get(5)?,
+                    cost_usd: r.get(6)?,
+                    estimated_requests: r.get(7)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spend::Limits;
+
+    fn ask(store_limits: &Limits, id: &str, now: DateTime<Utc>, reserve: Amount) -> Ask {
+        Ask {
+            token: "alice".into(),
+            limits: store_limits.clone(),
+            reserve,
+            now,
+            expires: now + chrono::Duration::seconds(60),
+            id: id.into(),
+        }
+    }
+
+    fn settlement(reservation: Option<Reservation>, at: DateTime<Utc>, tokens: i64) -> Settlement {
+        Settlement {
+            token: "alice".into(),
+            at,
+            reservation,
+            used: true,
+            model: "gpt-4o-mini".into(),
+            input: tokens / 2,
+            cached: 0,
+            output: tokens - tokens / 2,
+            usd_micros: tokens,
+            estimated: false,
+            limited: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn admission_counts_use_and_live_reservations() {
+        let dir = std::env::temp_dir().join(format!("gw-sqlite-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("unit.db");
+        let _ = std::fs::remove_file(&path);
+        let store = Sqlite::open(path.to_str().unwrap()).unwrap();
+        let limits =
+            Limits::parse(&serde_json::json!({"requests_per_minute": 2, "tokens_per_day": 100}))
+                .unwrap();
+        let now: DateTime<Utc> = "2026-12-01T10:00:30Z".parse().unwrap();
+        let one = Amount {
+            requests: 1,
+            tokens: 10,
+            usd_micros: 0,
+        };
+        let Admission::Granted(first) = store.admit(ask(&limits, "a", now, one)).await.unwrap()
+        else {
+            panic!("first refused")
+        };
+        assert_eq!(first.windows, ["minute:2026-12-01T10:00", "day:2026-12-01"]);
+        let Admission::Granted(_) = store.admit(ask(&limits, "b", now, one)).await.unwrap() else {
+            panic!("second refused")
+        };
+        // Two in flight: the third is over requests_per_minute.
+        let Admission::Refused(refusal) = store.admit(ask(&limits, "c", now, one)).await.unwrap()
+        else {
+            panic!("third admitted")
+        };
+        assert_eq!(refusal.limit.key, "requests_per_minute");
+        assert_eq!(refusal.retry_after, Some(30));
+        // The next minute: the reservations still count for the day only.
+        let later = now + chrono::Duration::seconds(40);
+        store
+            .settle(settlement(Some(first), now, 95))
+            .await
+            .unwrap();
+        let Admission::Refused(refusal) = store.admit(ask(&limits, "d", later, one)).await.unwrap()
+        else {
+            panic!("over the day's tokens, admitted")
+        };
+        assert_eq!(refusal.limit.key, "tokens_per_day");
+        // Once the unsettled reservation ("b") expires, only use counts.
+        let states = store
+            .windows("alice".into(), limits.windows(), later)
+            .await
+            .unwrap();
+        assert_eq!(states[1].used.tokens, 95);
+        assert_eq!(states[1].reserved.tokens, 10);
+        let expired = later + chrono::Duration::seconds(60);
+        let states = store
+            .windows("alice".into(), limits.windows(), expired)
+            .await
+            .unwrap();
+        assert_eq!(states[1].reserved, Amount::default());
+        let rows = store
+            .report(Period::Month("2026-12".into()), None)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (
+                rows[0].requests,
+                rows[0].input_tokens,
+                rows[0].output_tokens
+            ),
+            (1, 47, 48)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,260 @@
+//! Where usage and limits' counters live: the [`Store`] trait and what
+//! goes in and out of it.
+//!
+//! A request with limits is *admitted* before it is forwarded: in one atomic
+//! step the store checks, for each limited window, that what was used plus
+//! what other requests in flight reserved is below the limit, and reserves
+//! this request's estimate. When the response ends it is *settled*: the
+//! reservation is replaced by the actual usage (or just released when the
+//! request never reached the upstream). A reservation whose process died
+//! stops counting when it expires.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::{Amount, Limit, Limits, Window};
+use crate::record::BoxFuture;
+
+/// A store's failure (unreachable, throttled past its retries, corrupt).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("usage store {store}: {problem}")]
+pub struct StoreError {
+    /// Which store (as configured, e.g. `sqlite:usage.db`).
+    pub store: String,
+    /// What went wrong.
+    pub problem: String,
+}
+
+/// A request asking to be admitted.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    /// The token entry's name.
+    pub token: String,
+    /// The token's limits.
+    pub limits: Limits,
+    /// What the request reserves.
+    pub reserve: Amount,
+    /// The request's arrival.
+    pub now: DateTime<Utc>,
+    /// When the reservation stops counting if nobody settles it.
+    pub expires: DateTime<Utc>,
+    /// A unique id for the reservation.
+    pub id: String,
+}
+
+/// An admitted request's hold on its windows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// Its id.
+    pub id: String,
+    /// The token.
+    pub token: String,
+    /// The keys of the windows it holds (those current when it was made).
+    pub windows: Vec<String>,
+    /// What it holds in each.
+    pub amount: Amount,
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The limit reached.
+    pub limit: Limit,
+    /// Seconds until the window resets; `None` for a total.
+    pub retry_after: Option<u64>,
+}
+
+/// The answer to an [`Ask`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Admitted, holding this.
+    Granted(Reservation),
+    /// Refused.
+    Refused(Refusal),
+}
+
+/// What one finished request used.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settlement {
+    /// The token.
+    pub token: String,
+    /// When the request arrived (its usage counts in the windows of that instant).
+    pub at: DateTime<Utc>,
+    /// The reservation to replace, if one was made.
+    pub reservation: Option<Reservation>,
+    /// Whether the request reached the upstream (if not, nothing is used
+    /// and the reservation is only released).
+    pub used: bool,
+    /// The model (as the upstream answered, else as asked; `-` when unknown).
+    pub model: String,
+    /// Input tokens, cached included.
+    pub input: i64,
+    /// Cached input tokens.
+    pub cached: i64,
+    /// Output tokens.
+    pub output: i64,
+    /// Micro-dollars.
+    pub usd_micros: i64,
+    /// Whether the usage is the gateway's estimate.
+    pub estimated: bool,
+    /// Whether the token has limits (its windows are kept).
+    pub limited: bool,
+}
+
+impl Settlement {
+    /// The amount used, as the windows count it.
+    pub fn amount(&self) -> Amount {
+        if !self.used {
+            return Amount::default();
+        }
+        Amount {
+            requests: 1,
+            tokens: self.input + self.output,
+            usd_micros: self.usd_micros,
+        }
+    }
+}
+
+/// One window's state for a token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WindowState {
+    /// Settled usage.
+    pub used: Amount,
+    /// Held by requests in flight.
+    pub reserved: Amount,
+}
+
+/// A period of a report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Period {
+    /// One UTC day, `YYYY-MM-DD`.
+    Day(String),
+    /// One UTC month, `YYYY-MM`.
+    Month(String),
+    /// From one day to another, both included.
+    Days(String, String),
+}
+
+impl Period {
+    /// Whether the day `YYYY-MM-DD` is in the period.
+    pub fn holds(&self, day: &str) -> bool {
+        match self {
+            Self::Day(d) => day == d,
+            Self::Month(m) => day.starts_with(m.as_str()) && day.as_bytes().get(7) == Some(&b'-'),
+            Self::Days(from, to) => from.as_str() <= day && day <= to.as_str(),
+        }
+    }
+}
+
+/// One row of a report: a token and model's usage in a period.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Row {
+    /// The token's name.
+    pub token: String,
+    /// The model.
+    pub model: String,
+    /// Requests.
+    pub requests: i64,
+    /// Input tokens, cached included.
+    pub input_tokens: i64,
+    /// Cached input tokens.
+    pub cached_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+    /// Dollars.
+    #[serde(serialize_with = "micros_as_usd")]
+    pub cost_usd: i64,
+    /// Requests whose usage was estimated.
+    pub estimated_requests: i64,
+}
+
+fn micros_as_usd<S: serde::Serializer>(micros: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(*micros as f64 / 1e6)
+}
+
+impl Row {
+    /// Adds one settled request.
+    pub fn add(&mut self, s: &Settlement) {
+        self.requests += 1;
+        self.input_tokens += s.input;
+        self.cached_tokens += s.cached;
+        self.output_tokens += s.output;
+        self.cost_usd += s.usd_micros;
+        self.estimated_requests += i64::from(s.estimated);
+    }
+}
+
+/// A usage store.
+pub trait Store: Send + Sync + fmt::Debug {
+    /// The store as configured (`sqlite:usage.db`, `dynamodb:TABLE`).
+    fn name(&self) -> &str;
+
+    /// Creates what the store needs (tables), if missing.
+    fn init(&self) -> BoxFuture<Result<(), StoreError>>;
+
+    /// Checks and reserves in one atomic step.
+    fn admit(&self, ask: Ask) -> BoxFuture<Result<Admission, StoreError>>;
+
+    /// Records a finished request and drops its reservation.
+    fn settle(&self, settlement: Settlement) -> BoxFuture<Result<(), StoreError>>;
+
+    /// The state of `token`'s windows holding `now`, in `windows`' order.
+    fn windows(
+        &self,
+        token: String,
+        windows: Vec<Window>,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<Result<Vec<WindowState>, StoreError>>;
+
+    /// Usage per token and model over `period` (one token's when named).
+    fn report(
+        &self,
+        period: Period,
+        token: Option<String>,
+    ) -> BoxFuture<Result<Vec<Row>, StoreError>>;
+}
+
+/// Opens the store `spec` names: `sqlite:PATH`, `dynamodb:TABLE`; `off` is `None`.
+pub async fn open(spec: &str) -> Result<Option<Arc<dyn Store>>, String> {
+    let spec = spec.trim();
+    if spec.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    match spec.split_once(':') {
+        Some(("sqlite", path)) if !path.is_empty() => {
+            let store = super::sqlite::Sqlite::open(path)?;
+            Ok(Some(Arc::new(store)))
+        }
+        _ => Err(format!(
+            "`{}` is not a store: use sqlite:PATH, dynamodb:TABLE or off",
+            spec.chars().take(80).collect::<String>()
+        )),
+    }
+}
+
+/// The keys of the windows holding `at`, for `limits`.
+pub fn window_keys(limits: &Limits, at: DateTime<Utc>) -> Vec<(Window, String)> {
+    limits
+        .windows()
+        .into_iter()
+        .map(|w| (w, w.key(at)))
+        .collect()
+}
+
+/// The first limit that `states` (in `limits.windows()` order) leaves no room under.
+pub fn first_exhausted(
+    limits: &Limits,
+    states: &[(Window, WindowState)],
+    at: DateTime<Utc>,
+) -> Option<Refusal> {
+    limits.iter().find_map(|limit| {
+        let (_, state) = states.iter().find(|(w, _)| *w == limit.window)?;
+        let held = limit.measure.of(&state.used) + limit.measure.of(&state.reserved);
+        (held >= limit.max).then(|| Refusal {
+            limit: *limit,
+            retry_after: limit.window.seconds_left(at),
+        })
+    })
+}
