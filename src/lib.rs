@@ -8,19 +8,21 @@
 //! 2. [`cors`] answers browser preflights;
 //! 3. [`auth`] finds the gateway token (`?token=`, `X-Token` or Bearer) and
 //!    checks it against the [`tokens`] list;
-//! 4. [`policy`] runs the configured rules, which may read a bounded body;
+//! 4. [`policy`] runs the configured rules, which may read a bounded body:
+//!    a token's allowlists, and its [`limits`], which [`spend`] enforces
+//!    (admission and reservation in a usage store, SQLite or DynamoDB);
 //! 5. [`proxy`] maps the path onto the upstream and sends the request, with
 //!    the headers [`headers`] cleaned and the upstream key injected;
 //! 6. [`body`] layers stream the upstream's body back, cutting silent
 //!    streams, [`usage`] taps read the usage it carries, and one completion
 //!    point ([`completion`]) hands the request's [`record`] to the completion hooks (the
-//!    [`telemetry`] access line).
+//!    [`telemetry`] access line, and [`spend`]'s settlement of its usage).
 //!
 //! Around that path: [`config`] names every setting; [`startup`] builds the
 //! gateway from them; [`sources`] keeps the token list and the key fresh
 //! (files, SSM); [`error`] types every failure (OpenAI's JSON shape on the
 //! request path); [`secret`] keeps keys and tokens out of every formatted
-//! string; [`commands`] are the admin commands (`tokens`).
+//! string; [`commands`] are the admin commands (`tokens`, `usage`).
 
 pub mod auth;
 pub mod body;
@@ -32,6 +34,7 @@ pub mod error;
 pub mod gateway;
 pub mod headers;
 pub mod lambda;
+pub mod limits;
 pub mod policy;
 pub mod proxy;
 pub mod record;

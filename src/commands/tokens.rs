@@ -225,7 +225,7 @@ fn new(
         None
     } else {
         Some(
-            crate::spend::Limits::from_pairs(&rules.limits).map_err(|problem| {
+            crate::limits::Limits::from_pairs(&rules.limits).map_err(|problem| {
                 CommandError::Flag {
                     flag: "--limit",
                     problem,

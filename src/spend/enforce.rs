@@ -17,7 +17,7 @@ use std::time::Duration;
 use http::Method;
 use serde_json::Value;
 
-use super::store::{Admission, Ask, Reservation, Settlement, Store};
+use super::store::{window_keys, Admission, Ask, Reservation, Settlement, Store};
 use super::{Amount, Limits};
 use crate::config::FailMode;
 use crate::error::GatewayError;
@@ -29,11 +29,15 @@ use crate::usage::{self, Usage};
 /// Settlements kept in memory while the store is down, at most.
 const MAX_BACKLOG: usize = 10_000;
 
-/// Left in a request's record by [`Enforce`]: the token has limits, and
-/// this is its reservation (`None` when the store was down and the request
-/// went through unenforced).
+/// Left in a request's record by [`Enforce`]: the token has limits.
 #[derive(Debug, Clone)]
-pub struct Held(pub Option<Reservation>);
+pub struct Held {
+    /// The request's reservation; `None` when the store was down and the
+    /// request went through unenforced.
+    pub reservation: Option<Reservation>,
+    /// The keys of the windows its usage counts in.
+    pub windows: Vec<String>,
+}
 
 /// The model a request asked for, left in its record for the settlement
 /// of a response that names none (images, speech).
@@ -95,6 +99,10 @@ impl Policy for Enforce {
             }
             let reserve = self.estimate(&limits, request.method, request.path, &facts)?;
             let now = chrono::Utc::now();
+            let windows: Vec<String> = window_keys(&limits, now)
+                .into_iter()
+                .map(|(_, k)| k)
+                .collect();
             let ask = Ask {
                 token,
                 limits,
@@ -106,7 +114,10 @@ impl Policy for Enforce {
             };
             match store.admit(ask).await {
                 Ok(Admission::Granted(reservation)) => {
-                    request.notes.insert(Held(Some(reservation)));
+                    request.notes.insert(Held {
+                        windows: reservation.windows.clone(),
+                        reservation: Some(reservation),
+                    });
                     Ok(())
                 }
                 Ok(Admission::Refused(refusal)) => Err(if refusal.limit.is_rate() {
@@ -127,7 +138,10 @@ impl Policy for Enforce {
                     }
                     FailMode::Open => {
                         tracing::error!(%error, "usage store unreachable: serving without enforcing limits (USAGE_FAIL_MODE=open)");
-                        request.notes.insert(Held(None));
+                        request.notes.insert(Held {
+                            reservation: None,
+                            windows,
+                        });
                         Ok(())
                     }
                 },
@@ -248,7 +262,7 @@ impl Settle {
     /// The settlement of a finished request, if it is usage or held a reservation.
     pub fn settlement(&self, record: &Record) -> Option<Settlement> {
         let held = record.notes.get::<Held>();
-        let reservation = held.and_then(|h| h.0.clone());
+        let reservation = held.and_then(|h| h.reservation.clone());
         let used = record.upstream_ms.is_some();
         if !used && reservation.is_none() {
             // Refused by the gateway itself: not usage.
@@ -288,7 +302,7 @@ impl Settle {
             output: usage.as_ref().map_or(0, |u| count(u.output)),
             usd_micros: if used { Amount::micros(cost) } else { 0 },
             estimated: usage.as_ref().is_some_and(|u| u.estimated),
-            limited: held.is_some(),
+            windows: held.map(|h| h.windows.clone()).unwrap_or_default(),
         })
     }
 

@@ -130,10 +130,12 @@ fn state(
     Ok(WindowState { used, reserved })
 }
 
-fn expiry(window: Window, at: DateTime<Utc>) -> Option<i64> {
-    (window == Window::Minute)
+/// When a window's row may go: an hour after a minute window ends; never
+/// for the others (they are few, and reports may want them).
+fn expiry(key: &str, at: DateTime<Utc>) -> Option<i64> {
+    key.starts_with("minute:")
         .then(|| {
-            window
+            Window::Minute
                 .end(at)
                 .map(|end| end.timestamp() + KEEP_MINUTES_SECS)
         })
@@ -199,8 +201,8 @@ impl Store for Sqlite {
             }
             if s.used {
                 let amount = s.amount();
-                if s.limited {
-                    for window in Window::ALL {
+                for key in &s.windows {
+                    {
                         tx.execute(
                             "INSERT INTO windows (token, window, requests, tokens, usd_micros, expires)
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -210,11 +212,11 @@ impl Store for Sqlite {
                                usd_micros = usd_micros + excluded.usd_micros",
                             params![
                                 s.token,
-                                window.key(s.at),
+                                key,
                                 amount.requests,
                                 amount.tokens,
                                 amount.usd_micros,
-                                expiry(window, s.at)
+                                expiry(key, s.at)
                             ],
                         )?;
                     }
@@ -312,6 +314,10 @@ mod tests {
     }
 
     fn settlement(reservation: Option<Reservation>, at: DateTime<Utc>, tokens: i64) -> Settlement {
+        let windows = reservation
+            .as_ref()
+            .map(|r| r.windows.clone())
+            .unwrap_or_default();
         Settlement {
             token: "alice".into(),
             at,
@@ -323,7 +329,7 @@ mod tests {
             output: tokens - tokens / 2,
             usd_micros: tokens,
             estimated: false,
-            limited: true,
+            windows,
         }
     }
 

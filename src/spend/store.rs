@@ -99,8 +99,10 @@ pub struct Settlement {
     pub usd_micros: i64,
     /// Whether the usage is the gateway's estimate.
     pub estimated: bool,
-    /// Whether the token has limits (its windows are kept).
-    pub limited: bool,
+    /// The keys of the windows its usage counts in (those of its
+    /// reservation, or of its token's limits if it went unenforced); none
+    /// for a token without limits.
+    pub windows: Vec<String>,
 }
 
 impl Settlement {
@@ -225,6 +227,10 @@ pub async fn open(spec: &str) -> Result<Option<Arc<dyn Store>>, String> {
     match spec.split_once(':') {
         Some(("sqlite", path)) if !path.is_empty() => {
             let store = super::sqlite::Sqlite::open(path)?;
+            Ok(Some(Arc::new(store)))
+        }
+        Some(("dynamodb", table)) if !table.is_empty() => {
+            let store = super::dynamodb::Dynamo::from_env(table).await;
             Ok(Some(Arc::new(store)))
         }
         _ => Err(format!(

@@ -19,8 +19,8 @@ use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde_json::{Map, Value};
 
 use super::{Rules, TokenDigest, TokenEntry, TokenSet};
+use crate::limits::Limits;
 use crate::secret::ApiKey;
-use crate::spend::Limits;
 
 /// What a token list holds.
 #[derive(Debug, Clone)]

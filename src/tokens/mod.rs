@@ -19,8 +19,8 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::limits::Limits;
 use crate::secret::ApiKey;
-use crate::spend::Limits;
 use format::ParseError;
 
 /// The token list compiled into the binary (see `build.rs` and `bundle/`), if any.

@@ -1,0 +1,697 @@
+//! The shared store: one DynamoDB table, what Lambda scales with.
+//!
+//! The table has a string partition key `pk` and sort key `sk`, pay per
+//! request, and TTL on the attribute `ttl` (the same table `template.yaml`
+//! declares and `usage init` creates). Two kinds of item:
+//!
+//! - a **window** (`pk = w#TOKEN`, `sk` = the window's key, e.g.
+//!   `day:2026-12-01`): `c_req`, `c_tok`, `c_usd`, what is *committed*
+//!   (used plus reserved); `u_req`, `u_tok`, `u_usd`, what is used; and one
+//!   map attribute `r_ID` per live reservation (`req`, `tok`, `usd`, `exp`);
+//! - a **usage row** (`pk = u#TOKEN`, `sk = DAY#MODEL`): the day's counts
+//!   for a token and model, for reports and billing.
+//!
+//! Admission is one conditional write: an `UpdateItem` when one window is
+//! limited, a `TransactWriteItems` over the windows otherwise. The
+//! condition is that each limited measure's committed amount is below its
+//! limit; the update adds the reservation. A reservation whose process died
+//! is reaped when it has expired: on a refusal, the gateway reads the
+//! windows, removes expired reservations (each removal conditional on the
+//! reservation still being there, so it happens once) and tries again.
+//! Settling is one transaction: each window's reservation is replaced by the
+//! usage, and the usage row is added to.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
+    ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem, Update,
+};
+use aws_sdk_dynamodb::Client;
+use chrono::{DateTime, Utc};
+
+use super::store::{
+    first_exhausted, window_keys, Admission, Ask, Period, Reservation, Row, Settlement, Store,
+    StoreError, WindowState,
+};
+use super::{Amount, Measure, Window};
+use crate::record::BoxFuture;
+
+/// The partition key attribute.
+pub const PARTITION_KEY: &str = "pk";
+/// The sort key attribute.
+pub const SORT_KEY: &str = "sk";
+/// The TTL attribute.
+pub const TTL_ATTRIBUTE: &str = "ttl";
+
+/// How often a write that lost a race with another transaction is tried.
+const CONFLICT_ATTEMPTS: u32 = 8;
+
+/// A DynamoDB usage store.
+#[derive(Debug, Clone)]
+pub struct Dynamo {
+    name: String,
+    table: String,
+    client: Client,
+}
+
+type Item = HashMap<String, AttributeValue>;
+
+fn n(value: i64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn number(item: &Item, key: &str) -> i64 {
+    item.get(key)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The attribute suffix of a measure.
+fn suffix(measure: Measure) -> &'static str {
+    match measure {
+        Measure::Requests => "req",
+        Measure::Tokens => "tok",
+        Measure::Usd => "usd",
+    }
+}
+
+fn amount_of(item: &Item, prefix: &str) -> Amount {
+    Amount {
+        requests: number(item, &format!("{prefix}req")),
+        tokens: number(item, &format!("{prefix}tok")),
+        usd_micros: number(item, &format!("{prefix}usd")),
+    }
+}
+
+/// The live and the expired reservations held in a window item.
+fn reservations(item: &Item, now: i64) -> (Amount, Vec<(String, Amount)>) {
+    let mut live = Amount::default();
+    let mut expired = Vec::new();
+    for (key, value) in item {
+        let (Some(_), Ok(map)) = (key.strip_prefix("r_"), value.as_m()) else {
+            continue;
+        };
+        let held = amount_of(map, "");
+        if number(map, "exp") > now {
+            live.requests += held.requests;
+            live.tokens += held.tokens;
+            live.usd_micros += held.usd_micros;
+        } else {
+            expired.push((key.clone(), held));
+        }
+    }
+    (live, expired)
+}
+
+/// When a window's item may be deleted by TTL.
+fn item_ttl(key: &str, at: DateTime<Utc>) -> Option<i64> {
+    let (window, keep) = if key.starts_with("minute:") {
+        (Window::Minute, 3600)
+    } else if key.starts_with("day:") {
+        (Window::Day, 40 * 86_400)
+    } else if key.starts_with("month:") {
+        (Window::Month, 400 * 86_400)
+    } else {
+        return None;
+    };
+    window.end(at).map(|end| end.timestamp() + keep)
+}
+
+impl Dynamo {
+    /// A store on `table`, with the default AWS chain
+    /// (`AWS_ENDPOINT_URL_DYNAMODB` points it at an emulator).
+    pub async fn from_env(table: &str) -> Self {
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .operation_attempt_timeout(Duration::from_secs(2))
+            .operation_timeout(Duration::from_secs(5))
+            .build();
+        // Throttling is retried with backoff by the SDK's standard mode.
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(timeouts)
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3))
+            .load()
+            .await;
+        Self {
+            name: format!("dynamodb:{table}"),
+            table: table.to_owned(),
+            client: Client::new(&config),
+        }
+    }
+
+    fn fail(&self, problem: impl std::fmt::Display) -> StoreError {
+        StoreError {
+            store: self.name.clone(),
+            problem: problem.to_string(),
+        }
+    }
+
+    fn sdk_fail<E, R>(&self, error: aws_sdk_dynamodb::error::SdkError<E, R>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug + 'static,
+    {
+        let problem = match error.code() {
+            Some(code) => format!("{code}: {}", error.message().unwrap_or("")),
+            None => crate::error::error_chain(&error),
+        };
+        self.fail(problem)
+    }
+
+    fn window_key(token: &str, window: &str) -> Item {
+        HashMap::from([
+            (PARTITION_KEY.to_owned(), s(format!("w#{token}"))),
+            (SORT_KEY.to_owned(), s(window)),
+        ])
+    }
+
+    /// The reservation's write on one window: the condition that every
+    /// limit counted in it has room, and the update that adds `ask`.
+    fn admission_update(&self, ask: &Ask, window: Window, key: &str) -> Update {
+        let mut names = HashMap::from([("#r".to_owned(), format!("r_{}", ask.id))]);
+        let mut values = HashMap::from([
+            (":req".to_owned(), n(ask.reserve.requests)),
+            (":tok".to_owned(), n(ask.reserve.tokens)),
+            (":usd".to_owned(), n(ask.reserve.usd_micros)),
+            (
+                ":res".to_owned(),
+                AttributeValue::M(HashMap::from([
+                    ("req".to_owned(), n(ask.reserve.requests)),
+                    ("tok".to_owned(), n(ask.reserve.tokens)),
+                    ("usd".to_owned(), n(ask.reserve.usd_micros)),
+                    ("exp".to_owned(), n(ask.expires.timestamp())),
+                ])),
+            ),
+        ]);
+        let mut conditions = Vec::new();
+        for limit in ask.limits.iter().filter(|l| l.window == window) {
+            let attribute = format!("c_{}", suffix(limit.measure));
+            let value = format!(":max_{}", suffix(limit.measure));
+            conditions.push(format!(
+                "(attribute_not_exists({attribute}) OR {attribute} < {value})"
+            ));
+            values.insert(value, n(limit.max));
+        }
+        let mut update = "ADD c_req :req, c_tok :tok, c_usd :usd SET #r = :res".to_owned();
+        if let Some(ttl) = item_ttl(key, ask.now) {
+            names.insert("#ttl".into(), TTL_ATTRIBUTE.into());
+            values.insert(":ttl".into(), n(ttl));
+            update.push_str(", #ttl = if_not_exists(#ttl, :ttl)");
+        }
+        Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::window_key(&ask.token, key)))
+            .update_expression(update)
+            .condition_expression(conditions.join(" AND "))
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .build()
+            .expect("the update has its table, key and expression")
+    }
+
+    /// Tries the admission writes once: `Ok(true)` if made, `Ok(false)` if a
+    /// condition failed.
+    async fn try_admit(&self, ask: &Ask, keys: &[(Window, String)]) -> Result<bool, StoreError> {
+        let updates: Vec<Update> = keys
+            .iter()
+            .map(|(w, k)| self.admission_update(ask, *w, k))
+            .collect();
+        if let [update] = &updates[..] {
+            let result = self
+                .client
+                .update_item()
+                .table_name(update.table_name())
+                .set_key(Some(update.key().clone()))
+                .update_expression(update.update_expression())
+                .set_condition_expression(update.condition_expression().map(str::to_owned))
+                .set_expression_attribute_names(update.expression_attribute_names().cloned())
+                .set_expression_attribute_values(update.expression_attribute_values().cloned())
+                .send()
+                .await;
+            return match result {
+                Ok(_) => Ok(true),
+                Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
+                Err(e) => Err(self.sdk_fail(e)),
+            };
+        }
+        let items: Vec<TransactWriteItem> = updates
+            .into_iter()
+            .map(|u| TransactWriteItem::builder().update(u).build())
+            .collect();
+        self.transact(items).await
+    }
+
+    /// Runs a transaction, trying again when it lost a race with another:
+    /// `Ok(false)` when one of its conditions failed.
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<bool, StoreError> {
+        let mut attempt = 0;
+        loop {
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            let error = match result {
+                Ok(_) => return Ok(true),
+                Err(error) => error,
+            };
+            let reasons: Vec<String> = error
+                .as_service_error()
+                .and_then(|e| match e {
+                    TransactWriteItemsError::TransactionCanceledException(e) => Some(e),
+                    _ => None,
+                })
+                .map(|e| {
+                    e.cancellation_reasons()
+                        .iter()
+                        .filter_map(|r| r.code().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if reasons.iter().any(|r| r == "ConditionalCheckFailed") {
+                return Ok(false);
+            }
+            let conflict = reasons.iter().any(|r| r == "TransactionConflict")
+                || error.code() == Some("TransactionConflictException");
+            attempt += 1;
+            if !conflict || attempt >= CONFLICT_ATTEMPTS {
+                return Err(self.sdk_fail(error));
+            }
+            let jitter = u64::from(std::process::id() % 7) + u64::from(attempt) * 3;
+            tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt) + jitter)).await;
+        }
+    }
+
+    /// Reads the window items (consistently).
+    async fn read_windows(&self, token: &str, keys: &[String]) -> Result<Vec<Item>, StoreError> {
+        let wanted = KeysAndAttributes::builder()
+            .set_keys(Some(
+                keys.iter().map(|k| Self::window_key(token, k)).collect(),
+            ))
+            .consistent_read(true)
+            .build()
+            .map_err(|e| self.fail(e))?;
+        let output = self
+            .client
+            .batch_get_item()
+            .request_items(&self.table, wanted)
+            .send()
+            .await
+            .map_err(|e| self.sdk_fail(e))?;
+        let found = output
+            .responses()
+            .and_then(|r| r.get(&self.table))
+            .cloned()
+            .unwrap_or_default();
+        Ok(keys
+            .iter()
+            .map(|k| {
+                found
+                    .iter()
+                    .find(|item| item.get(SORT_KEY).and_then(|v| v.as_s().ok()) == Some(k))
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
+    /// Removes one expired reservation from a window (once, whoever tries).
+    async fn reap(
+        &self,
+        token: &str,
+        key: &str,
+        attribute: &str,
+        held: Amount,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::window_key(token, key)))
+            .update_expression("REMOVE #r ADD c_req :req, c_tok :tok, c_usd :usd")
+            .condition_expression("attribute_exists(#r)")
+            .expression_attribute_names("#r", attribute)
+            .expression_attribute_values(":req", n(-held.requests))
+            .expression_attribute_values(":tok", n(-held.tokens))
+            .expression_attribute_values(":usd", n(-held.usd_micros))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(()),
+            Err(e) => Err(self.sdk_fail(e)),
+        }
+    }
+
+    /// The states of the windows, from their items.
+    fn states(keys: &[(Window, String)], items: &[Item], now: i64) -> Vec<(Window, WindowState)> {
+        keys.iter()
+            .zip(items)
+            .map(|((w, _), item)| {
+                let (reserved, _) = reservations(item, now);
+                (
+                    *w,
+                    WindowState {
+                        used: amount_of(item, "u_"),
+                        reserved,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The settle write on one window: the reservation (if still there)
+    /// replaced by the usage.
+    fn settle_update(&self, s: &Settlement, key: &str, with_reservation: bool) -> Update {
+        let used = s.amount();
+        let held = s
+            .reservation
+            .as_ref()
+            .filter(|_| with_reservation)
+            .map(|r| r.amount)
+            .unwrap_or_default();
+        let mut builder = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::window_key(&s.token, key)))
+            .expression_attribute_values(":creq", n(used.requests - held.requests))
+            .expression_attribute_values(":ctok", n(used.tokens - held.tokens))
+            .expression_attribute_values(":cusd", n(used.usd_micros - held.usd_micros))
+            .expression_attribute_values(":ureq", n(used.requests))
+            .expression_attribute_values(":utok", n(used.tokens))
+            .expression_attribute_values(":uusd", n(used.usd_micros));
+        let adds =
+            "ADD c_req :creq, c_tok :ctok, c_usd :cusd, u_req :ureq, u_tok :utok, u_usd :uusd";
+        builder = match (&s.reservation, with_reservation) {
+            (Some(r), true) => builder
+                .update_expression(format!("REMOVE #r {adds}"))
+                .condition_expression("attribute_exists(#r)")
+                .expression_attribute_names("#r", format!("r_{}", r.id)),
+            _ => builder.update_expression(adds),
+        };
+        builder
+            .build()
+            .expect("the update has its table, key and expression")
+    }
+
+    fn usage_update(&self, s: &Settlement) -> Update {
+        Update::builder()
+            .table_name(&self.table)
+            .key(PARTITION_KEY, self::s(format!("u#{}", s.token)))
+            .key(SORT_KEY, self::s(format!("{}#{}", s.at.format("%Y-%m-%d"), s.model)))
+            .update_expression(
+                "ADD requests :one, input_tokens :in, cached_tokens :cached, output_tokens :out, usd_micros :usd, estimated_requests :est",
+            )
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":in", n(s.input))
+            .expression_attribute_values(":cached", n(s.cached))
+            .expression_attribute_values(":out", n(s.output))
+            .expression_attribute_values(":usd", n(s.usd_micros))
+            .expression_attribute_values(":est", n(i64::from(s.estimated)))
+            .build()
+            .expect("the update has its table, key and expression")
+    }
+
+    async fn settle_now(&self, s: Settlement) -> Result<(), StoreError> {
+        let item = |u: Update| TransactWriteItem::builder().update(u).build();
+        let build = |with_reservation: bool| {
+            let mut items: Vec<TransactWriteItem> = s
+                .windows
+                .iter()
+                .filter(|_| s.used || with_reservation)
+                .map(|k| item(self.settle_update(&s, k, with_reservation)))
+                .collect();
+            if s.used {
+                items.push(item(self.usage_update(&s)));
+            }
+            items
+        };
+        if s.reservation.is_some() && self.transact(build(true)).await? {
+            return Ok(());
+        }
+        // No reservation, or it was reaped already (expired): add the usage alone.
+        let items = build(false);
+        if items.is_empty() || self.transact(items).await? {
+            return Ok(());
+        }
+        Err(self.fail("a settlement's unconditional write was refused"))
+    }
+}
+
+impl Store for Dynamo {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn init(&self) -> BoxFuture<Result<(), StoreError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let attribute = |name: &str| {
+                AttributeDefinition::builder()
+                    .attribute_name(name)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .expect("name and type given")
+            };
+            let key = |name: &str, kind: KeyType| {
+                KeySchemaElement::builder()
+                    .attribute_name(name)
+                    .key_type(kind)
+                    .build()
+                    .expect("name and type given")
+            };
+            let created = this
+                .client
+                .create_table()
+                .table_name(&this.table)
+                .attribute_definitions(attribute(PARTITION_KEY))
+                .attribute_definitions(attribute(SORT_KEY))
+                .key_schema(key(PARTITION_KEY, KeyType::Hash))
+                .key_schema(key(SORT_KEY, KeyType::Range))
+                .billing_mode(BillingMode::PayPerRequest)
+                .send()
+                .await;
+            match created {
+                Ok(_) => {}
+                Err(e) if e.code() == Some("ResourceInUseException") => {}
+                Err(e) => return Err(this.sdk_fail(e)),
+            }
+            for _ in 0..60 {
+                let described = this
+                    .client
+                    .describe_table()
+                    .table_name(&this.table)
+                    .send()
+                    .await
+                    .map_err(|e| this.sdk_fail(e))?;
+                let active = described
+                    .table()
+                    .and_then(|t| t.table_status())
+                    .is_some_and(|s| s.as_str() == "ACTIVE");
+                if active {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let ttl = TimeToLiveSpecification::builder()
+                .enabled(true)
+                .attribute_name(TTL_ATTRIBUTE)
+                .build()
+                .expect("name and state given");
+            match this
+                .client
+                .update_time_to_live()
+                .table_name(&this.table)
+                .time_to_live_specification(ttl)
+                .send()
+                .await
+            {
+                Ok(_) => Ok(()),
+                // Already on.
+                Err(e) if e.code() == Some("ValidationException") => Ok(()),
+                Err(e) => Err(this.sdk_fail(e)),
+            }
+        })
+    }
+
+    fn admit(&self, ask: Ask) -> BoxFuture<Result<Admission, StoreError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let keys = window_keys(&ask.limits, ask.now);
+            let reservation = Reservation {
+                id: ask.id.clone(),
+                token: ask.token.clone(),
+                windows: keys.iter().map(|(_, k)| k.clone()).collect(),
+                amount: ask.reserve,
+            };
+            if this.try_admit(&ask, &keys).await? {
+                return Ok(Admission::Granted(reservation));
+            }
+            // Refused: unless expired reservations were in the way, that is the answer.
+            let now = ask.now.timestamp();
+            let items = this.read_windows(&ask.token, &reservation.windows).await?;
+            let mut reaped = false;
+            for ((_, key), item) in keys.iter().zip(&items) {
+                for (attribute, held) in reservations(item, now).1 {
+                    this.reap(&ask.token, key, &attribute, held).await?;
+                    reaped = true;
+                }
+            }
+            if reaped && this.try_admit(&ask, &keys).await? {
+                return Ok(Admission::Granted(reservation));
+            }
+            let items = if reaped {
+                this.read_windows(&ask.token, &reservation.windows).await?
+            } else {
+                items
+            };
+            let states = Self::states(&keys, &items, now);
+            let refusal = first_exhausted(&ask.limits, &states, ask.now).unwrap_or_else(|| {
+                // The committed amounts say full while used + live reservations
+                // do not: a write raced this read. Name the first limit.
+                let limit = *ask
+                    .limits
+                    .iter()
+                    .next()
+                    .expect("a limited request has limits");
+                super::store::Refusal {
+                    limit,
+                    retry_after: limit.window.seconds_left(ask.now),
+                }
+            });
+            Ok(Admission::Refused(refusal))
+        })
+    }
+
+    fn settle(&self, settlement: Settlement) -> BoxFuture<Result<(), StoreError>> {
+        let this = self.clone();
+        Box::pin(async move { this.settle_now(settlement).await })
+    }
+
+    fn windows(
+        &self,
+        token: String,
+        windows: Vec<Window>,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<Result<Vec<WindowState>, StoreError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let keys: Vec<String> = windows.iter().map(|w| w.key(now)).collect();
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let items = this.read_windows(&token, &keys).await?;
+            Ok(items
+                .iter()
+                .map(|item| WindowState {
+                    used: amount_of(item, "u_"),
+                    reserved: reservations(item, now.timestamp()).0,
+                })
+                .collect())
+        })
+    }
+
+    fn report(
+        &self,
+        period: Period,
+        token: Option<String>,
+    ) -> BoxFuture<Result<Vec<Row>, StoreError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut rows: Vec<Row> = Vec::new();
+            let mut start: Option<Item> = None;
+            loop {
+                let (filter, value) = match &token {
+                    Some(t) => ("pk = :u", format!("u#{t}")),
+                    None => ("begins_with(pk, :u)", "u#".to_owned()),
+                };
+                let scan = this
+                    .client
+                    .scan()
+                    .table_name(&this.table)
+                    .consistent_read(true)
+                    .filter_expression(filter)
+                    .expression_attribute_values(":u", s(value))
+                    .set_exclusive_start_key(start.take());
+                let page = scan.send().await.map_err(|e| this.sdk_fail(e))?;
+                for item in page.items() {
+                    let pk = item.get(PARTITION_KEY).and_then(|v| v.as_s().ok());
+                    let sk = item.get(SORT_KEY).and_then(|v| v.as_s().ok());
+                    let (Some(pk), Some(sk)) = (pk, sk) else {
+                        continue;
+                    };
+                    let Some((day, model)) = sk.split_once('#') else {
+                        continue;
+                    };
+                    if !period.holds(day) {
+                        continue;
+                    }
+                    let name = pk.trim_start_matches("u#");
+                    let at = match rows
+                        .iter()
+                        .position(|r| r.token == name && r.model == model)
+                    {
+                        Some(i) => i,
+                        None => {
+                            rows.push(Row {
+                                token: name.to_owned(),
+                                model: model.to_owned(),
+                                ..Row::default()
+                            });
+                            rows.len() - 1
+                        }
+                    };
+                    let row = &mut rows[at];
+                    row.requests += number(item, "requests");
+                    row.input_tokens += number(item, "input_tokens");
+                    row.cached_tokens += number(item, "cached_tokens");
+                    row.output_tokens += number(item, "output_tokens");
+                    row.cost_usd += number(item, "usd_micros");
+                    row.estimated_requests += number(item, "estimated_requests");
+                }
+                match page.last_evaluated_key() {
+                    Some(key) if !key.is_empty() => start = Some(key.clone()),
+                    _ => break,
+                }
+            }
+            rows.sort_by(|a, b| (&a.token, &a.model).cmp(&(&b.token, &b.model)));
+            Ok(rows)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_are_live_until_they_expire() {
+        let held = |exp: i64| {
+            AttributeValue::M(HashMap::from([
+                ("req".to_owned(), n(1)),
+                ("tok".to_owned(), n(100)),
+                ("usd".to_owned(), n(7)),
+                ("exp".to_owned(), n(exp)),
+            ]))
+        };
+        let item: Item = HashMap::from([
+            ("r_a".to_owned(), held(1_000)),
+            ("r_b".to_owned(), held(2_000)),
+            ("u_tok".to_owned(), n(50)),
+        ]);
+        let (live, expired) = reservations(&item, 1_500);
+        assert_eq!(live.tokens, 100);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].0, "r_a");
+        assert_eq!(amount_of(&item, "u_").tokens, 50);
+    }
+}
