@@ -370,6 +370,11 @@ impl GatewayProc {
         Target::url(self, path)
     }
 
+    /// The binary's working directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self._dir.0
+    }
+
     pub fn log_text(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }

@@ -1,0 +1,424 @@
+//! Spend control with the embedded store (SQLite itself, through the
+//! gateway's start-up): limits enforced before forwarding, usage settled
+//! after, refusals in OpenAI's shape, the token's own usage endpoints, and
+//! the `usage` command on the file the gateway wrote.
+
+mod common;
+
+use std::time::Duration;
+
+use chatgpt_gateway::spend::sqlite::Sqlite;
+use chatgpt_gateway::spend::store::{Period, Row, Store};
+use common::*;
+use serde_json::{json, Value};
+
+const LIMITED: &str = r#"{"tokens": [
+    {"name": "rpm", "token": "tok-rpm", "limits": {"requests_per_minute": 3}},
+    {"name": "burst", "token": "tok-burst", "limits": {"requests_per_minute": 5}},
+    {"name": "daily", "token": "tok-daily", "limits": {"tokens_per_day": 20}},
+    {"name": "friend", "token": "tok-friend", "expires": "2099-01-01T00:00:00Z",
+     "models": ["gpt-4o-mini*"], "limits": {"usd_per_month": 0.00001}},
+    {"name": "cheap", "token": "tok-cheap", "limits": {"usd_total": 1}},
+    {"name": "stream", "token": "tok-stream", "limits": {"tokens_per_month": 100000}},
+    {"name": "open", "token": "tok-open"}
+]}"#;
+
+fn chat(model: &str) -> String {
+    json!({"model": model, "max_tokens": 5,
+           "messages": [{"role": "user", "content": "hello there, how are you today?"}]})
+    .to_string()
+}
+
+async fn post(gw: &impl Target, token: &str, body: &str) -> reqwest::Response {
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn code_of(response: reqwest::Response) -> (u16, Option<String>) {
+    let status = response.status().as_u16();
+    if status == 200 {
+        let _ = response.bytes().await;
+        return (200, None);
+    }
+    let body: Value = response.json().await.unwrap();
+    (status, body["error"]["code"].as_str().map(str::to_owned))
+}
+
+async fn get_json(gw: &impl Target, path: &str, token: &str) -> Value {
+    let r = client()
+        .get(gw.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{path}");
+    r.json().await.unwrap()
+}
+
+/// The token's limits once nothing is reserved any more (every request settled).
+async fn settled(gw: &impl Target, token: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let usage = get_json(gw, "/v1/gateway/usage", token).await;
+        let reserved = usage["limits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["reserved"].as_f64() != Some(0.0));
+        if !reserved {
+            return usage;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still reserved: {usage}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits, if need be, so that a test of a per-minute limit does not
+/// straddle two minutes.
+async fn fresh_minute() {
+    let second = chrono::Utc::now().timestamp() % 60;
+    if second > 45 {
+        tokio::time::sleep(Duration::from_secs((61 - second) as u64)).await;
+    }
+}
+
+async fn report(gw: &Served) -> Vec<Row> {
+    let store = Sqlite::open(gw.dir.0.join("usage.db").to_str().unwrap()).unwrap();
+    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    store.report(Period::Month(month), None).await.unwrap()
+}
+
+#[tokio::test]
+async fn requests_per_minute_is_exact_and_a_refusal_is_a_429_with_retry_after() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(LIMITED).serve().await;
+    fresh_minute().await;
+    for _ in 0..3 {
+        assert_eq!(
+            code_of(post(&gw, "tok-rpm", &chat("gpt-4o-mini")).await).await,
+            (200, None)
+        );
+    }
+    let r = post(&gw, "tok-rpm", &chat("gpt-4o-mini")).await;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "retry-after {retry}");
+    assert!(
+        r.headers().get("x-should-retry").is_none(),
+        "a rate limit is worth retrying"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("requests_per_minute"));
+    assert_eq!(
+        up.count(),
+        3,
+        "the refused request never reached the upstream"
+    );
+    // A refusal is not usage: three requests in the store, not four.
+    let rows = report(&gw).await;
+    let row = rows.iter().find(|r| r.token == "rpm").expect("rpm's row");
+    assert_eq!(row.requests, 3);
+}
+
+#[tokio::test]
+async fn concurrent_requests_get_exactly_the_per_minute_limit() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(LIMITED).serve().await;
+    fresh_minute().await;
+    let body = chat("gpt-4o-mini");
+    let answers = futures_util::future::join_all(
+        (0..20).map(|_| async { code_of(post(&gw, "tok-burst", &body).await).await }),
+    )
+    .await;
+    let ok = answers.iter().filter(|a| a.0 == 200).count();
+    let limited = answers
+        .iter()
+        .filter(|a| a.1.as_deref() == Some("rate_limit_exceeded"))
+        .count();
+    assert_eq!((ok, limited), (5, 15), "{answers:?}");
+    assert_eq!(up.count(), 5);
+}
+
+#[tokio::test]
+async fn a_token_budget_lets_the_crossing_request_finish_and_refuses_the_next() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(LIMITED).serve().await;
+    // Each request uses 8 tokens (the mock's 3 in, 5 out): 0, 8, 16 are
+    // under 20, so three go through and the third ends at 24.
+    for _ in 0..3 {
+        assert_eq!(
+            code_of(post(&gw, "tok-daily", &chat("gpt-4o-mini")).await).await,
+            (200, None)
+        );
+    }
+    let r = post(&gw, "tok-daily", &chat("gpt-4o-mini")).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-should-retry"], "false");
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=86_400).contains(&retry));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_quota");
+    assert_eq!(body["error"]["type"], "insufficient_quota");
+    let usage = settled(&gw, "tok-daily").await;
+    let day = &usage["limits"][0];
+    assert_eq!(day["limit"], "tokens_per_day");
+    assert_eq!(
+        (day["used"].as_i64(), day["remaining"].as_i64()),
+        (Some(24), Some(0))
+    );
+    assert_eq!(up.count(), 3);
+}
+
+#[tokio::test]
+async fn a_dollar_budget_holds_and_an_unpriced_model_is_never_sent() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(LIMITED).serve().await;
+    // gpt-4o-mini: 3 input tokens at $0.15/1M and 5 output at $0.60/1M is
+    // $0.00000345, 4 micro-dollars rounded up: 0, 4, 8 are under 10.
+    for _ in 0..3 {
+        assert_eq!(
+            code_of(post(&gw, "tok-friend", &chat("gpt-4o-mini")).await).await,
+            (200, None)
+        );
+    }
+    assert_eq!(
+        code_of(post(&gw, "tok-friend", &chat("gpt-4o-mini")).await).await,
+        (429, Some("insufficient_quota".into()))
+    );
+    let before = up.count();
+    let r = post(&gw, "tok-cheap", &chat("my-own-model")).await;
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "model_price_unknown");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("PRICES_FILE"));
+    assert_eq!(up.count(), before, "an unpriced request is never forwarded");
+    // What chat front-ends read to show a balance.
+    let usage = settled(&gw, "tok-friend").await;
+    assert_eq!(usage["limits"][0]["used"].as_f64(), Some(0.000012));
+    let sub = get_json(&gw, "/v1/dashboard/billing/subscription", "tok-friend").await;
+    assert_eq!(sub["hard_limit_usd"].as_f64(), Some(0.00001));
+    assert_eq!(sub["access_until"].as_i64(), Some(4_070_908_800));
+    let billing = get_json(&gw, "/dashboard/billing/usage", "tok-friend").await;
+    assert_eq!(billing["total_usage"].as_f64(), Some(0.0012), "{billing}");
+    let rows = report(&gw).await;
+    let row = rows.iter().find(|r| r.token == "friend").unwrap();
+    assert_eq!(
+        (
+            row.requests,
+            row.input_tokens,
+            row.output_tokens,
+            row.cost_usd
+        ),
+        (3, 9, 15, 12)
+    );
+    assert_eq!(up.count(), before, "the usage endpoints are answered here");
+}
+
+#[tokio::test]
+async fn a_stream_is_settled_with_its_usage_and_an_abandoned_one_with_an_estimate() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(LIMITED).serve().await;
+    let streamed = json!({"model": "gpt-4o-mini", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    let r = post(&gw, "tok-stream", &streamed).await;
+    assert_eq!(r.status(), 200);
+    let text = String::from_utf8(r.bytes().await.unwrap().to_vec()).unwrap();
+    assert!(
+        !text.contains(r#""choices":[]"#),
+        "the usage chunk the gateway asked for is hidden"
+    );
+    let usage = settled(&gw, "tok-stream").await;
+    assert_eq!(usage["limits"][0]["used"].as_i64(), Some(8));
+    // The user presses stop after the first event of a slow stream.
+    let slow = json!({"model": "gpt-4o-mini", "stream": true, "metadata": {"gap": "1"},
+        "messages": [{"role": "user", "content": "tell me a long story"}]})
+    .to_string();
+    let mut r = post(&gw, "tok-stream", &slow).await;
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(r);
+    let usage = settled(&gw, "tok-stream").await;
+    let used = usage["limits"][0]["used"].as_i64().unwrap();
+    assert!(
+        used > 8,
+        "the abandoned stream is billed, not zero: {usage}"
+    );
+    let rows = report(&gw).await;
+    let row = rows.iter().find(|r| r.token == "stream").unwrap();
+    assert_eq!((row.requests, row.estimated_requests), (2, 1));
+}
+
+#[tokio::test]
+async fn tokens_without_limits_are_metered_and_see_no_limits() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(LIMITED).serve().await;
+    for _ in 0..2 {
+        assert_eq!(
+            code_of(post(&gw, "tok-open", &chat("gpt-4o")).await).await,
+            (200, None)
+        );
+    }
+    let usage = get_json(&gw, "/v1/gateway/usage", "tok-open").await;
+    assert_eq!(usage["token"], "open");
+    assert_eq!(usage["limits"], json!([]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let rows = report(&gw).await;
+        if let Some(row) = rows.iter().find(|r| r.token == "open" && r.requests == 2) {
+            assert_eq!(row.model, "gpt-4o");
+            assert_eq!((row.input_tokens, row.output_tokens), (6, 10));
+            assert!(row.cost_usd > 0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{rows:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The usage endpoints need a token like any request.
+    let r = client()
+        .get(gw.url("/v1/gateway/usage"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn limits_without_a_store_that_can_hold_them_refuse_to_start() {
+    let up = MockUpstream::start().await;
+    let refused = Launch::new(&up.url())
+        .tokens(LIMITED)
+        .env("USAGE_STORE", "off")
+        .try_serve()
+        .await
+        .err()
+        .expect("limits with USAGE_STORE=off must not start")
+        .to_string();
+    assert!(refused.contains("USAGE_STORE"), "{refused}");
+    assert!(refused.contains("`rpm`"), "{refused}");
+    // Lambda: counters per container would multiply every limit.
+    let (code, logs) = Launch::new(&up.url())
+        .tokens(LIMITED)
+        .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
+        .env("USAGE_STORE", "sqlite:usage.db")
+        .spawn()
+        .err()
+        .expect("limits on Lambda without DynamoDB must not start");
+    assert_eq!(code, Some(1));
+    let logs = logs.join("\n");
+    assert!(logs.contains("dynamodb:TABLE"), "{logs}");
+    let bad = Launch::new(&up.url())
+        .tokens(LIMITED)
+        .env("USAGE_STORE", "redis:x")
+        .try_serve()
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(bad.contains("sqlite:PATH, dynamodb:TABLE or off"), "{bad}");
+}
+
+#[tokio::test]
+async fn the_usage_command_reports_what_the_gateway_wrote() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(LIMITED).start();
+    assert_eq!(
+        code_of(post(&gw, "tok-open", &chat("gpt-4o-mini")).await).await,
+        (200, None)
+    );
+    assert_eq!(
+        code_of(post(&gw, "tok-daily", &chat("gpt-4o-mini")).await).await,
+        (200, None)
+    );
+    settled(&gw, "tok-daily").await;
+    let store = format!("sqlite:{}", gw.dir().join("usage.db").display());
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chatgpt-gateway"))
+            .args(args)
+            .env_clear()
+            .output()
+            .unwrap()
+    };
+    let out = run(&["usage", "report", "--store", &store, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["daily", "open"]);
+    for key in [
+        "model",
+        "requests",
+        "input_tokens",
+        "cached_tokens",
+        "output_tokens",
+        "cost_usd",
+        "estimated_requests",
+    ] {
+        assert!(rows[0].get(key).is_some(), "{key} in {}", rows[0]);
+    }
+    let tokens = gw.dir().join("tokens.json");
+    let out = run(&[
+        "usage",
+        "report",
+        "--store",
+        &store,
+        "--period",
+        "day",
+        "--token",
+        "daily",
+        "--tokens-file",
+        tokens.to_str().unwrap(),
+    ]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("tokens_per_day"), "{table}");
+    assert!(table.contains("gpt-4o-mini"), "{table}");
+    assert!(
+        !table.contains("open "),
+        "only the token asked for: {table}"
+    );
+    for (args, says) in [
+        (vec!["usage", "report", "--store", "redis:x"], "--store"),
+        (
+            vec!["usage", "report", "--store", &store, "--date", "2026-13"],
+            "YYYY-MM",
+        ),
+    ] {
+        let out = run(&args);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
