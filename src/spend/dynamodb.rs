@@ -11,27 +11,34 @@
 //! - a **usage row** (`pk = u#TOKEN`, `sk = DAY#MODEL`): the day's counts
 //!   for a token and model, for reports and billing.
 //!
-//! Admission is one conditional write: an `UpdateItem` when one window is
-//! limited, a `TransactWriteItems` over the windows otherwise. The
-//! condition is that each limited measure's committed amount is below its
-//! limit; the update adds the reservation. A reservation whose process died
-//! is reaped when it has expired: on a refusal, the gateway reads the
-//! windows, removes expired reservations (each removal conditional on the
-//! reservation still being there, so it happens once) and tries again.
-//! Settling is one transaction: each window's reservation is replaced by the
-//! usage, and the usage row is added to.
+//! Admission is one conditional `UpdateItem` per limited window, sent
+//! together (one round trip): the condition is that each limited measure's
+//! committed amount is below its limit, and the update adds the
+//! reservation. DynamoDB serializes the writes of an item, so a limit is
+//! exact however many containers ask at once. If one window refuses, the
+//! windows that took the reservation give it back (a transient hold that can
+//! only refuse, never let through, a request near a limit). Plain updates
+//! rather than `TransactWriteItems`: a hot token's windows are written by
+//! every request, and transactions on hot items cancel one another.
+//!
+//! A reservation whose process died is reaped once it has expired: on a
+//! refusal, the gateway reads the windows, removes expired reservations
+//! (each removal conditional on the reservation still being there, so it
+//! happens once) and tries again. Settling is one update per window (the
+//! reservation replaced by the usage) and one for the usage row, sent
+//! together; what fails is kept and tried again, without counting twice.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
-    ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem, Update,
+    ScalarAttributeType, TimeToLiveSpecification, Update,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
+use futures_util::future::join_all;
 
 use super::store::{
     first_exhausted, window_keys, Admission, Ask, Period, Reservation, Row, Settlement, Store,
@@ -47,8 +54,9 @@ pub const SORT_KEY: &str = "sk";
 /// The TTL attribute.
 pub const TTL_ATTRIBUTE: &str = "ttl";
 
-/// How often a write that lost a race with another transaction is tried.
-const CONFLICT_ATTEMPTS: u32 = 8;
+/// How often an admission refused while the windows had room (requests
+/// settled in between) is tried again.
+const ADMISSION_ATTEMPTS: u32 = 4;
 
 /// A DynamoDB usage store.
 #[derive(Debug, Clone)]
@@ -149,9 +157,26 @@ impl Dynamo {
     }
 
     fn fail(&self, problem: impl std::fmt::Display) -> StoreError {
-        StoreError {
-            store: self.name.clone(),
-            problem: problem.to_string(),
+        StoreError::new(&self.name, problem)
+    }
+
+    /// One conditional update: `Ok(false)` when its condition failed.
+    async fn update(&self, u: &Update) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(u.table_name())
+            .set_key(Some(u.key().clone()))
+            .update_expression(u.update_expression())
+            .set_condition_expression(u.condition_expression().map(str::to_owned))
+            .set_expression_attribute_names(u.expression_attribute_names().cloned())
+            .set_expression_attribute_values(u.expression_attribute_values().cloned())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(e) => Err(self.sdk_fail(e)),
         }
     }
 
@@ -218,77 +243,33 @@ impl Dynamo {
             .expect("the update has its table, key and expression")
     }
 
-    /// Tries the admission writes once: `Ok(true)` if made, `Ok(false)` if a
-    /// condition failed.
+    /// Tries the admission writes once, one conditional update per window,
+    /// all at once (one round trip): `Ok(true)` if every window took the
+    /// reservation. If one refused, those that took it give it back.
     async fn try_admit(&self, ask: &Ask, keys: &[(Window, String)]) -> Result<bool, StoreError> {
         let updates: Vec<Update> = keys
             .iter()
             .map(|(w, k)| self.admission_update(ask, *w, k))
             .collect();
-        if let [update] = &updates[..] {
-            let result = self
-                .client
-                .update_item()
-                .table_name(update.table_name())
-                .set_key(Some(update.key().clone()))
-                .update_expression(update.update_expression())
-                .set_condition_expression(update.condition_expression().map(str::to_owned))
-                .set_expression_attribute_names(update.expression_attribute_names().cloned())
-                .set_expression_attribute_values(update.expression_attribute_values().cloned())
-                .send()
-                .await;
-            return match result {
-                Ok(_) => Ok(true),
-                Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
-                Err(e) => Err(self.sdk_fail(e)),
-            };
+        let results = join_all(updates.iter().map(|u| self.update(u))).await;
+        if results.iter().all(|r| matches!(r, Ok(true))) {
+            return Ok(true);
         }
-        let items: Vec<TransactWriteItem> = updates
-            .into_iter()
-            .map(|u| TransactWriteItem::builder().update(u).build())
-            .collect();
-        self.transact(items).await
-    }
-
-    /// Runs a transaction, trying again when it lost a race with another:
-    /// `Ok(false)` when one of its conditions failed.
-    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<bool, StoreError> {
-        let mut attempt = 0;
-        loop {
-            let result = self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(items.clone()))
-                .send()
-                .await;
-            let error = match result {
-                Ok(_) => return Ok(true),
-                Err(error) => error,
-            };
-            let reasons: Vec<String> = error
-                .as_service_error()
-                .and_then(|e| match e {
-                    TransactWriteItemsError::TransactionCanceledException(e) => Some(e),
-                    _ => None,
-                })
-                .map(|e| {
-                    e.cancellation_reasons()
-                        .iter()
-                        .filter_map(|r| r.code().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if reasons.iter().any(|r| r == "ConditionalCheckFailed") {
-                return Ok(false);
+        let attribute = format!("r_{}", ask.id);
+        let undo = keys
+            .iter()
+            .zip(&results)
+            .filter(|(_, made)| matches!(made, Ok(true)))
+            .map(|((_, key), _)| self.reap(&ask.token, key, &attribute, ask.reserve));
+        for undone in join_all(undo).await {
+            if let Err(error) = undone {
+                // The reservation then stops counting when it expires.
+                tracing::warn!(%error, "a refused admission's reservation could not be given back");
             }
-            let conflict = reasons.iter().any(|r| r == "TransactionConflict")
-                || error.code() == Some("TransactionConflictException");
-            attempt += 1;
-            if !conflict || attempt >= CONFLICT_ATTEMPTS {
-                return Err(self.sdk_fail(error));
-            }
-            let jitter = u64::from(std::process::id() % 7) + u64::from(attempt) * 3;
-            tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt) + jitter)).await;
+        }
+        match results.into_iter().find(Result::is_err) {
+            Some(Err(error)) => Err(error),
+            _ => Ok(false),
         }
     }
 
@@ -421,29 +402,52 @@ impl Dynamo {
             .expect("the update has its table, key and expression")
     }
 
+    /// Settles with one update per window and one for the usage row, all at
+    /// once. A window whose reservation is gone (it expired and was reaped)
+    /// gets the usage added alone. What failed is handed back to try again.
     async fn settle_now(&self, s: Settlement) -> Result<(), StoreError> {
-        let item = |u: Update| TransactWriteItem::builder().update(u).build();
-        let build = |with_reservation: bool| {
-            let mut items: Vec<TransactWriteItem> = s
-                .windows
-                .iter()
-                .filter(|_| s.used || with_reservation)
-                .map(|k| item(self.settle_update(&s, k, with_reservation)))
-                .collect();
-            if s.used {
-                items.push(item(self.usage_update(&s)));
+        let window = |key: &String| {
+            let s = &s;
+            let key = key.clone();
+            async move {
+                if s.reservation.is_some()
+                    && self.update(&self.settle_update(s, &key, true)).await?
+                {
+                    return Ok(());
+                }
+                if s.used {
+                    self.update(&self.settle_update(s, &key, false)).await?;
+                }
+                Ok::<(), StoreError>(())
             }
-            items
         };
-        if s.reservation.is_some() && self.transact(build(true)).await? {
+        let row = async {
+            if s.row && s.used {
+                self.update(&self.usage_update(&s)).await?;
+            }
+            Ok::<(), StoreError>(())
+        };
+        let (windows, row) = futures_util::join!(join_all(s.windows.iter().map(window)), row);
+        let failed: Vec<String> = s
+            .windows
+            .iter()
+            .zip(&windows)
+            .filter(|(_, r)| r.is_err())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let first = windows
+            .into_iter()
+            .find_map(Result::err)
+            .or_else(|| row.as_ref().err().cloned());
+        let Some(mut error) = first else {
             return Ok(());
-        }
-        // No reservation, or it was reaped already (expired): add the usage alone.
-        let items = build(false);
-        if items.is_empty() || self.transact(items).await? {
-            return Ok(());
-        }
-        Err(self.fail("a settlement's unconditional write was refused"))
+        };
+        error.unsettled = Some(Box::new(Settlement {
+            windows: failed,
+            row: s.row && row.is_err(),
+            ..s.clone()
+        }));
+        Err(error)
     }
 }
 
@@ -533,41 +537,40 @@ impl Store for Dynamo {
                 windows: keys.iter().map(|(_, k)| k.clone()).collect(),
                 amount: ask.reserve,
             };
-            if this.try_admit(&ask, &keys).await? {
-                return Ok(Admission::Granted(reservation));
-            }
-            // Refused: unless expired reservations were in the way, that is the answer.
             let now = ask.now.timestamp();
-            let items = this.read_windows(&ask.token, &reservation.windows).await?;
-            let mut reaped = false;
-            for ((_, key), item) in keys.iter().zip(&items) {
-                for (attribute, held) in reservations(item, now).1 {
-                    this.reap(&ask.token, key, &attribute, held).await?;
-                    reaped = true;
+            for _ in 0..ADMISSION_ATTEMPTS {
+                if this.try_admit(&ask, &keys).await? {
+                    return Ok(Admission::Granted(reservation));
+                }
+                // Refused: unless expired reservations were in the way, or
+                // requests settled (and made room) since, that is the answer.
+                let items = this.read_windows(&ask.token, &reservation.windows).await?;
+                let mut reaped = false;
+                for ((_, key), item) in keys.iter().zip(&items) {
+                    for (attribute, held) in reservations(item, now).1 {
+                        this.reap(&ask.token, key, &attribute, held).await?;
+                        reaped = true;
+                    }
+                }
+                if reaped {
+                    continue;
+                }
+                let states = Self::states(&keys, &items, now);
+                if let Some(refusal) = first_exhausted(&ask.limits, &states, ask.now) {
+                    return Ok(Admission::Refused(refusal));
                 }
             }
-            if reaped && this.try_admit(&ask, &keys).await? {
-                return Ok(Admission::Granted(reservation));
-            }
-            let items = if reaped {
-                this.read_windows(&ask.token, &reservation.windows).await?
-            } else {
-                items
+            // Still racing after every attempt: refuse rather than overshoot,
+            // naming the tightest limit.
+            let limit = *ask
+                .limits
+                .iter()
+                .last()
+                .expect("a limited request has limits");
+            let refusal = super::store::Refusal {
+                limit,
+                retry_after: limit.window.seconds_left(ask.now),
             };
-            let states = Self::states(&keys, &items, now);
-            let refusal = first_exhausted(&ask.limits, &states, ask.now).unwrap_or_else(|| {
-                // The committed amounts say full while used + live reservations
-                // do not: a write raced this read. Name the first limit.
-                let limit = *ask
-                    .limits
-                    .iter()
-                    .next()
-                    .expect("a limited request has limits");
-                super::store::Refusal {
-                    limit,
-                    retry_after: limit.window.seconds_left(ask.now),
-                }
-            });
             Ok(Admission::Refused(refusal))
         })
     }
@@ -610,20 +613,44 @@ impl Store for Dynamo {
             let mut rows: Vec<Row> = Vec::new();
             let mut start: Option<Item> = None;
             loop {
-                let (filter, value) = match &token {
-                    Some(t) => ("pk = :u", format!("u#{t}")),
-                    None => ("begins_with(pk, :u)", "u#".to_owned()),
+                // One token: a query of its partition (what the gateway
+                // itself does, for the billing endpoints); all: a scan
+                // (the operator's `usage report`).
+                let (items, next) = match &token {
+                    Some(t) => {
+                        let (from, to) = period.day_range();
+                        let page = this
+                            .client
+                            .query()
+                            .table_name(&this.table)
+                            .consistent_read(true)
+                            .key_condition_expression("pk = :u AND sk BETWEEN :from AND :to")
+                            .expression_attribute_values(":u", s(format!("u#{t}")))
+                            .expression_attribute_values(":from", s(format!("{from}#")))
+                            // '$' sorts right after '#': every model of the last day.
+                            .expression_attribute_values(":to", s(format!("{to}$")))
+                            .set_exclusive_start_key(start.take())
+                            .send()
+                            .await
+                            .map_err(|e| this.sdk_fail(e))?;
+                        (page.items().to_vec(), page.last_evaluated_key().cloned())
+                    }
+                    None => {
+                        let page = this
+                            .client
+                            .scan()
+                            .table_name(&this.table)
+                            .consistent_read(true)
+                            .filter_expression("begins_with(pk, :u)")
+                            .expression_attribute_values(":u", s("u#"))
+                            .set_exclusive_start_key(start.take())
+                            .send()
+                            .await
+                            .map_err(|e| this.sdk_fail(e))?;
+                        (page.items().to_vec(), page.last_evaluated_key().cloned())
+                    }
                 };
-                let scan = this
-                    .client
-                    .scan()
-                    .table_name(&this.table)
-                    .consistent_read(true)
-                    .filter_expression(filter)
-                    .expression_attribute_values(":u", s(value))
-                    .set_exclusive_start_key(start.take());
-                let page = scan.send().await.map_err(|e| this.sdk_fail(e))?;
-                for item in page.items() {
+                for item in &items {
                     let pk = item.get(PARTITION_KEY).and_then(|v| v.as_s().ok());
                     let sk = item.get(SORT_KEY).and_then(|v| v.as_s().ok());
                     let (Some(pk), Some(sk)) = (pk, sk) else {
@@ -658,8 +685,8 @@ impl Store for Dynamo {
                     row.cost_usd += number(item, "usd_micros");
                     row.estimated_requests += number(item, "estimated_requests");
                 }
-                match page.last_evaluated_key() {
-                    Some(key) if !key.is_empty() => start = Some(key.clone()),
+                match next {
+                    Some(key) if !key.is_empty() => start = Some(key),
                     _ => break,
                 }
             }

@@ -29,6 +29,9 @@ use crate::usage::{self, Usage};
 /// Settlements kept in memory while the store is down, at most.
 const MAX_BACKLOG: usize = 10_000;
 
+/// How often settlements that wait for the store are tried again.
+pub const RETRY_EVERY: Duration = Duration::from_secs(1);
+
 /// Left in a request's record by [`Enforce`]: the token has limits.
 #[derive(Debug, Clone)]
 pub struct Held {
@@ -250,12 +253,29 @@ pub struct Settle {
 }
 
 impl Settle {
-    /// Settles into `store`.
+    /// Settles into `store`. Within a runtime, a background task also
+    /// writes what waited once the store answers again, every
+    /// [`RETRY_EVERY`], even if no request comes to do it.
     pub fn new(store: Arc<dyn Store>, prices: Arc<Prices>) -> Self {
+        let backlog: Arc<Mutex<VecDeque<Settlement>>> = Arc::default();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (store, waiting) = (store.clone(), Arc::downgrade(&backlog));
+            runtime.spawn(async move {
+                loop {
+                    tokio::time::sleep(RETRY_EVERY).await;
+                    let Some(backlog) = waiting.upgrade() else {
+                        return;
+                    };
+                    if !backlog.lock().expect("backlog lock").is_empty() {
+                        Self::drain(&store, &backlog).await;
+                    }
+                }
+            });
+        }
         Self {
             store,
             prices,
-            backlog: Arc::default(),
+            backlog,
         }
     }
 
@@ -303,6 +323,7 @@ impl Settle {
             usd_micros: if used { Amount::micros(cost) } else { 0 },
             estimated: usage.as_ref().is_some_and(|u| u.estimated),
             windows: held.map(|h| h.windows.clone()).unwrap_or_default(),
+            row: used,
         })
     }
 
@@ -315,7 +336,8 @@ impl Settle {
             };
             if let Err(error) = store.settle(next.clone()).await {
                 tracing::warn!(%error, "usage store still unreachable; usage kept in memory");
-                backlog.lock().expect("backlog lock").push_front(next);
+                let rest = error.unsettled.map_or(next, |rest| *rest);
+                backlog.lock().expect("backlog lock").push_front(rest);
                 return;
             }
         }
@@ -340,6 +362,7 @@ impl Finish for Settle {
             }
             if let Err(error) = store.settle(settlement.clone()).await {
                 tracing::error!(%error, "usage store unreachable: usage kept in memory until it is back");
+                let settlement = error.unsettled.map_or(settlement, |rest| *rest);
                 let mut backlog = backlog.lock().expect("backlog lock");
                 if backlog.len() >= MAX_BACKLOG {
                     tracing::error!(

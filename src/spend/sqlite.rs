@@ -80,10 +80,7 @@ impl Sqlite {
         let connection = self.connection.clone();
         let name = self.name.clone();
         Box::pin(async move {
-            let fail = |problem: String| StoreError {
-                store: name.clone(),
-                problem,
-            };
+            let fail = |problem: String| StoreError::new(&name, problem);
             tokio::task::spawn_blocking(move || {
                 let mut connection = connection.lock().unwrap_or_else(|p| p.into_inner());
                 work(&mut connection)
@@ -221,6 +218,9 @@ impl Store for Sqlite {
                         )?;
                     }
                 }
+                if !s.row {
+                    return tx.commit();
+                }
                 tx.execute(
                     "INSERT INTO usage (token, day, model, requests, input_tokens, cached_tokens,
                                         output_tokens, usd_micros, estimated_requests)
@@ -269,11 +269,7 @@ impl Store for Sqlite {
         token: Option<String>,
     ) -> BoxFuture<Result<Vec<Row>, StoreError>> {
         self.run(move |c| {
-            let (from, to) = match &period {
-                Period::Day(d) => (d.clone(), d.clone()),
-                Period::Month(m) => (format!("{m}-01"), format!("{m}-31")),
-                Period::Days(from, to) => (from.clone(), to.clone()),
-            };
+            let (from, to) = period.day_range();
             let mut statement = c.prepare(
                 "SELECT token, model, SUM(requests), SUM(input_tokens), SUM(cached_tokens),
                         SUM(output_tokens), SUM(usd_micros), SUM(estimated_requests)
@@ -330,6 +326,7 @@ mod tests {
             usd_micros: tokens,
             estimated: false,
             windows,
+            row: true,
         }
     }
 

@@ -25,6 +25,20 @@ pub struct StoreError {
     pub store: String,
     /// What went wrong.
     pub problem: String,
+    /// Of a settlement that was partly written, the part still to write
+    /// (what to try again, so that nothing is counted twice).
+    pub unsettled: Option<Box<Settlement>>,
+}
+
+impl StoreError {
+    /// A failure of `store`.
+    pub fn new(store: &str, problem: impl std::fmt::Display) -> Self {
+        Self {
+            store: store.to_owned(),
+            problem: problem.to_string(),
+            unsettled: None,
+        }
+    }
 }
 
 /// A request asking to be admitted.
@@ -103,6 +117,8 @@ pub struct Settlement {
     /// reservation, or of its token's limits if it went unenforced); none
     /// for a token without limits.
     pub windows: Vec<String>,
+    /// Whether the usage row (for reports) is still to be written.
+    pub row: bool,
 }
 
 impl Settlement {
@@ -140,6 +156,15 @@ pub enum Period {
 }
 
 impl Period {
+    /// The first and last day (`YYYY-MM-DD`) of the period.
+    pub fn day_range(&self) -> (String, String) {
+        match self {
+            Self::Day(d) => (d.clone(), d.clone()),
+            Self::Month(m) => (format!("{m}-01"), format!("{m}-31")),
+            Self::Days(from, to) => (from.clone(), to.clone()),
+        }
+    }
+
     /// Whether the day `YYYY-MM-DD` is in the period.
     pub fn holds(&self, day: &str) -> bool {
         match self {

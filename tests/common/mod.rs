@@ -5,6 +5,7 @@
 //! memory).
 #![allow(dead_code)]
 
+pub mod aws;
 pub mod mock;
 pub use mock::*;
 

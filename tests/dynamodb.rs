@@ -1,0 +1,377 @@
+//! Spend control with the shared store, DynamoDB, against moto's server:
+//! the table `usage init` makes, limits that hold across two gateway
+//! processes on one table, a budget storm that settles exactly, a store
+//! outage in both fail modes, and the reservation of a killed process
+//! expiring.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::TimeToLiveStatus;
+use common::aws::*;
+use common::*;
+use serde_json::{json, Value};
+
+const TOKENS: &str = r#"{"tokens": [
+    {"name": "rpm", "token": "tok-rpm", "limits": {"requests_per_minute": 5}},
+    {"name": "storm", "token": "tok-storm", "limits": {"tokens_per_day": 40, "requests_per_minute": 1000}},
+    {"name": "held", "token": "tok-held", "limits": {"tokens_per_day": 10}},
+    {"name": "open", "token": "tok-open"}
+]}"#;
+
+fn table() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "gw-usage-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    )
+}
+
+/// Runs the binary's `usage` command against `endpoint`.
+fn usage_command(endpoint: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_chatgpt-gateway"));
+    cmd.arg("usage").args(args).env_clear();
+    for (k, v) in aws_vars(endpoint) {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn init(table: &str) {
+    let out = usage_command(
+        &moto().url,
+        &["init", "--store", &format!("dynamodb:{table}")],
+    );
+    assert!(
+        out.status.success(),
+        "usage init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn report(endpoint: &str, table: &str) -> Vec<Value> {
+    let out = usage_command(
+        endpoint,
+        &["report", "--store", &format!("dynamodb:{table}"), "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn gateway(up: &MockUpstream, endpoint: &str, table: &str) -> Launch {
+    aws_env(Launch::new(&up.url()), endpoint)
+        .tokens(TOKENS)
+        .env("USAGE_STORE", &format!("dynamodb:{table}"))
+}
+
+fn chat(max_tokens: Option<u64>) -> String {
+    let mut body = json!({"model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hello there, how are you today?"}]});
+    if let Some(max) = max_tokens {
+        body["max_tokens"] = json!(max);
+    }
+    body.to_string()
+}
+
+async fn post(gw: &impl Target, token: &str, body: &str) -> (u16, Option<String>) {
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    (status, body["error"]["code"].as_str().map(str::to_owned))
+}
+
+async fn limits(gw: &impl Target, token: &str) -> Value {
+    let r = client()
+        .get(gw.url("/v1/gateway/usage"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+async fn fresh_minute() {
+    let second = chrono::Utc::now().timestamp() % 60;
+    if second > 40 {
+        tokio::time::sleep(Duration::from_secs((61 - second) as u64)).await;
+    }
+}
+
+#[tokio::test]
+async fn usage_init_makes_the_table_the_template_declares() {
+    let table = table();
+    init(&table);
+    init(&table); // again: nothing to do, no error
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&moto().url)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .load()
+        .await;
+    let client = aws_sdk_dynamodb::Client::new(&config);
+    let described = client
+        .describe_table()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap();
+    let t = described.table().unwrap();
+    let keys: Vec<(String, String)> = t
+        .key_schema()
+        .iter()
+        .map(|k| {
+            (
+                k.attribute_name().to_owned(),
+                k.key_type().as_str().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [("pk".into(), "HASH".into()), ("sk".into(), "RANGE".into())]
+    );
+    assert_eq!(
+        t.billing_mode_summary()
+            .and_then(|b| b.billing_mode())
+            .map(|b| b.as_str()),
+        Some("PAY_PER_REQUEST")
+    );
+    let ttl = client
+        .describe_time_to_live()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap();
+    let ttl = ttl.time_to_live_description().unwrap();
+    assert_eq!(ttl.attribute_name(), Some("ttl"));
+    assert_eq!(ttl.time_to_live_status(), Some(&TimeToLiveStatus::Enabled));
+    // The template declares the same key schema and TTL attribute.
+    let template = include_str!("../template.yaml");
+    for needle in [
+        "AttributeName: pk",
+        "AttributeName: sk",
+        "KeyType: HASH",
+        "KeyType: RANGE",
+        "BillingMode: PAY_PER_REQUEST",
+        "AttributeName: ttl",
+    ] {
+        assert!(template.contains(needle), "template.yaml lacks {needle}");
+    }
+}
+
+#[tokio::test]
+async fn two_processes_on_one_table_give_exactly_the_per_minute_limit() {
+    let up = MockUpstream::start().await;
+    let table = table();
+    init(&table);
+    let a = gateway(&up, &moto().url, &table).start();
+    let b = gateway(&up, &moto().url, &table).start();
+    fresh_minute().await;
+    let body = chat(Some(5));
+    let answers = futures_util::future::join_all((0..20).map(|i| {
+        let body = &body;
+        let (a, b) = (&a, &b);
+        async move {
+            if i % 2 == 0 {
+                post(a, "tok-rpm", body).await
+            } else {
+                post(b, "tok-rpm", body).await
+            }
+        }
+    }))
+    .await;
+    let ok = answers.iter().filter(|a| a.0 == 200).count();
+    let limited = answers
+        .iter()
+        .filter(|a| a.1.as_deref() == Some("rate_limit_exceeded"))
+        .count();
+    assert_eq!((ok, limited), (5, 15), "{answers:?}");
+    assert_eq!(up.count(), 5);
+}
+
+#[tokio::test]
+async fn a_budget_storm_stays_within_its_bound_and_settles_exactly() {
+    let up = MockUpstream::start().await;
+    let table = table();
+    init(&table);
+    let a = gateway(&up, &moto().url, &table).start();
+    let b = gateway(&up, &moto().url, &table).start();
+    let body = chat(Some(5));
+    let answers = futures_util::future::join_all((0..20).map(|i| {
+        let body = &body;
+        let (a, b) = (&a, &b);
+        async move {
+            if i % 2 == 0 {
+                post(a, "tok-storm", body).await
+            } else {
+                post(b, "tok-storm", body).await
+            }
+        }
+    }))
+    .await;
+    let ok = answers.iter().filter(|a| a.0 == 200).count() as i64;
+    let quota = answers
+        .iter()
+        .filter(|a| a.1.as_deref() == Some("insufficient_quota"))
+        .count() as i64;
+    assert_eq!(ok + quota, 20, "{answers:?}");
+    assert!(ok >= 1);
+    // Settled exactly: 8 tokens a request, nothing left reserved.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let day = loop {
+        let usage = limits(&a, "tok-storm").await;
+        let day = usage["limits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["limit"] == "tokens_per_day")
+            .unwrap()
+            .clone();
+        if day["reserved"] == 0 {
+            break day;
+        }
+        if Instant::now() > deadline {
+            for line in a.log_text().lines().chain(b.log_text().lines()) {
+                if line.contains("ERROR")
+                    || line.contains("WARN")
+                    || line.contains("\"level\":\"ERROR")
+                    || line.contains("\"level\":\"WARN")
+                {
+                    eprintln!("{line}");
+                }
+            }
+            panic!("{usage}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let used = day["used"].as_i64().unwrap();
+    assert_eq!(used, 8 * ok, "{day}");
+    // Every admission saw less than 40 committed, and a reservation is
+    // never below what its request used: at most one request's usage over.
+    assert!(used < 40 + 8, "{day}");
+    assert_eq!(up.count() as i64, ok);
+    let rows = report(&moto().url, &table);
+    let row = rows.iter().find(|r| r["token"] == "storm").unwrap();
+    assert_eq!(row["requests"].as_i64(), Some(ok), "{rows:?}");
+    assert_eq!(row["input_tokens"].as_i64(), Some(3 * ok));
+}
+
+#[tokio::test]
+async fn an_outage_in_open_mode_serves_and_loses_nothing() {
+    let up = MockUpstream::start().await;
+    let front = Front::start().await;
+    let table = table();
+    init(&table);
+    let gw = gateway(&up, &front.url(), &table).start();
+    assert_eq!(post(&gw, "tok-storm", &chat(Some(5))).await.0, 200);
+    front.set(FAIL);
+    for _ in 0..3 {
+        assert_eq!(post(&gw, "tok-storm", &chat(Some(5))).await.0, 200);
+    }
+    assert!(
+        gw.log_text().contains("dynamodb:"),
+        "the outage is logged naming the store"
+    );
+    front.set(PASS);
+    // The next request's settlement writes what waited.
+    assert_eq!(post(&gw, "tok-open", &chat(Some(5))).await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = report(&moto().url, &table);
+        let storm = rows
+            .iter()
+            .find(|r| r["token"] == "storm")
+            .and_then(|r| r["requests"].as_i64());
+        if storm == Some(4) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_outage_in_closed_mode_refuses_only_tokens_with_limits() {
+    let up = MockUpstream::start().await;
+    let front = Front::start().await;
+    let table = table();
+    init(&table);
+    let gw = gateway(&up, &front.url(), &table)
+        .env("USAGE_FAIL_MODE", "closed")
+        .start();
+    front.set(FAIL);
+    let before = up.count();
+    assert_eq!(
+        post(&gw, "tok-rpm", &chat(Some(5))).await,
+        (503, Some("usage_store_unavailable".into()))
+    );
+    assert_eq!(up.count(), before, "refused, never forwarded");
+    assert_eq!(post(&gw, "tok-open", &chat(Some(5))).await.0, 200);
+    front.set(PASS);
+    assert_eq!(post(&gw, "tok-rpm", &chat(Some(5))).await.0, 200);
+}
+
+#[tokio::test]
+async fn the_reservation_of_a_killed_process_expires() {
+    let up = MockUpstream::start().await;
+    let table = table();
+    init(&table);
+    let mut a = gateway(&up, &moto().url, &table)
+        .env("USAGE_RESERVATION_TTL_SECS", "3")
+        .start();
+    // A slow stream with no max_tokens reserves 1024 tokens, well over the
+    // day's 10; a kill -9 leaves that reservation behind.
+    let slow = json!({"model": "gpt-4o-mini", "stream": true, "metadata": {"gap": "1"},
+        "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    let mut r = client()
+        .post(a.url("/v1/chat/completions"))
+        .bearer_auth("tok-held")
+        .header("content-type", "application/json")
+        .body(slow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.chunk().await.unwrap().unwrap();
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let b = gateway(&up, &moto().url, &table).start();
+    let killed_at = Instant::now();
+    assert_eq!(
+        post(&b, "tok-held", &chat(Some(5))).await,
+        (429, Some("insufficient_quota".into())),
+        "the dead process's reservation still counts"
+    );
+    // Once it expires, it is reaped and no longer counts.
+    let deadline = killed_at + Duration::from_secs(15);
+    loop {
+        let (status, _) = post(&b, "tok-held", &chat(Some(5))).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reservation never expired");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(killed_at.elapsed() >= Duration::from_secs(1));
+}
