@@ -35,7 +35,8 @@ RUN mkdir -p /app /data && chown 10001:10001 /data
 WORKDIR /app
 VOLUME /data
 ENV GATEWAY_LISTEN=0.0.0.0:8080 \
-    LOG_FORMAT=json
+    LOG_FORMAT=json \
+    USAGE_STORE=sqlite:/data/usage.db
 USER 10001:10001
 EXPOSE 8080
 # Until a health endpoint exists, the gateway's own answer is the check: an

@@ -125,12 +125,22 @@ pub async fn usage_store(
             });
         }
     }
-    let store = store::open(spec)
-        .await
-        .map_err(|problem| ConfigError::Invalid {
-            setting: USAGE_STORE,
-            problem,
-        })?;
+    let store = match store::open(spec).await {
+        Ok(store) => store,
+        // The default is a convenience: where it cannot be (a read-only
+        // working directory), and no limit needs it, the gateway runs on
+        // without one, and says so.
+        Err(problem) if settings.usage_store.is_none() && limited.is_none() => {
+            tracing::warn!(%problem, "the default usage store cannot be opened, so usage is not stored; set USAGE_STORE");
+            None
+        }
+        Err(problem) => {
+            return Err(ConfigError::Invalid {
+                setting: USAGE_STORE,
+                problem,
+            })
+        }
+    };
     if let Some(store) = &store {
         tracing::info!(store = store.name(), "usage store");
     }

@@ -207,12 +207,16 @@ def test_compose_up_with_the_originals_layout(image, workdir_with_appsettings, m
         status, body = wait_http("http://127.0.0.1:%d/v1/models?token=datatoken" % port, logs)
         assert status == 200, body
         assert ["authorization", "Bearer sk-from-env-file"] in mock.last()["headers"]
-        # The usage volume is declared and mounted at /data, and survives a restart.
+        # The usage store lives on the /data volume, and survives a restart.
         cid = run("ps", "-q").stdout.split()[0]
         sh("docker", "exec", cid, "bash", "-c", "echo kept > /data/probe")
+        assert "usage.db" in sh("docker", "exec", cid, "ls", "/data").stdout.split()
         run("restart")
         cid = run("ps", "-q").stdout.split()[0]
         assert sh("docker", "exec", cid, "cat", "/data/probe").stdout.strip() == "kept"
+        report = sh("docker", "exec", cid, "chatgpt-gateway", "usage", "report", "--json").stdout
+        rows = json.loads(report)
+        assert sum(r["requests"] for r in rows if r["token"].startswith("sha256:")) >= 1, rows
     finally:
         run("down", "-v", check=False)
 
