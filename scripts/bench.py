@@ -102,6 +102,7 @@ def setup():
     root %s;
     default_type application/json;
     location /v1/sse { proxy_pass http://helper; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
+    location /v1/chat/completions { proxy_pass http://helper; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
     location /v1/upload { proxy_pass http://helper; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_request_buffering off; client_max_body_size 0; }
   }""" % (helper_port, up_port, docroot), "upstream")
     nginx("""
@@ -119,10 +120,13 @@ def setup():
     env = dict(os.environ, GATEWAY_LISTEN="127.0.0.1:%d" % gw_port, UPSTREAM_URL="http://127.0.0.1:%d" % up_port,
                TOKENS_FILE=tokens, RUST_LOG="info", LOG_FORMAT="json")
     gw = start([GATEWAY], env=env, cwd=WORK)
-    for port in (helper_port, up_port, ngx_port, gw_port):
+    # The same gateway with no usage store (usage is still read, not stored).
+    off_port = free_port()
+    start([GATEWAY], env=dict(env, GATEWAY_LISTEN="127.0.0.1:%d" % off_port, USAGE_STORE="off"), cwd=WORK)
+    for port in (helper_port, up_port, ngx_port, gw_port, off_port):
         wait_port(port)
     time.sleep(0.3)
-    return {"direct": up_port, "nginx": ngx_port, "gateway": gw_port}, gw, env
+    return {"direct": up_port, "nginx": ngx_port, "gateway": gw_port, "store_off": off_port}, gw, env
 
 
 def url(port, path):
@@ -153,12 +157,19 @@ def wrk(port, connections, seconds=SECONDS):
 
 # ---------------------------------------------------------------- streaming
 
-def sse_once(port, n=50, gap=20):
+def sse_once(port, n=50, gap=20, metered=False):
     """Sends one request; returns, per event, (arrival time in s from sending,
-    delivery latency in s: arrival wall-clock minus the helper's send stamp)."""
+    delivery latency in s: arrival wall-clock minus the helper's send stamp).
+    `metered`: the same stamped events as a streamed chat completion, which
+    the gateway meters (asks for usage, reads it, hides the usage chunk)."""
     s = socket.create_connection(("127.0.0.1", port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    request = "GET /v1/sse?n=%d&gap_ms=%d&token=%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % (n, gap, TOKEN)
+    if metered:
+        body = json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+        request = ("POST /v1/chat/completions?n=%d&gap_ms=%d&token=%s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   "Content-Length: %d\r\nConnection: close\r\n\r\n%s") % (n, gap, TOKEN, len(body), body)
+    else:
+        request = "GET /v1/sse?n=%d&gap_ms=%d&token=%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % (n, gap, TOKEN)
     started = time.perf_counter()
     s.sendall(request.encode())
     arrivals = []
@@ -173,10 +184,10 @@ def sse_once(port, n=50, gap=20):
     return arrivals
 
 
-def streaming(port, runs=15):
+def streaming(port, runs=15, metered=False):
     firsts, delays = [], []
     for _ in range(runs):
-        events = sse_once(port)
+        events = sse_once(port, metered=metered)
         assert len(events) == 50, len(events)
         firsts.append(events[0][0])
         # Later events: how long each took from the helper's write to our read.
@@ -348,8 +359,12 @@ def main():
             print("wrk c=%d %-8s %s" % (conns, p, results[p][conns]), flush=True)
     after_load_rss = rss_kib(gw.pid) / 1024
     peak_after_load = rss_kib(gw.pid, "VmHWM") / 1024
+    wrk(ports["store_off"], 8, 2)
+    store_off = wrk(ports["store_off"], 64)
+    print("wrk c=64 store_off %s" % store_off, flush=True)
     stream = {p: streaming(ports[p]) for p in paths}
-    print("streaming", stream, flush=True)
+    metered = streaming(ports["gateway"], metered=True)
+    print("streaming", stream, "metered", metered, flush=True)
     big = {"direct": large(ports["direct"]), "nginx": large(ports["nginx"]), "gateway": large(ports["gateway"], gw.pid)}
     print("large", big, flush=True)
     cold_local = cold_start_local(ports["direct"])
@@ -365,11 +380,15 @@ def main():
     ratio = gw_ovh / ngx_ovh if ngx_ovh > 0 else float("inf")
     rps_ratio = results["gateway"][64]["rps"] / results["nginx"][64]["rps"]
     ttfe_extra = stream["gateway"]["first_ms"] - stream["direct"]["first_ms"]
+    store_ratio = results["gateway"][64]["rps"] / store_off["rps"]
+    metering_extra = metered["event_ms"] - stream["gateway"]["event_ms"]
     verdict = lambda ok: "**met**" if ok else "**missed**"
     targets = [
         ("Overhead at p50, 1 connection, no higher than nginx's", "%.0f µs vs nginx %.0f µs (ratio %.2f)" % (gw_ovh, ngx_ovh, ratio), gw_ovh <= ngx_ovh),
         ("Requests/s at 64 connections ≥ 0.8 × nginx", "%.0f vs %.0f (%.2f×)" % (results["gateway"][64]["rps"], results["nginx"][64]["rps"], rps_ratio), rps_ratio >= 0.8),
         ("Time to first SSE event ≤ direct + 1 ms", "+%.2f ms" % ttfe_extra, ttfe_extra <= 1.0),
+        ("Requests/s at 64 connections with the SQLite usage store ≥ 0.8 × `USAGE_STORE=off`", "%.0f vs %.0f (%.2f×)" % (results["gateway"][64]["rps"], store_off["rps"], store_ratio), store_ratio >= 0.8),
+        ("Added latency per SSE event, metered stream vs unmetered, within 0.1 ms", "%+.3f ms" % metering_extra, abs(metering_extra) <= 0.1),
         ("Cold start to first proxied 200 (local) < 50 ms", "%.1f ms" % cold_local, cold_local < 50),
         ("RSS after the load run < 30 MB", "%.1f MiB (peak %.1f MiB)" % (after_load_rss, peak_after_load), after_load_rss < 30),
     ]
@@ -383,7 +402,8 @@ def main():
         "Three paths do the same work: **direct** to the upstream (nginx serving a 1 KB JSON body and a 100 MB file, and proxying",
         "`/sse` and `/upload` to a small Rust helper, the mock upstream, `examples/mock_upstream.rs`), through **nginx** as a reverse proxy",
         "(upstream keep-alive, no buffering), and through the **gateway** (release build, local mode, tokens on: every",
-        "request carries `?token=`, which the gateway checks and strips).",
+        "request carries `?token=`, which the gateway checks and strips; every request is recorded in the default",
+        "usage store, `sqlite:usage.db`). A second gateway with `USAGE_STORE=off` gives the store's cost.",
         "",
         "## Targets",
         "",
@@ -411,6 +431,18 @@ def main():
     ] + ["| %s | %.2f ms | %.3f ms | %.3f ms | %s |" % (
         p, stream[p]["first_ms"], stream[p]["event_ms"], stream[p]["event_p99_ms"],
         "-" if p == "direct" else "%+.3f ms" % (stream[p]["event_ms"] - stream["direct"]["event_ms"])) for p in paths] + [
+        "",
+        "Metering, through the gateway: the same stamped events as a streamed chat completion, which the gateway",
+        "meters (adds `stream_options.include_usage`, reads each event for usage, removes the usage chunk):",
+        "%.3f ms per event (p99 %.3f ms), time to first event %.2f ms; unmetered `/v1/sse`: %.3f ms." % (
+            metered["event_ms"], metered["event_p99_ms"], metered["first_ms"], stream["gateway"]["event_ms"]),
+        "",
+        "## Usage store",
+        "",
+        "| gateway | req/s @64 | p50 @64 | p99 @64 |",
+        "|---|---|---|---|",
+        "| `sqlite:usage.db` (default; every request recorded) | %.0f | %.0f µs | %.0f µs |" % (results["gateway"][64]["rps"], results["gateway"][64]["p50_us"], results["gateway"][64]["p99_us"]),
+        "| `USAGE_STORE=off` | %.0f | %.0f µs | %.0f µs |" % (store_off["rps"], store_off["p50_us"], store_off["p99_us"]),
         "",
         "## Large bodies (curl, one transfer each)",
         "",

@@ -123,6 +123,12 @@ impl Gateway {
         self.inner.pending.settled().await;
     }
 
+    /// Runs the hooks' shutdown work (the usage store writes what waits).
+    pub async fn close(&self) {
+        self.settled().await;
+        futures_util::future::join_all(self.inner.hooks.iter().map(|h| h.close())).await;
+    }
+
     /// Handles one request. Never fails: errors become OpenAI-shaped responses.
     pub async fn handle<B>(&self, request: Request<B>) -> Response<GatewayBody>
     where

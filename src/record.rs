@@ -126,6 +126,11 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub trait Finish: Send + Sync {
     /// Starts the work for `record`.
     fn finish(&self, record: &Record) -> BoxFuture<()>;
+
+    /// Work at shutdown, after the last request (write what still waits).
+    fn close(&self) -> BoxFuture<()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// The hooks, in order.

@@ -43,11 +43,12 @@ pub async fn run(settings: Settings) -> Result<(), ConfigError> {
     tracing::info!(%address, "listening");
     serve(
         listener,
-        gateway,
+        gateway.clone(),
         shutdown_signal(),
         settings.shutdown_grace(),
     )
     .await;
+    gateway.close().await;
     Ok(())
 }
 

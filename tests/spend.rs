@@ -132,6 +132,7 @@ async fn requests_per_minute_is_exact_and_a_refusal_is_a_429_with_retry_after() 
         "the refused request never reached the upstream"
     );
     // A refusal is not usage: three requests in the store, not four.
+    settled(&gw, "tok-rpm").await;
     let rows = report(&gw).await;
     let row = rows.iter().find(|r| r.token == "rpm").expect("rpm's row");
     assert_eq!(row.requests, 3);

@@ -350,6 +350,24 @@ impl Settle {
 }
 
 impl Finish for Settle {
+    fn close(&self) -> BoxFuture<()> {
+        let (store, backlog) = (self.store.clone(), self.backlog.clone());
+        Box::pin(async move {
+            Self::drain(&store, &backlog).await;
+            let left = backlog.lock().expect("backlog lock").len();
+            if left > 0 {
+                tracing::error!(
+                    store = store.name(),
+                    left,
+                    "stopping with usage the store did not take"
+                );
+            }
+            if let Err(error) = store.flush().await {
+                tracing::error!(%error, "stopping before the usage store wrote everything");
+            }
+        })
+    }
+
     fn finish(&self, record: &Record) -> BoxFuture<()> {
         let Some(settlement) = self.settlement(record) else {
             return Box::pin(std::future::ready(()));

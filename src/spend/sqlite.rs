@@ -7,7 +7,7 @@
 //! whose process died simply stops being counted once it expires.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -48,26 +48,126 @@ const KEEP_MINUTES_SECS: i64 = 3600;
 #[derive(Debug, Clone)]
 pub struct Sqlite {
     name: String,
+    /// Admissions and reads.
     connection: Arc<Mutex<Connection>>,
+    /// Settlements, written in batches by a thread of their own.
+    writer: mpsc::Sender<Job>,
+}
+
+/// Work for the writer thread.
+enum Job {
+    Settle(Box<Settlement>),
+    /// Answered once everything sent before is written (or given up on).
+    Flush(mpsc::SyncSender<()>),
+}
+
+/// The thread that writes settlements: whatever has arrived since the last
+/// commit goes in one transaction, so a request's completion never waits
+/// for the disk, and what it wrote is visible within milliseconds. If a
+/// commit fails, the batch is kept (bounded) and tried again every second.
+struct Writer;
+
+/// The most settlements a commit holds, and kept while commits fail.
+const MAX_BATCH: usize = 1024;
+const MAX_KEPT: usize = 10_000;
+
+impl Writer {
+    fn start(mut connection: Connection, name: String) -> mpsc::Sender<Job> {
+        let (sender, jobs) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("usage-writer".into())
+            .spawn(move || {
+                let mut pending: Vec<Settlement> = Vec::new();
+                let mut flushes: Vec<mpsc::SyncSender<()>> = Vec::new();
+                let mut open = true;
+                while open || !pending.is_empty() {
+                    let first = if pending.is_empty() {
+                        jobs.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+                    } else {
+                        jobs.recv_timeout(std::time::Duration::from_secs(1))
+                    };
+                    let take = |job: Job, pending: &mut Vec<Settlement>, flushes: &mut Vec<_>| {
+                        match job {
+                            Job::Settle(s) => pending.push(*s),
+                            Job::Flush(done) => flushes.push(done),
+                        }
+                    };
+                    match first {
+                        Ok(job) => take(job, &mut pending, &mut flushes),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
+                    }
+                    while pending.len() < MAX_BATCH {
+                        match jobs.try_recv() {
+                            Ok(job) => take(job, &mut pending, &mut flushes),
+                            Err(mpsc::TryRecvError::Empty) => break,
+                            Err(mpsc::TryRecvError::Disconnected) => {
+                                open = false;
+                                break;
+                            }
+                        }
+                    }
+                    let failed = !pending.is_empty() && {
+                        match commit(&mut connection, &pending) {
+                            Ok(()) => {
+                                pending.clear();
+                                false
+                            }
+                            Err(error) => {
+                                tracing::error!(store = %name, %error, kept = pending.len(), "usage could not be written; trying again");
+                                if pending.len() > MAX_KEPT {
+                                    let drop = pending.len() - MAX_KEPT;
+                                    tracing::error!(store = %name, dropped = drop, "usage backlog full: the oldest settlements are dropped");
+                                    pending.drain(..drop);
+                                }
+                                true
+                            }
+                        }
+                    };
+                    if !failed || !open {
+                        for done in flushes.drain(..) {
+                            let _ = done.send(());
+                        }
+                    }
+                    if failed && !open {
+                        tracing::error!(store = %name, lost = pending.len(), "usage store closed with settlements it could not write");
+                        break;
+                    }
+                }
+            })
+            .expect("the usage writer thread starts");
+        sender
+    }
 }
 
 impl Sqlite {
     /// Opens (creating if needed) the file at `path`, with its schema.
     pub fn open(path: &str) -> Result<Self, String> {
         let name = format!("sqlite:{path}");
-        let fail = |e: rusqlite::Error| format!("{name}: {e}");
-        let connection = Connection::open(PathBuf::from(path)).map_err(fail)?;
-        connection
-            .busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(fail)?;
-        // WAL lets readers (`usage report`) run beside the gateway.
-        let _: String = connection
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(fail)?;
-        connection.execute_batch(SCHEMA).map_err(fail)?;
+        let connect = || {
+            let fail = |e: rusqlite::Error| format!("{name}: {e}");
+            let connection = Connection::open(PathBuf::from(path)).map_err(fail)?;
+            connection
+                .busy_timeout(std::time::Duration::from_secs(10))
+                .map_err(fail)?;
+            // WAL lets readers (`usage report`) run beside the gateway, and
+            // with synchronous=NORMAL a commit costs no fsync (a power cut
+            // may lose the last commits, a crash of the process does not).
+            let _: String = connection
+                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+                .map_err(fail)?;
+            connection
+                .execute_batch("PRAGMA synchronous=NORMAL;")
+                .map_err(fail)?;
+            connection.execute_batch(SCHEMA).map_err(fail)?;
+            Ok::<_, String>(connection)
+        };
+        let connection = connect()?;
+        let writer = Writer::start(connect()?, name.clone());
         Ok(Self {
             name,
             connection: Arc::new(Mutex::new(connection)),
+            writer,
         })
     }
 
@@ -139,6 +239,65 @@ fn expiry(key: &str, at: DateTime<Utc>) -> Option<i64> {
         .flatten()
 }
 
+/// Writes settlements in one transaction.
+fn commit(c: &mut Connection, settlements: &[Settlement]) -> rusqlite::Result<()> {
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for s in settlements {
+        if let Some(reservation) = &s.reservation {
+            tx.execute("DELETE FROM reservations WHERE id = ?1", [&reservation.id])?;
+        }
+        if s.used {
+            let amount = s.amount();
+            for key in &s.windows {
+                {
+                    tx.execute(
+                        "INSERT INTO windows (token, window, requests, tokens, usd_micros, expires)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT (token, window) DO UPDATE SET
+                           requests = requests + excluded.requests,
+                           tokens = tokens + excluded.tokens,
+                           usd_micros = usd_micros + excluded.usd_micros",
+                        params![
+                            s.token,
+                            key,
+                            amount.requests,
+                            amount.tokens,
+                            amount.usd_micros,
+                            expiry(key, s.at)
+                        ],
+                    )?;
+                }
+            }
+            if !s.row {
+                continue;
+            }
+            tx.execute(
+                "INSERT INTO usage (token, day, model, requests, input_tokens, cached_tokens,
+                                    output_tokens, usd_micros, estimated_requests)
+                 VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (token, day, model) DO UPDATE SET
+                   requests = requests + 1,
+                   input_tokens = input_tokens + excluded.input_tokens,
+                   cached_tokens = cached_tokens + excluded.cached_tokens,
+                   output_tokens = output_tokens + excluded.output_tokens,
+                   usd_micros = usd_micros + excluded.usd_micros,
+                   estimated_requests = estimated_requests + excluded.estimated_requests",
+                params![
+                    s.token,
+                    s.at.format("%Y-%m-%d").to_string(),
+                    s.model,
+                    s.input,
+                    s.cached,
+                    s.output,
+                    s.usd_micros,
+                    i64::from(s.estimated)
+                ],
+            )?;
+        }
+    }
+    tx.commit()
+}
+
 impl Store for Sqlite {
     fn name(&self) -> &str {
         &self.name
@@ -191,60 +350,23 @@ impl Store for Sqlite {
     }
 
     fn settle(&self, s: Settlement) -> BoxFuture<Result<(), StoreError>> {
-        self.run(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if let Some(reservation) = &s.reservation {
-                tx.execute("DELETE FROM reservations WHERE id = ?1", [&reservation.id])?;
-            }
-            if s.used {
-                let amount = s.amount();
-                for key in &s.windows {
-                    {
-                        tx.execute(
-                            "INSERT INTO windows (token, window, requests, tokens, usd_micros, expires)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                             ON CONFLICT (token, window) DO UPDATE SET
-                               requests = requests + excluded.requests,
-                               tokens = tokens + excluded.tokens,
-                               usd_micros = usd_micros + excluded.usd_micros",
-                            params![
-                                s.token,
-                                key,
-                                amount.requests,
-                                amount.tokens,
-                                amount.usd_micros,
-                                expiry(key, s.at)
-                            ],
-                        )?;
-                    }
-                }
-                if !s.row {
-                    return tx.commit();
-                }
-                tx.execute(
-                    "INSERT INTO usage (token, day, model, requests, input_tokens, cached_tokens,
-                                        output_tokens, usd_micros, estimated_requests)
-                     VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8)
-                     ON CONFLICT (token, day, model) DO UPDATE SET
-                       requests = requests + 1,
-                       input_tokens = input_tokens + excluded.input_tokens,
-                       cached_tokens = cached_tokens + excluded.cached_tokens,
-                       output_tokens = output_tokens + excluded.output_tokens,
-                       usd_micros = usd_micros + excluded.usd_micros,
-                       estimated_requests = estimated_requests + excluded.estimated_requests",
-                    params![
-                        s.token,
-                        s.at.format("%Y-%m-%d").to_string(),
-                        s.model,
-                        s.input,
-                        s.cached,
-                        s.output,
-                        s.usd_micros,
-                        i64::from(s.estimated)
-                    ],
-                )?;
-            }
-            tx.commit()
+        let sent = self.writer.send(Job::Settle(Box::new(s)));
+        let result = sent.map_err(|_| StoreError::new(&self.name, "the usage writer has stopped"));
+        Box::pin(std::future::ready(result))
+    }
+
+    fn flush(&self) -> BoxFuture<Result<(), StoreError>> {
+        let (done, written) = mpsc::sync_channel(1);
+        let sent = self.writer.send(Job::Flush(done));
+        let name = self.name.clone();
+        Box::pin(async move {
+            sent.map_err(|_| StoreError::new(&name, "the usage writer has stopped"))?;
+            tokio::task::spawn_blocking(move || {
+                written.recv_timeout(std::time::Duration::from_secs(10))
+            })
+            .await
+            .map_err(|e| StoreError::new(&name, e))?
+            .map_err(|_| StoreError::new(&name, "usage was not written in time"))
         })
     }
 
@@ -367,6 +489,7 @@ mod tests {
             .settle(settlement(Some(first), now, 95))
             .await
             .unwrap();
+        store.flush().await.unwrap();
         let Admission::Refused(refusal) = store.admit(ask(&limits, "d", later, one)).await.unwrap()
         else {
             panic!("over the day's tokens, admitted")

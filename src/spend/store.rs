@@ -224,8 +224,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Checks and reserves in one atomic step.
     fn admit(&self, ask: Ask) -> BoxFuture<Result<Admission, StoreError>>;
 
-    /// Records a finished request and drops its reservation.
+    /// Records a finished request and drops its reservation. A store may
+    /// write it later (batched), but within a second.
     fn settle(&self, settlement: Settlement) -> BoxFuture<Result<(), StoreError>>;
+
+    /// Resolves once every settlement handed over so far is written.
+    fn flush(&self) -> BoxFuture<Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 
     /// The state of `token`'s windows holding `now`, in `windows`' order.
     fn windows(

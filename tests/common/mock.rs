@@ -238,6 +238,41 @@ fn chat_chunk(content: Option<&str>, finish: Option<&str>) -> Value {
 }
 
 /// An SSE event's bytes: `event:` when named, then `data:`.
+/// `n` chat chunks `gap` apart, each made and stamped `sent_us` when it is
+/// sent; then, when `usage`, a usage chunk (empty `choices`); then `[DONE]`.
+fn stamped(n: u64, gap: Duration, usage: bool) -> Response<Body> {
+    let stream = futures_util::stream::unfold(0u64, move |i| async move {
+        if i > n + 1 {
+            return None;
+        }
+        if i > 0 && i < n {
+            tokio::time::sleep(gap).await;
+        }
+        let bytes = if i < n {
+            let mut chunk = chat_chunk(Some(&format!("tok{i} ")), None);
+            chunk["sent_us"] = u64::try_from(now_us()).unwrap_or(0).into();
+            sse_event(None, &chunk)
+        } else if i == n && usage {
+            let mut last = chat_chunk(None, None);
+            last["choices"] = json!([]);
+            last["usage"] = json!({"prompt_tokens": 3, "completion_tokens": n, "total_tokens": 3 + n});
+            sse_event(None, &last)
+        } else if i == n {
+            Bytes::new()
+        } else {
+            Bytes::from_static(b"data: [DONE]\n\n")
+        };
+        let frame: Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>> =
+            Ok(Frame::data(bytes));
+        Some((frame, i + 1))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream; charset=utf-8")
+        .header("x-request-id", "req_sse")
+        .body(BoxBody::new(StreamBody::new(stream)))
+        .unwrap()
+}
+
 fn sse_event(name: Option<&str>, data: &Value) -> Bytes {
     let data = match data {
         Value::String(s) => s.clone(),
@@ -483,6 +518,11 @@ async fn answer(
     match path.as_str() {
         p if p.ends_with("/chat/completions") => {
             let words = ["Hello", " from", " the", " mock", "!"];
+            if request["stream"] == true && q.contains_key("gap_ms") {
+                // The stamped stream of `/sse`, as a chat (metered by the gateway).
+                let usage = request["stream_options"]["include_usage"] == true;
+                return stamped(num("n", 5), Duration::from_millis(num("gap_ms", 200)), usage);
+            }
             if request["stream"] == true {
                 let gap = request["metadata"]["gap"]
                     .as_str()
@@ -558,32 +598,7 @@ async fn answer(
             .header("x-request-id", format!("req_mock_{n}"))
             .body(full(file_bytes()))
             .unwrap(),
-        p if p.ends_with("/sse") => {
-            // Each event is made (and stamped `sent_us`) when it is sent, `gap` after the last.
-            let (n, gap) = (num("n", 5), Duration::from_millis(num("gap_ms", 200)));
-            let stream = futures_util::stream::unfold(0u64, move |i| async move {
-                if i > n {
-                    return None;
-                }
-                if i > 0 {
-                    tokio::time::sleep(gap).await;
-                }
-                let event = if i == n {
-                    Ok(Bytes::from_static(b"data: [DONE]\n\n"))
-                } else {
-                    numbered(i)
-                };
-                let frame = event
-                    .map(Frame::data)
-                    .map_err(|m| -> Box<dyn std::error::Error + Send + Sync> { m.into() });
-                Some((frame, i + 1))
-            });
-            Response::builder()
-                .header("content-type", "text/event-stream; charset=utf-8")
-                .header("x-request-id", "req_sse")
-                .body(BoxBody::new(StreamBody::new(stream)))
-                .unwrap()
-        }
+        p if p.ends_with("/sse") => stamped(num("n", 5), Duration::from_millis(num("gap_ms", 200)), false),
         p if p.ends_with("/drop") => {
             let mut events: Vec<Event> = (0..num("after", 2)).map(numbered).collect();
             events.push(Err("mock upstream drops the connection"));
