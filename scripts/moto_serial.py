@@ -8,11 +8,16 @@ real guarantee: this runs the same moto application with one lock around
 each request (connections are still accepted on many threads, so an idle
 one blocks nobody).
 
+It ends when the process that started it does (a test run), so that none
+is left behind.
+
 Usage: python3 scripts/moto_serial.py HOST PORT
 """
 
+import os
 import sys
 import threading
+import time
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import run_simple
@@ -26,5 +31,13 @@ def one_at_a_time(environ, start_response):
         return list(app(environ, start_response))
 
 
+def end_with_parent():
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(0)
+
+
+threading.Thread(target=end_with_parent, daemon=True).start()
 host, port = sys.argv[1], int(sys.argv[2])
 run_simple(host, port, one_at_a_time, threaded=True)

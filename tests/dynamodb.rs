@@ -375,3 +375,59 @@ async fn the_reservation_of_a_killed_process_expires() {
     }
     assert!(killed_at.elapsed() >= Duration::from_secs(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_lambda_a_request_is_settled_before_its_invocation_ends() {
+    use common::runtime::{runtime_api, Post};
+    let up = MockUpstream::start().await;
+    let table = table();
+    init(&table);
+    let api = runtime_api(3, |_| Post::Accept).await;
+    // The events' token, limited to two requests a minute.
+    let tokens = r#"{"tokens": [{"name": "example", "token": "gw-example-token",
+                     "limits": {"requests_per_minute": 2}}]}"#;
+    fresh_minute().await;
+    let gw = aws_env(Launch::new(&up.url()), &moto().url)
+        .tokens(tokens)
+        .env("USAGE_STORE", &format!("dynamodb:{table}"))
+        .env("AWS_LAMBDA_RUNTIME_API", &api.addr.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "gw")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+        .start_lambda();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = 0;
+    while seen < 3 {
+        let accepted = api.accepted.lock().unwrap().len();
+        if accepted > seen {
+            // The response is posted: the container could be frozen now, so
+            // the usage must already be in the table.
+            let rows = report(&moto().url, &table);
+            let requests = rows
+                .iter()
+                .find(|r| r["token"] == "example")
+                .and_then(|r| r["requests"].as_i64())
+                .unwrap_or(0);
+            // (Later invocations may have settled too, meanwhile.)
+            assert!(
+                requests >= accepted.min(2) as i64,
+                "after {accepted} responses: {rows:?}\n{}",
+                gw.log_text()
+            );
+            seen = accepted;
+        }
+        assert!(Instant::now() < deadline, "{}", gw.log_text());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let bodies: Vec<String> = api
+        .accepted
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, body)| String::from_utf8_lossy(body).into_owned())
+        .collect();
+    assert!(bodies[0].contains("\"statusCode\":200"), "{}", bodies[0]);
+    assert!(bodies[1].contains("\"statusCode\":200"), "{}", bodies[1]);
+    assert!(bodies[2].contains("\"statusCode\":429"), "{}", bodies[2]);
+    assert!(bodies[2].contains("rate_limit_exceeded"), "{}", bodies[2]);
+}

@@ -304,6 +304,7 @@ impl Settle {
                 };
                 self.prices.cost(&priced).unwrap_or(0.0)
             }
+            None if model == "-" => 0.0,
             None => self
                 .prices
                 .lookup(&model)

@@ -6,6 +6,7 @@
 //! reservations are rows of their own, each with an expiry: a reservation
 //! whose process died simply stops being counted once it expires.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -67,6 +68,9 @@ enum Job {
 /// commit fails, the batch is kept (bounded) and tried again every second.
 struct Writer;
 
+/// How long the writer gathers settlements before a commit.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The most settlements a commit holds, and kept while commits fail.
 const MAX_BATCH: usize = 1024;
 const MAX_KEPT: usize = 10_000;
@@ -96,6 +100,11 @@ impl Writer {
                         Ok(job) => take(job, &mut pending, &mut flushes),
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
+                    }
+                    // Gather for a moment, asleep (senders then wake no one):
+                    // one commit for many requests.
+                    if open && flushes.is_empty() {
+                        std::thread::sleep(GATHER);
                     }
                     while pending.len() < MAX_BATCH {
                         match jobs.try_recv() {
@@ -241,58 +250,77 @@ fn expiry(key: &str, at: DateTime<Utc>) -> Option<i64> {
 
 /// Writes settlements in one transaction.
 fn commit(c: &mut Connection, settlements: &[Settlement]) -> rusqlite::Result<()> {
-    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    for s in settlements {
-        if let Some(reservation) = &s.reservation {
-            tx.execute("DELETE FROM reservations WHERE id = ?1", [&reservation.id])?;
+    // Summed in memory first: a batch of many requests of few tokens is a
+    // few upserts, not one per request.
+    let mut windows: HashMap<(&str, &str), (Amount, Option<i64>)> = HashMap::new();
+    let mut rows: HashMap<(&str, String, &str), Row> = HashMap::new();
+    for s in settlements.iter().filter(|s| s.used) {
+        let amount = s.amount();
+        for key in &s.windows {
+            let (sum, _) = windows
+                .entry((s.token.as_str(), key.as_str()))
+                .or_insert((Amount::default(), expiry(key, s.at)));
+            sum.requests += amount.requests;
+            sum.tokens += amount.tokens;
+            sum.usd_micros += amount.usd_micros;
         }
-        if s.used {
-            let amount = s.amount();
-            for key in &s.windows {
-                {
-                    tx.execute(
-                        "INSERT INTO windows (token, window, requests, tokens, usd_micros, expires)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                         ON CONFLICT (token, window) DO UPDATE SET
-                           requests = requests + excluded.requests,
-                           tokens = tokens + excluded.tokens,
-                           usd_micros = usd_micros + excluded.usd_micros",
-                        params![
-                            s.token,
-                            key,
-                            amount.requests,
-                            amount.tokens,
-                            amount.usd_micros,
-                            expiry(key, s.at)
-                        ],
-                    )?;
-                }
+        if s.row {
+            let day = s.at.format("%Y-%m-%d").to_string();
+            rows.entry((s.token.as_str(), day, s.model.as_str()))
+                .or_default()
+                .add(s);
+        }
+    }
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut release = tx.prepare_cached("DELETE FROM reservations WHERE id = ?1")?;
+        for s in settlements {
+            if let Some(reservation) = &s.reservation {
+                release.execute([&reservation.id])?;
             }
-            if !s.row {
-                continue;
-            }
-            tx.execute(
-                "INSERT INTO usage (token, day, model, requests, input_tokens, cached_tokens,
-                                    output_tokens, usd_micros, estimated_requests)
-                 VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (token, day, model) DO UPDATE SET
-                   requests = requests + 1,
-                   input_tokens = input_tokens + excluded.input_tokens,
-                   cached_tokens = cached_tokens + excluded.cached_tokens,
-                   output_tokens = output_tokens + excluded.output_tokens,
-                   usd_micros = usd_micros + excluded.usd_micros,
-                   estimated_requests = estimated_requests + excluded.estimated_requests",
-                params![
-                    s.token,
-                    s.at.format("%Y-%m-%d").to_string(),
-                    s.model,
-                    s.input,
-                    s.cached,
-                    s.output,
-                    s.usd_micros,
-                    i64::from(s.estimated)
-                ],
-            )?;
+        }
+        let mut window = tx.prepare_cached(
+            "INSERT INTO windows (token, window, requests, tokens, usd_micros, expires)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (token, window) DO UPDATE SET
+               requests = requests + excluded.requests,
+               tokens = tokens + excluded.tokens,
+               usd_micros = usd_micros + excluded.usd_micros",
+        )?;
+        for ((token, key), (sum, expires)) in &windows {
+            window.execute(params![
+                token,
+                key,
+                sum.requests,
+                sum.tokens,
+                sum.usd_micros,
+                expires
+            ])?;
+        }
+        let mut usage = tx.prepare_cached(
+            "INSERT INTO usage (token, day, model, requests, input_tokens, cached_tokens,
+                                output_tokens, usd_micros, estimated_requests)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (token, day, model) DO UPDATE SET
+               requests = requests + excluded.requests,
+               input_tokens = input_tokens + excluded.input_tokens,
+               cached_tokens = cached_tokens + excluded.cached_tokens,
+               output_tokens = output_tokens + excluded.output_tokens,
+               usd_micros = usd_micros + excluded.usd_micros,
+               estimated_requests = estimated_requests + excluded.estimated_requests",
+        )?;
+        for ((token, day, model), row) in &rows {
+            usage.execute(params![
+                token,
+                day,
+                model,
+                row.requests,
+                row.input_tokens,
+                row.cached_tokens,
+                row.output_tokens,
+                row.cost_usd,
+                row.estimated_requests
+            ])?;
         }
     }
     tx.commit()

@@ -255,7 +255,8 @@ fn stamped(n: u64, gap: Duration, usage: bool) -> Response<Body> {
         } else if i == n && usage {
             let mut last = chat_chunk(None, None);
             last["choices"] = json!([]);
-            last["usage"] = json!({"prompt_tokens": 3, "completion_tokens": n, "total_tokens": 3 + n});
+            last["usage"] =
+                json!({"prompt_tokens": 3, "completion_tokens": n, "total_tokens": 3 + n});
             sse_event(None, &last)
         } else if i == n {
             Bytes::new()
@@ -521,7 +522,11 @@ async fn answer(
             if request["stream"] == true && q.contains_key("gap_ms") {
                 // The stamped stream of `/sse`, as a chat (metered by the gateway).
                 let usage = request["stream_options"]["include_usage"] == true;
-                return stamped(num("n", 5), Duration::from_millis(num("gap_ms", 200)), usage);
+                return stamped(
+                    num("n", 5),
+                    Duration::from_millis(num("gap_ms", 200)),
+                    usage,
+                );
             }
             if request["stream"] == true {
                 let gap = request["metadata"]["gap"]
@@ -598,7 +603,11 @@ async fn answer(
             .header("x-request-id", format!("req_mock_{n}"))
             .body(full(file_bytes()))
             .unwrap(),
-        p if p.ends_with("/sse") => stamped(num("n", 5), Duration::from_millis(num("gap_ms", 200)), false),
+        p if p.ends_with("/sse") => stamped(
+            num("n", 5),
+            Duration::from_millis(num("gap_ms", 200)),
+            false,
+        ),
         p if p.ends_with("/drop") => {
             let mut events: Vec<Event> = (0..num("after", 2)).map(numbered).collect();
             events.push(Err("mock upstream drops the connection"));

@@ -7,6 +7,7 @@
 
 pub mod aws;
 pub mod mock;
+pub mod runtime;
 pub use mock::*;
 
 use std::io::{BufRead, BufReader};
