@@ -404,6 +404,12 @@ async fn the_usage_command_reports_what_the_gateway_wrote() {
         tokens.to_str().unwrap(),
     ]);
     let table = String::from_utf8(out.stdout).unwrap();
+    let check = run(&["tokens", "check", "--file", tokens.to_str().unwrap()]);
+    let listed = String::from_utf8(check.stdout).unwrap();
+    assert!(
+        listed.contains("models gpt-4o-mini*; limits usd_per_month=0.00001"),
+        "{listed}"
+    );
     assert!(table.contains("tokens_per_day"), "{table}");
     assert!(table.contains("gpt-4o-mini"), "{table}");
     assert!(

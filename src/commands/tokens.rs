@@ -322,8 +322,8 @@ fn print_table(label: &str, tokens: &TokenSet, now: DateTime<Utc>) {
         .unwrap_or(4)
         .max(4);
     println!(
-        "{:width$}  {:20}  {:14}  UPSTREAM KEY",
-        "NAME", "EXPIRES (UTC)", "STATE"
+        "{:width$}  {:20}  {:14}  {:12}  RULES",
+        "NAME", "EXPIRES (UTC)", "STATE", "UPSTREAM KEY"
     );
     for entry in tokens.entries() {
         let (expires, state) = match entry.expires {
@@ -342,8 +342,37 @@ fn print_table(label: &str, tokens: &TokenSet, now: DateTime<Utc>) {
         } else {
             "-"
         };
-        println!("{:width$}  {expires:20}  {state:14}  {key}", entry.name);
+        println!(
+            "{:width$}  {expires:20}  {state:14}  {key:12}  {}",
+            entry.name,
+            rules_summary(entry.rules.as_deref())
+        );
     }
+}
+
+/// A token's rules in one short line: its models, endpoints and limits.
+fn rules_summary(rules: Option<&Rules>) -> String {
+    let Some(rules) = rules else {
+        return "-".into();
+    };
+    let mut parts = Vec::new();
+    if let Some(models) = &rules.models {
+        parts.push(format!("models {}", models.join(",")));
+    }
+    if let Some(endpoints) = &rules.endpoints {
+        parts.push(format!("endpoints {}", endpoints.join(",")));
+    }
+    if let Some(limits) = &rules.limits {
+        let shown: Vec<String> = limits
+            .iter()
+            .map(|l| match l.measure {
+                crate::limits::Measure::Usd => format!("{}={}", l.key, l.max as f64 / 1e6),
+                _ => format!("{}={}", l.key, l.max),
+            })
+            .collect();
+        parts.push(format!("limits {}", shown.join(",")));
+    }
+    parts.join("; ")
 }
 
 #[cfg(test)]
