@@ -42,6 +42,14 @@ pub const CLIENT_IDLE_TIMEOUT_SECS: &str = "CLIENT_IDLE_TIMEOUT_SECS";
 pub const MAX_INSPECTED_BODY_BYTES: &str = "MAX_INSPECTED_BODY_BYTES";
 /// `PRICES_FILE`: model prices over the bundled table.
 pub const PRICES_FILE: &str = "PRICES_FILE";
+/// `METRICS`: `off` turns the CloudWatch EMF documents off (Lambda).
+pub const METRICS: &str = "METRICS";
+/// `METRICS_NAMESPACE`: the CloudWatch namespace of the EMF metrics.
+pub const METRICS_NAMESPACE: &str = "METRICS_NAMESPACE";
+/// `METRICS_LISTEN`: the local server's separate listener for `/metrics` and `/healthz`.
+pub const METRICS_LISTEN: &str = "METRICS_LISTEN";
+/// `METRICS_TOKEN_LABELS`: label Prometheus request and token counters with the token's name.
+pub const METRICS_TOKEN_LABELS: &str = "METRICS_TOKEN_LABELS";
 /// `USAGE_STORE`: where usage and limits' counters are kept.
 pub const USAGE_STORE: &str = "USAGE_STORE";
 /// `USAGE_FAIL_MODE`: what requests with limits get while the store is down.
@@ -71,6 +79,15 @@ pub const RUST_LOG: &str = "RUST_LOG";
 
 /// The local server's usage store when none is named.
 pub const DEFAULT_LOCAL_STORE: &str = "sqlite:usage.db";
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
 
 /// What requests whose token has limits get while the usage store is down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -214,6 +231,30 @@ pub const SETTINGS: &[Setting] = &[
         TOKENS_UTC_OFFSET,
         "`+00:00`",
         "zone of expiry times written without an offset",
+    ),
+    flag(
+        "--metrics",
+        METRICS,
+        "`on`",
+        "Lambda: one CloudWatch EMF document per request on stdout; `off` turns them off",
+    ),
+    flag(
+        "--metrics-namespace",
+        METRICS_NAMESPACE,
+        "`ChatGptGateway`",
+        "the CloudWatch namespace of the EMF metrics",
+    ),
+    flag(
+        "--metrics-listen",
+        METRICS_LISTEN,
+        "off",
+        "local server: a separate address (e.g. `127.0.0.1:9464`) serving Prometheus `/metrics` and `/healthz`",
+    ),
+    flag(
+        "--metrics-token-labels",
+        METRICS_TOKEN_LABELS,
+        "`false`",
+        "add a `token` label (the entry's name) to the request and token counters",
     ),
     flag(
         "--usage-store",
@@ -382,6 +423,22 @@ pub struct Settings {
     /// Model prices over the bundled table: a JSON object keyed by model.
     #[arg(long, env = PRICES_FILE)]
     pub prices_file: Option<PathBuf>,
+
+    /// Lambda: CloudWatch EMF metrics on stdout, `on` or `off`.
+    #[arg(long, env = METRICS, value_enum, ignore_case = true, default_value = "on")]
+    pub metrics: Switch,
+
+    /// The CloudWatch namespace of the EMF metrics.
+    #[arg(long, env = METRICS_NAMESPACE, default_value = "ChatGptGateway")]
+    pub metrics_namespace: String,
+
+    /// Local server: the address of a separate listener for Prometheus /metrics and /healthz.
+    #[arg(long, env = METRICS_LISTEN)]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Label the request and token counters with the token's name.
+    #[arg(long, env = METRICS_TOKEN_LABELS, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_token_labels: bool,
 
     /// Where usage and limits are counted: sqlite:PATH, dynamodb:TABLE or off [default: sqlite:usage.db locally, none on Lambda].
     #[arg(long, env = USAGE_STORE)]

@@ -36,6 +36,7 @@ use crate::proxy::Proxy;
 use crate::record::{Finish, Hooks, Record, RequestId};
 use crate::secret::ApiKey;
 use crate::sources::cached::Cached;
+use crate::spend::store::Store;
 use crate::tokens::TokenSet;
 use crate::usage::stream_usage::HideUsageChunk;
 use crate::usage::tap::UsageTap;
@@ -62,6 +63,8 @@ pub struct GatewayOptions {
     pub policies: Vec<Arc<dyn Policy>>,
     /// Work run once when each response ends, in order.
     pub hooks: Vec<Arc<dyn Finish>>,
+    /// The usage store, if any (for the health check).
+    pub store: Option<Arc<dyn Store>>,
 }
 
 impl GatewayOptions {
@@ -77,6 +80,7 @@ impl GatewayOptions {
             cors: None,
             policies: Vec::new(),
             hooks: Vec::new(),
+            store: None,
         }
     }
 }
@@ -123,6 +127,33 @@ impl Gateway {
         self.inner.pending.settled().await;
     }
 
+    /// Whether the gateway can serve: its token list is loaded, and its usage
+    /// store (if any) answers. The JSON names what is missing.
+    pub async fn health(&self) -> (bool, serde_json::Value) {
+        let options = &self.inner.options;
+        let tokens = options.tokens.peek().map(|t| t.entries().len());
+        let store = match &options.store {
+            Some(store) => Some((store.name().to_owned(), store.ping().await)),
+            None => None,
+        };
+        let store_ok = store.as_ref().is_none_or(|(_, r)| r.is_ok());
+        let ok = tokens.is_some() && store_ok;
+        let mut missing = Vec::new();
+        if tokens.is_none() {
+            missing.push("the token list is not loaded".to_owned());
+        }
+        if let Some((name, Err(_))) = &store {
+            missing.push(format!("the usage store {name} does not answer"));
+        }
+        let body = serde_json::json!({
+            "status": if ok { "ok" } else { "unavailable" },
+            "tokens": tokens,
+            "store": store.as_ref().map(|(name, _)| name),
+            "missing": missing,
+        });
+        (ok, body)
+    }
+
     /// Runs the hooks' shutdown work (the usage store writes what waits).
     pub async fn close(&self) {
         self.settled().await;
@@ -136,6 +167,9 @@ impl Gateway {
         B::Error: Into<BoxError>,
     {
         let (parts, body) = request.into_parts();
+        for hook in self.inner.hooks.iter() {
+            hook.start();
+        }
         let mut record = Record::start(&parts.method, parts.uri.path(), Instant::now());
         record.request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
         let buffered = parts.extensions.get::<Buffered>().copied();

@@ -43,6 +43,7 @@ pub mod server;
 pub mod sources;
 pub mod spend;
 pub mod startup;
+pub mod stats;
 pub mod telemetry;
 pub mod tokens;
 pub mod usage;

@@ -124,6 +124,9 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// to completion before the response body reports its end, so on Lambda it
 /// finishes inside the invocation.
 pub trait Finish: Send + Sync {
+    /// A request arrived (before anything else is done with it).
+    fn start(&self) {}
+
     /// Starts the work for `record`.
     fn finish(&self, record: &Record) -> BoxFuture<()>;
 

@@ -15,10 +15,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::time::Sleep;
 
-use crate::config::Settings;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::{Settings, METRICS_LISTEN};
 use crate::error::ConfigError;
 use crate::gateway::Gateway;
 use crate::startup::{self, Mode};
+use crate::stats;
 
 /// How long a client may take to send its request head (slow-loris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,7 +29,25 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Builds the gateway from `settings`, listens, and serves until SIGTERM or
 /// Ctrl-C.
 pub async fn run(settings: Settings) -> Result<(), ConfigError> {
+    // Installed before start-up, so that the token list's load is counted.
+    let metrics = match settings.metrics_listen {
+        Some(address) => Some((
+            address,
+            stats::prometheus::install().map_err(|problem| ConfigError::Invalid {
+                setting: METRICS_LISTEN,
+                problem,
+            })?,
+        )),
+        None => None,
+    };
     let gateway = startup::build(&settings, Mode::Local).await?;
+    if let Some((address, handle)) = metrics {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| ConfigError::Listen { address, source })?;
+        tracing::info!(%address, "metrics listening (/metrics, /healthz)");
+        tokio::spawn(serve_metrics(listener, handle, gateway.clone()));
+    }
     let listener =
         TcpListener::bind(settings.listen)
             .await
@@ -102,6 +123,55 @@ pub async fn serve(
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+}
+
+/// Serves `GET /metrics` (Prometheus text) and `GET /healthz` on the
+/// metrics listener: never the public one, and no token needed.
+pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, gateway: Gateway) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (handle, gateway) = (handle.clone(), gateway.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |request: hyper::Request<Incoming>| {
+                let (handle, gateway) = (handle.clone(), gateway.clone());
+                async move {
+                    let (status, kind, body) = match (request.method(), request.uri().path()) {
+                        (&http::Method::GET, "/metrics") => (
+                            200,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                            handle.render(),
+                        ),
+                        (&http::Method::GET, "/healthz") => {
+                            let (ok, body) = gateway.health().await;
+                            (
+                                if ok { 200 } else { 503 },
+                                "application/json",
+                                body.to_string(),
+                            )
+                        }
+                        _ => (
+                            404,
+                            "text/plain",
+                            "not found: GET /metrics or /healthz\n".into(),
+                        ),
+                    };
+                    let response = http::Response::builder()
+                        .status(status)
+                        .header(http::header::CONTENT_TYPE, kind)
+                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                        .expect("a valid response");
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
 }
 

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{
-    LogFormat, Settings, DEFAULT_LOCAL_STORE, DEFAULT_TOKENS_FILES, DEFAULT_UPSTREAM, TOKENS_FILE,
-    TOKENS_SSM_PARAMETER, UPSTREAM_API_KEY, UPSTREAM_API_KEY_SSM_PARAMETER, USAGE_STORE,
+    LogFormat, Settings, Switch, DEFAULT_LOCAL_STORE, DEFAULT_TOKENS_FILES, DEFAULT_UPSTREAM,
+    TOKENS_FILE, TOKENS_SSM_PARAMETER, UPSTREAM_API_KEY, UPSTREAM_API_KEY_SSM_PARAMETER,
+    USAGE_STORE,
 };
 use crate::cors::Cors;
 use crate::error::ConfigError;
@@ -24,6 +25,7 @@ use crate::sources::ssm::{self, Ssm};
 use crate::spend::account::Account;
 use crate::spend::enforce::{Enforce, Settle};
 use crate::spend::store::{self, Store};
+use crate::stats::{self, emf::Emf, prometheus::Prometheus};
 use crate::telemetry::AccessLog;
 use crate::tokens::format::{self, TokenList};
 use crate::tokens::{bundled, TokenSet};
@@ -181,6 +183,7 @@ pub async fn options(settings: &Settings, mode: Mode) -> Result<GatewayOptions, 
         TokenSource::File(path) => {
             let list = read_tokens_file(&path, settings)?;
             tracing::info!(file = %path.display(), tokens = list.tokens.entries().len(), "token list loaded");
+            stats::token_list_loaded();
             let anonymous = list.tokens.is_empty();
             (Cached::fixed(list.tokens), list.upstream, anonymous)
         }
@@ -196,6 +199,7 @@ pub async fn options(settings: &Settings, mode: Mode) -> Result<GatewayOptions, 
                 tokens = list.tokens.entries().len(),
                 "token list loaded"
             );
+            stats::token_list_loaded();
             let anonymous = list.tokens.is_empty();
             (Cached::fixed(list.tokens), list.upstream, anonymous)
         }
@@ -249,6 +253,17 @@ pub async fn options(settings: &Settings, mode: Mode) -> Result<GatewayOptions, 
         quote_path: settings.log_format(mode == Mode::Lambda) == LogFormat::Text,
         prices: prices.clone(),
     }));
+    match mode {
+        Mode::Lambda if settings.metrics == Switch::On => hooks.push(Arc::new(Emf {
+            namespace: settings.metrics_namespace.clone(),
+            prices: prices.clone(),
+        })),
+        Mode::Local if settings.metrics_listen.is_some() => hooks.push(Arc::new(Prometheus {
+            token_labels: settings.metrics_token_labels,
+            prices: prices.clone(),
+        })),
+        _ => {}
+    }
     let cors = match &settings.cors_allow_origins {
         Some(text) => Cors::parse(text)?,
         None => None,
@@ -265,7 +280,7 @@ pub async fn options(settings: &Settings, mode: Mode) -> Result<GatewayOptions, 
                 max_body: settings.max_inspected_body_bytes,
             }),
             Arc::new(Enforce {
-                store,
+                store: store.clone(),
                 prices,
                 max_body: settings.max_inspected_body_bytes,
                 default_reserve: settings.usage_default_reserve_tokens,
@@ -282,6 +297,7 @@ pub async fn options(settings: &Settings, mode: Mode) -> Result<GatewayOptions, 
         client_idle_timeout: settings.client_idle_timeout(),
         cors,
         hooks,
+        store,
         ..GatewayOptions::new(proxy, tokens)
     })
 }

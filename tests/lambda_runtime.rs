@@ -92,3 +92,112 @@ async fn a_runtime_api_that_keeps_failing_ends_the_process() {
     assert_eq!(logs.matches("resuming").count(), 4, "{logs}");
     assert!(logs.contains("the Lambda runtime stopped"), "{logs}");
 }
+
+/// The spec's rules for one EMF document: a millisecond timestamp, and every
+/// metric and dimension a directive names present at the root.
+fn assert_emf(doc: &serde_json::Value) {
+    let aws = &doc["_aws"];
+    assert!(
+        aws["Timestamp"].as_i64().unwrap() > 1_600_000_000_000,
+        "{doc}"
+    );
+    let directives = aws["CloudWatchMetrics"].as_array().unwrap();
+    assert!(!directives.is_empty());
+    for directive in directives {
+        assert_eq!(directive["Namespace"], "GwTest", "{doc}");
+        let metrics = directive["Metrics"].as_array().unwrap();
+        assert!(!metrics.is_empty() && metrics.len() <= 100);
+        for m in metrics {
+            let name = m["Name"].as_str().unwrap();
+            assert!(doc[name].is_number(), "{name} has no number in {doc}");
+        }
+        let sets = directive["Dimensions"].as_array().unwrap();
+        assert!(
+            sets.iter().any(|s| s.as_array().unwrap().is_empty()),
+            "totals exist"
+        );
+        for set in sets {
+            let set = set.as_array().unwrap();
+            assert!(set.len() <= 30);
+            for d in set {
+                assert!(doc[d.as_str().unwrap()].is_string(), "{d} in {doc}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_invocation_prints_one_emf_document() {
+    use common::runtime::{runtime_api_with, Post};
+    let up = MockUpstream::start().await;
+    let api = runtime_api_with(
+        3,
+        |n| match n {
+            1 => EVENT.to_owned(),
+            2 => include_str!("../events/function-url-chat-stream.json").to_owned(),
+            _ => EVENT.replace("gw-example-token", "gw-not-a-token"),
+        },
+        |_| Post::Accept,
+    )
+    .await;
+    let gw = Launch::new(&up.url())
+        .tokens(include_str!("../events/tokens.json"))
+        .env("AWS_LAMBDA_RUNTIME_API", &api.addr.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "gw")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+        .env("METRICS_NAMESPACE", "GwTest")
+        .start_lambda();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let docs = loop {
+        let docs: Vec<serde_json::Value> = gw
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("\"_aws\""))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if docs.len() >= 3 {
+            break docs;
+        }
+        assert!(Instant::now() < deadline, "{}", gw.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let all = gw.log_text();
+    assert_eq!(
+        all.matches("\"_aws\"").count(),
+        3,
+        "exactly one per request"
+    );
+    assert!(!all.contains("gw-example-token") && !all.contains("gw-not-a-token"));
+    for doc in &docs {
+        assert_emf(doc);
+        assert_eq!(doc["Requests"], 1);
+    }
+    let by_id = |id: &str| docs.iter().find(|d| d["request_id"] == id).unwrap();
+    let plain = by_id("req-1");
+    assert_eq!(
+        (plain["status"].as_u64(), plain["Rejected"].as_u64()),
+        (Some(200), Some(0))
+    );
+    assert!(plain["TimeToFirstByte"].is_number());
+    assert_eq!(plain["token"], "example");
+    let streamed = by_id("req-2");
+    assert_eq!(streamed["Model"], "gpt-4o-mini");
+    assert_eq!(
+        (
+            streamed["InputTokens"].as_u64(),
+            streamed["OutputTokens"].as_u64()
+        ),
+        (Some(3), Some(5))
+    );
+    assert!(streamed["CostUSD"].as_f64().unwrap() > 0.0);
+    let usage = streamed["_aws"]["CloudWatchMetrics"][1].clone();
+    assert_eq!(usage["Dimensions"], serde_json::json!([[], ["Model"]]));
+    let refused = by_id("req-3");
+    assert_eq!(refused["status"], 401);
+    assert_eq!(refused["code"], "invalid_token");
+    assert_eq!(refused["Rejected"], 1);
+    assert!(refused.get("TimeToFirstByte").is_none(), "{refused}");
+    assert!(refused.get("InputTokens").is_none());
+}

@@ -471,3 +471,43 @@ async fn cli_new_push_check_round_trip() {
     assert_eq!(expired.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&expired.stderr).contains("--expires"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_says_503_until_the_token_list_is_loaded() {
+    let name = param("tokens");
+    put(&name, r#"[{"name":"late","token":"late-Tok"}]"#).await;
+    let up = MockUpstream::start().await;
+    let front = Front::start().await;
+    front.set(FAIL);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw = aws_env(Launch::new(&up.url()), &front.url())
+        .env("TOKENS_SSM_PARAMETER", &name)
+        .env("TOKENS_REFRESH_SECS", "1")
+        .env("METRICS_LISTEN", &format!("127.0.0.1:{port}"))
+        .start();
+    let health = || async move {
+        let r = client()
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<serde_json::Value>().await.unwrap())
+    };
+    let (status, body) = health().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["missing"][0], "the token list is not loaded");
+    assert_eq!(body["tokens"], serde_json::Value::Null);
+    // The health check is never on the public listener.
+    let public = client().get(gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(public.status(), 503, "a token check, not the health check");
+    front.set(PASS);
+    until(&gw, "late-Tok", 200, Duration::from_secs(5)).await;
+    let (status, body) = health().await;
+    assert_eq!((status, body["tokens"].as_u64()), (200, Some(1)), "{body}");
+    assert_eq!(body["status"], "ok");
+}

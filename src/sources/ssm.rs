@@ -123,6 +123,7 @@ impl Ssm {
                 error,
             })?;
             tracing::info!(source = %name, tokens = list.tokens.entries().len(), "token list loaded");
+            crate::stats::token_list_loaded();
             Ok(list.tokens)
         })
     }

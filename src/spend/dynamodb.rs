@@ -527,6 +527,11 @@ impl Store for Dynamo {
         })
     }
 
+    fn ping(&self) -> BoxFuture<Result<(), StoreError>> {
+        let this = self.clone();
+        Box::pin(async move { this.read_windows("-", &["ping".to_owned()]).await.map(drop) })
+    }
+
     fn admit(&self, ask: Ask) -> BoxFuture<Result<Admission, StoreError>> {
         let this = self.clone();
         Box::pin(async move {

@@ -134,20 +134,23 @@ impl Policy for Enforce {
                         retry_after: refusal.retry_after,
                     }
                 }),
-                Err(error) => match self.fail_mode {
-                    FailMode::Closed => {
-                        tracing::error!(%error, "usage store unreachable: refusing requests with limits (USAGE_FAIL_MODE=closed)");
-                        Err(GatewayError::UsageStoreUnavailable)
+                Err(error) => {
+                    crate::stats::usage_store_error();
+                    match self.fail_mode {
+                        FailMode::Closed => {
+                            tracing::error!(%error, "usage store unreachable: refusing requests with limits (USAGE_FAIL_MODE=closed)");
+                            Err(GatewayError::UsageStoreUnavailable)
+                        }
+                        FailMode::Open => {
+                            tracing::error!(%error, "usage store unreachable: serving without enforcing limits (USAGE_FAIL_MODE=open)");
+                            request.notes.insert(Held {
+                                reservation: None,
+                                windows,
+                            });
+                            Ok(())
+                        }
                     }
-                    FailMode::Open => {
-                        tracing::error!(%error, "usage store unreachable: serving without enforcing limits (USAGE_FAIL_MODE=open)");
-                        request.notes.insert(Held {
-                            reservation: None,
-                            windows,
-                        });
-                        Ok(())
-                    }
-                },
+                }
             }
         })
     }
@@ -380,6 +383,7 @@ impl Finish for Settle {
                 Self::drain(&store, &backlog).await;
             }
             if let Err(error) = store.settle(settlement.clone()).await {
+                crate::stats::usage_store_error();
                 tracing::error!(%error, "usage store unreachable: usage kept in memory until it is back");
                 let settlement = error.unsettled.map_or(settlement, |rest| *rest);
                 let mut backlog = backlog.lock().expect("backlog lock");

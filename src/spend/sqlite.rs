@@ -335,6 +335,10 @@ impl Store for Sqlite {
         self.run(|c| c.execute_batch(SCHEMA))
     }
 
+    fn ping(&self) -> BoxFuture<Result<(), StoreError>> {
+        self.run(|c| c.query_row("SELECT count(*) FROM windows LIMIT 1", [], |_| Ok(())))
+    }
+
     fn admit(&self, ask: Ask) -> BoxFuture<Result<Admission, StoreError>> {
         self.run(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -228,6 +228,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// write it later (batched), but within a second.
     fn settle(&self, settlement: Settlement) -> BoxFuture<Result<(), StoreError>>;
 
+    /// Checks that the store answers (a cheap read).
+    fn ping(&self) -> BoxFuture<Result<(), StoreError>>;
+
     /// Resolves once every settlement handed over so far is written.
     fn flush(&self) -> BoxFuture<Result<(), StoreError>> {
         Box::pin(std::future::ready(Ok(())))

@@ -38,6 +38,15 @@ pub struct RuntimeApi {
 /// A Runtime API that hands out `events` invocations (then waits forever on
 /// `/next`) and treats the response to invocation `i` as `posts(i)` says.
 pub async fn runtime_api(events: usize, posts: fn(usize) -> Post) -> RuntimeApi {
+    runtime_api_with(events, |_| EVENT.to_owned(), posts).await
+}
+
+/// Like [`runtime_api`], with `event(i)` as invocation `i`'s event (from 1).
+pub async fn runtime_api_with(
+    events: usize,
+    event: fn(usize) -> String,
+    posts: fn(usize) -> Post,
+) -> RuntimeApi {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(Mutex::new(Vec::new()));
@@ -52,7 +61,7 @@ pub async fn runtime_api(events: usize, posts: fn(usize) -> Post) -> RuntimeApi 
             tokio::spawn(async move {
                 let service = service_fn(move |req: hyper::Request<Incoming>| {
                     let (keep, count) = (keep.clone(), count.clone());
-                    async move { answer(req, events, posts, keep, count).await }
+                    async move { answer(req, events, event, posts, keep, count).await }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -72,6 +81,7 @@ type Answer = Result<hyper::Response<Full<Bytes>>, std::io::Error>;
 async fn answer(
     req: hyper::Request<Incoming>,
     events: usize,
+    event: fn(usize) -> String,
     posts: fn(usize) -> Post,
     keep: Accepted,
     count: Arc<Mutex<usize>>,
@@ -98,7 +108,7 @@ async fn answer(
                 "lambda-runtime-invoked-function-arn",
                 "arn:aws:lambda:us-east-1:123456789012:function:gw",
             )
-            .body(Full::new(Bytes::from_static(EVENT.as_bytes())))
+            .body(Full::new(Bytes::from(event(n))))
             .unwrap());
     }
     if let Some(id) = path

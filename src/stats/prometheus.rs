@@ -1,0 +1,111 @@
+//! Prometheus metrics for the local server, through the `metrics` facade and
+//! its Prometheus exporter (which renders the text exposition format).
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `chatgpt_gateway_requests_total` | counter | `status`, `code` (the gateway's error code, else `upstream`), `token` with `METRICS_TOKEN_LABELS=true` |
+//! | `chatgpt_gateway_request_duration_seconds` | histogram | |
+//! | `chatgpt_gateway_upstream_first_byte_seconds` | histogram | (requests that reached the upstream) |
+//! | `chatgpt_gateway_tokens_total` | counter | `model`, `kind` (`input`, `cached_input`, `output`), `token` as above |
+//! | `chatgpt_gateway_cost_usd_total` | counter | `model` |
+//! | `chatgpt_gateway_requests_in_flight` | gauge | |
+//! | `chatgpt_gateway_usage_store_errors_total` | counter | |
+//! | `chatgpt_gateway_token_list_loaded_timestamp_seconds` | gauge | |
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use super::Figures;
+use crate::record::{BoxFuture, Finish, Record};
+use crate::usage::prices::Prices;
+
+/// Requests, by status and code.
+pub const REQUESTS: &str = "chatgpt_gateway_requests_total";
+/// Request durations.
+pub const DURATION: &str = "chatgpt_gateway_request_duration_seconds";
+/// Upstream time to first byte.
+pub const FIRST_BYTE: &str = "chatgpt_gateway_upstream_first_byte_seconds";
+/// Tokens, by model and kind.
+pub const TOKENS: &str = "chatgpt_gateway_tokens_total";
+/// Dollars, by model.
+pub const COST: &str = "chatgpt_gateway_cost_usd_total";
+/// Requests being served.
+pub const IN_FLIGHT: &str = "chatgpt_gateway_requests_in_flight";
+/// Usage store failures.
+pub const STORE_ERRORS: &str = "chatgpt_gateway_usage_store_errors_total";
+/// When the token list was last loaded.
+pub const TOKEN_LIST_LOADED: &str = "chatgpt_gateway_token_list_loaded_timestamp_seconds";
+
+/// Histogram buckets, in seconds: from a cached reply to a long stream.
+const BUCKETS: [f64; 16] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Installs the process's Prometheus recorder; the handle renders `/metrics`.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets(&BUCKETS)
+        .map_err(|e| e.to_string())?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+    // Present from the first scrape, before any request.
+    metrics::gauge!(IN_FLIGHT).set(0.0);
+    metrics::counter!(STORE_ERRORS).absolute(0);
+    Ok(handle)
+}
+
+/// The completion hook that counts each request.
+#[derive(Debug, Clone)]
+pub struct Prometheus {
+    /// Label request and token counters with the token's name.
+    pub token_labels: bool,
+    /// What usage costs.
+    pub prices: Arc<Prices>,
+}
+
+impl Finish for Prometheus {
+    fn start(&self) {
+        metrics::gauge!(IN_FLIGHT).increment(1.0);
+    }
+
+    fn finish(&self, record: &Record) -> BoxFuture<()> {
+        metrics::gauge!(IN_FLIGHT).decrement(1.0);
+        let f = Figures::of(record, &self.prices);
+        let status = f.status.to_string();
+        let code = f.code.unwrap_or("upstream");
+        let token = f.token.clone().unwrap_or_else(|| "-".into());
+        if self.token_labels {
+            metrics::counter!(REQUESTS, "status" => status, "code" => code, "token" => token.clone())
+                .increment(1);
+        } else {
+            metrics::counter!(REQUESTS, "status" => status, "code" => code).increment(1);
+        }
+        metrics::histogram!(DURATION).record(f.latency_ms / 1e3);
+        if let Some(ms) = f.first_byte_ms {
+            metrics::histogram!(FIRST_BYTE).record(ms / 1e3);
+        }
+        if let (Some((input, cached, output)), Some(model)) = (f.tokens, f.model.clone()) {
+            for (kind, n) in [
+                ("input", input),
+                ("cached_input", cached),
+                ("output", output),
+            ] {
+                if self.token_labels {
+                    metrics::counter!(TOKENS, "model" => model.clone(), "kind" => kind, "token" => token.clone())
+                        .increment(n);
+                } else {
+                    metrics::counter!(TOKENS, "model" => model.clone(), "kind" => kind)
+                        .increment(n);
+                }
+            }
+            if let Some(cost) = f.cost_usd {
+                // Dollars are fractions, and the facade's counters count
+                // whole numbers: a gauge that is only ever added to.
+                metrics::gauge!(COST, "model" => model).increment(cost);
+            }
+        }
+        Box::pin(std::future::ready(()))
+    }
+}
