@@ -26,7 +26,7 @@ enum Command {
     /// Run the local HTTP server (the default).
     Serve {
         #[command(flatten)]
-        settings: Settings,
+        settings: Box<Settings>,
     },
     /// Manage gateway tokens: new, check, push.
     #[command(subcommand)]
@@ -39,7 +39,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match cli.command {
-        Some(Command::Serve { settings }) => settings,
+        Some(Command::Serve { settings }) => *settings,
         Some(Command::Tokens(command)) => {
             // Warnings only (e.g. from the AWS SDK), so the command's own output stays clean.
             telemetry::init_cli();
