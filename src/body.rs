@@ -339,17 +339,21 @@ impl ByteCount {
     }
 }
 
+/// A body of `parts`, each a frame or an error (the body layers' tests).
+#[cfg(test)]
+pub(crate) fn test_stream(parts: Vec<Result<&'static str, &'static str>>) -> GatewayBody {
+    let frames = futures_util::stream::iter(parts.into_iter().map(|p| {
+        p.map(|s| Frame::data(Bytes::from_static(s.as_bytes())))
+            .map_err(BoxError::from)
+    }));
+    GatewayBody::new(http_body_util::StreamBody::new(frames))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn stream(parts: Vec<Result<&'static str, &'static str>>) -> GatewayBody {
-        let frames = futures_util::stream::iter(parts.into_iter().map(|p| {
-            p.map(|s| Frame::data(Bytes::from_static(s.as_bytes())))
-                .map_err(BoxError::from)
-        }));
-        GatewayBody::new(http_body_util::StreamBody::new(frames))
-    }
+    use crate::body::test_stream as stream;
 
     #[tokio::test(start_paused = true)]
     async fn silence_cuts_the_stream() {

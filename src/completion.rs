@@ -240,13 +240,7 @@ mod tests {
         )
     }
 
-    fn stream(parts: Vec<Result<&'static str, &'static str>>) -> GatewayBody {
-        let frames = futures_util::stream::iter(parts.into_iter().map(|p| {
-            p.map(|s| Frame::data(Bytes::from_static(s.as_bytes())))
-                .map_err(BoxError::from)
-        }));
-        GatewayBody::new(http_body_util::StreamBody::new(frames))
-    }
+    use crate::body::test_stream as stream;
 
     #[tokio::test]
     async fn hooks_run_once_before_the_end_is_reported() {

@@ -146,6 +146,36 @@ pub fn for_stream(headers: &mut HeaderMap) {
     headers.remove(header::CONTENT_LENGTH);
 }
 
+/// The `Content-Type` as sent (empty when absent or not text).
+pub fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// The media type of `Content-Type`, lower-cased, without parameters
+/// (`application/json` for `Application/JSON; charset=utf-8`).
+pub fn media_type(headers: &HeaderMap) -> String {
+    content_type(headers)
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Whether the body is JSON (`application/json` or any `+json` type).
+pub fn is_json(headers: &HeaderMap) -> bool {
+    let media = media_type(headers);
+    media == "application/json" || media.ends_with("+json")
+}
+
+/// Whether the body is an event stream.
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    media_type(headers) == "text/event-stream"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ use http::Method;
 
 use super::{Inspect, Policy, ResponseEdit, Verdict};
 use crate::error::GatewayError;
+use crate::headers;
 use crate::tokens::Rules;
 
 /// The allowlist rule, reading at most `max_body` bytes of a body.
@@ -80,19 +81,7 @@ impl Allowlist {
         &self,
         request: &mut Inspect<'_>,
     ) -> Result<Option<String>, GatewayError> {
-        let content_type = request
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_owned();
-        if essence == "application/json" || essence.ends_with("+json") {
+        if headers::is_json(request.headers) {
             let body = request.body.read(self.max_body).await?;
             if body.is_empty() {
                 return Ok(None);
@@ -107,8 +96,8 @@ impl Allowlist {
                 .and_then(|m| m.as_str())
                 .map(str::to_owned));
         }
-        if essence == "multipart/form-data" {
-            let Some(boundary) = boundary(&content_type_raw(request)) else {
+        if headers::media_type(request.headers) == "multipart/form-data" {
+            let Some(boundary) = boundary(headers::content_type(request.headers)) else {
                 return Err(GatewayError::InvalidRequestBody(
                     "a multipart body without a boundary",
                 ));
@@ -118,15 +107,6 @@ impl Allowlist {
         }
         Ok(None)
     }
-}
-
-fn content_type_raw(request: &Inspect<'_>) -> String {
-    request
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
 }
 
 /// The most of a model list the gateway collects to filter it.

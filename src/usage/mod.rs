@@ -25,8 +25,6 @@ pub mod tap;
 
 use std::sync::{Arc, Mutex};
 
-use http::HeaderMap;
-
 /// Whether a `POST` to `path` is billed by tokens (its response carries usage).
 pub fn is_metered(path: &str) -> bool {
     [
@@ -41,25 +39,7 @@ pub fn is_metered(path: &str) -> bool {
     .any(|end| path.ends_with(end))
 }
 
-fn content_type(headers: &HeaderMap) -> String {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase()
-}
-
-/// Whether a response is an event stream.
-pub fn is_event_stream(headers: &HeaderMap) -> bool {
-    content_type(headers).starts_with("text/event-stream")
-}
-
-/// Whether a response is JSON.
-pub fn is_json(headers: &HeaderMap) -> bool {
-    let kind = content_type(headers);
-    let essence = kind.split(';').next().unwrap_or("").trim();
-    essence == "application/json" || essence.ends_with("+json")
-}
+pub use crate::headers::{is_event_stream, is_json};
 
 /// Token counts, as the upstream reports them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -40,12 +40,7 @@ impl Policy for StreamUsage {
             if *request.method != Method::POST || !is_completion(request.path) {
                 return Ok(());
             }
-            let json = request
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|t| t.to_ascii_lowercase().starts_with("application/json"));
-            if !json {
+            if !crate::headers::is_json(request.headers) {
                 return Ok(());
             }
             // A body too big to look at is sent as it is, unmetered by this step.

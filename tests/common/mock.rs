@@ -245,7 +245,7 @@ fn stamped(n: u64, gap: Duration, usage: bool) -> Response<Body> {
         if i > n + 1 {
             return None;
         }
-        if i > 0 && i < n {
+        if i > 0 && i <= n {
             tokio::time::sleep(gap).await;
         }
         let bytes = if i < n {
