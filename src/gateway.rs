@@ -232,6 +232,8 @@ impl Gateway {
             return Ok(reply.map(GatewayBody::from));
         }
         let metered = parts.method == Method::POST && usage::is_metered(parts.uri.path());
+        // An upload's bytes are a file (audio), not text: they estimate no tokens.
+        let text_body = headers::media_type(&parts.headers) != "multipart/form-data";
         let mut headers = headers::to_upstream(parts.headers, admitted.strip, key.as_ref());
         if matches!(edit, Some(ResponseEdit::Rewrite { .. })) {
             headers::identity_only(&mut headers);
@@ -242,7 +244,7 @@ impl Gateway {
             .send(parts.method, url, headers, body.into_upstream())
             .await?;
         record.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
-        Ok(self.shape(response, edit, metered, record))
+        Ok(self.shape(response, edit, metered, text_body, record))
     }
 
     /// Who the request is, and the key to send upstream for it.
@@ -306,13 +308,15 @@ impl Gateway {
         response: http::Response<reqwest::Body>,
         edit: Option<ResponseEdit>,
         metered: bool,
+        text_body: bool,
         record: &Record,
     ) -> Response<GatewayBody> {
         let idle = self.inner.options.idle_timeout;
         let mut response =
             response.map(|body| GatewayBody::new(Layer::new(body, IdleTimeout::new(idle))));
         if metered {
-            response = meter(response, &record.meter, record.bytes_in.get());
+            let text_bytes = if text_body { record.bytes_in.get() } else { 0 };
+            response = meter(response, &record.meter, text_bytes);
         }
         match edit.filter(|_| response.status().is_success()) {
             Some(ResponseEdit::Rewrite { limit, rewrite }) => {

@@ -20,6 +20,7 @@ const LIMITED: &str = r#"{"tokens": [
      "models": ["gpt-4o-mini*"], "limits": {"usd_per_month": 0.00001}},
     {"name": "cheap", "token": "tok-cheap", "limits": {"usd_total": 1}},
     {"name": "stream", "token": "tok-stream", "limits": {"tokens_per_month": 100000}},
+    {"name": "listener", "token": "tok-listener", "limits": {"tokens_per_day": 2000, "usd_per_day": 1}},
     {"name": "open", "token": "tok-open"}
 ]}"#;
 
@@ -428,4 +429,49 @@ async fn the_usage_command_reports_what_the_gateway_wrote() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+}
+
+#[tokio::test]
+async fn an_upload_is_not_counted_as_tokens_and_its_model_is_priced() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(LIMITED).serve().await;
+    // 400 KB of audio: at four bytes a token it would be 100,000 tokens,
+    // far over the day's 2,000; it is a file, not text.
+    let audio: Vec<u8> = (0..=255u8).cycle().take(400_000).collect();
+    let form = |model: &str| {
+        let mut body = Vec::new();
+        body.extend_from_slice(b"--BoUnD\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\n");
+        body.extend_from_slice(&audio);
+        body.extend_from_slice(format!("\r\n--BoUnD\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n--BoUnD--\r\n").as_bytes());
+        body
+    };
+    let send = |model: &str| {
+        client()
+            .post(gw.url("/v1/audio/transcriptions"))
+            .bearer_auth("tok-listener")
+            .header("content-type", "multipart/form-data; boundary=BoUnD")
+            .body(form(model))
+            .send()
+    };
+    let r = send("gpt-4o-mini-transcribe").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text: Value = r.json().await.unwrap();
+    assert_eq!(text["text"], format!("sha256:{}", sha256_hex(&audio)));
+    assert_eq!(
+        up.last().body,
+        form("gpt-4o-mini-transcribe"),
+        "byte for byte"
+    );
+    // The mock's transcription carries no usage: estimated, and not from the file's size.
+    let usage = settled(&gw, "tok-listener").await;
+    let tokens = &usage["limits"][0];
+    assert_eq!(tokens["limit"], "tokens_per_day");
+    assert!(tokens["used"].as_i64().unwrap() < 100, "{usage}");
+    // A dollar limit: an upload whose model has no price is never sent.
+    let before = up.count();
+    let r = send("my-own-transcriber").await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "model_price_unknown");
+    assert_eq!(up.count(), before);
 }

@@ -138,7 +138,7 @@ fn model_in_path(path: &str) -> Option<&str> {
 }
 
 /// The `boundary` parameter of a multipart content type (case kept).
-fn boundary(content_type: &str) -> Option<String> {
+pub(crate) fn boundary(content_type: &str) -> Option<String> {
     content_type.split(';').skip(1).find_map(|param| {
         let (name, value) = param.split_once('=')?;
         name.trim()
@@ -149,7 +149,7 @@ fn boundary(content_type: &str) -> Option<String> {
 }
 
 /// The value of the form field `name` in a multipart body.
-fn form_field(body: &[u8], boundary: &str, name: &str) -> Option<String> {
+pub(crate) fn form_field(body: &[u8], boundary: &str, name: &str) -> Option<String> {
     let delimiter = format!("--{boundary}");
     let delimiter = delimiter.as_bytes();
     let wanted = format!("name=\"{name}\"");

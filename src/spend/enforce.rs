@@ -21,7 +21,7 @@ use super::store::{window_keys, Admission, Ask, Reservation, Settlement, Store};
 use super::{Amount, Limits};
 use crate::config::FailMode;
 use crate::error::GatewayError;
-use crate::policy::{Inspect, Policy, Verdict};
+use crate::policy::{allowlist, Inspect, Policy, Verdict};
 use crate::record::{BoxFuture, Finish, Record};
 use crate::usage::prices::Prices;
 use crate::usage::{self, Usage};
@@ -162,17 +162,18 @@ impl Enforce {
         if *request.method != Method::POST {
             return Ok(Facts::default());
         }
-        if !usage::is_json(request.headers) {
-            let body_bytes = request
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+        if crate::headers::media_type(request.headers) == "multipart/form-data" {
+            // An upload (audio): its model is a form field, and its bytes
+            // are a file, not text, so they estimate no tokens.
+            let boundary = allowlist::boundary(crate::headers::content_type(request.headers));
+            let body = request.body.read(self.max_body).await?;
             return Ok(Facts {
-                body_bytes,
+                model: boundary.and_then(|b| allowlist::form_field(body, &b, "model")),
                 ..Facts::default()
             });
+        }
+        if !usage::is_json(request.headers) {
+            return Ok(Facts::default());
         }
         let body = request.body.read(self.max_body).await?;
         let mut facts = Facts {
