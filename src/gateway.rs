@@ -293,6 +293,9 @@ impl Gateway {
             reply: None,
         };
         for rule in policies {
+            if !rule.applies(&inspect) {
+                continue;
+            }
             rule.check(&mut inspect).await?;
             if inspect.reply.is_some() {
                 break;

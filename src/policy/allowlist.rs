@@ -25,6 +25,10 @@ pub struct Allowlist {
 }
 
 impl Policy for Allowlist {
+    fn applies(&self, request: &Inspect<'_>) -> bool {
+        request.admitted.rules.is_some()
+    }
+
     fn check<'a>(&'a self, request: &'a mut Inspect<'_>) -> Verdict<'a> {
         Box::pin(async move {
             let Some(rules) = request.admitted.rules.clone() else {

@@ -36,6 +36,13 @@ pub type Verdict<'a> = Pin<Box<dyn Future<Output = Result<(), GatewayError>> + S
 
 /// One rule on admitted requests.
 pub trait Policy: Send + Sync {
+    /// Whether the rule has anything to do with this request: a cheap test
+    /// that spares most requests the rule's future (and its allocation).
+    fn applies(&self, request: &Inspect<'_>) -> bool {
+        let _ = request;
+        true
+    }
+
     /// Checks one request.
     fn check<'a>(&'a self, request: &'a mut Inspect<'_>) -> Verdict<'a>;
 }

@@ -48,6 +48,10 @@ fn endpoint(path: &str) -> Option<Endpoint> {
 }
 
 impl Policy for Account {
+    fn applies(&self, request: &Inspect<'_>) -> bool {
+        *request.method == Method::GET && endpoint(request.path).is_some()
+    }
+
     fn check<'a>(&'a self, request: &'a mut Inspect<'_>) -> Verdict<'a> {
         Box::pin(async move {
             if *request.method != Method::GET {

@@ -74,6 +74,14 @@ struct Facts {
 }
 
 impl Policy for Enforce {
+    fn applies(&self, request: &Inspect<'_>) -> bool {
+        request
+            .admitted
+            .rules
+            .as_ref()
+            .is_some_and(|r| r.limits.is_some())
+    }
+
     fn check<'a>(&'a self, request: &'a mut Inspect<'_>) -> Verdict<'a> {
         Box::pin(async move {
             let Some(limits) = request

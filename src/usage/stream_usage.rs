@@ -35,6 +35,10 @@ pub fn is_completion(path: &str) -> bool {
 }
 
 impl Policy for StreamUsage {
+    fn applies(&self, request: &Inspect<'_>) -> bool {
+        *request.method == Method::POST && is_completion(request.path)
+    }
+
     fn check<'a>(&'a self, request: &'a mut Inspect<'_>) -> Verdict<'a> {
         Box::pin(async move {
             if *request.method != Method::POST || !is_completion(request.path) {
