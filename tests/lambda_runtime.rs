@@ -201,3 +201,22 @@ async fn each_invocation_prints_one_emf_document() {
     assert!(refused.get("TimeToFirstByte").is_none(), "{refused}");
     assert!(refused.get("InputTokens").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_off_prints_no_emf() {
+    let up = MockUpstream::start().await;
+    let api = runtime_api(1, |_| Post::Accept).await;
+    let gw = Launch::new(&up.url())
+        .tokens(include_str!("../events/tokens.json"))
+        .env("AWS_LAMBDA_RUNTIME_API", &api.addr.to_string())
+        .env("AWS_LAMBDA_FUNCTION_NAME", "gw")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+        .env("METRICS", "off")
+        .start_lambda();
+    let lines = gw.wait_access_lines(1);
+    assert_eq!(lines[0]["status"], 200);
+    // The EMF line would follow the access line at once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!gw.log_text().contains("\"_aws\""), "{}", gw.log_text());
+}
