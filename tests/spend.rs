@@ -475,3 +475,32 @@ async fn an_upload_is_not_counted_as_tokens_and_its_model_is_priced() {
     assert_eq!(body["error"]["code"], "model_price_unknown");
     assert_eq!(up.count(), before);
 }
+
+#[tokio::test]
+async fn a_response_without_usage_costs_its_per_request_price() {
+    let up = MockUpstream::start().await;
+    let dir = TempDir::new();
+    let prices = dir.write(
+        "prices.json",
+        r#"{"dall-e-3": {"input": 0, "output": 0, "per_request": 0.04}}"#,
+    );
+    let gw = Launch::new(&up.url())
+        .tokens(LIMITED)
+        .env("PRICES_FILE", prices.to_str().unwrap())
+        .serve()
+        .await;
+    let image = json!({"model": "dall-e-3", "prompt": "a lighthouse", "n": 1}).to_string();
+    let r = client()
+        .post(gw.url("/v1/images/generations"))
+        .bearer_auth("tok-cheap")
+        .header("content-type", "application/json")
+        .body(image)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let usage = settled(&gw, "tok-cheap").await;
+    assert_eq!(usage["limits"][0]["limit"], "usd_total");
+    assert_eq!(usage["limits"][0]["used"].as_f64(), Some(0.04), "{usage}");
+    assert_eq!(usage["limits"][0]["resets_at"], Value::Null);
+}
