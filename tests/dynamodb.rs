@@ -97,6 +97,27 @@ async fn post(gw: &impl Target, token: &str, body: &str) -> (u16, Option<String>
     (status, body["error"]["code"].as_str().map(str::to_owned))
 }
 
+/// 20 concurrent chats for `token`, alternating between two gateways.
+async fn storm(a: &GatewayProc, b: &GatewayProc, token: &str) -> Vec<(u16, Option<String>)> {
+    let body = chat(Some(5));
+    futures_util::future::join_all((0..20).map(|i| {
+        let (gw, body) = (if i % 2 == 0 { a } else { b }, &body);
+        async move { post(gw, token, body).await }
+    }))
+    .await
+}
+
+/// How many answers were 200 (`None`) or refused with `code`.
+fn count(answers: &[(u16, Option<String>)], code: Option<&str>) -> usize {
+    answers
+        .iter()
+        .filter(|(status, c)| match code {
+            None => *status == 200,
+            Some(code) => c.as_deref() == Some(code),
+        })
+        .count()
+}
+
 async fn limits(gw: &impl Target, token: &str) -> Value {
     let r = client()
         .get(gw.url("/v1/gateway/usage"))
@@ -187,24 +208,11 @@ async fn two_processes_on_one_table_give_exactly_the_per_minute_limit() {
     let a = gateway(&up, &moto().url, &table).start();
     let b = gateway(&up, &moto().url, &table).start();
     fresh_minute().await;
-    let body = chat(Some(5));
-    let answers = futures_util::future::join_all((0..20).map(|i| {
-        let body = &body;
-        let (a, b) = (&a, &b);
-        async move {
-            if i % 2 == 0 {
-                post(a, "tok-rpm", body).await
-            } else {
-                post(b, "tok-rpm", body).await
-            }
-        }
-    }))
-    .await;
-    let ok = answers.iter().filter(|a| a.0 == 200).count();
-    let limited = answers
-        .iter()
-        .filter(|a| a.1.as_deref() == Some("rate_limit_exceeded"))
-        .count();
+    let answers = storm(&a, &b, "tok-rpm").await;
+    let (ok, limited) = (
+        count(&answers, None),
+        count(&answers, Some("rate_limit_exceeded")),
+    );
     assert_eq!((ok, limited), (5, 15), "{answers:?}");
     assert_eq!(up.count(), 5);
 }
@@ -216,24 +224,9 @@ async fn a_budget_storm_stays_within_its_bound_and_settles_exactly() {
     init(&table);
     let a = gateway(&up, &moto().url, &table).start();
     let b = gateway(&up, &moto().url, &table).start();
-    let body = chat(Some(5));
-    let answers = futures_util::future::join_all((0..20).map(|i| {
-        let body = &body;
-        let (a, b) = (&a, &b);
-        async move {
-            if i % 2 == 0 {
-                post(a, "tok-storm", body).await
-            } else {
-                post(b, "tok-storm", body).await
-            }
-        }
-    }))
-    .await;
-    let ok = answers.iter().filter(|a| a.0 == 200).count() as i64;
-    let quota = answers
-        .iter()
-        .filter(|a| a.1.as_deref() == Some("insufficient_quota"))
-        .count() as i64;
+    let answers = storm(&a, &b, "tok-storm").await;
+    let ok = count(&answers, None) as i64;
+    let quota = count(&answers, Some("insufficient_quota")) as i64;
     assert_eq!(ok + quota, 20, "{answers:?}");
     assert!(ok >= 1);
     // Settled exactly: 8 tokens a request, nothing left reserved.

@@ -10,14 +10,18 @@ use std::time::{Duration, Instant};
 use common::runtime::*;
 use common::*;
 
-fn lambda(api: &RuntimeApi, upstream: &MockUpstream) -> GatewayProc {
+/// The binary in Lambda mode against `api`, with the events' tokens.
+fn lambda_mode(api: &RuntimeApi, upstream: &MockUpstream) -> Launch {
     Launch::new(&upstream.url())
         .tokens(include_str!("../events/tokens.json"))
         .env("AWS_LAMBDA_RUNTIME_API", &api.addr.to_string())
         .env("AWS_LAMBDA_FUNCTION_NAME", "gw")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-        .start_lambda()
+}
+
+fn lambda(api: &RuntimeApi, upstream: &MockUpstream) -> GatewayProc {
+    lambda_mode(api, upstream).start_lambda()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,12 +144,7 @@ async fn each_invocation_prints_one_emf_document() {
         |_| Post::Accept,
     )
     .await;
-    let gw = Launch::new(&up.url())
-        .tokens(include_str!("../events/tokens.json"))
-        .env("AWS_LAMBDA_RUNTIME_API", &api.addr.to_string())
-        .env("AWS_LAMBDA_FUNCTION_NAME", "gw")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+    let gw = lambda_mode(&api, &up)
         .env("METRICS_NAMESPACE", "GwTest")
         .start_lambda();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -206,14 +205,7 @@ async fn each_invocation_prints_one_emf_document() {
 async fn metrics_off_prints_no_emf() {
     let up = MockUpstream::start().await;
     let api = runtime_api(1, |_| Post::Accept).await;
-    let gw = Launch::new(&up.url())
-        .tokens(include_str!("../events/tokens.json"))
-        .env("AWS_LAMBDA_RUNTIME_API", &api.addr.to_string())
-        .env("AWS_LAMBDA_FUNCTION_NAME", "gw")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-        .env("METRICS", "off")
-        .start_lambda();
+    let gw = lambda_mode(&api, &up).env("METRICS", "off").start_lambda();
     let lines = gw.wait_access_lines(1);
     assert_eq!(lines[0]["status"], 200);
     // The EMF line would follow the access line at once.
