@@ -50,6 +50,8 @@ pub const METRICS_NAMESPACE: &str = "METRICS_NAMESPACE";
 pub const METRICS_LISTEN: &str = "METRICS_LISTEN";
 /// `METRICS_TOKEN_LABELS`: label Prometheus request and token counters with the token's name.
 pub const METRICS_TOKEN_LABELS: &str = "METRICS_TOKEN_LABELS";
+/// `UPSTREAM_CA_FILE`: PEM certificates trusted for the upstream besides the bundled roots.
+pub const UPSTREAM_CA_FILE: &str = "UPSTREAM_CA_FILE";
 /// `USAGE_STORE`: where usage and limits' counters are kept.
 pub const USAGE_STORE: &str = "USAGE_STORE";
 /// `USAGE_FAIL_MODE`: what requests with limits get while the store is down.
@@ -231,6 +233,12 @@ pub const SETTINGS: &[Setting] = &[
         TOKENS_UTC_OFFSET,
         "`+00:00`",
         "zone of expiry times written without an offset",
+    ),
+    flag(
+        "--upstream-ca-file",
+        UPSTREAM_CA_FILE,
+        "none",
+        "PEM certificates the upstream's TLS may chain to, besides the Mozilla roots built in (e.g. a corporate proxy's CA)",
     ),
     flag(
         "--metrics",
@@ -423,6 +431,10 @@ pub struct Settings {
     /// Model prices over the bundled table: a JSON object keyed by model.
     #[arg(long, env = PRICES_FILE)]
     pub prices_file: Option<PathBuf>,
+
+    /// PEM certificates trusted for the upstream, besides the bundled Mozilla roots.
+    #[arg(long, env = UPSTREAM_CA_FILE)]
+    pub upstream_ca_file: Option<PathBuf>,
 
     /// Lambda: CloudWatch EMF metrics on stdout, `on` or `off`.
     #[arg(long, env = METRICS, value_enum, ignore_case = true, default_value = "on")]

@@ -59,6 +59,30 @@ impl fmt::Display for Upstream {
     }
 }
 
+/// The certificates TLS trusts: the bundled roots, and those of `ca_file`.
+fn roots(ca_file: Option<&std::path::Path>) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+    let bad = |problem: String| ConfigError::Invalid {
+        setting: crate::config::UPSTREAM_CA_FILE,
+        problem,
+    };
+    let mut roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .map(|der| reqwest::Certificate::from_der(der))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::HttpClient(error_chain(&e)))?;
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| bad(format!("{}: cannot read: {e}", path.display())))?;
+        let own = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| bad(format!("{}: {}", path.display(), error_chain(&e))))?;
+        if own.is_empty() {
+            return Err(bad(format!("{}: no PEM certificate in it", path.display())));
+        }
+        roots.extend(own);
+    }
+    Ok(roots)
+}
+
 /// The upstream side: one shared client with a keep-alive pool.
 #[derive(Debug, Clone)]
 pub struct Proxy {
@@ -68,13 +92,28 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Builds the shared HTTP client.
+    /// Builds the shared HTTP client, trusting the bundled roots.
     pub fn new(
         upstream: Upstream,
         header_timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Self, ConfigError> {
+        Self::trusting(upstream, header_timeout, connect_timeout, None)
+    }
+
+    /// Builds the shared HTTP client. TLS trusts the Mozilla roots compiled
+    /// into the binary (nothing is read from the system's certificate store
+    /// at start-up, which a cold Lambda container would pay for), plus the
+    /// PEM certificates in `ca_file` (`UPSTREAM_CA_FILE`, e.g. a corporate
+    /// proxy's CA).
+    pub fn trusting(
+        upstream: Upstream,
+        header_timeout: Duration,
+        connect_timeout: Duration,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, ConfigError> {
         let client = reqwest::Client::builder()
+            .tls_certs_only(roots(ca_file)?)
             // A proxy passes redirects to its client rather than following them.
             .redirect(reqwest::redirect::Policy::none())
             .referer(false)

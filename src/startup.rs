@@ -237,10 +237,11 @@ pub async fn options(settings: &Settings, mode: Mode) -> Result<GatewayOptions, 
         tracing::warn!("no gateway tokens configured: anonymous pass-through is on");
     }
     tracing::info!(%upstream, "upstream");
-    let proxy = Proxy::new(
+    let proxy = Proxy::trusting(
         upstream,
         settings.upstream_timeout(),
         settings.connect_timeout(),
+        settings.upstream_ca_file.as_deref(),
     )?;
     let initial = tokens.peek();
     let store = usage_store(settings, mode, initial.as_deref()).await?;
