@@ -8,6 +8,7 @@
 pub mod aws;
 pub mod mock;
 pub mod runtime;
+#[allow(unused_imports)] // not every suite talks to the mock
 pub use mock::*;
 
 use std::io::{BufRead, BufReader};
