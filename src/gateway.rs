@@ -332,6 +332,31 @@ impl Gateway {
             _ => response,
         }
     }
+
+    /// Layers the response body: a cap when it will be collected, then the
+    /// completion point that owns the record.
+    fn respond(
+        &self,
+        response: Response<GatewayBody>,
+        mut record: Record,
+        buffered: Option<Buffered>,
+    ) -> Response<GatewayBody> {
+        record.status = response.status().as_u16();
+        let (parts, body) = response.into_parts();
+        let body = match buffered {
+            Some(b) => GatewayBody::new(Layer::new(body, b.cap(&parts.headers).tap())),
+            None => body,
+        };
+        let inner = &*self.inner;
+        let body = Completion::new(
+            body,
+            record,
+            inner.hooks.clone(),
+            inner.pending.clone(),
+            buffered.is_none(),
+        );
+        Response::from_parts(parts, GatewayBody::new(body))
+    }
 }
 
 /// Puts a usage tap on a response that may carry usage (a stream's events,
@@ -375,31 +400,4 @@ fn rewritten(
     GatewayBody::new(http_body_util::StreamBody::new(futures_util::stream::once(
         whole,
     )))
-}
-
-impl Gateway {
-    /// Layers the response body: a cap when it will be collected, then the
-    /// completion point that owns the record.
-    fn respond(
-        &self,
-        response: Response<GatewayBody>,
-        mut record: Record,
-        buffered: Option<Buffered>,
-    ) -> Response<GatewayBody> {
-        record.status = response.status().as_u16();
-        let (parts, body) = response.into_parts();
-        let body = match buffered {
-            Some(b) => GatewayBody::new(Layer::new(body, b.cap(&parts.headers).tap())),
-            None => body,
-        };
-        let inner = &*self.inner;
-        let body = Completion::new(
-            body,
-            record,
-            inner.hooks.clone(),
-            inner.pending.clone(),
-            buffered.is_none(),
-        );
-        Response::from_parts(parts, GatewayBody::new(body))
-    }
 }
