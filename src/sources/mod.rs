@@ -4,5 +4,6 @@
 //!   environment variable) or refreshed stale-while-revalidate (SSM);
 //! - [`ssm`] reads SSM Parameter Store, for the token list and the upstream key.
 
+pub mod aws;
 pub mod cached;
 pub mod ssm;

@@ -36,16 +36,7 @@ pub struct Ssm {
 impl Ssm {
     /// A client from the environment (aws-config's default chain).
     pub async fn from_env() -> Self {
-        let timeouts = aws_config::timeout::TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .operation_attempt_timeout(Duration::from_secs(3))
-            .operation_timeout(Duration::from_secs(6))
-            .build();
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .timeout_config(timeouts)
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
-            .load()
-            .await;
+        let config = super::aws::config(Duration::from_secs(3), Duration::from_secs(6), 2).await;
         Self {
             client: aws_sdk_ssm::Client::new(&config),
         }

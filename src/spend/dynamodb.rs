@@ -138,17 +138,9 @@ impl Dynamo {
     /// A store on `table`, with the default AWS chain
     /// (`AWS_ENDPOINT_URL_DYNAMODB` points it at an emulator).
     pub async fn from_env(table: &str) -> Self {
-        let timeouts = aws_config::timeout::TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .operation_attempt_timeout(Duration::from_secs(2))
-            .operation_timeout(Duration::from_secs(5))
-            .build();
         // Throttling is retried with backoff by the SDK's standard mode.
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .timeout_config(timeouts)
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3))
-            .load()
-            .await;
+        let config =
+            crate::sources::aws::config(Duration::from_secs(2), Duration::from_secs(5), 3).await;
         Self {
             name: format!("dynamodb:{table}"),
             table: table.to_owned(),
