@@ -212,3 +212,71 @@ async fn metrics_off_prints_no_emf() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!gw.log_text().contains("\"_aws\""), "{}", gw.log_text());
 }
+
+/// The sockets of process `pid` whose peer is `peer`, each with whether
+/// `TCP_NODELAY` is set on it. Each socket is duplicated into this process
+/// with `pidfd_getfd` (Linux 5.6; the tests run as the child's parent and
+/// owner), then read with `getsockopt`.
+fn nodelay_of_sockets_to(pid: u32, peer: std::net::SocketAddr) -> Vec<bool> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    assert!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let entry = entry.unwrap();
+        let is_socket = std::fs::read_link(entry.path())
+            .map(|target| target.to_string_lossy().starts_with("socket:"))
+            .unwrap_or(false);
+        let Ok(target) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if !is_socket {
+            continue;
+        }
+        use std::os::fd::AsRawFd;
+        let fd =
+            unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) } as i32;
+        assert!(fd >= 0, "pidfd_getfd: {}", std::io::Error::last_os_error());
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // A TCP socket connected to `peer`?
+        let socket = std::net::TcpStream::from(fd);
+        if socket.peer_addr().ok() == Some(peer) {
+            found.push(socket.nodelay().unwrap());
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_api_connection_sets_tcp_nodelay() {
+    // With Nagle's algorithm on, each write of a streamed response after the
+    // first waits for the Runtime API's (delayed) acknowledgement: 40 ms on
+    // Linux. lambda_runtime_api_client is patched for it (vendor/README.md).
+    let up = MockUpstream::start().await;
+    let api = runtime_api(1, |_| Post::Accept).await;
+    let gw = lambda(&api, &up);
+    let lines = gw.wait_access_lines(1);
+    assert_eq!(lines[0]["status"], 200);
+    // The function is now waiting on its next `/next`, on the pooled connection.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sockets = nodelay_of_sockets_to(gw.child.id(), api.addr);
+        if !sockets.is_empty() {
+            assert!(
+                sockets.iter().all(|&on| on),
+                "a Runtime API connection without TCP_NODELAY: {sockets:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection to the Runtime API"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
