@@ -29,8 +29,14 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Runs `work` in the background, counted until it ends.
-    pub fn spawn(self: &Arc<Self>, work: BoxFuture<()>) {
+    /// Runs `work` in the background, counted until it ends. Work that is
+    /// done at its first poll (a log line, a channel send: most hooks) is
+    /// finished here instead, which saves a task per request.
+    pub fn spawn(self: &Arc<Self>, mut work: BoxFuture<()>) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if work.as_mut().poll(&mut cx).is_ready() {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -146,7 +152,14 @@ where
                         state.record.bytes_out += data.len() as u64;
                     }
                     this.saw_end = this.inner.is_end_stream();
-                    return Poll::Ready(Some(Ok(frame)));
+                    if !this.saw_end {
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    // The last frame (the body knows its length): the hooks
+                    // run before it goes out, so a client holding the whole
+                    // response also sees what it did (its usage settled).
+                    this.running = this.start_hooks(Outcome::Complete, None);
+                    this.ending = Some(Some(Ok(frame)));
                 }
                 None => {
                     this.saw_end = true;

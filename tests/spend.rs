@@ -366,13 +366,22 @@ async fn the_usage_command_reports_what_the_gateway_wrote() {
             .output()
             .unwrap()
     };
-    let out = run(&["usage", "report", "--store", &store, "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The limited token's usage is written at once; the other's by the
+    // batching writer, within milliseconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let rows = loop {
+        let out = run(&["usage", "report", "--store", &store, "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if rows.as_array().unwrap().len() >= 2 || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let names: Vec<&str> = rows
         .as_array()
         .unwrap()

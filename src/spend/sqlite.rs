@@ -382,6 +382,13 @@ impl Store for Sqlite {
     }
 
     fn settle(&self, s: Settlement) -> BoxFuture<Result<(), StoreError>> {
+        if s.reservation.is_some() || !s.windows.is_empty() {
+            // A limited token's next admission must see this settlement (its
+            // reservation gone, its usage counted), so it is written now, in
+            // one transaction, before the response's last bytes go out.
+            // Tokens without limits go through the batching writer.
+            return self.run(move |c| commit(c, std::slice::from_ref(&s)));
+        }
         let sent = self.writer.send(Job::Settle(Box::new(s)));
         let result = sent.map_err(|_| StoreError::new(&self.name, "the usage writer has stopped"));
         Box::pin(std::future::ready(result))
