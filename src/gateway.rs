@@ -308,7 +308,7 @@ impl Gateway {
     /// metered when it carries usage, edited as a policy asked.
     fn shape(
         &self,
-        response: http::Response<reqwest::Body>,
+        response: http::Response<hyper::body::Incoming>,
         edit: Option<ResponseEdit>,
         metered: bool,
         text_body: bool,

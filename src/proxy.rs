@@ -9,19 +9,34 @@
 use std::fmt;
 use std::time::Duration;
 
-use http::{HeaderMap, Method};
-use reqwest::Url;
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Uri};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use url::Url;
 
-use crate::body::client_fault;
+use crate::body::{client_fault, BoxError};
 use crate::error::{error_chain, ConfigError, GatewayError};
 use crate::headers;
+
+/// A request body on its way to the upstream.
+pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 
 /// The upstream's base URL, parsed and checked once:
 /// `http(s)://host[:port][/prefix]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
-    /// The URL (no query, no fragment, no credentials).
+    /// The URL (no query, no fragment, no credentials), for display.
     url: Url,
+    /// Its scheme and authority, as every request's URI takes them.
+    scheme: Scheme,
+    authority: Authority,
     /// Its path prefix without a trailing slash (empty for none).
     prefix: String,
 }
@@ -34,9 +49,11 @@ impl Upstream {
             problem,
         };
         let mut url = Url::parse(text.trim()).map_err(|e| problem(format!("is not a URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(problem("must start with http:// or https://".into()));
-        }
+        let scheme = match url.scheme() {
+            "http" => Scheme::HTTP,
+            "https" => Scheme::HTTPS,
+            _ => return Err(problem("must start with http:// or https://".into())),
+        };
         if url.host_str().is_none_or(str::is_empty) {
             return Err(problem("has no host".into()));
         }
@@ -48,7 +65,21 @@ impl Upstream {
         }
         let prefix = url.path().trim_end_matches('/').to_owned();
         url.set_path(&prefix);
-        Ok(Self { url, prefix })
+        // The host as the URL parser normalised it (lower case, IDNA, IPv6
+        // brackets), with the port unless it is the scheme's default.
+        let host = url.host_str().unwrap_or_default();
+        let authority = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        let authority = Authority::try_from(authority)
+            .map_err(|e| problem(format!("has a host this client cannot use: {e}")))?;
+        Ok(Self {
+            url,
+            scheme,
+            authority,
+            prefix,
+        })
     }
 }
 
@@ -60,33 +91,38 @@ impl fmt::Display for Upstream {
 }
 
 /// The certificates TLS trusts: the bundled roots, and those of `ca_file`.
-fn roots(ca_file: Option<&std::path::Path>) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+fn roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, ConfigError> {
     let bad = |problem: String| ConfigError::Invalid {
         setting: crate::config::UPSTREAM_CA_FILE,
         problem,
     };
-    let mut roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS
-        .iter()
-        .map(|der| reqwest::Certificate::from_der(der))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ConfigError::HttpClient(error_chain(&e)))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
     if let Some(path) = ca_file {
         let pem = std::fs::read(path)
             .map_err(|e| bad(format!("{}: cannot read: {e}", path.display())))?;
-        let own = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| bad(format!("{}: {}", path.display(), error_chain(&e))))?;
+        let own = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("{}: {e}", path.display())))?;
         if own.is_empty() {
             return Err(bad(format!("{}: no PEM certificate in it", path.display())));
         }
-        roots.extend(own);
+        for cert in own {
+            roots
+                .add(cert)
+                .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        }
     }
     Ok(roots)
 }
 
+/// The HTTP client under the proxy: hyper's pooled client, over rustls.
+type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+
 /// The upstream side: one shared client with a keep-alive pool.
 #[derive(Debug, Clone)]
 pub struct Proxy {
-    client: reqwest::Client,
+    client: Client,
     upstream: Upstream,
     header_timeout: Duration,
 }
@@ -101,28 +137,40 @@ impl Proxy {
         Self::trusting(upstream, header_timeout, connect_timeout, None)
     }
 
-    /// Builds the shared HTTP client. TLS trusts the Mozilla roots compiled
-    /// into the binary (nothing is read from the system's certificate store
-    /// at start-up, which a cold Lambda container would pay for), plus the
-    /// PEM certificates in `ca_file` (`UPSTREAM_CA_FILE`, e.g. a corporate
-    /// proxy's CA).
+    /// Builds the shared HTTP client: hyper's client driven directly (no
+    /// redirects followed, no proxy read from the environment, no header
+    /// added but `Host`), HTTP/1.1 or HTTP/2 as the upstream's TLS offers.
+    /// TLS trusts the Mozilla roots compiled into the binary (nothing is read
+    /// from the system's certificate store at start-up, which a cold Lambda
+    /// container would pay for), plus the PEM certificates in `ca_file`
+    /// (`UPSTREAM_CA_FILE`, e.g. a corporate proxy's CA).
     pub fn trusting(
         upstream: Upstream,
         header_timeout: Duration,
         connect_timeout: Duration,
         ca_file: Option<&std::path::Path>,
     ) -> Result<Self, ConfigError> {
-        let client = reqwest::Client::builder()
-            .tls_certs_only(roots(ca_file)?)
-            // A proxy passes redirects to its client rather than following them.
-            .redirect(reqwest::redirect::Policy::none())
-            .referer(false)
-            .no_proxy()
-            .connect_timeout(connect_timeout)
-            .tcp_nodelay(true)
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let tls = rustls::ClientConfig::builder_with_provider(provider.into())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ConfigError::HttpClient(error_chain(&e)))?
+            .with_root_certificates(roots(ca_file)?)
+            .with_no_client_auth();
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| ConfigError::HttpClient(error_chain(&e)))?;
+            .build(connector);
         Ok(Self {
             client,
             upstream,
@@ -140,9 +188,15 @@ impl Proxy {
     /// client's time. Failures are only logged: the first request retries.
     pub async fn warm_up(&self) {
         let started = std::time::Instant::now();
-        let url = format!("{}/", self.upstream);
-        let outcome =
-            tokio::time::timeout(Duration::from_secs(2), self.client.head(url).send()).await;
+        let outcome = match self.target("/", None) {
+            Ok(uri) => {
+                let mut request = http::Request::new(empty());
+                *request.method_mut() = Method::HEAD;
+                *request.uri_mut() = uri;
+                tokio::time::timeout(Duration::from_secs(2), self.client.request(request)).await
+            }
+            Err(_) => return,
+        };
         let ms = started.elapsed().as_secs_f64() * 1e3;
         match outcome {
             Ok(Ok(response)) => tracing::info!(
@@ -151,58 +205,68 @@ impl Proxy {
                 "upstream connection warmed up"
             ),
             Ok(Err(error)) => {
-                tracing::warn!(error = %error_chain(&error.without_url()), ms, "upstream warm-up failed")
+                tracing::warn!(error = %error_chain(&error), ms, "upstream warm-up failed")
             }
             Err(_) => tracing::warn!(ms, "upstream warm-up timed out"),
         }
     }
 
-    /// Maps a request path and (already stripped) query to the upstream URL.
-    pub fn target(&self, path: &str, query: Option<&str>) -> Result<Url, GatewayError> {
+    /// Maps a request path and (already stripped) query to the upstream URI.
+    pub fn target(&self, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
         check_path(path)?;
-        // Cloning the parsed base and setting the path and query costs no
-        // host parsing (IDNA) per request, and cannot change the host.
+        // The scheme and authority are the upstream's own, parsed once; the
+        // request supplies only the path and query, so it cannot change the host.
         let prefix = self.upstream.prefix.as_str();
-        let mut url = self.upstream.url.clone();
-        let mut full = String::with_capacity(prefix.len() + path.len());
+        let mut full =
+            String::with_capacity(prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1));
         full.push_str(prefix);
         full.push_str(path);
-        url.set_path(&full);
-        url.set_query(query);
-        let rest = url.path().strip_prefix(prefix);
+        if let Some(query) = query {
+            full.push('?');
+            full.push_str(query);
+        }
+        let path_and_query = PathAndQuery::try_from(full)
+            .map_err(|_| GatewayError::InvalidPath("the path is not a valid URI path"))?;
+        let rest = path_and_query.path().strip_prefix(prefix);
         if !rest.is_some_and(|r| r.starts_with('/')) {
             return Err(GatewayError::InvalidPath(
                 "the path would leave the upstream",
             ));
         }
-        Ok(url)
+        Uri::builder()
+            .scheme(self.upstream.scheme.clone())
+            .authority(self.upstream.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| GatewayError::InvalidPath("the path is not a valid URI path"))
     }
 
     /// Sends a request and waits (up to the header timeout) for the response head.
     pub async fn send(
         &self,
         method: Method,
-        url: Url,
+        uri: Uri,
         headers: HeaderMap,
-        body: reqwest::Body,
-    ) -> Result<http::Response<reqwest::Body>, GatewayError> {
-        let mut request = reqwest::Request::new(method, url);
+        body: UpstreamBody,
+    ) -> Result<http::Response<Incoming>, GatewayError> {
+        let mut request = http::Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        *request.body_mut() = Some(body);
-        let response = match tokio::time::timeout(self.header_timeout, self.client.execute(request))
-            .await
+        let mut response = match tokio::time::timeout(
+            self.header_timeout,
+            self.client.request(request),
+        )
+        .await
         {
             Err(_) => return Err(GatewayError::UpstreamTimeout(self.header_timeout.as_secs())),
             Ok(Err(error)) => {
-                let error = error.without_url();
                 if let Some(fault) = client_fault(&error) {
                     tracing::info!(side = "client", error = %error_chain(&error), code = fault.code(), "the client's request body failed");
                     return Err(fault);
                 }
                 let mapped = if error.is_connect() {
                     GatewayError::UpstreamUnreachable
-                } else if error.is_timeout() {
-                    GatewayError::UpstreamTimeout(self.header_timeout.as_secs())
                 } else {
                     GatewayError::UpstreamFailed
                 };
@@ -218,10 +282,17 @@ impl Proxy {
             );
             return Err(GatewayError::UpstreamUpgrade);
         }
-        let mut response = http::Response::from(response);
         headers::from_upstream(response.headers_mut());
         Ok(response)
     }
+}
+
+/// An empty request body.
+pub fn empty() -> UpstreamBody {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// Refuses paths the URL parser would rewrite into another path: dot
@@ -265,11 +336,22 @@ mod tests {
     fn target_keeps_prefix_path_and_query() {
         let p = proxy("http://127.0.0.1:9/openai");
         let u = p.target("/v1/models", Some("a=1&b=%2F")).unwrap();
-        assert_eq!(u.as_str(), "http://127.0.0.1:9/openai/v1/models?a=1&b=%2F");
+        assert_eq!(
+            u.to_string(),
+            "http://127.0.0.1:9/openai/v1/models?a=1&b=%2F"
+        );
         let u = proxy("https://api.openai.com")
             .target("/v1/files/f%2Fx/content", None)
             .unwrap();
-        assert_eq!(u.as_str(), "https://api.openai.com/v1/files/f%2Fx/content");
+        assert_eq!(
+            u.to_string(),
+            "https://api.openai.com/v1/files/f%2Fx/content"
+        );
+        // The host as the URL parser normalises it; a default port is dropped.
+        let u = proxy("HTTPS://API.OpenAI.com:443")
+            .target("/v1/x", None)
+            .unwrap();
+        assert_eq!(u.to_string(), "https://api.openai.com/v1/x");
     }
 
     #[test]
@@ -282,7 +364,7 @@ mod tests {
             "/%2F%2Fevil.example",
         ] {
             let u = p.target(path, None).unwrap();
-            assert_eq!(u.host_str(), Some("api.openai.com"), "{path}");
+            assert_eq!(u.host(), Some("api.openai.com"), "{path}");
             assert!(u.path().starts_with("/base/"), "{path}");
         }
         for path in [

@@ -19,17 +19,18 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use http::{HeaderMap, Method};
-use http_body::Body;
+use http_body::{Body, Frame};
 use http_body_util::combinators::BoxBody;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full, StreamBody};
 
 pub mod allowlist;
 
 use crate::auth::Admitted;
 use crate::body::{client_fault, from_client, BoxError, ByteCount};
 use crate::error::GatewayError;
+use crate::proxy::UpstreamBody;
 
 /// A policy's verdict, as a future borrowing the request.
 pub type Verdict<'a> = Pin<Box<dyn Future<Output = Result<(), GatewayError>> + Send + 'a>>;
@@ -157,17 +158,15 @@ impl RequestBody {
     }
 
     /// The body for the upstream request.
-    pub fn into_upstream(self) -> reqwest::Body {
+    pub fn into_upstream(self) -> UpstreamBody {
         match self.0 {
-            State::Empty => reqwest::Body::from(Bytes::new()),
-            State::Read(bytes) => reqwest::Body::from(bytes),
-            State::Streaming(body) => reqwest::Body::wrap(body),
+            State::Empty => crate::proxy::empty(),
+            State::Read(bytes) => Full::new(bytes).map_err(|never| match never {}).boxed(),
+            State::Streaming(body) => body,
             State::Over(head, rest) => {
                 let head = futures_util::stream::once(async move { Ok::<_, BoxError>(head) });
-                let rest = rest
-                    .into_data_stream()
-                    .map(|chunk| chunk.map_err(|e| -> BoxError { e }));
-                reqwest::Body::wrap_stream(head.chain(rest))
+                let rest = rest.into_data_stream();
+                BodyExt::boxed(StreamBody::new(head.chain(rest).map_ok(Frame::data)))
             }
         }
     }
