@@ -301,9 +301,11 @@ def lambda_mode(up_port, extra_env, runs=5, warm=0):
 
         port = free_port()
         server = ThreadingHTTPServer(("127.0.0.1", port), Runtime)
+        server.handle_error = lambda request, address: None  # the killed function's connection
         threading.Thread(target=server.serve_forever, daemon=True).start()
         env = dict(os.environ, AWS_LAMBDA_RUNTIME_API="127.0.0.1:%d" % port, AWS_LAMBDA_FUNCTION_NAME="gw", AWS_LAMBDA_FUNCTION_MEMORY_SIZE="256",
-                   AWS_LAMBDA_FUNCTION_VERSION="1", UPSTREAM_URL="http://127.0.0.1:%d" % up_port, RUST_LOG="info", **extra_env)
+                   AWS_LAMBDA_FUNCTION_VERSION="1", UPSTREAM_URL="http://127.0.0.1:%d" % up_port, RUST_LOG="info")
+        env.update(extra_env)
         env.pop("TOKENS_FILE", None)
         started = time.perf_counter()
         proc = subprocess.Popen([GATEWAY], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=WORK)

@@ -27,7 +27,13 @@ pub fn init(format: LogFormat, background: bool) -> LogGuard {
         let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
             .lossy(false)
             .thread_name("log-writer")
-            .finish(std::io::stderr());
+            // Buffered: the writer thread flushes whenever its queue runs
+            // dry, so under load one write carries many lines, and an idle
+            // gateway's lines are written at once.
+            .finish(std::io::BufWriter::with_capacity(
+                64 * 1024,
+                std::io::stderr(),
+            ));
         (BoxMakeWriter::new(writer), Some(guard))
     } else {
         (BoxMakeWriter::new(std::io::stderr), None)
