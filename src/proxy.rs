@@ -32,8 +32,6 @@ pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 /// `http(s)://host[:port][/prefix]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
-    /// The URL (no query, no fragment, no credentials), for display.
-    url: Url,
     /// Its scheme and authority, as every request's URI takes them.
     scheme: Scheme,
     authority: Authority,
@@ -48,7 +46,7 @@ impl Upstream {
             url: text.to_owned(),
             problem,
         };
-        let mut url = Url::parse(text.trim()).map_err(|e| problem(format!("is not a URL: {e}")))?;
+        let url = Url::parse(text.trim()).map_err(|e| problem(format!("is not a URL: {e}")))?;
         let scheme = match url.scheme() {
             "http" => Scheme::HTTP,
             "https" => Scheme::HTTPS,
@@ -64,7 +62,6 @@ impl Upstream {
             return Err(problem("must not have a query or fragment".into()));
         }
         let prefix = url.path().trim_end_matches('/').to_owned();
-        url.set_path(&prefix);
         // The host as the URL parser normalised it (lower case, IDNA, IPv6
         // brackets), with the port unless it is the scheme's default.
         let host = url.host_str().unwrap_or_default();
@@ -75,7 +72,6 @@ impl Upstream {
         let authority = Authority::try_from(authority)
             .map_err(|e| problem(format!("has a host this client cannot use: {e}")))?;
         Ok(Self {
-            url,
             scheme,
             authority,
             prefix,
@@ -86,7 +82,7 @@ impl Upstream {
 impl fmt::Display for Upstream {
     /// `scheme://authority/prefix` without a trailing slash.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.url.as_str().trim_end_matches('/'))
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.prefix)
     }
 }
 
@@ -190,7 +186,7 @@ impl Proxy {
         let started = std::time::Instant::now();
         let outcome = match self.target("/", None) {
             Ok(uri) => {
-                let mut request = http::Request::new(empty());
+                let mut request = http::Request::new(UpstreamBody::default());
                 *request.method_mut() = Method::HEAD;
                 *request.uri_mut() = uri;
                 tokio::time::timeout(Duration::from_secs(2), self.client.request(request)).await

@@ -160,7 +160,7 @@ impl RequestBody {
     /// The body for the upstream request.
     pub fn into_upstream(self) -> UpstreamBody {
         match self.0 {
-            State::Empty => crate::proxy::empty(),
+            State::Empty => UpstreamBody::default(),
             State::Read(bytes) => Full::new(bytes).map_err(|never| match never {}).boxed(),
             State::Streaming(body) => body,
             State::Over(head, rest) => {
