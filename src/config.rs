@@ -304,7 +304,7 @@ pub const SETTINGS: &[Setting] = &[
         "--worker-threads",
         GATEWAY_WORKER_THREADS,
         "one per core",
-        "runtime threads; `1` runs everything on one thread",
+        "server threads, each a runtime of its own taking connections in turn; `1` runs everything on one thread",
     ),
     flag(
         "--log-format",
@@ -484,7 +484,7 @@ pub struct Settings {
     #[arg(long, env = CORS_ALLOW_ORIGINS)]
     pub cors_allow_origins: Option<String>,
 
-    /// Runtime worker threads [default: one per core]; 1 runs everything on one thread.
+    /// Worker threads [default: one per core]. The server spreads its connections over them, each thread running a runtime of its own; 1 runs everything on one thread.
     #[arg(long, env = GATEWAY_WORKER_THREADS, value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: Option<u16>,
 

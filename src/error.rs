@@ -295,6 +295,9 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
+    /// The local server's worker threads cannot start.
+    #[error("cannot start the server's worker threads: {0}")]
+    Workers(std::io::Error),
     /// The Lambda runtime loop stopped with an error.
     #[error("the Lambda runtime stopped: {0}")]
     Lambda(String),

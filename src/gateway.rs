@@ -89,9 +89,13 @@ impl GatewayOptions {
 #[derive(Clone)]
 pub struct Gateway {
     inner: Arc<Inner>,
+    /// Outside `inner`, so that a server thread can have a pool of its own.
+    proxy: Arc<Proxy>,
 }
 
 struct Inner {
+    /// What the gateway was made of; its `proxy` is the template of the
+    /// gateway's own (the first shares its pool, others get their own).
     options: GatewayOptions,
     hooks: Hooks,
     pending: Arc<Pending>,
@@ -102,6 +106,7 @@ impl Gateway {
     pub fn new(mut options: GatewayOptions) -> Self {
         let hooks = std::mem::take(&mut options.hooks).into();
         Self {
+            proxy: Arc::new(options.proxy.clone()),
             inner: Arc::new(Inner {
                 options,
                 hooks,
@@ -110,9 +115,18 @@ impl Gateway {
         }
     }
 
+    /// The same gateway (tokens, policies, hooks, store) with an upstream
+    /// keep-alive pool of its own, for a server thread with its own runtime.
+    pub fn with_own_pool(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            proxy: Arc::new(self.inner.options.proxy.with_own_pool()),
+        }
+    }
+
     /// Opens a connection to the upstream ahead of the first request.
     pub async fn warm_up(&self) {
-        self.inner.options.proxy.warm_up().await;
+        self.proxy.warm_up().await;
     }
 
     /// Longest time a client may accept no response bytes (the local server
@@ -214,7 +228,7 @@ impl Gateway {
         }
         let (admitted, key) = self.authenticate(&parts).await?;
         record.token.clone_from(&admitted.name);
-        let url = inner
+        let url = self
             .proxy
             .target(parts.uri.path(), admitted.query.as_deref())?;
         let mut body = RequestBody::new(body, record.bytes_in.clone(), inner.client_idle_timeout);
@@ -239,7 +253,7 @@ impl Gateway {
             headers::identity_only(&mut headers);
         }
         let asked = Instant::now();
-        let response = inner
+        let response = self
             .proxy
             .send(parts.method, url, headers, body.into_upstream())
             .await?;

@@ -53,11 +53,12 @@ fn main() -> ExitCode {
     };
     let in_lambda = config::in_lambda();
     let _log_guard = telemetry::init(settings.log_format(in_lambda), !in_lambda);
-    let runtime = runtime(settings.worker_threads);
     let outcome = if in_lambda {
-        runtime.block_on(lambda::run(settings))
+        runtime(settings.worker_threads).block_on(lambda::run(settings))
     } else {
-        runtime.block_on(server::run(settings))
+        // The server's worker threads run runtimes of their own; this one
+        // starts up, accepts and refreshes.
+        runtime(Some(1)).block_on(server::run(settings))
     };
     exit(outcome, true)
 }

@@ -112,13 +112,17 @@ fn roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, Con
     Ok(roots)
 }
 
-/// The HTTP client under the proxy: hyper's pooled client, over rustls.
-type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+/// How the proxy connects: TCP, then TLS (or plain HTTP) by the URI's scheme.
+type Connector = HttpsConnector<HttpConnector>;
 
-/// The upstream side: one shared client with a keep-alive pool.
+/// The HTTP client under the proxy: hyper's pooled client, over rustls.
+type Client = hyper_util::client::legacy::Client<Connector, UpstreamBody>;
+
+/// The upstream side: a client with a keep-alive pool.
 #[derive(Debug, Clone)]
 pub struct Proxy {
     client: Client,
+    connector: Connector,
     upstream: Upstream,
     header_timeout: Duration,
 }
@@ -162,16 +166,24 @@ impl Proxy {
             .enable_http1()
             .enable_http2()
             .wrap_connector(tcp);
-        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
         Ok(Self {
-            client,
+            client: client(connector.clone()),
+            connector,
             upstream,
             header_timeout,
         })
+    }
+
+    /// The same proxy with a keep-alive pool of its own. A server thread
+    /// that runs its own runtime uses one, so that a request and the
+    /// upstream connection it is sent on are driven by the same thread (a
+    /// shared pool hands one thread's connections to another's requests,
+    /// and every read then wakes the other thread).
+    pub fn with_own_pool(&self) -> Self {
+        Self {
+            client: client(self.connector.clone()),
+            ..self.clone()
+        }
     }
 
     /// The upstream this proxy sends to.
@@ -283,12 +295,13 @@ impl Proxy {
     }
 }
 
-/// An empty request body.
-pub fn empty() -> UpstreamBody {
-    use http_body_util::BodyExt;
-    http_body_util::Empty::new()
-        .map_err(|never| match never {})
-        .boxed()
+/// A pooled client over `connector`: idle connections are kept for a minute.
+fn client(connector: Connector) -> Client {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
 }
 
 /// Refuses paths the URL parser would rewrite into another path: dot

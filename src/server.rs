@@ -61,31 +61,135 @@ pub async fn run(settings: Settings) -> Result<(), ConfigError> {
             address: settings.listen,
             source,
         })?;
-    tracing::info!(%address, "listening");
-    serve(
+    let workers = settings.worker_threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        usize::from,
+    );
+    tracing::info!(%address, workers, "listening");
+    serve_on_workers(
         listener,
-        gateway.clone(),
+        gateway,
         shutdown_signal(),
         settings.shutdown_grace(),
+        workers,
     )
-    .await;
-    gateway.close().await;
-    Ok(())
+    .await
+    .map_err(ConfigError::Workers)
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and gives in-flight
-/// requests up to `grace` to finish.
+/// requests up to `grace` to finish. Everything runs on the current runtime.
 pub async fn serve(
     listener: TcpListener,
     gateway: Gateway,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let connections = Connections::new(gateway);
+    accept(&listener, shutdown, |stream| connections.serve(stream)).await;
+    drop(listener);
+    announce(grace);
+    report(connections.drain(grace).await);
+}
+
+/// Like [`serve`], then closes the gateway; the connections are spread over `workers` threads, each
+/// running a single-threaded runtime of its own and keeping its own upstream
+/// pool: a connection, its requests and their upstream connections then stay
+/// on one thread, with no wake-ups across threads and no work stealing. This
+/// runtime only accepts, handing connections out in turn. With one worker
+/// (or none) it is [`serve`].
+///
+/// The workers keep running until this returns, so that work spawned on one
+/// of them (an upstream or AWS connection another worker borrowed, a
+/// completion hook) is driven to its end during the drain.
+pub async fn serve_on_workers(
+    listener: TcpListener,
+    gateway: Gateway,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    workers: usize,
+) -> std::io::Result<()> {
+    if workers <= 1 {
+        serve(listener, gateway.clone(), shutdown, grace).await;
+        gateway.close().await;
+        return Ok(());
+    }
+    let (release, released) = tokio::sync::watch::channel(());
+    let mut lanes = Vec::with_capacity(workers);
+    let mut drained = Vec::with_capacity(workers);
+    let mut threads = Vec::with_capacity(workers);
+    for n in 0..workers {
+        let (lane, mut incoming) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
+        let (done, finished) = tokio::sync::oneshot::channel::<bool>();
+        let gateway = gateway.with_own_pool();
+        let mut released = released.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("worker-{n}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let connections = Connections::new(gateway);
+                    while let Some(stream) = incoming.recv().await {
+                        match tokio::net::TcpStream::from_std(stream) {
+                            Ok(stream) => connections.serve(stream),
+                            Err(error) => {
+                                tracing::warn!(%error, "a connection could not be handed over")
+                            }
+                        }
+                    }
+                    let _ = done.send(connections.drain(grace).await);
+                    // Until every worker has drained and the gateway is closed.
+                    let _ = released.changed().await;
+                });
+                Ok::<_, std::io::Error>(())
+            })?;
+        lanes.push(lane);
+        drained.push(finished);
+        threads.push(thread);
+    }
+    let mut next = 0;
+    accept(&listener, shutdown, |stream| {
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "a connection could not be handed over");
+                return;
+            }
+        };
+        if lanes[next].send(stream).is_err() {
+            tracing::warn!(worker = next, "a worker has stopped; connection dropped");
+        }
+        next = (next + 1) % lanes.len();
+    })
+    .await;
+    drop(listener);
+    announce(grace);
+    drop(lanes);
+    let mut all_closed = true;
+    for finished in drained {
+        all_closed &= finished.await.unwrap_or(false);
+    }
+    report(all_closed);
+    gateway.close().await;
+    drop(release);
+    for thread in threads {
+        match thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "a worker's runtime did not start"),
+            Err(_) => tracing::error!("a worker panicked"),
+        }
+    }
+    Ok(())
+}
+
+/// Accepts connections until `shutdown` resolves, handing each to `take`.
+async fn accept(
+    listener: &TcpListener,
+    shutdown: impl Future<Output = ()>,
+    mut take: impl FnMut(tokio::net::TcpStream),
+) {
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -101,28 +205,71 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
+        take(stream);
+    }
+}
+
+/// The connections one runtime serves, watched for a graceful shutdown.
+struct Connections {
+    gateway: Gateway,
+    builder: http1::Builder,
+    graceful: GracefulShutdown,
+}
+
+impl Connections {
+    fn new(gateway: Gateway) -> Self {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        Self {
+            gateway,
+            builder,
+            graceful: GracefulShutdown::new(),
+        }
+    }
+
+    /// Serves one connection, in a task of the current runtime.
+    fn serve(&self, stream: tokio::net::TcpStream) {
+        let gateway = self.gateway.clone();
         let idle = gateway.client_idle_timeout();
         let service = service_fn(move |request: hyper::Request<Incoming>| {
             let gateway = gateway.clone();
             async move { Ok::<_, Infallible>(gateway.handle(request).await) }
         });
         let io = StallGuard::new(TokioIo::new(stream), idle);
-        let connection = graceful.watch(builder.serve_connection(io, service));
+        let connection = self
+            .graceful
+            .watch(self.builder.serve_connection(io, service));
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "connection ended with an error");
             }
         });
     }
-    drop(listener);
+
+    /// Asks every connection to finish its request in flight and close,
+    /// waiting up to `grace` for them; whether they all closed in time.
+    async fn drain(self, grace: Duration) -> bool {
+        tokio::select! {
+            () = self.graceful.shutdown() => true,
+            () = tokio::time::sleep(grace) => false,
+        }
+    }
+}
+
+fn announce(grace: Duration) {
     tracing::info!(
         grace_secs = grace.as_secs(),
         "shutting down: no new connections, waiting for in-flight requests"
     );
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+}
+
+fn report(all_closed: bool) {
+    if all_closed {
+        tracing::info!("all connections closed");
+    } else {
+        tracing::warn!("grace period over; closing remaining connections");
     }
 }
 

@@ -649,6 +649,84 @@ async fn sigterm_lets_in_flight_streams_finish() {
     }
 }
 
+/// Each worker thread's voluntary context switches, by thread name.
+fn worker_switches(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut found = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let name = name.trim();
+        if !name.starts_with("worker-") {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap();
+        found.insert(name.to_owned(), switches);
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_server_spreads_connections_over_its_worker_threads() {
+    let upstream = MockUpstream::start().await;
+    let gw = Launch::new(&upstream.url())
+        .tokens(TOKENS)
+        .env("GATEWAY_WORKER_THREADS", "3")
+        .start();
+    let pid = gw.child.id();
+    let before = worker_switches(pid);
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        ["worker-0", "worker-1", "worker-2"],
+        "one thread per worker"
+    );
+    // Six connections, each its own client, each streaming events with
+    // pauses: every pause puts the thread serving it to sleep.
+    let streams = (0..6).map(|_| {
+        let url = gw.url("/v1/sse?n=8&gap_ms=20&token=tok-bob-Secret2");
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .body(r#"{"stream":true}"#)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response.text().await.unwrap()
+        }
+    });
+    for body in futures_util::future::join_all(streams).await {
+        assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    }
+    let after = worker_switches(pid);
+    for (name, count) in &after {
+        // Two connections of 8 pauses each (which may coincide), against none when idle.
+        let woken = count - before[name];
+        assert!(
+            woken >= 5,
+            "{name} was woken {woken} times: {after:?} from {before:?}"
+        );
+    }
+    // And a SIGTERM still drains them all: the process exits cleanly.
+    let mut gw = gw;
+    gw.terminate();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gw.child.try_wait().unwrap().unwrap().success());
+    assert!(
+        gw.log_text().contains("all connections closed"),
+        "{}",
+        gw.log_text()
+    );
+}
+
 #[tokio::test]
 async fn start_up_refuses_bad_or_unsafe_configurations() {
     let upstream = "http://127.0.0.1:9";

@@ -242,12 +242,19 @@ impl Launch {
         let gateway = Gateway::new(options);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(server::serve(
-            listener,
-            gateway,
-            std::future::pending(),
-            Duration::from_secs(1),
-        ));
+        // Two workers, as the binary runs on a 2-core machine: connections
+        // are handed to threads with runtimes of their own.
+        let task = tokio::spawn(async move {
+            server::serve_on_workers(
+                listener,
+                gateway,
+                std::future::pending(),
+                Duration::from_secs(1),
+                2,
+            )
+            .await
+            .expect("the worker threads start");
+        });
         Ok(Served {
             addr,
             records,
@@ -328,7 +335,9 @@ impl Launch {
                 let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
                     // A text line: `… INFO listening address=127.0.0.1:1234`.
                     let rest = line.split_once(&format!(" {message}"))?.1;
-                    let address = rest.split_once("address=").map(|(_, a)| a.trim());
+                    let address = rest
+                        .split_once("address=")
+                        .and_then(|(_, a)| a.split_whitespace().next());
                     return Some(
                         address.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |a| a.parse().unwrap()),
                     );
