@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{
-    LogFormat, Settings, Switch, DEFAULT_LOCAL_STORE, DEFAULT_TOKENS_FILES, DEFAULT_UPSTREAM,
-    TOKENS_FILE, TOKENS_SSM_PARAMETER, UPSTREAM_API_KEY, UPSTREAM_API_KEY_SSM_PARAMETER,
-    USAGE_STORE,
+    Settings, Switch, DEFAULT_LOCAL_STORE, DEFAULT_TOKENS_FILES, DEFAULT_UPSTREAM, TOKENS_FILE,
+    TOKENS_SSM_PARAMETER, UPSTREAM_API_KEY, UPSTREAM_API_KEY_SSM_PARAMETER, USAGE_STORE,
 };
 use crate::cors::Cors;
 use crate::error::ConfigError;
@@ -251,7 +250,6 @@ pub async fn options(settings: &Settings, mode: Mode) -> Result<GatewayOptions, 
         hooks.push(Arc::new(Settle::new(store.clone(), prices.clone())));
     }
     hooks.push(Arc::new(AccessLog {
-        quote_path: settings.log_format(mode == Mode::Lambda) == LogFormat::Text,
         prices: prices.clone(),
     }));
     match mode {

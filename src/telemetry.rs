@@ -8,7 +8,7 @@
 //! the filter, `info` by default.
 
 use std::io::Write;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriter};
@@ -36,10 +36,16 @@ pub fn init(format: LogFormat, background: bool) -> LogGuard {
     } else {
         (BoxMakeWriter::new(std::io::stderr), None)
     };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = ACCESS.set(AccessSink {
+        lines: guard.clone(),
+        json: format == LogFormat::Json,
+        ansi,
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(ansi)
         .with_target(false);
     let result = if format == LogFormat::Json {
         builder
@@ -226,48 +232,198 @@ pub fn init_cli() {
     );
 }
 
+/// Where the access lines go: set by [`init`], in its format. Without it
+/// (a gateway inside a test) there are no access lines, as there are no
+/// other log lines without a subscriber.
+static ACCESS: OnceLock<AccessSink> = OnceLock::new();
+
+struct AccessSink {
+    /// The gathered lines, or stderr directly (Lambda).
+    lines: Option<Lines>,
+    json: bool,
+    ansi: bool,
+}
+
+impl AccessSink {
+    fn write(&self, line: &[u8]) {
+        match &self.lines {
+            Some(lines) => drop((&*lines.0).write_all(line)),
+            None => drop(std::io::stderr().write_all(line)),
+        }
+    }
+}
+
 /// The completion hook that writes one access-log line per request.
+///
+/// The line is written here rather than as a `tracing` event: the same
+/// fields, and the same layout as the other lines (`LOG_FORMAT`), at a
+/// fraction of the cost of the event's field visitor (measured in
+/// `scripts/bench-notes.md`). `RUST_LOG` still decides whether it is
+/// written (an `info` line of this module).
 #[derive(Debug, Default, Clone)]
 pub struct AccessLog {
-    /// Quote and escape the path (text lines), so that a path holding
-    /// `status=200` or quotes cannot pass for other fields. JSON lines
-    /// escape it already.
-    pub quote_path: bool,
     /// What usage costs.
     pub prices: Arc<Prices>,
 }
 
+/// One access line's fields, in order; `None` fields are left out.
+#[derive(serde::Serialize)]
+struct AccessLine<'a> {
+    timestamp: Timestamp,
+    level: &'static str,
+    message: &'static str,
+    method: &'a str,
+    path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cached_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage_estimated: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost_usd: Option<f64>,
+    status: u16,
+    token: &'a str,
+    error_code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_ms: Option<f64>,
+    duration_ms: f64,
+    bytes_in: u64,
+    bytes_out: u64,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+}
+
+/// Now, as the other lines show it: RFC 3339 in UTC, to the microsecond.
+struct Timestamp(chrono::DateTime<chrono::Utc>);
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
+    }
+}
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl AccessLine<'_> {
+    /// The line as the text format writes it: `name=value` pairs, strings
+    /// quoted and escaped as `tracing` does (`Debug`). The path is quoted
+    /// too, so that a path holding `status=200` or quotes cannot pass for
+    /// other fields (JSON escapes it already).
+    fn text(&self, ansi: bool, out: &mut Vec<u8>) {
+        use std::fmt::Write as _;
+        let mut line = String::with_capacity(320);
+        let (dim, level, italic, reset) = if ansi {
+            ("\x1b[2m", "\x1b[32m", "\x1b[3m", "\x1b[0m")
+        } else {
+            ("", "", "", "")
+        };
+        let _ = write!(
+            line,
+            "{dim}{}{reset} {level} INFO{reset} {}",
+            self.timestamp, self.message
+        );
+        let mut field = |name: &str, value: &dyn std::fmt::Display| {
+            let _ = write!(line, " {italic}{name}{reset}{dim}={reset}{value}");
+        };
+        let quoted = |s: &str| format!("{s:?}");
+        field("method", &self.method);
+        field("path", &quoted(self.path));
+        if let Some(model) = self.model {
+            field("model", &quoted(model));
+        }
+        let numbers = [
+            ("input_tokens", self.input_tokens),
+            ("cached_tokens", self.cached_tokens),
+            ("output_tokens", self.output_tokens),
+        ];
+        for (name, value) in numbers {
+            if let Some(value) = value {
+                field(name, &value);
+            }
+        }
+        if let Some(estimated) = self.usage_estimated {
+            field("usage_estimated", &estimated);
+        }
+        if let Some(cost) = self.cost_usd {
+            field("cost_usd", &format_args!("{cost:?}"));
+        }
+        field("status", &self.status);
+        field("token", &quoted(self.token));
+        field("error_code", &quoted(self.error_code));
+        if let Some(ms) = self.upstream_ms {
+            field("upstream_ms", &format_args!("{ms:?}"));
+        }
+        field("duration_ms", &format_args!("{:?}", self.duration_ms));
+        field("bytes_in", &self.bytes_in);
+        field("bytes_out", &self.bytes_out);
+        field("outcome", &quoted(self.outcome));
+        if let Some(id) = self.request_id {
+            field("request_id", &quoted(id));
+        }
+        line.push('\n');
+        out.extend_from_slice(line.as_bytes());
+    }
+}
+
 impl Finish for AccessLog {
     fn finish(&self, record: &Record) -> BoxFuture<()> {
-        let round = |ms: f64| (ms * 1e3).round() / 1e3;
-        let path = if self.quote_path {
-            std::borrow::Cow::Owned(format!("{:?}", record.path))
-        } else {
-            std::borrow::Cow::Borrowed(record.path.as_str())
+        let done = Box::pin(std::future::ready(()));
+        let Some(sink) = ACCESS.get() else {
+            return done;
         };
+        if !tracing::enabled!(tracing::Level::INFO) {
+            return done;
+        }
+        let round = |ms: f64| (ms * 1e3).round() / 1e3;
         let usage = record.meter.usage();
-        let model = usage.as_ref().and_then(|u| u.model.as_deref());
-        tracing::info!(
-            method = %record.method,
-            path = %path,
-            model,
-            input_tokens = usage.as_ref().map(|u| u.input),
-            cached_tokens = usage.as_ref().map(|u| u.cached_input),
-            output_tokens = usage.as_ref().map(|u| u.output),
-            usage_estimated = usage.as_ref().map(|u| u.estimated),
-            cost_usd = usage.as_ref().and_then(|u| self.prices.cost(u)),
-            status = record.status,
-            token = record.token.as_deref().unwrap_or("-"),
-            error_code = record.code.unwrap_or("-"),
-            upstream_ms = record.upstream_ms.map(round),
-            duration_ms = round(record.elapsed_ms()),
-            bytes_in = record.bytes_in.get(),
-            bytes_out = record.bytes_out,
-            outcome = record.outcome.as_str(),
-            request_id = record.request_id.as_deref(),
-            "request"
-        );
-        Box::pin(std::future::ready(()))
+        let line = AccessLine {
+            timestamp: Timestamp(chrono::Utc::now()),
+            level: "INFO",
+            message: "request",
+            method: record.method.as_str(),
+            path: &record.path,
+            model: usage.as_ref().and_then(|u| u.model.as_deref()),
+            input_tokens: usage.as_ref().map(|u| u.input),
+            cached_tokens: usage.as_ref().map(|u| u.cached_input),
+            output_tokens: usage.as_ref().map(|u| u.output),
+            usage_estimated: usage.as_ref().map(|u| u.estimated),
+            cost_usd: usage.as_ref().and_then(|u| self.prices.cost(u)),
+            status: record.status,
+            token: record.token.as_deref().unwrap_or("-"),
+            error_code: record.code.unwrap_or("-"),
+            upstream_ms: record.upstream_ms.map(round),
+            duration_ms: round(record.elapsed_ms()),
+            bytes_in: record.bytes_in.get(),
+            bytes_out: record.bytes_out,
+            outcome: record.outcome.as_str(),
+            request_id: record.request_id.as_deref(),
+        };
+        thread_local! {
+            static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BUFFER.with_borrow_mut(|out| {
+            out.clear();
+            if sink.json {
+                if serde_json::to_writer(&mut *out, &line).is_err() {
+                    return;
+                }
+                out.push(b'\n');
+            } else {
+                line.text(sink.ansi, out);
+            }
+            sink.write(out);
+        });
+        done
     }
 }
 
@@ -346,5 +502,74 @@ mod tests {
         // 40,000 lines of ~215 bytes: batches, not a write per line.
         let writes = sink.writes.load(std::sync::atomic::Ordering::SeqCst);
         assert!(writes < 1_000, "{writes} writes");
+    }
+
+    fn line<'a>(path: &'a str, model: Option<&'a str>) -> AccessLine<'a> {
+        AccessLine {
+            timestamp: Timestamp(
+                chrono::DateTime::from_timestamp(1_764_620_000, 123_456_000).unwrap(),
+            ),
+            level: "INFO",
+            message: "request",
+            method: "POST",
+            path,
+            model,
+            input_tokens: model.map(|_| 12),
+            cached_tokens: model.map(|_| 0),
+            output_tokens: model.map(|_| 5),
+            usage_estimated: model.map(|_| false),
+            cost_usd: model.map(|_| 0.000_105),
+            status: 200,
+            token: "bob \"x\"",
+            error_code: "-",
+            upstream_ms: None,
+            duration_ms: 1.5,
+            bytes_in: 10,
+            bytes_out: 20,
+            outcome: "complete",
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn text_access_lines_quote_what_could_forge_a_field_and_leave_out_what_is_unknown() {
+        let mut out = Vec::new();
+        line("/v1/x\"status=999\"token=h2", None).text(false, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "2025-12-01T20:13:20.123456Z  INFO request method=POST path=\"/v1/x\\\"status=999\\\"token=h2\" \
+             status=200 token=\"bob \\\"x\\\"\" error_code=\"-\" duration_ms=1.5 bytes_in=10 bytes_out=20 \
+             outcome=\"complete\"\n"
+        );
+        let mut colored = Vec::new();
+        line("/v1/models", None).text(true, &mut colored);
+        let colored = String::from_utf8(colored).unwrap();
+        assert!(colored.contains("\x1b[32m INFO\x1b[0m"), "{colored}");
+        assert!(
+            colored.contains("\x1b[3mstatus\x1b[0m\x1b[2m=\x1b[0m200"),
+            "{colored}"
+        );
+    }
+
+    #[test]
+    fn json_access_lines_carry_the_usage_when_there_is_one() {
+        let with = serde_json::to_value(line("/v1/chat/completions", Some("gpt-4o-mini"))).unwrap();
+        assert_eq!(with["timestamp"], "2025-12-01T20:13:20.123456Z");
+        assert_eq!(with["model"], "gpt-4o-mini");
+        assert_eq!(with["input_tokens"], 12);
+        assert_eq!(with["cost_usd"], 0.000_105);
+        assert_eq!(with["token"], "bob \"x\"");
+        let without = serde_json::to_value(line("/v1/models", None)).unwrap();
+        for absent in [
+            "model",
+            "input_tokens",
+            "cost_usd",
+            "upstream_ms",
+            "request_id",
+        ] {
+            assert!(without.get(absent).is_none(), "{absent} in {without}");
+        }
+        assert_eq!(without["status"], 200);
     }
 }
