@@ -448,12 +448,14 @@ def main():
     store_ratio = results["gateway"][64]["rps"] / store_off["rps"]
     metering_extra = metered["event_ms"] - stream["gateway"]["event_ms"]
     # None: the run cannot decide (a proxy measured faster than the direct path is noise).
-    verdict = lambda ok: "**no verdict** (noise: a proxied path beat the direct one; run again)" if ok is None else "**met**" if ok else "**missed**"
+    # "floor": the target is missed, the floor under it is held.
+    verdict = lambda ok: ("**no verdict** (noise: a proxied path beat the direct one; run again)" if ok is None
+                          else "**missed**; the floor is met" if ok == "floor" else "**met**" if ok else "**missed**")
     targets = [
         ("Added latency at p50, 1 connection, no higher than nginx's", "%.0f µs vs nginx %.0f µs (ratio %.2f)" % (gw_ovh, ngx_ovh, ratio),
          None if gw_ovh <= 0 or ngx_ovh <= 0 else gw_ovh <= ngx_ovh),
         ("Requests/s at 64 connections, usage store on, ≥ 1.0 × nginx (floor 0.8×)", "%.0f vs %.0f (%.2f×)" % (results["gateway"][64]["rps"], results["nginx"][64]["rps"], rps_ratio),
-         rps_ratio >= 1.0),
+         rps_ratio >= 1.0 or ("floor" if rps_ratio >= 0.8 else False)),
         ("CPU time per proxied request no more than nginx's", "%.1f µs vs nginx %.1f µs" % (cpu["gateway"], cpu["nginx"]), cpu["gateway"] <= cpu["nginx"]),
         ("Lambda mode: process start → first invocation's response ≤ 25 ms", "%.1f ms" % cold_bundled, cold_bundled <= 25),
         ("Lambda mode: a warm invocation's added time over the local server's ≤ 0.3 ms", "%+.2f ms (%.2f vs %.2f ms)" % (warm_extra, warm, local_rt), warm_extra <= 0.3),
