@@ -92,12 +92,12 @@ pub async fn serve(
     report(connections.drain(grace).await);
 }
 
-/// Like [`serve`], then closes the gateway; the connections are spread over `workers` threads, each
-/// running a single-threaded runtime of its own and keeping its own upstream
-/// pool: a connection, its requests and their upstream connections then stay
-/// on one thread, with no wake-ups across threads and no work stealing. This
-/// runtime only accepts, handing connections out in turn. With one worker
-/// (or none) it is [`serve`].
+/// Like [`serve`], then closes the gateway. The connections are spread over
+/// `workers` threads, each running a single-threaded runtime of its own and
+/// keeping its own upstream pool: a connection, its requests and their
+/// upstream connections then stay on one thread, with no wake-ups across
+/// threads and no work stealing. This runtime only accepts, handing
+/// connections out in turn. With one worker (or none) it is [`serve`].
 ///
 /// The workers keep running until this returns, so that work spawned on one
 /// of them (an upstream or AWS connection another worker borrowed, a
@@ -123,12 +123,13 @@ pub async fn serve_on_workers(
         let (done, finished) = tokio::sync::oneshot::channel::<bool>();
         let gateway = gateway.with_own_pool();
         let mut released = released.clone();
+        // Built here, so that a runtime that cannot start fails the start-up.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let thread = std::thread::Builder::new()
             .name(format!("worker-{n}"))
             .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
                 runtime.block_on(async move {
                     let connections = Connections::new(gateway);
                     while let Some(stream) = incoming.recv().await {
@@ -143,7 +144,6 @@ pub async fn serve_on_workers(
                     // Until every worker has drained and the gateway is closed.
                     let _ = released.changed().await;
                 });
-                Ok::<_, std::io::Error>(())
             })?;
         lanes.push(lane);
         drained.push(finished);
@@ -175,10 +175,8 @@ pub async fn serve_on_workers(
     gateway.close().await;
     drop(release);
     for thread in threads {
-        match thread.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(%error, "a worker's runtime did not start"),
-            Err(_) => tracing::error!("a worker panicked"),
+        if thread.join().is_err() {
+            tracing::error!("a worker panicked");
         }
     }
     Ok(())
