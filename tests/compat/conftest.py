@@ -115,9 +115,17 @@ class Target:
         self.base_url = root + "/v1"
         self.log_path = log_path
 
-    def logs(self):
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
+    def logs(self, until=None):
+        """The log so far. The local server writes its lines within 20 ms
+        of logging them, so this waits that long first, and with `until`,
+        up to 5 s for that text to appear."""
+        deadline = time.time() + 5
+        while True:
+            time.sleep(0.05)
+            with open(self.log_path, errors="replace") as f:
+                text = f.read()
+            if until is None or until in text or time.time() > deadline:
+                return text
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 
 from conftest import BINARY, GW_TOKEN, ROOT, free_port, wait_port
@@ -119,8 +120,14 @@ def test_spend_control_example(mock, workdir):
             raise AssertionError("the spent budget let a request through")
         except openai.RateLimitError as e:
             assert e.code == "insufficient_quota", e
-        refusals = [json.loads(l) for l in open(log_path) if '"status":429' in l]
-        assert len(refusals) == 1, "x-should-retry: false, so no retries: %s" % refusals
+        # Log lines are written within 20 ms of the response's end: wait for
+        # the refusal's line, then long enough for any retry's to follow.
+        refusals = lambda: [json.loads(l) for l in open(log_path) if '"status":429' in l]
+        deadline = time.time() + 5
+        while not refusals() and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)
+        assert len(refusals()) == 1, "x-should-retry: false, so no retries: %s" % refusals()
         sub = json.load(urllib.request.urlopen(base + "/dashboard/billing/subscription?token=" + token))
         assert sub["hard_limit_usd"] == 5.0 and sub["access_until"] == 1798761600, sub
         report = run(["bash", "-c", binary(snippet("spend-report").strip())], cwd=here)
