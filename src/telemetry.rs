@@ -320,26 +320,24 @@ impl AccessLine<'_> {
     /// too, so that a path holding `status=200` or quotes cannot pass for
     /// other fields (JSON escapes it already).
     fn text(&self, ansi: bool, out: &mut Vec<u8>) {
-        use std::fmt::Write as _;
-        let mut line = String::with_capacity(320);
+        // Formatted straight into `out`: a `Vec` takes every write.
         let (dim, level, italic, reset) = if ansi {
             ("\x1b[2m", "\x1b[32m", "\x1b[3m", "\x1b[0m")
         } else {
             ("", "", "", "")
         };
         let _ = write!(
-            line,
+            out,
             "{dim}{}{reset} {level} INFO{reset} {}",
             self.timestamp, self.message
         );
         let mut field = |name: &str, value: &dyn std::fmt::Display| {
-            let _ = write!(line, " {italic}{name}{reset}{dim}={reset}{value}");
+            let _ = write!(out, " {italic}{name}{reset}{dim}={reset}{value}");
         };
-        let quoted = |s: &str| format!("{s:?}");
         field("method", &self.method);
-        field("path", &quoted(self.path));
+        field("path", &format_args!("{:?}", self.path));
         if let Some(model) = self.model {
-            field("model", &quoted(model));
+            field("model", &format_args!("{model:?}"));
         }
         let numbers = [
             ("input_tokens", self.input_tokens),
@@ -358,20 +356,19 @@ impl AccessLine<'_> {
             field("cost_usd", &format_args!("{cost:?}"));
         }
         field("status", &self.status);
-        field("token", &quoted(self.token));
-        field("error_code", &quoted(self.error_code));
+        field("token", &format_args!("{:?}", self.token));
+        field("error_code", &format_args!("{:?}", self.error_code));
         if let Some(ms) = self.upstream_ms {
             field("upstream_ms", &format_args!("{ms:?}"));
         }
         field("duration_ms", &format_args!("{:?}", self.duration_ms));
         field("bytes_in", &self.bytes_in);
         field("bytes_out", &self.bytes_out);
-        field("outcome", &quoted(self.outcome));
+        field("outcome", &format_args!("{:?}", self.outcome));
         if let Some(id) = self.request_id {
-            field("request_id", &quoted(id));
+            field("request_id", &format_args!("{id:?}"));
         }
-        line.push('\n');
-        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
     }
 }
 
