@@ -634,19 +634,9 @@ async fn sigterm_lets_in_flight_streams_finish() {
     );
     let body = r.text().await.expect("the in-flight stream completes");
     assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
-    let deadline = Instant::now() + Duration::from_secs(5);
     let mut gw = gw;
-    loop {
-        if let Some(status) = gw.child.try_wait().unwrap() {
-            assert!(status.success(), "{status:?}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "did not exit after the stream ended"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let status = gw.exited(Duration::from_secs(5)).await;
+    assert!(status.success(), "{status:?}");
 }
 
 /// Each worker thread's voluntary context switches, by thread name.
@@ -656,16 +646,10 @@ fn worker_switches(pid: u32) -> std::collections::BTreeMap<String, u64> {
         let dir = task.unwrap().path();
         let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
         let name = name.trim();
-        if !name.starts_with("worker-") {
-            continue;
+        if name.starts_with("worker-") {
+            let switches = status_field(dir.to_str().unwrap(), "voluntary_ctxt_switches:");
+            found.insert(name.to_owned(), switches);
         }
-        let status = std::fs::read_to_string(dir.join("status")).unwrap();
-        let switches = status
-            .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap();
-        found.insert(name.to_owned(), switches);
     }
     found
 }
@@ -714,12 +698,8 @@ async fn the_server_spreads_connections_over_its_worker_threads() {
     // And a SIGTERM still drains them all: the process exits cleanly.
     let mut gw = gw;
     gw.terminate();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while gw.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(gw.child.try_wait().unwrap().unwrap().success());
+    let status = gw.exited(Duration::from_secs(5)).await;
+    assert!(status.success(), "{status:?}");
     assert!(
         gw.log_text().contains("all connections closed"),
         "{}",

@@ -77,18 +77,7 @@ async fn a_runtime_api_that_keeps_failing_ends_the_process() {
     let up = MockUpstream::start().await;
     let api = runtime_api(usize::MAX, |_| Post::Fail).await;
     let mut gw = lambda(&api, &up);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = gw.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running:\n{}",
-            gw.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = gw.exited(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(1));
     // Five failures in a row, each within the steady period: resumed four times.
     assert_eq!(*api.served.lock().unwrap(), 5);

@@ -426,10 +426,33 @@ impl GatewayProc {
     pub fn terminate(&self) {
         unsafe_kill(self.child.id(), "TERM");
     }
+
+    /// Waits up to `within` for the process to exit, and returns how it did.
+    pub async fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "did not exit within {within:?}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status_field(&format!("/proc/{pid}"), field)
+}
+
+/// A number from the `status` file of `dir` (a process or a thread under
+/// `/proc`): the value after `field`, e.g. `VmRSS:` or
+/// `voluntary_ctxt_switches:`.
+pub fn status_field(dir: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("{dir}/status")).unwrap();
     status
         .lines()
         .find(|l| l.starts_with(field))
