@@ -247,7 +247,7 @@ impl Gateway {
         }
         let metered = parts.method == Method::POST && usage::is_metered(parts.uri.path());
         // An upload's bytes are a file (audio), not text: they estimate no tokens.
-        let text_body = headers::media_type(&parts.headers) != "multipart/form-data";
+        let text_body = !headers::is_media(&parts.headers, "multipart/form-data");
         let mut headers = headers::to_upstream(parts.headers, admitted.strip, key.as_ref());
         if matches!(edit, Some(ResponseEdit::Rewrite { .. })) {
             headers::identity_only(&mut headers);

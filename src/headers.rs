@@ -16,17 +16,6 @@ use crate::secret::ApiKey;
 /// The `X-Token` header: a gateway credential, never forwarded.
 pub static X_TOKEN: HeaderName = HeaderName::from_static("x-token");
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("proxy-connection"),
-];
-
 /// What the authentication step found to strip from a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Strip {
@@ -34,20 +23,53 @@ pub struct Strip {
     pub authorization: bool,
 }
 
+/// Whether a header describes one connection and is never forwarded (RFC
+/// 9110 §7.6.1): `Connection`, `Keep-Alive`, `TE`, `Trailer`,
+/// `Transfer-Encoding`, `Upgrade` and every `Proxy-*` header.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+    ) || name.starts_with("proxy-")
+}
+
+/// Removes hop-by-hop headers, every header that `Connection` names, and
+/// every header whose (lower-case) name `also` picks.
+///
+/// One pass over the names decides; only the names removed are looked up
+/// again, so a request with nothing to drop costs no hashing at all.
+fn remove_where(headers: &mut HeaderMap, also: impl Fn(&str) -> bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    let mut connection = false;
+    for name in headers.keys() {
+        let text = name.as_str();
+        connection |= name == header::CONNECTION;
+        if is_hop_by_hop(text) || also(text) {
+            doomed.push(name.clone());
+        }
+    }
+    if connection {
+        let named = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
+        for name in named {
+            if !doomed.contains(&name) {
+                doomed.push(name);
+            }
+        }
+    }
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
 /// Removes hop-by-hop headers: the fixed list, `Proxy-*`, and every header
 /// that `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-    remove_matching(headers, |k| k.starts_with("proxy-"));
+    remove_where(headers, |_| false);
 }
 
 /// Removes every header whose (lower-case) name matches `pred`; allocates
@@ -71,23 +93,15 @@ fn remove_matching(headers: &mut HeaderMap, pred: impl Fn(&str) -> bool) {
 /// `Content-Length` (the body's own length is used), `Expect`, client-address
 /// headers (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `X-Amzn-*`), `X-Token`,
 /// an `Authorization` that held a gateway token and, when a key is injected,
-/// the client's own `Authorization`.
+/// the client's own `Authorization` (the injected one replaces it).
 pub fn to_upstream(mut headers: HeaderMap, strip: Strip, inject: Option<&ApiKey>) -> HeaderMap {
-    remove_hop_by_hop(&mut headers);
-    for name in [
-        header::HOST,
-        header::CONTENT_LENGTH,
-        header::EXPECT,
-        header::FORWARDED,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove(&X_TOKEN);
-    if strip.authorization {
-        headers.remove(header::AUTHORIZATION);
-    }
-    remove_matching(&mut headers, |k| {
-        k.starts_with("x-forwarded-") || k.starts_with("x-amzn-") || k == "x-real-ip"
+    remove_where(&mut headers, |name| {
+        matches!(
+            name,
+            "host" | "content-length" | "expect" | "forwarded" | "x-token" | "x-real-ip"
+        ) || (strip.authorization && name == "authorization")
+            || name.starts_with("x-forwarded-")
+            || name.starts_with("x-amzn-")
     });
     if let Some(key) = inject {
         headers.insert(header::AUTHORIZATION, key.authorization().clone());
@@ -154,26 +168,32 @@ pub fn content_type(headers: &HeaderMap) -> &str {
         .unwrap_or("")
 }
 
-/// The media type of `Content-Type`, lower-cased, without parameters
-/// (`application/json` for `Application/JSON; charset=utf-8`).
-pub fn media_type(headers: &HeaderMap) -> String {
-    content_type(headers)
-        .split(';')
-        .next()
-        .unwrap_or("")
+/// The media type of `Content-Type`, without parameters, as sent
+/// (`Application/JSON` for `Application/JSON; charset=utf-8`); compare it
+/// with [`is_media`], which ignores case.
+fn media_type(headers: &HeaderMap) -> &str {
+    let content_type = content_type(headers);
+    content_type
+        .split_once(';')
+        .map_or(content_type, |(media, _)| media)
         .trim()
-        .to_ascii_lowercase()
+}
+
+/// Whether the media type is `media` (lower-case), in any case.
+pub fn is_media(headers: &HeaderMap, media: &str) -> bool {
+    media_type(headers).eq_ignore_ascii_case(media)
 }
 
 /// Whether the body is JSON (`application/json` or any `+json` type).
 pub fn is_json(headers: &HeaderMap) -> bool {
-    let media = media_type(headers);
-    media == "application/json" || media.ends_with("+json")
+    let media = media_type(headers).as_bytes();
+    media.eq_ignore_ascii_case(b"application/json")
+        || media.len() >= 5 && media[media.len() - 5..].eq_ignore_ascii_case(b"+json")
 }
 
 /// Whether the body is an event stream.
 pub fn is_event_stream(headers: &HeaderMap) -> bool {
-    media_type(headers) == "text/event-stream"
+    is_media(headers, "text/event-stream")
 }
 
 #[cfg(test)]
@@ -237,6 +257,39 @@ mod tests {
         assert_eq!(out["authorization"], "Bearer sk-injected");
         assert_eq!(out.get_all("authorization").iter().count(), 1);
         assert!(out["authorization"].is_sensitive());
+    }
+
+    #[test]
+    fn connection_names_are_matched_in_any_case_and_the_rest_is_kept() {
+        let mut h = map(&[
+            ("connection", "close"),
+            ("connection", " X-Custom-Hop ,, Keep-Alive"),
+            ("x-custom-hop", "1"),
+            ("proxy-anything", "1"),
+            ("openai-beta", "assistants=v2"),
+            ("accept", "*/*"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["accept", "openai-beta"]);
+        let kept = map(&[("accept", "*/*"), ("user-agent", "OpenAI/Python")]);
+        let out = to_upstream(kept.clone(), Strip::default(), None);
+        assert_eq!(out, kept);
+    }
+
+    #[test]
+    fn media_types_are_compared_without_case_or_parameters() {
+        let with = |v: &'static str| map(&[("content-type", v)]);
+        assert!(is_json(&with("Application/JSON; charset=utf-8")));
+        assert!(is_json(&with("application/vnd.api+JSON")));
+        assert!(!is_json(&with("application/jsonl")));
+        assert!(is_event_stream(&with(" text/event-stream ;charset=utf-8")));
+        assert!(is_media(
+            &with("Multipart/Form-Data; boundary=x"),
+            "multipart/form-data"
+        ));
+        assert!(!is_json(&HeaderMap::new()) && !is_event_stream(&HeaderMap::new()));
     }
 
     #[test]

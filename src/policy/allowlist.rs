@@ -100,7 +100,7 @@ impl Allowlist {
                 .and_then(|m| m.as_str())
                 .map(str::to_owned));
         }
-        if headers::media_type(request.headers) == "multipart/form-data" {
+        if headers::is_media(request.headers, "multipart/form-data") {
             let Some(boundary) = boundary(headers::content_type(request.headers)) else {
                 return Err(GatewayError::InvalidRequestBody(
                     "a multipart body without a boundary",

@@ -170,7 +170,7 @@ impl Enforce {
         if *request.method != Method::POST {
             return Ok(Facts::default());
         }
-        if crate::headers::media_type(request.headers) == "multipart/form-data" {
+        if crate::headers::is_media(request.headers, "multipart/form-data") {
             // An upload (audio): its model is a form field, and its bytes
             // are a file, not text, so they estimate no tokens.
             let boundary = allowlist::boundary(crate::headers::content_type(request.headers));
