@@ -322,7 +322,7 @@ impl Gateway {
     /// metered when it carries usage, edited as a policy asked.
     fn shape(
         &self,
-        response: http::Response<hyper::body::Incoming>,
+        response: http::Response<crate::pool::ResponseBody>,
         edit: Option<ResponseEdit>,
         metered: bool,
         text_body: bool,

@@ -36,6 +36,7 @@ pub mod headers;
 pub mod lambda;
 pub mod limits;
 pub mod policy;
+pub mod pool;
 pub mod proxy;
 pub mod record;
 pub mod secret;

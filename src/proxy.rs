@@ -7,26 +7,22 @@
 //! gateway credential are dropped. Bodies stream in both directions.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Uri};
-use http_body_util::combinators::BoxBody;
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use url::Url;
 
-use crate::body::{client_fault, BoxError};
+use crate::body::client_fault;
 use crate::error::{error_chain, ConfigError, GatewayError};
 use crate::headers;
+use crate::pool::{Pool, ResponseBody, SendError};
 
-/// A request body on its way to the upstream.
-pub type UpstreamBody = BoxBody<Bytes, BoxError>;
+pub use crate::pool::UpstreamBody;
 
 /// The upstream's base URL, parsed and checked once:
 /// `http(s)://host[:port][/prefix]`.
@@ -112,17 +108,11 @@ fn roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, Con
     Ok(roots)
 }
 
-/// How the proxy connects: TCP, then TLS (or plain HTTP) by the URI's scheme.
-type Connector = HttpsConnector<HttpConnector>;
-
-/// The HTTP client under the proxy: hyper's pooled client, over rustls.
-type Client = hyper_util::client::legacy::Client<Connector, UpstreamBody>;
-
-/// The upstream side: a client with a keep-alive pool.
+/// The upstream side: hyper's client connections, over rustls, in a
+/// keep-alive pool ([`crate::pool`]).
 #[derive(Debug, Clone)]
 pub struct Proxy {
-    client: Client,
-    connector: Connector,
+    pool: Arc<Pool>,
     upstream: Upstream,
     header_timeout: Duration,
 }
@@ -137,8 +127,8 @@ impl Proxy {
         Self::trusting(upstream, header_timeout, connect_timeout, None)
     }
 
-    /// Builds the shared HTTP client: hyper's client driven directly (no
-    /// redirects followed, no proxy read from the environment, no header
+    /// Builds the upstream side: hyper's client connections driven directly
+    /// (no redirects followed, no proxy read from the environment, no header
     /// added but `Host`), HTTP/1.1 or HTTP/2 as the upstream's TLS offers.
     /// TLS trusts the Mozilla roots compiled into the binary (nothing is read
     /// from the system's certificate store at start-up, which a cold Lambda
@@ -166,9 +156,14 @@ impl Proxy {
             .enable_http1()
             .enable_http2()
             .wrap_connector(tcp);
+        let origin = Uri::builder()
+            .scheme(upstream.scheme.clone())
+            .authority(upstream.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| ConfigError::HttpClient(e.to_string()))?;
         Ok(Self {
-            client: client(connector.clone()),
-            connector,
+            pool: Arc::new(Pool::new(connector, origin)),
             upstream,
             header_timeout,
         })
@@ -181,7 +176,7 @@ impl Proxy {
     /// and every read then wakes the other thread).
     pub fn with_own_pool(&self) -> Self {
         Self {
-            client: client(self.connector.clone()),
+            pool: Arc::new(self.pool.empty_copy()),
             ..self.clone()
         }
     }
@@ -191,32 +186,26 @@ impl Proxy {
         &self.upstream
     }
 
-    /// Opens a pooled connection (TCP and TLS) to the upstream ahead of the
-    /// first request, so a cold Lambda container does not pay for it on a
-    /// client's time. Failures are only logged: the first request retries.
+    /// Opens a connection (TCP and TLS) to the upstream ahead of the first
+    /// request and leaves it idle in the pool, so a cold Lambda container
+    /// does not pay for it on a client's time. No request is sent. Failures
+    /// are only logged: the first request connects again.
     pub async fn warm_up(&self) {
         let started = std::time::Instant::now();
-        let outcome = match self.target("/", None) {
-            Ok(uri) => {
-                let mut request = http::Request::new(UpstreamBody::default());
-                *request.method_mut() = Method::HEAD;
-                *request.uri_mut() = uri;
-                tokio::time::timeout(Duration::from_secs(2), self.client.request(request)).await
-            }
-            Err(_) => return,
-        };
+        let outcome = tokio::time::timeout(Duration::from_secs(2), self.pool.warm_up()).await;
         let ms = started.elapsed().as_secs_f64() * 1e3;
         match outcome {
-            Ok(Ok(response)) => tracing::info!(
-                status = response.status().as_u16(),
-                ms,
-                "upstream connection warmed up"
-            ),
+            Ok(Ok(())) => tracing::info!(ms, "upstream connection warmed up"),
             Ok(Err(error)) => {
-                tracing::warn!(error = %error_chain(&error), ms, "upstream warm-up failed")
+                tracing::warn!(error = %error_chain(&*error), ms, "upstream warm-up failed")
             }
             Err(_) => tracing::warn!(ms, "upstream warm-up timed out"),
         }
+    }
+
+    /// How many connections wait idle in this proxy's pool.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle()
     }
 
     /// Maps a request path and (already stripped) query to the upstream URI.
@@ -256,28 +245,26 @@ impl Proxy {
         uri: Uri,
         headers: HeaderMap,
         body: UpstreamBody,
-    ) -> Result<http::Response<Incoming>, GatewayError> {
+    ) -> Result<http::Response<ResponseBody>, GatewayError> {
         let mut request = http::Request::new(body);
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        let mut response = match tokio::time::timeout(
-            self.header_timeout,
-            self.client.request(request),
-        )
-        .await
+        let mut response = match tokio::time::timeout(self.header_timeout, self.pool.send(request))
+            .await
         {
             Err(_) => return Err(GatewayError::UpstreamTimeout(self.header_timeout.as_secs())),
-            Ok(Err(error)) => {
+            Ok(Err(SendError::Connect(error))) => {
+                let mapped = GatewayError::UpstreamUnreachable;
+                tracing::warn!(error = %error_chain(&*error), code = mapped.code(), "upstream request failed");
+                return Err(mapped);
+            }
+            Ok(Err(SendError::Exchange(error))) => {
                 if let Some(fault) = client_fault(&error) {
                     tracing::info!(side = "client", error = %error_chain(&error), code = fault.code(), "the client's request body failed");
                     return Err(fault);
                 }
-                let mapped = if error.is_connect() {
-                    GatewayError::UpstreamUnreachable
-                } else {
-                    GatewayError::UpstreamFailed
-                };
+                let mapped = GatewayError::UpstreamFailed;
                 tracing::warn!(error = %error_chain(&error), code = mapped.code(), "upstream request failed");
                 return Err(mapped);
             }
@@ -293,15 +280,6 @@ impl Proxy {
         headers::from_upstream(response.headers_mut());
         Ok(response)
     }
-}
-
-/// A pooled client over `connector`: idle connections are kept for a minute.
-fn client(connector: Connector) -> Client {
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector)
 }
 
 /// Refuses paths the URL parser would rewrite into another path: dot

@@ -121,6 +121,7 @@ pub struct MockUpstream {
     pub addr: SocketAddr,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
     live_downloads: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
 }
 
 impl MockUpstream {
@@ -136,11 +137,14 @@ impl MockUpstream {
         let state = Arc::new(State::default());
         let live_downloads = state.live_downloads.clone();
         let (log, state2) = (requests.clone(), state.clone());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let _ = stream.set_nodelay(true);
                 let (log, state) = (log.clone(), state2.clone());
                 tokio::spawn(async move {
@@ -158,7 +162,13 @@ impl MockUpstream {
             addr,
             requests,
             live_downloads,
+            connections,
         }
+    }
+
+    /// How many connections it has accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// How many `/download` bodies are being sent right now.

@@ -1,0 +1,290 @@
+//! The upstream connections: hyper's client connections driven directly,
+//! with a keep-alive pool per [`crate::proxy::Proxy`] (so one per server
+//! worker thread, whose runtime then drives its connections' tasks too).
+//!
+//! - **HTTP/1.1**: idle connections wait on a stack, and the most recently
+//!   used is taken first (so surplus ones go quiet and expire). A
+//!   connection goes back when its response body has ended cleanly; one
+//!   whose body was cut or dropped is closed, never reused.
+//! - **HTTP/2**, when the upstream's TLS offers it: one connection, shared
+//!   by every request, replaced once it closes.
+//! - A request sent on a reused connection that the upstream had just
+//!   closed is sent again on another: hyper hands such a request back
+//!   untouched, since none of it was written.
+//! - Idle connections are kept for [`IDLE_TIMEOUT`]; expired or closed ones
+//!   are dropped as the pool is next used, and at most [`MAX_IDLE`] wait.
+//!
+//! Per request this is an uncontended lock, a pop and a push: no pool key,
+//! no task spawned, no connect raced against a checkout.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, Uri};
+use http_body::Body;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2, TrySendError};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::Connection;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::body::{BoxError, Layer, Step};
+
+/// How the proxy connects: TCP, then TLS (or plain HTTP) by the URI's scheme.
+pub type Connector = HttpsConnector<HttpConnector>;
+
+/// A request body on its way to the upstream.
+pub type UpstreamBody = BoxBody<Bytes, BoxError>;
+
+/// How long an idle connection is kept.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The most idle HTTP/1.1 connections kept.
+pub const MAX_IDLE: usize = 256;
+
+/// A response body from the upstream, which gives its connection back to
+/// the pool when it ends cleanly.
+pub type ResponseBody = Layer<Incoming, Release>;
+
+/// The keep-alive pool of one upstream.
+#[derive(Debug)]
+pub struct Pool {
+    connector: Connector,
+    /// What the connector is asked for: the upstream's scheme and authority.
+    origin: Uri,
+    /// The `Host` of HTTP/1.1 requests.
+    host: HeaderValue,
+    idle: Stack,
+    shared: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+}
+
+/// The idle HTTP/1.1 connections, the most recently used last.
+type Stack = Arc<Mutex<VecDeque<Idle>>>;
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+/// A connection taken from the pool, for one request.
+enum Sender {
+    Http1(http1::SendRequest<UpstreamBody>),
+    Http2(http2::SendRequest<UpstreamBody>),
+}
+
+/// Why no response came back.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be opened (TCP, TLS or the HTTP/2 handshake).
+    Connect(BoxError),
+    /// The exchange failed on an open connection.
+    Exchange(hyper::Error),
+}
+
+impl Pool {
+    /// An empty pool for `origin` (`scheme://authority`).
+    pub fn new(connector: Connector, origin: Uri) -> Self {
+        let authority = origin.authority().map_or("", |a| a.as_str());
+        let host = HeaderValue::from_str(authority).expect("an authority is a valid Host");
+        Self {
+            connector,
+            origin,
+            host,
+            idle: Arc::default(),
+            shared: Mutex::default(),
+        }
+    }
+
+    /// An empty pool for the same upstream, over the same connector.
+    pub fn empty_copy(&self) -> Self {
+        Self::new(self.connector.clone(), self.origin.clone())
+    }
+
+    /// Sends `request` (its URI absolute) and waits for the response head,
+    /// sending it again on another connection when a reused one turns out
+    /// to have been closed before any of it was written.
+    pub async fn send(
+        &self,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<Response<ResponseBody>, SendError> {
+        let uri = request.uri().clone();
+        loop {
+            let (sender, reused) = self.checkout().await.map_err(SendError::Connect)?;
+            let outcome = match sender {
+                Sender::Http1(mut sender) => {
+                    // Origin-form on the wire, the host in `Host`.
+                    *request.uri_mut() = uri
+                        .path_and_query()
+                        .cloned()
+                        .map_or_else(Uri::default, Uri::from);
+                    request
+                        .headers_mut()
+                        .insert(header::HOST, self.host.clone());
+                    match sender.try_send_request(request).await {
+                        Ok(response) => {
+                            // An empty body (`HEAD`, 204, 304) is never polled to
+                            // its end: the connection goes back now.
+                            let release = if response.body().is_end_stream() {
+                                release(&self.idle, sender);
+                                Release(None)
+                            } else {
+                                Release(Some((self.idle.clone(), sender)))
+                            };
+                            return Ok(response.map(|body| Layer::new(body, release)));
+                        }
+                        Err(error) => error,
+                    }
+                }
+                Sender::Http2(mut sender) => {
+                    // The scheme and authority go in HTTP/2's pseudo-headers.
+                    *request.uri_mut() = uri.clone();
+                    request.headers_mut().remove(header::HOST);
+                    match sender.try_send_request(request).await {
+                        Ok(response) => {
+                            return Ok(response.map(|body| Layer::new(body, Release(None))))
+                        }
+                        Err(error) => error,
+                    }
+                }
+            };
+            request = retryable(outcome, reused)?;
+        }
+    }
+
+    /// Opens a connection ahead of the first request and leaves it idle.
+    pub async fn warm_up(&self) -> Result<(), BoxError> {
+        match self.connect().await? {
+            Sender::Http1(sender) => release(&self.idle, sender),
+            Sender::Http2(_) => {}
+        }
+        Ok(())
+    }
+
+    /// How many HTTP/1.1 connections wait idle.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// A ready connection: the shared HTTP/2 one, the most recent idle
+    /// HTTP/1.1 one, or a new one. Says whether it was reused.
+    async fn checkout(&self) -> Result<(Sender, bool), BoxError> {
+        if let Some(shared) = self.shared() {
+            return Ok((Sender::Http2(shared), true));
+        }
+        loop {
+            let next = self
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_back();
+            let Some(Idle { mut sender, since }) = next else {
+                break;
+            };
+            if sender.is_closed() || since.elapsed() > IDLE_TIMEOUT {
+                continue;
+            }
+            // Given back at its body's end, a connection can be a poll away
+            // from taking its next request; one that closed instead fails here.
+            if sender.ready().await.is_ok() {
+                return Ok((Sender::Http1(sender), true));
+            }
+        }
+        Ok((self.connect().await?, false))
+    }
+
+    /// The shared HTTP/2 connection, while it is open.
+    fn shared(&self) -> Option<http2::SendRequest<UpstreamBody>> {
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        match &*shared {
+            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            Some(_) => {
+                *shared = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Opens a connection (TCP, then TLS with ALPN when the upstream is
+    /// HTTPS) and starts its task on the current runtime.
+    async fn connect(&self) -> Result<Sender, BoxError> {
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+        let io = connector.call(self.origin.clone()).await?;
+        if io.connected().is_negotiated_h2() {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "upstream HTTP/2 connection ended");
+                }
+            });
+            let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            if shared.as_ref().is_none_or(|s| s.is_closed()) {
+                *shared = Some(sender.clone());
+            }
+            Ok(Sender::Http2(sender))
+        } else {
+            let (sender, connection) = http1::handshake(io).await?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "upstream connection ended");
+                }
+            });
+            Ok(Sender::Http1(sender))
+        }
+    }
+}
+
+/// The request back, when a reused connection refused it unsent.
+fn retryable(
+    mut error: TrySendError<Request<UpstreamBody>>,
+    reused: bool,
+) -> Result<Request<UpstreamBody>, SendError> {
+    match error.take_message() {
+        Some(request) if reused => {
+            tracing::debug!(error = %error.error(), "a reused upstream connection was closed; sending again");
+            Ok(request)
+        }
+        _ => Err(SendError::Exchange(error.into_error())),
+    }
+}
+
+/// Puts `sender` back on the idle stack, dropping what expired.
+fn release(idle: &Mutex<VecDeque<Idle>>, sender: http1::SendRequest<UpstreamBody>) {
+    let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+    while idle
+        .front()
+        .is_some_and(|oldest| oldest.sender.is_closed() || oldest.since.elapsed() > IDLE_TIMEOUT)
+    {
+        idle.pop_front();
+    }
+    if idle.len() < MAX_IDLE {
+        idle.push_back(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+}
+
+/// The response body's step that gives an HTTP/1.1 connection back to the
+/// pool once the body has ended cleanly (dropped earlier, the connection
+/// closes with it).
+pub struct Release(Option<(Stack, http1::SendRequest<UpstreamBody>)>);
+
+impl Step for Release {
+    fn end(&mut self) {
+        if let Some((idle, sender)) = self.0.take() {
+            release(&idle, sender);
+        }
+    }
+}
