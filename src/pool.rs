@@ -48,6 +48,13 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most idle HTTP/1.1 connections kept.
 pub const MAX_IDLE: usize = 256;
 
+/// How long an idle connection that is not yet ready is waited for.
+const READY_WAIT: Duration = Duration::from_millis(20);
+
+/// How many connections one request is offered, when reused ones turn out
+/// to have been closed.
+const MAX_ATTEMPTS: u32 = 4;
+
 /// A response body from the upstream, which gives its connection back to
 /// the pool when it ends cleanly.
 pub type ResponseBody = Layer<Incoming, Release>;
@@ -115,7 +122,7 @@ impl Pool {
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, SendError> {
         let uri = request.uri().clone();
-        loop {
+        for attempt in 1.. {
             let (sender, reused) = self.checkout().await.map_err(SendError::Connect)?;
             let outcome = match sender {
                 Sender::Http1(mut sender) => {
@@ -154,8 +161,9 @@ impl Pool {
                     }
                 }
             };
-            request = retryable(outcome, reused)?;
+            request = retryable(outcome, reused && attempt < MAX_ATTEMPTS)?;
         }
+        unreachable!("the attempts are counted without end")
     }
 
     /// Opens a connection ahead of the first request and leaves it idle.
@@ -165,11 +173,6 @@ impl Pool {
             Sender::Http2(_) => {}
         }
         Ok(())
-    }
-
-    /// How many HTTP/1.1 connections wait idle.
-    pub fn idle(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// A ready connection: the shared HTTP/2 one, the most recent idle
@@ -190,9 +193,15 @@ impl Pool {
             if sender.is_closed() || since.elapsed() > IDLE_TIMEOUT {
                 continue;
             }
-            // Given back at its body's end, a connection can be a poll away
-            // from taking its next request; one that closed instead fails here.
-            if sender.ready().await.is_ok() {
+            // Given back at its response body's end, a connection can be a
+            // poll away from taking its next request (its task has not run
+            // yet), or still busy sending a request body the upstream did not
+            // wait for: it gets a moment, then is dropped.
+            if sender.is_ready()
+                || tokio::time::timeout(READY_WAIT, sender.ready())
+                    .await
+                    .is_ok_and(|ready| ready.is_ok())
+            {
                 return Ok((Sender::Http1(sender), true));
             }
         }

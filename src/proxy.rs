@@ -203,11 +203,6 @@ impl Proxy {
         }
     }
 
-    /// How many connections wait idle in this proxy's pool.
-    pub fn idle_connections(&self) -> usize {
-        self.pool.idle()
-    }
-
     /// Maps a request path and (already stripped) query to the upstream URI.
     pub fn target(&self, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
         check_path(path)?;
