@@ -25,12 +25,20 @@ pub struct Strip {
 
 /// Whether a header describes one connection and is never forwarded (RFC
 /// 9110 §7.6.1): `Connection`, `Keep-Alive`, `TE`, `Trailer`,
-/// `Transfer-Encoding`, `Upgrade` and every `Proxy-*` header.
+/// `Transfer-Encoding`, `Upgrade` and every `Proxy-*` header, in any case.
 fn is_hop_by_hop(name: &str) -> bool {
-    matches!(
-        name,
-        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
-    ) || name.starts_with("proxy-")
+    const FIXED: [&str; 6] = [
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    FIXED.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
 }
 
 /// Removes hop-by-hop headers, every header that `Connection` names, and
@@ -54,7 +62,11 @@ fn remove_where(headers: &mut HeaderMap, also: impl Fn(&str) -> bool) {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
+            .map(str::trim)
+            // `close`, and the fixed list (already dropped), are no header
+            // of their own to look for.
+            .filter(|name| !name.eq_ignore_ascii_case("close") && !is_hop_by_hop(name))
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok());
         for name in named {
             if !doomed.contains(&name) {
                 doomed.push(name);

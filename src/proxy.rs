@@ -289,9 +289,19 @@ fn check_path(path: &str) -> Result<(), GatewayError> {
             "backslashes are not allowed in the path",
         ));
     }
+    // A segment of one or two dots, each `.` or `%2e` in any case.
     let is_dot = |segment: &str| {
-        let s = segment.to_ascii_lowercase().replace("%2e", ".");
-        s == "." || s == ".."
+        let mut rest = segment.as_bytes();
+        let mut dots = 0;
+        while !rest.is_empty() && dots < 3 {
+            rest = match rest {
+                [b'.', tail @ ..] => tail,
+                [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
+                _ => return false,
+            };
+            dots += 1;
+        }
+        rest.is_empty() && (dots == 1 || dots == 2)
     };
     if path.split('/').any(is_dot) {
         return Err(GatewayError::InvalidPath(
@@ -349,10 +359,23 @@ mod tests {
             assert_eq!(u.host(), Some("api.openai.com"), "{path}");
             assert!(u.path().starts_with("/base/"), "{path}");
         }
+        // Dots that do not make a dot segment are names like any other.
+        for path in [
+            "/v1/...",
+            "/v1/%2e%2e%2E",
+            "/v1/.hidden",
+            "/v1/a.b",
+            "/v1/%2ex",
+            "/v1/%2",
+        ] {
+            assert!(p.target(path, None).is_ok(), "{path}");
+        }
         for path in [
             "/../x",
             "/v1/%2e%2e/x",
             "/v1/.%2E",
+            "/v1/%2E.",
+            "/v1/%2e",
             "/a/./b",
             "/\\evil.example",
             "*",

@@ -302,9 +302,35 @@ struct AccessLine<'a> {
 /// Now, as the other lines show it: RFC 3339 in UTC, to the microsecond.
 struct Timestamp(chrono::DateTime<chrono::Utc>);
 
+impl Timestamp {
+    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, as tracing writes it, digit by digit
+    /// (chrono's `format` parses its pattern again on every line).
+    fn digits(&self) -> [u8; 27] {
+        use chrono::{Datelike, Timelike};
+        let t = &self.0;
+        let mut out = *b"0000-00-00T00:00:00.000000Z";
+        let mut put = |at: usize, width: usize, mut n: u32| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        };
+        put(0, 4, t.year().clamp(0, 9999) as u32);
+        put(5, 2, t.month());
+        put(8, 2, t.day());
+        put(11, 2, t.hour());
+        put(14, 2, t.minute());
+        put(17, 2, t.second());
+        // A leap second's nanoseconds run past a billion.
+        put(20, 6, t.timestamp_subsec_micros().min(999_999));
+        out
+    }
+}
+
 impl std::fmt::Display for Timestamp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
+        let digits = self.digits();
+        f.write_str(std::str::from_utf8(&digits).map_err(|_| std::fmt::Error)?)
     }
 }
 
@@ -499,6 +525,29 @@ mod tests {
         // 40,000 lines of ~215 bytes: batches, not a write per line.
         let writes = sink.writes.load(std::sync::atomic::Ordering::SeqCst);
         assert!(writes < 1_000, "{writes} writes");
+    }
+
+    #[test]
+    fn timestamps_are_written_as_chronos_format_wrote_them() {
+        for (secs, nanos) in [
+            (0, 0),
+            (1_764_620_000, 123_456_789),
+            (951_782_400, 1_000),
+            (253_402_300_799, 999_999_999),
+        ] {
+            let t = chrono::DateTime::from_timestamp(secs, nanos).unwrap();
+            assert_eq!(
+                Timestamp(t).to_string(),
+                t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+            );
+        }
+        // A leap second keeps to six digits.
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
+            .unwrap()
+            .and_utc();
+        assert_eq!(Timestamp(leap).to_string(), "2016-12-31T23:59:59.999999Z");
     }
 
     fn line<'a>(path: &'a str, model: Option<&'a str>) -> AccessLine<'a> {

@@ -253,7 +253,8 @@ fn commit(c: &mut Connection, settlements: &[Settlement]) -> rusqlite::Result<()
     // Summed in memory first: a batch of many requests of few tokens is a
     // few upserts, not one per request.
     let mut windows: HashMap<(&str, &str), (Amount, Option<i64>)> = HashMap::new();
-    let mut rows: HashMap<(&str, String, &str), Row> = HashMap::new();
+    // Keyed by the UTC day itself; written as `YYYY-MM-DD` once per row.
+    let mut rows: HashMap<(&str, chrono::NaiveDate, &str), Row> = HashMap::new();
     for s in settlements.iter().filter(|s| s.used) {
         let amount = s.amount();
         for key in &s.windows {
@@ -265,8 +266,7 @@ fn commit(c: &mut Connection, settlements: &[Settlement]) -> rusqlite::Result<()
             sum.usd_micros += amount.usd_micros;
         }
         if s.row {
-            let day = s.at.format("%Y-%m-%d").to_string();
-            rows.entry((s.token.as_str(), day, s.model.as_str()))
+            rows.entry((s.token.as_str(), s.at.date_naive(), s.model.as_str()))
                 .or_default()
                 .add(s);
         }
@@ -312,7 +312,7 @@ fn commit(c: &mut Connection, settlements: &[Settlement]) -> rusqlite::Result<()
         for ((token, day, model), row) in &rows {
             usage.execute(params![
                 token,
-                day,
+                day.format("%Y-%m-%d").to_string(),
                 model,
                 row.requests,
                 row.input_tokens,
