@@ -12,7 +12,8 @@
 //!    a token's allowlists, and its [`limits`], which [`spend`] enforces
 //!    (admission and reservation in a usage store, SQLite or DynamoDB);
 //! 5. [`proxy`] maps the path onto the upstream and sends the request, with
-//!    the headers [`headers`] cleaned and the upstream key injected;
+//!    the headers [`headers`] cleaned and the upstream key injected, on a
+//!    connection from the [`pool`];
 //! 6. [`body`] layers stream the upstream's body back, cutting silent
 //!    streams, [`usage`] taps read the usage it carries, and one completion
 //!    point ([`completion`]) hands the request's [`record`] to the completion hooks (the

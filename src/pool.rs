@@ -9,8 +9,9 @@
 //! - **HTTP/2**, when the upstream's TLS offers it: one connection, shared
 //!   by every request, replaced once it closes.
 //! - A request sent on a reused connection that the upstream had just
-//!   closed is sent again on another: hyper hands such a request back
-//!   untouched, since none of it was written.
+//!   closed is sent again on another (up to [`MAX_ATTEMPTS`] connections):
+//!   hyper hands such a request back untouched, since none of it was
+//!   written. A request that met a fresh connection is never sent twice.
 //! - Idle connections are kept for [`IDLE_TIMEOUT`]; expired or closed ones
 //!   are dropped as the pool is next used, and at most [`MAX_IDLE`] wait.
 //!
@@ -53,7 +54,7 @@ const READY_WAIT: Duration = Duration::from_millis(20);
 
 /// How many connections one request is offered, when reused ones turn out
 /// to have been closed.
-const MAX_ATTEMPTS: u32 = 4;
+pub const MAX_ATTEMPTS: u32 = 4;
 
 /// A response body from the upstream, which gives its connection back to
 /// the pool when it ends cleanly.
