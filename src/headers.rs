@@ -63,9 +63,8 @@ fn remove_where(headers: &mut HeaderMap, also: impl Fn(&str) -> bool) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            // `close`, and the fixed list (already dropped), are no header
-            // of their own to look for.
-            .filter(|name| !name.eq_ignore_ascii_case("close") && !is_hop_by_hop(name))
+            // The fixed list is dropped already.
+            .filter(|name| !is_hop_by_hop(name))
             .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok());
         for name in named {
             if !doomed.contains(&name) {
@@ -277,6 +276,7 @@ mod tests {
             ("connection", "close"),
             ("connection", " X-Custom-Hop ,, Keep-Alive"),
             ("x-custom-hop", "1"),
+            ("close", "a header named as an option is dropped too"),
             ("proxy-anything", "1"),
             ("openai-beta", "assistants=v2"),
             ("accept", "*/*"),
