@@ -81,6 +81,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Neither closed by the upstream nor idle too long.
+    fn usable(&self) -> bool {
+        !self.sender.is_closed() && self.since.elapsed() <= IDLE_TIMEOUT
+    }
+}
+
 /// A connection taken from the pool, for one request.
 enum Sender {
     Http1(http1::SendRequest<UpstreamBody>),
@@ -188,12 +195,13 @@ impl Pool {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .pop_back();
-            let Some(Idle { mut sender, since }) = next else {
+            let Some(idle) = next else {
                 break;
             };
-            if sender.is_closed() || since.elapsed() > IDLE_TIMEOUT {
+            if !idle.usable() {
                 continue;
             }
+            let mut sender = idle.sender;
             // Given back at its response body's end, a connection can be a
             // poll away from taking its next request (its task has not run
             // yet), or still busy sending a request body the upstream did not
@@ -272,10 +280,7 @@ fn retryable(
 /// Puts `sender` back on the idle stack, dropping what expired.
 fn release(idle: &Mutex<VecDeque<Idle>>, sender: http1::SendRequest<UpstreamBody>) {
     let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
-    while idle
-        .front()
-        .is_some_and(|oldest| oldest.sender.is_closed() || oldest.since.elapsed() > IDLE_TIMEOUT)
-    {
+    while idle.front().is_some_and(|oldest| !oldest.usable()) {
         idle.pop_front();
     }
     if idle.len() < MAX_IDLE {
