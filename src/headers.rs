@@ -44,35 +44,21 @@ fn is_hop_by_hop(name: &str) -> bool {
 /// Removes hop-by-hop headers, every header that `Connection` names, and
 /// every header whose (lower-case) name `also` picks.
 ///
-/// One pass over the names decides; only the names removed are looked up
-/// again, so a request with nothing to drop costs no hashing at all.
+/// One pass over the names decides ([`remove_matching`]); besides
+/// `Connection` itself, only the names removed are looked up.
 fn remove_where(headers: &mut HeaderMap, also: impl Fn(&str) -> bool) {
-    let mut doomed: Vec<HeaderName> = Vec::new();
-    let mut connection = false;
-    for name in headers.keys() {
-        let text = name.as_str();
-        connection |= name == header::CONNECTION;
-        if is_hop_by_hop(text) || also(text) {
-            doomed.push(name.clone());
-        }
-    }
-    if connection {
-        let named = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            // The fixed list is dropped already.
-            .filter(|name| !is_hop_by_hop(name))
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok());
-        for name in named {
-            if !doomed.contains(&name) {
-                doomed.push(name);
-            }
-        }
-    }
-    for name in doomed {
+    // What `Connection` names, read before it goes (the fixed list goes anyway).
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|name| !is_hop_by_hop(name))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .collect();
+    remove_matching(headers, |name| is_hop_by_hop(name) || also(name));
+    for name in named {
         headers.remove(name);
     }
 }
