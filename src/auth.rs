@@ -9,6 +9,7 @@
 //! token ([`Strip`]) and [`crate::headers::to_upstream`] removes it, so the
 //! token never travels upstream.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -50,7 +51,7 @@ impl From<Refused> for GatewayError {
 /// What the gateway's credentials look like in one request.
 struct Presented<'a> {
     query: Option<String>,
-    explicit: Vec<Vec<u8>>,
+    explicit: Vec<Cow<'a, [u8]>>,
     authorization: Option<Authorization<'a>>,
 }
 
@@ -134,14 +135,14 @@ pub fn admit(
 }
 
 impl<'a> Presented<'a> {
-    fn find(headers: &'a HeaderMap, query: Option<&str>) -> Result<Self, GatewayError> {
+    fn find(headers: &'a HeaderMap, query: Option<&'a str>) -> Result<Self, GatewayError> {
         let mut explicit = Vec::new();
         let query = query.and_then(|q| strip_token_params(q, &mut explicit));
         explicit.extend(
             headers
                 .get_all(&X_TOKEN)
                 .iter()
-                .map(|v| v.as_bytes().trim_ascii().to_vec()),
+                .map(|v| Cow::Borrowed(v.as_bytes().trim_ascii())),
         );
         let mut values = headers.get_all(header::AUTHORIZATION).iter();
         let authorization = values.next().map(|v| Authorization::parse(v.as_bytes()));
@@ -179,9 +180,10 @@ impl<'a> Authorization<'a> {
 
 /// Removes every `token` parameter (name compared after decoding,
 /// case-insensitively, as .NET's query lookup did) from a raw query, pushing
-/// the decoded values to `found`. Other parameters are kept byte for byte and
-/// in order. Returns `None` when no parameter remains.
-pub fn strip_token_params(query: &str, found: &mut Vec<Vec<u8>>) -> Option<String> {
+/// the decoded values to `found` (borrowed from `query` when nothing needed
+/// decoding). Other parameters are kept byte for byte and in order. Returns
+/// `None` when no parameter remains.
+pub fn strip_token_params<'q>(query: &'q str, found: &mut Vec<Cow<'q, [u8]>>) -> Option<String> {
     // Fast path: nothing that could decode to "token" is in the query.
     let lower_has = |needle: &[u8]| {
         query
@@ -206,12 +208,13 @@ pub fn strip_token_params(query: &str, found: &mut Vec<Vec<u8>>) -> Option<Strin
 }
 
 /// Decodes `application/x-www-form-urlencoded` text: `+` is a space.
-fn form_decode(text: &str) -> Vec<u8> {
+/// Borrows when there is nothing to decode.
+fn form_decode(text: &str) -> Cow<'_, [u8]> {
     if !text.contains(['+', '%']) {
-        return text.as_bytes().to_vec();
+        return Cow::Borrowed(text.as_bytes());
     }
     let plus_decoded = text.replace('+', " ");
-    percent_decode(plus_decoded.as_bytes()).collect()
+    Cow::Owned(percent_decode(plus_decoded.as_bytes()).collect())
 }
 
 #[cfg(test)]

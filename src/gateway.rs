@@ -228,7 +228,7 @@ impl Gateway {
         }
         let (admitted, key) = self.authenticate(&parts).await?;
         record.token.clone_from(&admitted.name);
-        let url = self
+        let target = self
             .proxy
             .target(parts.uri.path(), admitted.query.as_deref())?;
         let mut body = RequestBody::new(body, record.bytes_in.clone(), inner.client_idle_timeout);
@@ -255,7 +255,7 @@ impl Gateway {
         let asked = Instant::now();
         let response = self
             .proxy
-            .send(parts.method, url, headers, body.into_upstream())
+            .send(parts.method, target, headers, body.into_upstream())
             .await?;
         record.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
         Ok(self.shape(response, edit, metered, text_body, record))

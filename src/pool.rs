@@ -122,23 +122,24 @@ impl Pool {
         Self::new(self.connector.clone(), self.origin.clone())
     }
 
-    /// Sends `request` (its URI absolute) and waits for the response head,
+    /// Sends `request` (its URI origin-form: a path and query) and waits for
+    /// the response head,
     /// sending it again on another connection when a reused one turns out
     /// to have been closed before any of it was written.
     pub async fn send(
         &self,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, SendError> {
-        let uri = request.uri().clone();
         for attempt in 1.. {
             let (sender, reused) = self.checkout().await.map_err(SendError::Connect)?;
             let outcome = match sender {
                 Sender::Http1(mut sender) => {
-                    // Origin-form on the wire, the host in `Host`.
-                    *request.uri_mut() = uri
-                        .path_and_query()
-                        .cloned()
-                        .map_or_else(Uri::default, Uri::from);
+                    // Origin-form on the wire, the host in `Host` (a request
+                    // an HTTP/2 connection handed back unsent is absolute).
+                    if request.uri().scheme().is_some() {
+                        let target = request.uri().path_and_query().cloned();
+                        *request.uri_mut() = target.map_or_else(Uri::default, Uri::from);
+                    }
                     request
                         .headers_mut()
                         .insert(header::HOST, self.host.clone());
@@ -159,7 +160,8 @@ impl Pool {
                 }
                 Sender::Http2(mut sender) => {
                     // The scheme and authority go in HTTP/2's pseudo-headers.
-                    *request.uri_mut() = uri.clone();
+                    let absolute = self.absolute(request.uri());
+                    *request.uri_mut() = absolute;
                     request.headers_mut().remove(header::HOST);
                     match sender.try_send_request(request).await {
                         Ok(response) => {
@@ -172,6 +174,17 @@ impl Pool {
             request = retryable(outcome, reused && attempt < MAX_ATTEMPTS)?;
         }
         unreachable!("the attempts are counted without end")
+    }
+
+    /// The upstream's scheme and authority with `target`'s path and query
+    /// (an absolute URI is left as it is: a request handed back unsent).
+    fn absolute(&self, target: &Uri) -> Uri {
+        if target.scheme().is_some() {
+            return target.clone();
+        }
+        let mut parts = self.origin.clone().into_parts();
+        parts.path_and_query = target.path_and_query().cloned();
+        Uri::from_parts(parts).unwrap_or_else(|_| self.origin.clone())
     }
 
     /// Opens a connection ahead of the first request and leaves it idle.

@@ -203,11 +203,12 @@ impl Proxy {
         }
     }
 
-    /// Maps a request path and (already stripped) query to the upstream URI.
-    pub fn target(&self, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
+    /// Maps a request path and (already stripped) query to the upstream
+    /// request's target, in origin-form (the upstream's prefix, the path, the
+    /// query). The scheme and authority are never the request's: the pool
+    /// adds the upstream's own, parsed once, so no path can change the host.
+    pub fn target(&self, path: &str, query: Option<&str>) -> Result<PathAndQuery, GatewayError> {
         check_path(path)?;
-        // The scheme and authority are the upstream's own, parsed once; the
-        // request supplies only the path and query, so it cannot change the host.
         let prefix = self.upstream.prefix.as_str();
         let mut full =
             String::with_capacity(prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1));
@@ -225,25 +226,20 @@ impl Proxy {
                 "the path would leave the upstream",
             ));
         }
-        Uri::builder()
-            .scheme(self.upstream.scheme.clone())
-            .authority(self.upstream.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| GatewayError::InvalidPath("the path is not a valid URI path"))
+        Ok(path_and_query)
     }
 
     /// Sends a request and waits (up to the header timeout) for the response head.
     pub async fn send(
         &self,
         method: Method,
-        uri: Uri,
+        target: PathAndQuery,
         headers: HeaderMap,
         body: UpstreamBody,
     ) -> Result<http::Response<ResponseBody>, GatewayError> {
         let mut request = http::Request::new(body);
         *request.method_mut() = method;
-        *request.uri_mut() = uri;
+        *request.uri_mut() = Uri::from(target);
         *request.headers_mut() = headers;
         let mut response = match tokio::time::timeout(self.header_timeout, self.pool.send(request))
             .await
@@ -328,22 +324,14 @@ mod tests {
     fn target_keeps_prefix_path_and_query() {
         let p = proxy("http://127.0.0.1:9/openai");
         let u = p.target("/v1/models", Some("a=1&b=%2F")).unwrap();
-        assert_eq!(
-            u.to_string(),
-            "http://127.0.0.1:9/openai/v1/models?a=1&b=%2F"
-        );
+        assert_eq!(u.as_str(), "/openai/v1/models?a=1&b=%2F");
         let u = proxy("https://api.openai.com")
             .target("/v1/files/f%2Fx/content", None)
             .unwrap();
-        assert_eq!(
-            u.to_string(),
-            "https://api.openai.com/v1/files/f%2Fx/content"
-        );
+        assert_eq!(u.as_str(), "/v1/files/f%2Fx/content");
         // The host as the URL parser normalises it; a default port is dropped.
-        let u = proxy("HTTPS://API.OpenAI.com:443")
-            .target("/v1/x", None)
-            .unwrap();
-        assert_eq!(u.to_string(), "https://api.openai.com/v1/x");
+        let p = proxy("HTTPS://API.OpenAI.com:443");
+        assert_eq!(p.upstream().to_string(), "https://api.openai.com");
     }
 
     #[test]
@@ -355,9 +343,11 @@ mod tests {
             "/v1@evil.example:80/x",
             "/%2F%2Fevil.example",
         ] {
+            // Origin-form, under the prefix: the pool sends it to the
+            // upstream's host (tests/tls.rs and tests/upstream.rs see it arrive).
             let u = p.target(path, None).unwrap();
-            assert_eq!(u.host(), Some("api.openai.com"), "{path}");
             assert!(u.path().starts_with("/base/"), "{path}");
+            assert_eq!(u.as_str(), format!("/base{path}"), "{path}");
         }
         // Dots that do not make a dot segment are names like any other.
         for path in [

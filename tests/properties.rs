@@ -149,9 +149,8 @@ proptest! {
         let expected = kept.join("&");
         prop_assert_eq!(stripped.clone().unwrap_or_default(), expected.clone());
 
+        // Origin-form only: the host is the pool's, never the request's.
         let url = proxy(prefix).target(&path, stripped.as_deref()).unwrap();
-        prop_assert_eq!(url.host(), Some("api.example.com"));
-        prop_assert_eq!(url.port_u16(), Some(8443));
         let with_slash = format!("{prefix}/");
         prop_assert!(url.path().starts_with(&with_slash));
         let want_path = format!("{prefix}{path}");
