@@ -123,9 +123,8 @@ impl Pool {
     }
 
     /// Sends `request` (its URI origin-form: a path and query) and waits for
-    /// the response head,
-    /// sending it again on another connection when a reused one turns out
-    /// to have been closed before any of it was written.
+    /// the response head, sending it again on another connection when a
+    /// reused one turns out to have been closed before any of it was written.
     pub async fn send(
         &self,
         mut request: Request<UpstreamBody>,
