@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, Uri};
 use http_body::Body;
 use http_body_util::combinators::BoxBody;
@@ -133,12 +134,8 @@ impl Pool {
             let (sender, reused) = self.checkout().await.map_err(SendError::Connect)?;
             let outcome = match sender {
                 Sender::Http1(mut sender) => {
-                    // Origin-form on the wire, the host in `Host` (a request
-                    // an HTTP/2 connection handed back unsent is absolute).
-                    if request.uri().scheme().is_some() {
-                        let target = request.uri().path_and_query().cloned();
-                        *request.uri_mut() = target.map_or_else(Uri::default, Uri::from);
-                    }
+                    // Origin-form on the wire, the host in `Host`.
+                    self.set_form(request.uri_mut(), false);
                     request
                         .headers_mut()
                         .insert(header::HOST, self.host.clone());
@@ -159,8 +156,7 @@ impl Pool {
                 }
                 Sender::Http2(mut sender) => {
                     // The scheme and authority go in HTTP/2's pseudo-headers.
-                    let absolute = self.absolute(request.uri());
-                    *request.uri_mut() = absolute;
+                    self.set_form(request.uri_mut(), true);
                     request.headers_mut().remove(header::HOST);
                     match sender.try_send_request(request).await {
                         Ok(response) => {
@@ -175,15 +171,26 @@ impl Pool {
         unreachable!("the attempts are counted without end")
     }
 
-    /// The upstream's scheme and authority with `target`'s path and query
-    /// (an absolute URI is left as it is: a request handed back unsent).
-    fn absolute(&self, target: &Uri) -> Uri {
-        if target.scheme().is_some() {
-            return target.clone();
+    /// Puts `uri` in the form this kind of connection sends: absolute for
+    /// HTTP/2 (its scheme and authority go in the pseudo-headers), origin-form
+    /// for HTTP/1.1 (the authority goes in `Host`). A request arrives
+    /// origin-form, but one an HTTP/2 connection handed back unsent is
+    /// already absolute when it is tried again on HTTP/1.1.
+    fn set_form(&self, uri: &mut Uri, absolute: bool) {
+        if uri.scheme().is_some() == absolute {
+            return;
         }
-        let mut parts = self.origin.clone().into_parts();
-        parts.path_and_query = target.path_and_query().cloned();
-        Uri::from_parts(parts).unwrap_or_else(|_| self.origin.clone())
+        let target = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *uri = if absolute {
+            let mut parts = self.origin.clone().into_parts();
+            parts.path_and_query = Some(target);
+            Uri::from_parts(parts).expect("a scheme, an authority and a path make a URI")
+        } else {
+            Uri::from(target)
+        };
     }
 
     /// Opens a connection ahead of the first request and leaves it idle.
@@ -313,5 +320,44 @@ impl Step for Release {
         if let Some((idle, sender)) = self.0.take() {
             release(&idle, sender);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> Pool {
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let tls = rustls::ClientConfig::builder_with_provider(provider.into())
+            .with_safe_default_protocol_versions()
+            .expect("the default versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(HttpConnector::new());
+        Pool::new(
+            connector,
+            Uri::from_static("https://upstream.example:8443/"),
+        )
+    }
+
+    #[test]
+    fn a_target_is_absolute_for_http2_and_origin_form_for_http1() {
+        let pool = pool();
+        let mut uri = Uri::from_static("/v1/models?limit=2");
+        pool.set_form(&mut uri, false);
+        assert_eq!(uri, "/v1/models?limit=2");
+        pool.set_form(&mut uri, true);
+        assert_eq!(uri, "https://upstream.example:8443/v1/models?limit=2");
+        pool.set_form(&mut uri, true);
+        assert_eq!(uri, "https://upstream.example:8443/v1/models?limit=2");
+        // Handed back unsent by HTTP/2, then tried on HTTP/1.1.
+        pool.set_form(&mut uri, false);
+        assert_eq!(uri, "/v1/models?limit=2");
+        assert!(uri.scheme().is_none() && uri.authority().is_none());
     }
 }
