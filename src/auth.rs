@@ -25,7 +25,7 @@ use crate::tokens::{Refused, Rules, TokenSet};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
     /// The matched entry's name; `None` for anonymous pass-through.
-    pub name: Option<String>,
+    pub name: Option<Arc<str>>,
     /// The key to inject upstream, from the entry (the global key is the caller's).
     pub upstream_key: Option<ApiKey>,
     /// The query to forward: the original less every `token` parameter,

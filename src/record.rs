@@ -65,7 +65,7 @@ pub struct Record {
     /// The same instant on the UTC clock (the windows its usage counts in).
     pub arrived: DateTime<Utc>,
     /// The token entry's name; `None` before authentication or when anonymous.
-    pub token: Option<String>,
+    pub token: Option<Arc<str>>,
     /// The status the client got (0 until known).
     pub status: u16,
     /// The gateway's error code, when the gateway answered itself.

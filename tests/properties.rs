@@ -111,7 +111,7 @@ proptest! {
                         let found = list.tokens.find(format!("SECRET{t}").as_bytes());
                         prop_assert!(found.is_some());
                         if let Some(n) = name {
-                            prop_assert_eq!(&found.unwrap().name, n);
+                            prop_assert_eq!(&*found.unwrap().name, n.as_str());
                         }
                     }
                 }

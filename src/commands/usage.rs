@@ -191,7 +191,7 @@ async fn print_limits(
         "token", "limit", "max", "used", "reserved", "left"
     );
     for entry in list.tokens.entries() {
-        if only.is_some_and(|name| name != entry.name) {
+        if only.is_some_and(|name| name != &*entry.name) {
             continue;
         }
         let Some(limits) = entry.rules.as_ref().and_then(|r| r.limits.as_ref()) else {
@@ -199,7 +199,7 @@ async fn print_limits(
         };
         let windows = limits.windows();
         let states = store
-            .windows(entry.name.clone(), windows.clone(), now)
+            .windows(entry.name.to_string(), windows.clone(), now)
             .await
             .map_err(|e| CommandError::Refused(e.to_string()))?;
         for limit in limits.iter() {

@@ -107,7 +107,7 @@ impl Account {
         let windows = limits.windows();
         let states: Vec<WindowState> = match (&self.store, &token) {
             (Some(store), Some(token)) if !windows.is_empty() => store
-                .windows(token.clone(), windows.clone(), now)
+                .windows(token.to_string(), windows.clone(), now)
                 .await
                 .map_err(store_down)?,
             _ => vec![WindowState::default(); windows.len()],
@@ -171,7 +171,7 @@ impl Account {
                     last.format("%Y-%m-%d").to_string(),
                 );
                 let rows = store
-                    .report(period, Some(token.clone()))
+                    .report(period, Some(token.to_string()))
                     .await
                     .map_err(store_down)?;
                 cents = rows.iter().map(|r| r.cost_usd as f64 / 1e4).sum();

@@ -29,6 +29,7 @@
 //! together; what fails is kept and tried again, without counting twice.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
@@ -397,7 +398,7 @@ impl Dynamo {
     /// Settles with one update per window and one for the usage row, all at
     /// once. A window whose reservation is gone (it expired and was reaped)
     /// gets the usage added alone. What failed is handed back to try again.
-    async fn settle_now(&self, s: Settlement) -> Result<(), StoreError> {
+    async fn settle_now(&self, s: Arc<Settlement>) -> Result<(), StoreError> {
         let window = |key: &String| {
             let s = &s;
             let key = key.clone();
@@ -437,7 +438,7 @@ impl Dynamo {
         error.unsettled = Some(Box::new(Settlement {
             windows: failed,
             row: s.row && row.is_err(),
-            ..s.clone()
+            ..(*s).clone()
         }));
         Err(error)
     }
@@ -572,7 +573,7 @@ impl Store for Dynamo {
         })
     }
 
-    fn settle(&self, settlement: Settlement) -> BoxFuture<Result<(), StoreError>> {
+    fn settle(&self, settlement: Arc<Settlement>) -> BoxFuture<Result<(), StoreError>> {
         let this = self.clone();
         Box::pin(async move { this.settle_now(settlement).await })
     }

@@ -99,7 +99,7 @@ impl Policy for Enforce {
                 // Only a list reloaded since start-up can get here (start-up
                 // refuses limits without a store): never serve them unenforced.
                 tracing::error!(
-                    token,
+                    token = &*token,
                     "this token has limits, and USAGE_STORE=off cannot enforce them"
                 );
                 return Err(GatewayError::UsageStoreUnavailable);
@@ -115,7 +115,7 @@ impl Policy for Enforce {
                 .map(|(_, k)| k)
                 .collect();
             let ask = Ask {
-                token,
+                token: token.to_string(),
                 limits,
                 reserve,
                 now,
@@ -261,7 +261,7 @@ pub struct Settle {
     pub store: Arc<dyn Store>,
     /// What models cost.
     pub prices: Arc<Prices>,
-    backlog: Arc<Mutex<VecDeque<Settlement>>>,
+    backlog: Arc<Mutex<VecDeque<Arc<Settlement>>>>,
 }
 
 impl Settle {
@@ -269,7 +269,7 @@ impl Settle {
     /// writes what waited once the store answers again, every
     /// [`RETRY_EVERY`], even if no request comes to do it.
     pub fn new(store: Arc<dyn Store>, prices: Arc<Prices>) -> Self {
-        let backlog: Arc<Mutex<VecDeque<Settlement>>> = Arc::default();
+        let backlog: Arc<Mutex<VecDeque<Arc<Settlement>>>> = Arc::default();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (store, waiting) = (store.clone(), Arc::downgrade(&backlog));
             runtime.spawn(async move {
@@ -309,13 +309,7 @@ impl Settle {
             .or(asked)
             .unwrap_or_else(|| "-".to_owned());
         let cost = match &usage {
-            Some(u) => {
-                let priced = Usage {
-                    model: Some(model.clone()),
-                    ..u.clone()
-                };
-                self.prices.cost(&priced).unwrap_or(0.0)
-            }
+            Some(u) => self.prices.cost_as(&model, u).unwrap_or(0.0),
             None if model == "-" => 0.0,
             None => self
                 .prices
@@ -342,14 +336,14 @@ impl Settle {
 
     /// Writes what waited while the store was down, oldest first; stops at
     /// the first failure.
-    async fn drain(store: &Arc<dyn Store>, backlog: &Mutex<VecDeque<Settlement>>) {
+    async fn drain(store: &Arc<dyn Store>, backlog: &Mutex<VecDeque<Arc<Settlement>>>) {
         loop {
             let Some(next) = backlog.lock().expect("backlog lock").pop_front() else {
                 return;
             };
             if let Err(error) = store.settle(next.clone()).await {
                 tracing::warn!(%error, "usage store still unreachable; usage kept in memory");
-                let rest = error.unsettled.map_or(next, |rest| *rest);
+                let rest = error.unsettled.map_or(next, |rest| Arc::new(*rest));
                 backlog.lock().expect("backlog lock").push_front(rest);
                 return;
             }
@@ -382,7 +376,7 @@ impl Finish for Settle {
     }
 
     fn finish(&self, record: &Record) -> BoxFuture<()> {
-        let Some(settlement) = self.settlement(record) else {
+        let Some(settlement) = self.settlement(record).map(Arc::new) else {
             return Box::pin(std::future::ready(()));
         };
         let store = self.store.clone();
@@ -394,7 +388,7 @@ impl Finish for Settle {
             if let Err(error) = store.settle(settlement.clone()).await {
                 crate::stats::usage_store_error();
                 tracing::error!(%error, "usage store unreachable: usage kept in memory until it is back");
-                let settlement = error.unsettled.map_or(settlement, |rest| *rest);
+                let settlement = error.unsettled.map_or(settlement, |rest| Arc::new(*rest));
                 let mut backlog = backlog.lock().expect("backlog lock");
                 if backlog.len() >= MAX_BACKLOG {
                     tracing::error!(

@@ -57,7 +57,7 @@ pub struct Sqlite {
 
 /// Work for the writer thread.
 enum Job {
-    Settle(Box<Settlement>),
+    Settle(Arc<Settlement>),
     /// Answered once everything sent before is written (or given up on).
     Flush(mpsc::SyncSender<()>),
 }
@@ -81,7 +81,7 @@ impl Writer {
         std::thread::Builder::new()
             .name("usage-writer".into())
             .spawn(move || {
-                let mut pending: Vec<Settlement> = Vec::new();
+                let mut pending: Vec<Arc<Settlement>> = Vec::new();
                 let mut flushes: Vec<mpsc::SyncSender<()>> = Vec::new();
                 let mut open = true;
                 while open || !pending.is_empty() {
@@ -90,9 +90,9 @@ impl Writer {
                     } else {
                         jobs.recv_timeout(std::time::Duration::from_secs(1))
                     };
-                    let take = |job: Job, pending: &mut Vec<Settlement>, flushes: &mut Vec<_>| {
+                    let take = |job: Job, pending: &mut Vec<Arc<Settlement>>, flushes: &mut Vec<_>| {
                         match job {
-                            Job::Settle(s) => pending.push(*s),
+                            Job::Settle(s) => pending.push(s),
                             Job::Flush(done) => flushes.push(done),
                         }
                     };
@@ -249,7 +249,7 @@ fn expiry(key: &str, at: DateTime<Utc>) -> Option<i64> {
 }
 
 /// Writes settlements in one transaction.
-fn commit(c: &mut Connection, settlements: &[Settlement]) -> rusqlite::Result<()> {
+fn commit(c: &mut Connection, settlements: &[Arc<Settlement>]) -> rusqlite::Result<()> {
     // Summed in memory first: a batch of many requests of few tokens is a
     // few upserts, not one per request.
     let mut windows: HashMap<(&str, &str), (Amount, Option<i64>)> = HashMap::new();
@@ -259,14 +259,14 @@ fn commit(c: &mut Connection, settlements: &[Settlement]) -> rusqlite::Result<()
         let amount = s.amount();
         for key in &s.windows {
             let (sum, _) = windows
-                .entry((s.token.as_str(), key.as_str()))
+                .entry((&*s.token, key.as_str()))
                 .or_insert((Amount::default(), expiry(key, s.at)));
             sum.requests += amount.requests;
             sum.tokens += amount.tokens;
             sum.usd_micros += amount.usd_micros;
         }
         if s.row {
-            rows.entry((s.token.as_str(), s.at.date_naive(), s.model.as_str()))
+            rows.entry((&*s.token, s.at.date_naive(), s.model.as_str()))
                 .or_default()
                 .add(s);
         }
@@ -381,7 +381,7 @@ impl Store for Sqlite {
         })
     }
 
-    fn settle(&self, s: Settlement) -> BoxFuture<Result<(), StoreError>> {
+    fn settle(&self, s: Arc<Settlement>) -> BoxFuture<Result<(), StoreError>> {
         if s.reservation.is_some() || !s.windows.is_empty() {
             // A limited token's next admission must see this settlement (its
             // reservation gone, its usage counted), so it is written now, in
@@ -389,7 +389,7 @@ impl Store for Sqlite {
             // Tokens without limits go through the batching writer.
             return self.run(move |c| commit(c, std::slice::from_ref(&s)));
         }
-        let sent = self.writer.send(Job::Settle(Box::new(s)));
+        let sent = self.writer.send(Job::Settle(s));
         let result = sent.map_err(|_| StoreError::new(&self.name, "the usage writer has stopped"));
         Box::pin(std::future::ready(result))
     }
@@ -525,7 +525,7 @@ mod tests {
         // The next minute: the reservations still count for the day only.
         let later = now + chrono::Duration::seconds(40);
         store
-            .settle(settlement(Some(first), now, 95))
+            .settle(settlement(Some(first), now, 95).into())
             .await
             .unwrap();
         store.flush().await.unwrap();

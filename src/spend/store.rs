@@ -93,7 +93,7 @@ pub enum Admission {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settlement {
     /// The token.
-    pub token: String,
+    pub token: Arc<str>,
     /// When the request arrived (its usage counts in the windows of that instant).
     pub at: DateTime<Utc>,
     /// The reservation to replace, if one was made.
@@ -225,8 +225,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn admit(&self, ask: Ask) -> BoxFuture<Result<Admission, StoreError>>;
 
     /// Records a finished request and drops its reservation. A store may
-    /// write it later (batched), but within a second.
-    fn settle(&self, settlement: Settlement) -> BoxFuture<Result<(), StoreError>>;
+    /// write it later (batched), but within a second. Shared, so that the
+    /// caller keeps it to try again without copying it first.
+    fn settle(&self, settlement: Arc<Settlement>) -> BoxFuture<Result<(), StoreError>>;
 
     /// Checks that the store answers (a cheap read).
     fn ping(&self) -> BoxFuture<Result<(), StoreError>>;

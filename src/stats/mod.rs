@@ -13,6 +13,8 @@
 pub mod emf;
 pub mod prometheus;
 
+use std::sync::Arc;
+
 use crate::record::Record;
 use crate::usage::prices::Prices;
 
@@ -40,7 +42,7 @@ pub struct Figures {
     /// The gateway's error code; `None` when the upstream answered.
     pub code: Option<&'static str>,
     /// The token entry's name.
-    pub token: Option<String>,
+    pub token: Option<Arc<str>>,
     /// The Lambda request id.
     pub request_id: Option<String>,
 }

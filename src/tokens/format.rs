@@ -348,7 +348,7 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
         format!("sha256:{}", &super::hex(&digest)[..12])
     };
     Ok(TokenEntry {
-        name,
+        name: name.into(),
         digest,
         expires,
         upstream_key,
@@ -458,7 +458,7 @@ mod tests {
         assert_eq!(list.upstream.as_deref(), Some("https://api.openai.com/"));
         let entry = list.tokens.find(b"datatoken").expect("token present");
         assert_eq!(
-            entry.name,
+            &*entry.name,
             format!("sha256:{}", &crate::tokens::hex(&entry.digest)[..12])
         );
         assert_eq!(
@@ -493,13 +493,13 @@ mod tests {
         );
         let list = parse(&text, utc()).unwrap();
         let alice = list.tokens.find(b"tok-a").unwrap();
-        assert_eq!(alice.name, "alice");
+        assert_eq!(&*alice.name, "alice");
         assert_eq!(
             alice.upstream_key.as_ref().unwrap().authorization(),
             "Bearer sk-a"
         );
         let bob = list.tokens.find(b"secret").unwrap();
-        assert_eq!((bob.name.as_str(), bob.expires), ("bob", None));
+        assert_eq!((&*bob.name, bob.expires), ("bob", None));
         let bare = parse(r#"[{"token": "x"}]"#, utc()).unwrap();
         assert!(bare.tokens.find(b"x").is_some());
         assert!(bare.upstream.is_none());
@@ -659,7 +659,7 @@ mod tests {
             let entry = entry_json("n", credential, Some(at), Some("sk-1"), &rules);
             let list = parse(&format!("[{entry}]"), utc()).unwrap();
             let read = list.tokens.find(b"gw-x").expect("the token reads back");
-            assert_eq!((read.name.as_str(), read.expires), ("n", Some(at)));
+            assert_eq!((&*read.name, read.expires), ("n", Some(at)));
             assert_eq!(
                 read.upstream_key.as_ref().unwrap().authorization(),
                 "Bearer sk-1"

@@ -51,7 +51,8 @@ pub fn hex(digest: &TokenDigest) -> String {
 pub struct TokenEntry {
     /// The entry's name, which usage and limits are kept under; an entry
     /// without one gets `sha256:` and the first 12 hex digits of its digest.
-    pub name: String,
+    /// Shared: each request's record, figures and settlement hold it.
+    pub name: Arc<str>,
     /// SHA-256 of the token; the plaintext is never kept.
     pub digest: TokenDigest,
     /// The instant from which the token is refused; `None` never expires.
@@ -133,16 +134,16 @@ impl TokenSet {
                 // Usage and limits are kept by name: two entries may not share one.
                 return Err(ParseError::Entry {
                     index,
-                    name: entry.name.clone(),
+                    name: entry.name.to_string(),
                     problem: format!("repeats the name of entry {first}; names must be unique"),
                 });
             }
             if let Some(first) = by_digest.insert(entry.digest, index) {
                 return Err(ParseError::DuplicateToken {
                     index,
-                    name: entry.name.clone(),
+                    name: entry.name.to_string(),
                     first,
-                    first_name: entries[first].name.clone(),
+                    first_name: entries[first].name.to_string(),
                 });
             }
         }
@@ -232,15 +233,16 @@ mod tests {
             entry("b", "b", None),
         ])
         .unwrap();
-        assert_eq!(set.find(b"Secret-A").unwrap().name, "a");
+        assert_eq!(&*set.find(b"Secret-A").unwrap().name, "a");
         assert!(set.find(b"secret-a").is_none());
         assert!(set.find(b"SECRET-A").is_none());
         let before = at - chrono::Duration::seconds(1);
-        assert_eq!(set.verify(b"Secret-A", before).unwrap().name, "a");
+        assert_eq!(&*set.verify(b"Secret-A", before).unwrap().name, "a");
         assert_eq!(set.verify(b"Secret-A", at).unwrap_err(), Refused::Expired);
         assert_eq!(set.verify(b"nope", before).unwrap_err(), Refused::Unknown);
         assert_eq!(
-            set.verify(b"b", at + chrono::Duration::days(9999))
+            &*set
+                .verify(b"b", at + chrono::Duration::days(9999))
                 .unwrap()
                 .name,
             "b"

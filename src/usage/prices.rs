@@ -79,7 +79,12 @@ impl Prices {
 
     /// What `usage` costs; `None` when its model has no price.
     pub fn cost(&self, usage: &Usage) -> Option<f64> {
-        let price = self.lookup(usage.model.as_deref()?)?;
+        self.cost_as(usage.model.as_deref()?, usage)
+    }
+
+    /// The cost of `usage` priced as `model` (whatever model it names).
+    pub fn cost_as(&self, model: &str, usage: &Usage) -> Option<f64> {
+        let price = self.lookup(model)?;
         let cached = usage.cached_input.min(usage.input);
         let fresh = usage.input - cached;
         let per_million = fresh as f64 * price.input
