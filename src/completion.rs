@@ -125,9 +125,16 @@ impl<B> Completion<B> {
             }
             tracing::warn!(error = %error, "response stream ended early");
         }
-        let work: Vec<BoxFuture<()>> = hooks.iter().map(|h| h.finish(&record)).collect();
+        // What is left to wait for: usually one hook's work (the usage
+        // store's), run as it is; several are joined.
+        let mut work = hooks.iter().filter_map(|h| h.finish(&record));
+        let first = work.next()?;
+        let rest: Vec<BoxFuture<()>> = work.collect();
+        if rest.is_empty() {
+            return Some(first);
+        }
         Some(Box::pin(async move {
-            futures_util::future::join_all(work).await;
+            futures_util::future::join_all(std::iter::once(first).chain(rest)).await;
         }))
     }
 }
@@ -229,13 +236,13 @@ mod tests {
     struct Keep(Seen);
 
     impl Finish for Keep {
-        fn finish(&self, record: &Record) -> BoxFuture<()> {
+        fn finish(&self, record: &Record) -> Option<BoxFuture<()>> {
             let seen = self.0.clone();
             let fact = (record.outcome, record.bytes_out, record.status, record.code);
-            Box::pin(async move {
+            Some(Box::pin(async move {
                 tokio::task::yield_now().await;
                 seen.lock().unwrap().push(fact);
-            })
+            }))
         }
     }
 
@@ -254,6 +261,49 @@ mod tests {
     }
 
     use crate::body::test_stream as stream;
+
+    /// A hook whose work is done when `finish` returns.
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl Finish for Count {
+        fn finish(&self, _: &Record) -> Option<BoxFuture<()>> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            None
+        }
+    }
+
+    fn with_hooks<B>(body: B, hooks: Hooks) -> Completion<B> {
+        let record = Record::start(&Method::GET, "/x", Instant::now());
+        Completion::new(body, record, hooks, Arc::new(Pending::default()), true)
+    }
+
+    #[tokio::test]
+    async fn done_and_waited_for_hooks_each_run_once_in_any_mix() {
+        let (count, keep, also) = (Arc::new(Count::default()), Keep::default(), Keep::default());
+        let (seen, also_seen) = (keep.0.clone(), also.0.clone());
+        let hooks: Hooks = Arc::new([
+            count.clone() as Arc<dyn Finish>,
+            Arc::new(keep),
+            count.clone(),
+            Arc::new(also),
+        ]);
+        let collected = with_hooks(stream(vec![Ok("ab")]), hooks).collect().await;
+        assert_eq!(&collected.unwrap().to_bytes()[..], b"ab");
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        assert_eq!(also_seen.lock().unwrap().len(), 1);
+        // Only hooks that are done at once: the body still ends, and a
+        // dropped one runs them as it goes.
+        let count = Arc::new(Count::default());
+        let hooks: Hooks = Arc::new([count.clone() as Arc<dyn Finish>]);
+        let body = with_hooks(stream(vec![Ok("a"), Ok("b")]), hooks.clone());
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"ab");
+        let mut body = with_hooks(stream(vec![Ok("a"), Ok("b")]), hooks);
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
 
     #[tokio::test]
     async fn hooks_run_once_before_the_end_is_reported() {

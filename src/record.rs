@@ -127,8 +127,9 @@ pub trait Finish: Send + Sync {
     /// A request arrived (before anything else is done with it).
     fn start(&self) {}
 
-    /// Starts the work for `record`.
-    fn finish(&self, record: &Record) -> BoxFuture<()>;
+    /// Does the work for `record`, or starts it and returns what is left to
+    /// wait for (`None`: done already, as most hooks are; nothing is boxed).
+    fn finish(&self, record: &Record) -> Option<BoxFuture<()>>;
 
     /// Work at shutdown, after the last request (write what still waits).
     fn close(&self) -> BoxFuture<()> {

@@ -450,13 +450,10 @@ impl AccessLine<'_> {
 }
 
 impl Finish for AccessLog {
-    fn finish(&self, record: &Record) -> BoxFuture<()> {
-        let done = Box::pin(std::future::ready(()));
-        let Some(sink) = ACCESS.get() else {
-            return done;
-        };
+    fn finish(&self, record: &Record) -> Option<BoxFuture<()>> {
+        let sink = ACCESS.get()?;
         if !tracing::enabled!(tracing::Level::INFO) {
-            return done;
+            return None;
         }
         let round = |ms: f64| (ms * 1e3).round() / 1e3;
         let usage = record.meter.usage();
@@ -497,7 +494,7 @@ impl Finish for AccessLog {
             }
             sink.write(out);
         });
-        done
+        None
     }
 }
 

@@ -375,13 +375,11 @@ impl Finish for Settle {
         })
     }
 
-    fn finish(&self, record: &Record) -> BoxFuture<()> {
-        let Some(settlement) = self.settlement(record).map(Arc::new) else {
-            return Box::pin(std::future::ready(()));
-        };
+    fn finish(&self, record: &Record) -> Option<BoxFuture<()>> {
+        let settlement = Arc::new(self.settlement(record)?);
         let store = self.store.clone();
         let backlog = self.backlog.clone();
-        Box::pin(async move {
+        Some(Box::pin(async move {
             if !backlog.lock().expect("backlog lock").is_empty() {
                 Self::drain(&store, &backlog).await;
             }
@@ -398,6 +396,6 @@ impl Finish for Settle {
                 }
                 backlog.push_back(settlement);
             }
-        })
+        }))
     }
 }

@@ -70,7 +70,7 @@ impl Finish for Prometheus {
         metrics::gauge!(IN_FLIGHT).increment(1.0);
     }
 
-    fn finish(&self, record: &Record) -> BoxFuture<()> {
+    fn finish(&self, record: &Record) -> Option<BoxFuture<()>> {
         metrics::gauge!(IN_FLIGHT).decrement(1.0);
         let f = Figures::of(record, &self.prices);
         let status = f.status.to_string();
@@ -106,6 +106,6 @@ impl Finish for Prometheus {
                 metrics::gauge!(COST, "model" => model).increment(cost);
             }
         }
-        Box::pin(std::future::ready(()))
+        None
     }
 }
