@@ -343,7 +343,7 @@ impl Settle {
             };
             if let Err(error) = store.settle(next.clone()).await {
                 tracing::warn!(%error, "usage store still unreachable; usage kept in memory");
-                let rest = error.unsettled.map_or(next, |rest| Arc::new(*rest));
+                let rest = error.left_of(next);
                 backlog.lock().expect("backlog lock").push_front(rest);
                 return;
             }
@@ -386,7 +386,7 @@ impl Finish for Settle {
             if let Err(error) = store.settle(settlement.clone()).await {
                 crate::stats::usage_store_error();
                 tracing::error!(%error, "usage store unreachable: usage kept in memory until it is back");
-                let settlement = error.unsettled.map_or(settlement, |rest| Arc::new(*rest));
+                let settlement = error.left_of(settlement);
                 let mut backlog = backlog.lock().expect("backlog lock");
                 if backlog.len() >= MAX_BACKLOG {
                     tracing::error!(

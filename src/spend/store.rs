@@ -39,6 +39,12 @@ impl StoreError {
             unsettled: None,
         }
     }
+
+    /// Of `whole`, whose settling failed with this error, what is still to
+    /// write: the part left if some was written, else all of it.
+    pub fn left_of(self, whole: Arc<Settlement>) -> Arc<Settlement> {
+        self.unsettled.map_or(whole, |rest| Arc::new(*rest))
+    }
 }
 
 /// A request asking to be admitted.
