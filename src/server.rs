@@ -85,6 +85,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
+    anchor_timers();
     let connections = Connections::new(gateway);
     accept(&listener, shutdown, |stream| connections.serve(stream)).await;
     drop(listener);
@@ -131,6 +132,7 @@ pub async fn serve_on_workers(
             .name(format!("worker-{n}"))
             .spawn(move || {
                 runtime.block_on(async move {
+                    anchor_timers();
                     let connections = Connections::new(gateway);
                     while let Some(stream) = incoming.recv().await {
                         match tokio::net::TcpStream::from_std(stream) {
@@ -205,6 +207,32 @@ async fn accept(
         let _ = stream.set_nodelay(true);
         take(stream);
     }
+}
+
+/// How often the timer anchor fires: sooner than any per-request timer
+/// (the header read's 30 s, the upstream's and the clients' timeouts, all
+/// whole seconds), so none of them is ever the runtime's next wake-up.
+const TIMER_ANCHOR_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps a timer pending on the current runtime, always due within
+/// [`TIMER_ANCHOR_EVERY`].
+///
+/// tokio's timer wakes its I/O driver (a write to an eventfd) whenever a new
+/// timer is due before the driver's planned wake-up, even when the runtime's
+/// own thread sets it while running, with nobody parked to wake
+/// (tokio-rs/tokio#5207). Between requests no timer was pending, so the
+/// first timers of each request did just that: two `write`s per request on
+/// top of the six calls nginx makes too (two each of `epoll_wait`,
+/// `recvfrom` and `writev`). With the
+/// anchor the planned wake-up is always within a second, the per-request
+/// timers fall after it, and they wake nothing. An idle runtime pays one
+/// wake-up a second.
+fn anchor_timers() {
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(TIMER_ANCHOR_EVERY).await;
+        }
+    });
 }
 
 /// The connections one runtime serves, watched for a graceful shutdown.
