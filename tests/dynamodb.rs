@@ -1,7 +1,8 @@
 //! Spend control with the shared store, DynamoDB, against moto's server:
 //! the table `usage init` makes, limits that hold across two gateway
 //! processes on one table, a budget storm that settles exactly, a store
-//! outage in both fail modes, and the reservation of a killed process
+//! outage and a throttled store in both fail modes, the health check naming
+//! a store that does not answer, and the reservation of a killed process
 //! expiring.
 
 mod common;
@@ -322,6 +323,92 @@ async fn an_outage_in_closed_mode_refuses_only_tokens_with_limits() {
     assert_eq!(post(&gw, "tok-open", &chat(Some(5))).await.0, 200);
     front.set(PASS);
     assert_eq!(post(&gw, "tok-rpm", &chat(Some(5))).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_throttled_store_is_an_outage_in_closed_mode_and_nothing_is_lost_in_open_mode() {
+    let up = MockUpstream::start().await;
+    let front = Front::start().await;
+    let table = table();
+    init(&table);
+    let closed = gateway(&up, &front.url(), &table)
+        .env("USAGE_FAIL_MODE", "closed")
+        .start();
+    let open = gateway(&up, &front.url(), &table).start();
+    // Every DynamoDB call answered "ThrottlingException" (after the SDK's
+    // own retries): a limited token is refused as the store being
+    // unavailable, never as a gateway failure, and is not forwarded.
+    front.set(THROTTLE);
+    let before = up.count();
+    assert_eq!(
+        post(&closed, "tok-rpm", &chat(Some(5))).await,
+        (503, Some("usage_store_unavailable".into()))
+    );
+    assert_eq!(up.count(), before, "refused, never forwarded");
+    assert_eq!(post(&closed, "tok-open", &chat(Some(5))).await.0, 200);
+    // Open mode serves through the throttling, and its usage waits.
+    for _ in 0..2 {
+        assert_eq!(post(&open, "tok-storm", &chat(Some(5))).await.0, 200);
+    }
+    front.set(PASS);
+    assert_eq!(post(&closed, "tok-rpm", &chat(Some(5))).await.0, 200);
+    assert_eq!(post(&open, "tok-open", &chat(Some(5))).await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = report(&moto().url, &table);
+        let requests = |token: &str| {
+            rows.iter()
+                .find(|r| r["token"] == token)
+                .and_then(|r| r["requests"].as_i64())
+        };
+        if requests("storm") == Some(2) && requests("rpm") == Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{rows:?}\n{}", open.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn healthz_names_a_usage_store_that_does_not_answer() {
+    let up = MockUpstream::start().await;
+    let front = Front::start().await;
+    let table = table();
+    init(&table);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _gw = gateway(&up, &front.url(), &table)
+        .env("METRICS_LISTEN", &format!("127.0.0.1:{port}"))
+        .start();
+    let health = || async move {
+        let r = client()
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap())
+    };
+    let store = format!("dynamodb:{table}");
+    let (status, body) = health().await;
+    assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");
+    assert_eq!(body["store"], json!(store));
+    front.set(FAIL);
+    let (status, body) = health().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(
+        body["missing"],
+        json!([format!("the usage store {store} does not answer")])
+    );
+    assert_eq!(body["tokens"], 4, "the token list is still loaded");
+    front.set(PASS);
+    let (status, body) = health().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["missing"], json!([]));
 }
 
 #[tokio::test]
