@@ -168,11 +168,17 @@ where
     }
 }
 
-/// Cuts a body that yields no frame for `idle`, counted from the first
-/// time it is asked for one (a body not yet asked for is not silent).
+/// Cuts a body that yields no frame for `idle`, counted from the time it is
+/// asked for one and has none (a body not asked for is not silent).
+///
+/// The timer is made only when the body first has nothing to give: a
+/// response whose frames are there when asked (most non-streamed ones)
+/// allocates no timer and never touches the runtime's timer wheel. A frame
+/// only marks the timer for re-arming; the next wait pushes its deadline
+/// out, which for a registered timer needs no lock.
 pub struct IdleTimeout {
     idle: Duration,
-    deadline: Pin<Box<Sleep>>,
+    deadline: Option<Pin<Box<Sleep>>>,
     armed: bool,
 }
 
@@ -181,28 +187,31 @@ impl IdleTimeout {
     pub fn new(idle: Duration) -> Self {
         Self {
             idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
+            deadline: None,
             armed: false,
         }
-    }
-
-    fn rearm(&mut self) {
-        self.deadline.as_mut().reset(Instant::now() + self.idle);
-        self.armed = true;
     }
 }
 
 impl Step for IdleTimeout {
     fn data(&mut self, _data: &Bytes) -> Result<(), BoxError> {
-        self.rearm();
+        self.armed = false;
         Ok(())
     }
     fn waiting(&mut self, cx: &mut Context<'_>) -> Option<BoxError> {
-        if !self.armed {
-            self.rearm();
-        }
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Some(Idle(self.idle).into()),
+        let idle = self.idle;
+        let deadline = match &mut self.deadline {
+            Some(deadline) => {
+                if !self.armed {
+                    deadline.as_mut().reset(Instant::now() + idle);
+                }
+                deadline
+            }
+            None => self.deadline.insert(Box::pin(tokio::time::sleep(idle))),
+        };
+        self.armed = true;
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Some(Idle(idle).into()),
             Poll::Pending => None,
         }
     }
@@ -363,6 +372,40 @@ mod tests {
         let mut body = Layer::new(silent, IdleTimeout::new(Duration::from_secs(5)));
         let error = body.frame().await.unwrap().unwrap_err();
         assert!(error.is::<Idle>(), "{error}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_frame_restarts_the_silence_and_a_later_silence_still_cuts() {
+        let idle = Duration::from_secs(5);
+        // Three frames 4 s apart under a 5 s timeout, then the end: whole.
+        let slow = futures_util::stream::unfold(0, |n| async move {
+            if n == 3 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            Some((Ok::<_, BoxError>(Frame::data(Bytes::from("x"))), n + 1))
+        });
+        let start = Instant::now();
+        let body = Layer::new(
+            http_body_util::StreamBody::new(Box::pin(slow)),
+            IdleTimeout::new(idle),
+        );
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"xxx");
+        assert!(start.elapsed() >= Duration::from_secs(12));
+        // A frame at once, then silence: cut one timeout after the frame.
+        use futures_util::StreamExt;
+        let then_silent =
+            futures_util::stream::once(async { Ok::<_, BoxError>(Frame::data(Bytes::from("y"))) })
+                .chain(futures_util::stream::pending());
+        let start = Instant::now();
+        let mut body = Layer::new(
+            http_body_util::StreamBody::new(Box::pin(then_silent)),
+            IdleTimeout::new(idle),
+        );
+        assert!(body.frame().await.unwrap().unwrap().is_data());
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert!(error.is::<Idle>(), "{error}");
+        assert_eq!(start.elapsed(), idle);
     }
 
     #[tokio::test]
