@@ -10,6 +10,7 @@
 //! cost. A token with a dollar limit never sends a request whose model has
 //! no price.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use http::Method;
 use serde_json::Value;
 
-use super::store::{window_keys, Admission, Ask, Reservation, Settlement, Store};
+use super::store::{window_keys, Admission, Ask, Reservation, Settlement, Store, StoreError};
 use super::{Amount, Limits};
 use crate::config::FailMode;
 use crate::error::GatewayError;
@@ -307,7 +308,7 @@ impl Settle {
             .as_ref()
             .and_then(|u| u.model.clone())
             .or(asked)
-            .unwrap_or_else(|| "-".to_owned());
+            .map_or(Cow::Borrowed("-"), Cow::Owned);
         let cost = match &usage {
             Some(u) => self.prices.cost_as(&model, u).unwrap_or(0.0),
             None if model == "-" => 0.0,
@@ -377,6 +378,16 @@ impl Finish for Settle {
 
     fn finish(&self, record: &Record) -> Option<BoxFuture<()>> {
         let settlement = Arc::new(self.settlement(record)?);
+        if self.backlog.lock().expect("backlog lock").is_empty() {
+            match self.store.hand_over(&settlement) {
+                Some(Ok(())) => return None,
+                Some(Err(error)) => {
+                    keep(&self.backlog, error, settlement);
+                    return None;
+                }
+                None => {}
+            }
+        }
         let store = self.store.clone();
         let backlog = self.backlog.clone();
         Some(Box::pin(async move {
@@ -384,18 +395,26 @@ impl Finish for Settle {
                 Self::drain(&store, &backlog).await;
             }
             if let Err(error) = store.settle(settlement.clone()).await {
-                crate::stats::usage_store_error();
-                tracing::error!(%error, "usage store unreachable: usage kept in memory until it is back");
-                let settlement = error.left_of(settlement);
-                let mut backlog = backlog.lock().expect("backlog lock");
-                if backlog.len() >= MAX_BACKLOG {
-                    tracing::error!(
-                        "usage backlog full ({MAX_BACKLOG}): the oldest settlement is dropped"
-                    );
-                    backlog.pop_front();
-                }
-                backlog.push_back(settlement);
+                keep(&backlog, error, settlement);
             }
         }))
     }
+}
+
+/// Keeps what of `settlement` the store did not take, to be written once it
+/// is back: the oldest is dropped when the backlog is full.
+fn keep(
+    backlog: &Mutex<VecDeque<Arc<Settlement>>>,
+    error: StoreError,
+    settlement: Arc<Settlement>,
+) {
+    crate::stats::usage_store_error();
+    tracing::error!(%error, "usage store unreachable: usage kept in memory until it is back");
+    let settlement = error.left_of(settlement);
+    let mut backlog = backlog.lock().expect("backlog lock");
+    if backlog.len() >= MAX_BACKLOG {
+        tracing::error!("usage backlog full ({MAX_BACKLOG}): the oldest settlement is dropped");
+        backlog.pop_front();
+    }
+    backlog.push_back(settlement);
 }

@@ -279,7 +279,7 @@ fn commit(c: &mut Connection, settlements: &[Arc<Settlement>]) -> rusqlite::Resu
             sum.usd_micros += amount.usd_micros;
         }
         if s.row {
-            rows.entry((&*s.token, s.at.date_naive(), s.model.as_str()))
+            rows.entry((&*s.token, s.at.date_naive(), &*s.model))
                 .or_default()
                 .add(s);
         }
@@ -393,16 +393,22 @@ impl Store for Sqlite {
     }
 
     fn settle(&self, s: Arc<Settlement>) -> BoxFuture<Result<(), StoreError>> {
+        match self.hand_over(&s) {
+            Some(result) => Box::pin(std::future::ready(result)),
+            None => self.run(move |c| commit(c, std::slice::from_ref(&s))),
+        }
+    }
+
+    fn hand_over(&self, s: &Arc<Settlement>) -> Option<Result<(), StoreError>> {
         if s.reservation.is_some() || !s.windows.is_empty() {
             // A limited token's next admission must see this settlement (its
             // reservation gone, its usage counted), so it is written now, in
             // one transaction, before the response's last bytes go out.
             // Tokens without limits go through the batching writer.
-            return self.run(move |c| commit(c, std::slice::from_ref(&s)));
+            return None;
         }
-        let sent = self.writer.send(Job::Settle(s));
-        let result = sent.map_err(|_| StoreError::new(&self.name, "the usage writer has stopped"));
-        Box::pin(std::future::ready(result))
+        let sent = self.writer.send(Job::Settle(s.clone()));
+        Some(sent.map_err(|_| StoreError::new(&self.name, "the usage writer has stopped")))
     }
 
     fn flush(&self) -> BoxFuture<Result<(), StoreError>> {

@@ -107,8 +107,9 @@ pub struct Settlement {
     /// Whether the request reached the upstream (if not, nothing is used
     /// and the reservation is only released).
     pub used: bool,
-    /// The model (as the upstream answered, else as asked; `-` when unknown).
-    pub model: String,
+    /// The model (as the upstream answered, else as asked; `-` when unknown,
+    /// which is not allocated).
+    pub model: std::borrow::Cow<'static, str>,
     /// Input tokens, cached included.
     pub input: i64,
     /// Cached input tokens.
@@ -234,6 +235,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// write it later (batched), but within a second. Shared, so that the
     /// caller keeps it to try again without copying it first.
     fn settle(&self, settlement: Arc<Settlement>) -> BoxFuture<Result<(), StoreError>>;
+
+    /// Takes `settlement` without waiting, when this store can (it queues
+    /// it for a writer of its own), saying whether that worked; `None` when
+    /// it must go through [`Store::settle`] instead. The request path then
+    /// makes no future for it.
+    fn hand_over(&self, _settlement: &Arc<Settlement>) -> Option<Result<(), StoreError>> {
+        None
+    }
 
     /// Checks that the store answers (a cheap read).
     fn ping(&self) -> BoxFuture<Result<(), StoreError>>;
