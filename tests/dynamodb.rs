@@ -130,6 +130,38 @@ async fn limits(gw: &impl Target, token: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// Waits (up to 10 s) until the table's report counts exactly `requests`
+/// for each token named: what waited during an outage is written.
+async fn until_reported(table: &str, requests: &[(&str, i64)]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = report(&moto().url, table);
+        let counted = |token: &str| {
+            rows.iter()
+                .find(|r| r["token"] == token)
+                .and_then(|r| r["requests"].as_i64())
+        };
+        if requests.iter().all(|(token, n)| counted(token) == Some(*n)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "want {requests:?}: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// In closed mode with the store out: a limited token is refused as the
+/// store being unavailable and never forwarded; a token without limits is
+/// served.
+async fn refuses_only_limited_tokens(gw: &GatewayProc, up: &MockUpstream) {
+    let before = up.count();
+    assert_eq!(
+        post(gw, "tok-rpm", &chat(Some(5))).await,
+        (503, Some("usage_store_unavailable".into()))
+    );
+    assert_eq!(up.count(), before, "refused, never forwarded");
+    assert_eq!(post(gw, "tok-open", &chat(Some(5))).await.0, 200);
+}
+
 async fn fresh_minute() {
     let second = chrono::Utc::now().timestamp() % 60;
     if second > 40 {
@@ -289,19 +321,7 @@ async fn an_outage_in_open_mode_serves_and_loses_nothing() {
     front.set(PASS);
     // The next request's settlement writes what waited.
     assert_eq!(post(&gw, "tok-open", &chat(Some(5))).await.0, 200);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let rows = report(&moto().url, &table);
-        let storm = rows
-            .iter()
-            .find(|r| r["token"] == "storm")
-            .and_then(|r| r["requests"].as_i64());
-        if storm == Some(4) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{rows:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_reported(&table, &[("storm", 4)]).await;
 }
 
 #[tokio::test]
@@ -314,13 +334,7 @@ async fn an_outage_in_closed_mode_refuses_only_tokens_with_limits() {
         .env("USAGE_FAIL_MODE", "closed")
         .start();
     front.set(FAIL);
-    let before = up.count();
-    assert_eq!(
-        post(&gw, "tok-rpm", &chat(Some(5))).await,
-        (503, Some("usage_store_unavailable".into()))
-    );
-    assert_eq!(up.count(), before, "refused, never forwarded");
-    assert_eq!(post(&gw, "tok-open", &chat(Some(5))).await.0, 200);
+    refuses_only_limited_tokens(&gw, &up).await;
     front.set(PASS);
     assert_eq!(post(&gw, "tok-rpm", &chat(Some(5))).await.0, 200);
 }
@@ -339,13 +353,7 @@ async fn a_throttled_store_is_an_outage_in_closed_mode_and_nothing_is_lost_in_op
     // own retries): a limited token is refused as the store being
     // unavailable, never as a gateway failure, and is not forwarded.
     front.set(THROTTLE);
-    let before = up.count();
-    assert_eq!(
-        post(&closed, "tok-rpm", &chat(Some(5))).await,
-        (503, Some("usage_store_unavailable".into()))
-    );
-    assert_eq!(up.count(), before, "refused, never forwarded");
-    assert_eq!(post(&closed, "tok-open", &chat(Some(5))).await.0, 200);
+    refuses_only_limited_tokens(&closed, &up).await;
     // Open mode serves through the throttling, and its usage waits.
     for _ in 0..2 {
         assert_eq!(post(&open, "tok-storm", &chat(Some(5))).await.0, 200);
@@ -353,20 +361,7 @@ async fn a_throttled_store_is_an_outage_in_closed_mode_and_nothing_is_lost_in_op
     front.set(PASS);
     assert_eq!(post(&closed, "tok-rpm", &chat(Some(5))).await.0, 200);
     assert_eq!(post(&open, "tok-open", &chat(Some(5))).await.0, 200);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let rows = report(&moto().url, &table);
-        let requests = |token: &str| {
-            rows.iter()
-                .find(|r| r["token"] == token)
-                .and_then(|r| r["requests"].as_i64())
-        };
-        if requests("storm") == Some(2) && requests("rpm") == Some(1) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{rows:?}\n{}", open.log_text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_reported(&table, &[("storm", 2), ("rpm", 1)]).await;
 }
 
 #[tokio::test]
@@ -375,29 +370,16 @@ async fn healthz_names_a_usage_store_that_does_not_answer() {
     let front = Front::start().await;
     let table = table();
     init(&table);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = unused_port();
     let _gw = gateway(&up, &front.url(), &table)
         .env("METRICS_LISTEN", &format!("127.0.0.1:{port}"))
         .start();
-    let health = || async move {
-        let r = client()
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json::<Value>().await.unwrap())
-    };
     let store = format!("dynamodb:{table}");
-    let (status, body) = health().await;
+    let (status, body) = healthz(port).await;
     assert_eq!((status, &body["status"]), (200, &json!("ok")), "{body}");
     assert_eq!(body["store"], json!(store));
     front.set(FAIL);
-    let (status, body) = health().await;
+    let (status, body) = healthz(port).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "unavailable");
     assert_eq!(
@@ -406,7 +388,7 @@ async fn healthz_names_a_usage_store_that_does_not_answer() {
     );
     assert_eq!(body["tokens"], 4, "the token list is still loaded");
     front.set(PASS);
-    let (status, body) = health().await;
+    let (status, body) = healthz(port).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["missing"], json!([]));
 }

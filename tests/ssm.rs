@@ -479,26 +479,13 @@ async fn healthz_says_503_until_the_token_list_is_loaded() {
     let up = MockUpstream::start().await;
     let front = Front::start().await;
     front.set(FAIL);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = unused_port();
     let gw = aws_env(Launch::new(&up.url()), &front.url())
         .env("TOKENS_SSM_PARAMETER", &name)
         .env("TOKENS_REFRESH_SECS", "1")
         .env("METRICS_LISTEN", &format!("127.0.0.1:{port}"))
         .start();
-    let health = || async move {
-        let r = client()
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json::<serde_json::Value>().await.unwrap())
-    };
-    let (status, body) = health().await;
+    let (status, body) = healthz(port).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["missing"][0], "the token list is not loaded");
     assert_eq!(body["tokens"], serde_json::Value::Null);
@@ -507,7 +494,7 @@ async fn healthz_says_503_until_the_token_list_is_loaded() {
     assert_eq!(public.status(), 503, "a token check, not the health check");
     front.set(PASS);
     until(&gw, "late-Tok", 200, Duration::from_secs(5)).await;
-    let (status, body) = health().await;
+    let (status, body) = healthz(port).await;
     assert_eq!((status, body["tokens"].as_u64()), (200, Some(1)), "{body}");
     assert_eq!(body["status"], "ok");
 }

@@ -480,6 +480,26 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
+/// A local port nothing listens on (for a listener a test starts later).
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /healthz` on the metrics listener at `port`: status and JSON body.
+pub async fn healthz(port: u16) -> (u16, serde_json::Value) {
+    let r = client()
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
 /// A plain GET through the gateway.
 pub async fn fetch(gw: &impl Target, path: &str) -> reqwest::Response {
     client().get(gw.url(path)).send().await.unwrap()
