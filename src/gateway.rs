@@ -215,7 +215,7 @@ impl Gateway {
         parts: http::request::Parts,
         body: B,
         record: &mut Record,
-    ) -> Result<Response<GatewayBody>, GatewayError>
+    ) -> Result<Response<Shaped>, GatewayError>
     where
         B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -243,7 +243,7 @@ impl Gateway {
             .apply_policies(&parts, &admitted, &mut body, &mut record.notes)
             .await?;
         if let Some(reply) = reply {
-            return Ok(reply.map(GatewayBody::from));
+            return Ok(reply.map(Shaped::from));
         }
         let metered = parts.method == Method::POST && usage::is_metered(parts.uri.path());
         // An upload's bytes are a file (audio), not text: they estimate no tokens.
@@ -327,15 +327,18 @@ impl Gateway {
         metered: bool,
         text_body: bool,
         record: &Record,
-    ) -> Response<GatewayBody> {
-        let idle = self.inner.options.idle_timeout;
-        let mut response =
-            response.map(|body| GatewayBody::new(Layer::new(body, IdleTimeout::new(idle))));
+    ) -> Response<Shaped> {
+        let idle = IdleTimeout::new(self.inner.options.idle_timeout);
+        let response = response.map(|body| Layer::new(body, idle));
+        if !metered && edit.is_none() {
+            return response.map(Shaped::Upstream);
+        }
+        let mut response = response.map(GatewayBody::new);
         if metered {
             let text_bytes = if text_body { record.bytes_in.get() } else { 0 };
             response = meter(response, &record.meter, text_bytes);
         }
-        match edit.filter(|_| response.status().is_success()) {
+        let response = match edit.filter(|_| response.status().is_success()) {
             Some(ResponseEdit::Rewrite { limit, rewrite }) => {
                 headers::for_rewrite(response.headers_mut());
                 response.map(|body| rewritten(body, limit, rewrite))
@@ -344,32 +347,80 @@ impl Gateway {
                 response.map(|body| GatewayBody::new(HideUsageChunk::new(body)))
             }
             _ => response,
-        }
+        };
+        response.map(Shaped::Other)
     }
 
     /// Layers the response body: a cap when it will be collected, then the
-    /// completion point that owns the record.
+    /// completion point that owns the record; boxed once.
     fn respond(
         &self,
-        response: Response<GatewayBody>,
+        response: Response<Shaped>,
         mut record: Record,
         buffered: Option<Buffered>,
     ) -> Response<GatewayBody> {
         record.status = response.status().as_u16();
         let (parts, body) = response.into_parts();
         let body = match buffered {
-            Some(b) => GatewayBody::new(Layer::new(body, b.cap(&parts.headers).tap())),
-            None => body,
+            Some(b) => {
+                let capped = Layer::new(body, b.cap(&parts.headers).tap());
+                GatewayBody::new(self.completion(capped, record, false))
+            }
+            None => GatewayBody::new(self.completion(body, record, true)),
         };
+        Response::from_parts(parts, body)
+    }
+
+    fn completion<B>(&self, body: B, record: Record, committed: bool) -> Completion<B> {
         let inner = &*self.inner;
-        let body = Completion::new(
+        Completion::new(
             body,
             record,
             inner.hooks.clone(),
             inner.pending.clone(),
-            buffered.is_none(),
-        );
-        Response::from_parts(parts, GatewayBody::new(body))
+            committed,
+        )
+    }
+}
+
+/// A response body before its completion point: the upstream's, cut when
+/// silent, as it is (most responses: nothing else to layer, so nothing
+/// boxed before the completion point), or any other body, boxed.
+enum Shaped {
+    Upstream(Layer<crate::pool::ResponseBody, IdleTimeout>),
+    Other(GatewayBody),
+}
+
+impl From<Bytes> for Shaped {
+    fn from(bytes: Bytes) -> Self {
+        Self::Other(GatewayBody::full(bytes))
+    }
+}
+
+impl http_body::Body for Shaped {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<crate::body::Polled>> {
+        match self.get_mut() {
+            Self::Upstream(body) => std::pin::Pin::new(body).poll_frame(cx),
+            Self::Other(body) => std::pin::Pin::new(body).poll_frame(cx),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Upstream(body) => body.is_end_stream(),
+            Self::Other(body) => body.is_end_stream(),
+        }
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Upstream(body) => body.size_hint(),
+            Self::Other(body) => body.size_hint(),
+        }
     }
 }
 
