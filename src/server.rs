@@ -223,10 +223,9 @@ const TIMER_ANCHOR_EVERY: Duration = Duration::from_secs(1);
 /// (tokio-rs/tokio#5207). Between requests no timer was pending, so the
 /// first timers of each request did just that: two `write`s per request on
 /// top of the six calls nginx makes too (two each of `epoll_wait`,
-/// `recvfrom` and `writev`). With the
-/// anchor the planned wake-up is always within a second, the per-request
-/// timers fall after it, and they wake nothing. An idle runtime pays one
-/// wake-up a second.
+/// `recvfrom` and `writev`). With the anchor the planned wake-up is always
+/// within a second, the per-request timers fall after it, and they wake
+/// nothing. An idle runtime pays one wake-up a second.
 fn anchor_timers() {
     tokio::spawn(async {
         loop {
