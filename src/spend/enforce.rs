@@ -378,7 +378,8 @@ impl Finish for Settle {
 
     fn finish(&self, record: &Record) -> Option<BoxFuture<()>> {
         let settlement = Arc::new(self.settlement(record)?);
-        if self.backlog.lock().expect("backlog lock").is_empty() {
+        let waiting = !self.backlog.lock().expect("backlog lock").is_empty();
+        if !waiting {
             match self.store.hand_over(&settlement) {
                 Some(Ok(())) => return None,
                 Some(Err(error)) => {
@@ -391,7 +392,8 @@ impl Finish for Settle {
         let store = self.store.clone();
         let backlog = self.backlog.clone();
         Some(Box::pin(async move {
-            if !backlog.lock().expect("backlog lock").is_empty() {
+            // What waited goes first, so the store sees settlements in order.
+            if waiting {
                 Self::drain(&store, &backlog).await;
             }
             if let Err(error) = store.settle(settlement.clone()).await {
