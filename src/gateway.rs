@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
@@ -226,7 +226,7 @@ impl Gateway {
             // CONNECT to the upstream's host.
             return Err(GatewayError::MethodNotAllowed("CONNECT"));
         }
-        let (admitted, key) = self.authenticate(&parts).await?;
+        let (admitted, key) = self.authenticate(&parts, record.arrived).await?;
         record.token.clone_from(&admitted.name);
         let target = self
             .proxy
@@ -261,10 +261,12 @@ impl Gateway {
         Ok(self.shape(response, edit, metered, text_body, record))
     }
 
-    /// Who the request is, and the key to send upstream for it.
+    /// Who the request is (its token checked as of `now`), and the key to
+    /// send upstream for it.
     async fn authenticate(
         &self,
         parts: &http::request::Parts,
+        now: DateTime<Utc>,
     ) -> Result<(Admitted, Option<ApiKey>), GatewayError> {
         let inner = &self.inner.options;
         let tokens = inner.tokens.get().await?;
@@ -273,7 +275,7 @@ impl Gateway {
             parts.uri.query(),
             &tokens,
             inner.anonymous,
-            Utc::now(),
+            now,
         )?;
         let key = match (&admitted.upstream_key, &inner.upstream_key) {
             (Some(own), _) => Some(own.clone()),

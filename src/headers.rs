@@ -26,16 +26,18 @@ pub struct Strip {
 /// Whether a header describes one connection and is never forwarded (RFC
 /// 9110 §7.6.1): `Connection`, `Keep-Alive`, `TE`, `Trailer`,
 /// `Transfer-Encoding`, `Upgrade` and every `Proxy-*` header, in any case.
+/// The length picks the one or two names compared, since every header a
+/// request or response carries is asked about.
 fn is_hop_by_hop(name: &str) -> bool {
-    const FIXED: [&str; 6] = [
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ];
-    FIXED.iter().any(|h| h.eq_ignore_ascii_case(name))
+    let is = |fixed: &str| name.eq_ignore_ascii_case(fixed);
+    let fixed = match name.len() {
+        2 => is("te"),
+        7 => is("trailer") || is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        17 => is("transfer-encoding"),
+        _ => false,
+    };
+    fixed
         || name
             .get(..6)
             .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
@@ -47,7 +49,8 @@ fn is_hop_by_hop(name: &str) -> bool {
 /// One pass over the names decides ([`remove_matching`]); besides
 /// `Connection` itself, only the names removed are looked up.
 fn remove_where(headers: &mut HeaderMap, also: impl Fn(&str) -> bool) {
-    // What `Connection` names, read before it goes (the fixed list goes anyway).
+    // What `Connection` names, read before it goes (the fixed list goes
+    // anyway, and is not parsed: a name outside http's own set allocates).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -268,6 +271,36 @@ mod tests {
         let kept = map(&[("accept", "*/*"), ("user-agent", "OpenAI/Python")]);
         let out = to_upstream(kept.clone(), Strip::default(), None);
         assert_eq!(out, kept);
+    }
+
+    #[test]
+    fn hop_by_hop_names_are_known_in_any_case_and_no_lookalike_is() {
+        for name in [
+            "connection",
+            "Keep-Alive",
+            "TE",
+            "Trailer",
+            "transfer-ENCODING",
+            "upgrade",
+            "Proxy-Authorization",
+            "proxy-",
+        ] {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        for name in [
+            "connectiom",
+            "keep-alivf",
+            "tf",
+            "trailers",
+            "upgrades",
+            "content-encoding",
+            "proxy",
+            "x-proxy-id",
+            "",
+            "t",
+        ] {
+            assert!(!is_hop_by_hop(name), "{name}");
+        }
     }
 
     #[test]

@@ -75,8 +75,11 @@ impl Finish for Prometheus {
         let f = Figures::of(record, &self.prices);
         let status = f.status.to_string();
         let code = f.code.unwrap_or("upstream");
-        let token = f.token.clone().unwrap_or_else(|| "-".into());
-        if self.token_labels {
+        // Made only when it labels something.
+        let token = self
+            .token_labels
+            .then(|| f.token.clone().unwrap_or_else(|| "-".into()));
+        if let Some(token) = &token {
             metrics::counter!(REQUESTS, "status" => status, "code" => code, "token" => token.clone())
                 .increment(1);
         } else {
@@ -92,7 +95,7 @@ impl Finish for Prometheus {
                 ("cached_input", cached),
                 ("output", output),
             ] {
-                if self.token_labels {
+                if let Some(token) = &token {
                     metrics::counter!(TOKENS, "model" => model.clone(), "kind" => kind, "token" => token.clone())
                         .increment(n);
                 } else {

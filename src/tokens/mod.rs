@@ -13,6 +13,7 @@
 pub mod format;
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -121,13 +122,33 @@ impl TokenEntry {
 #[derive(Debug, Clone, Default)]
 pub struct TokenSet {
     entries: Vec<TokenEntry>,
-    by_digest: HashMap<TokenDigest, usize>,
+    by_digest: HashMap<TokenDigest, usize, BuildHasherDefault<DigestHasher>>,
+}
+
+/// Hashes a [`TokenDigest`] by its leading bytes, with no keyed hash over
+/// it. A SHA-256 digest is already uniform, and only the operator's tokens
+/// are ever inserted: a client's presented token is only looked up, so it
+/// cannot crowd a bucket whatever its digest.
+#[derive(Debug, Default, Clone, Copy)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut word = [0u8; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        self.0 = self.0.rotate_left(5) ^ u64::from_ne_bytes(word);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl TokenSet {
     /// Builds the index. Fails on a token listed twice, naming both entries.
     pub fn new(entries: Vec<TokenEntry>) -> Result<Self, ParseError> {
-        let mut by_digest = HashMap::with_capacity(entries.len());
+        let mut by_digest = HashMap::with_capacity_and_hasher(entries.len(), Default::default());
         let mut by_name: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
             if let Some(first) = by_name.insert(&entry.name, index) {
@@ -247,6 +268,23 @@ mod tests {
                 .name,
             "b"
         );
+    }
+
+    #[test]
+    fn every_token_of_a_long_list_is_found_and_no_other() {
+        let names: Vec<String> = (0..2000).map(|i| format!("t{i}")).collect();
+        let set = TokenSet::new(
+            names
+                .iter()
+                .map(|n| entry(n, &format!("secret-{n}"), None))
+                .collect(),
+        )
+        .unwrap();
+        for n in &names {
+            let found = set.find(format!("secret-{n}").as_bytes()).map(|e| &*e.name);
+            assert_eq!(found, Some(n.as_str()));
+            assert!(set.find(format!("secret-{n}x").as_bytes()).is_none());
+        }
     }
 
     #[test]
