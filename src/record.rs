@@ -9,13 +9,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use http::Method;
 
 use crate::body::ByteCount;
-use crate::usage::Meter;
+use crate::usage::prices::Prices;
+use crate::usage::{Meter, Usage};
 use tokio::time::Instant;
 
 /// The longest path kept in a record; longer ones are cut.
@@ -82,6 +83,48 @@ pub struct Record {
     pub meter: Meter,
     /// What the policies left for the completion hooks (a spend reservation).
     pub notes: http::Extensions,
+    /// What the request is charged, worked out once (see [`Record::charge`]).
+    charge: OnceLock<Charge>,
+}
+
+/// The model a request asked for (read from its body by the policy that
+/// needed it), left in its record's notes to price a response that names
+/// none (images, speech).
+#[derive(Debug, Clone)]
+pub struct AskedModel(pub String);
+
+/// What a finished request is charged: one reading, shared by the access
+/// line, the metrics and the usage settlement, so that all three tell the
+/// same story.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Charge {
+    /// The usage, reported or estimated; `None` for a response that carries
+    /// none (images, files).
+    pub usage: Option<Usage>,
+    /// The model it is priced as: the upstream's answer, else the one asked for.
+    pub model: Option<String>,
+    /// What it cost in USD: its usage at its model's price, else the model's
+    /// price per request; `None` when nothing reached the upstream or the
+    /// model has no price.
+    pub usd: Option<f64>,
+}
+
+impl Charge {
+    fn of(record: &Record, prices: &Prices) -> Self {
+        let usage = record.meter.usage();
+        let model = usage
+            .as_ref()
+            .and_then(|u| u.model.clone())
+            .or_else(|| record.notes.get::<AskedModel>().map(|m| m.0.clone()));
+        let used = record.upstream_ms.is_some();
+        let usd = match (&model, &usage) {
+            _ if !used => None,
+            (Some(model), Some(usage)) => prices.cost_as(model, usage),
+            (Some(model), None) => prices.lookup(model).and_then(|p| p.per_request),
+            (None, _) => None,
+        };
+        Self { usage, model, usd }
+    }
 }
 
 impl Record {
@@ -106,7 +149,16 @@ impl Record {
             outcome: Outcome::ClientClosed,
             meter: Meter::default(),
             notes: http::Extensions::new(),
+            charge: OnceLock::new(),
         }
+    }
+
+    /// What the request is charged, priced with `prices` the first time it
+    /// is asked (the gateway has one price table; every hook that asks is
+    /// given it) and the same reading after: the hooks run once the
+    /// response has ended, when nothing more is metered.
+    pub fn charge(&self, prices: &Prices) -> &Charge {
+        self.charge.get_or_init(|| Charge::of(self, prices))
     }
 
     /// Milliseconds since the request arrived.
@@ -151,5 +203,63 @@ mod tests {
         assert!(record.path.len() <= MAX_RECORDED_PATH);
         assert!(record.path.len() >= MAX_RECORDED_PATH - 1);
         assert!(path.starts_with(&record.path));
+    }
+
+    fn prices() -> Prices {
+        let dir = std::env::temp_dir().join(format!("gw-charge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("prices.json");
+        std::fs::write(
+            &file,
+            r#"{"img-model": {"input": 0, "output": 0, "per_request": 0.04}}"#,
+        )
+        .unwrap();
+        Prices::load(Some(&file)).unwrap()
+    }
+
+    #[test]
+    fn a_request_is_charged_once_by_its_usage_else_by_the_model_it_asked_for() {
+        let prices = prices();
+        // Usage reported: its model, at that model's price.
+        let mut record = Record::start(&Method::POST, "/v1/chat/completions", Instant::now());
+        record.upstream_ms = Some(1.0);
+        record.notes.insert(AskedModel("gpt-4o".into()));
+        let usage = Usage::reported(Some("gpt-4o-mini-2024-07-18"), 1_000_000, 0, 0);
+        record.meter.report(usage.clone());
+        let charge = record.charge(&prices).clone();
+        assert_eq!(charge.model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
+        assert_eq!(charge.usd, prices.cost(&usage));
+        assert!(charge.usd.is_some_and(|usd| usd > 0.0));
+        // Read once: what the meter hears after the first reading changes nothing.
+        record
+            .meter
+            .report(Usage::reported(Some("gpt-4o"), 5_000_000, 0, 0));
+        assert_eq!(record.charge(&prices), &charge);
+
+        // No usage (an image): the asked model's price per request.
+        let mut record = Record::start(&Method::POST, "/v1/images/generations", Instant::now());
+        record.upstream_ms = Some(1.0);
+        record.notes.insert(AskedModel("img-model".into()));
+        let charge = record.charge(&prices);
+        assert_eq!(charge.usage, None);
+        assert_eq!(charge.model.as_deref(), Some("img-model"));
+        assert_eq!(charge.usd, Some(0.04));
+
+        // Refused before the upstream: nothing is charged.
+        let mut record = Record::start(&Method::POST, "/v1/images/generations", Instant::now());
+        record.notes.insert(AskedModel("img-model".into()));
+        assert_eq!(record.charge(&prices).usd, None);
+
+        // Nothing names a model: no price.
+        let mut record = Record::start(&Method::GET, "/v1/models", Instant::now());
+        record.upstream_ms = Some(1.0);
+        assert_eq!(
+            record.charge(&prices),
+            &Charge {
+                usage: None,
+                model: None,
+                usd: None
+            }
+        );
     }
 }

@@ -456,19 +456,20 @@ impl Finish for AccessLog {
             return None;
         }
         let round = |ms: f64| (ms * 1e3).round() / 1e3;
-        let usage = record.meter.usage();
+        let charge = record.charge(&self.prices);
+        let usage = &charge.usage;
         let line = AccessLine {
             timestamp: Timestamp(chrono::Utc::now()),
             level: "INFO",
             message: "request",
             method: record.method.as_str(),
             path: &record.path,
-            model: usage.as_ref().and_then(|u| u.model.as_deref()),
+            model: charge.model.as_deref(),
             input_tokens: usage.as_ref().map(|u| u.input),
             cached_tokens: usage.as_ref().map(|u| u.cached_input),
             output_tokens: usage.as_ref().map(|u| u.output),
             usage_estimated: usage.as_ref().map(|u| u.estimated),
-            cost_usd: usage.as_ref().and_then(|u| self.prices.cost(u)),
+            cost_usd: charge.usd,
             status: record.status,
             token: record.token.as_deref().unwrap_or("-"),
             error_code: record.code.unwrap_or("-"),

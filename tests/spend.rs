@@ -496,8 +496,8 @@ async fn a_response_without_usage_costs_its_per_request_price() {
     let gw = Launch::new(&up.url())
         .tokens(LIMITED)
         .env("PRICES_FILE", prices.to_str().unwrap())
-        .serve()
-        .await;
+        // The binary, so that its own access log is read below.
+        .start();
     let image = json!({"model": "dall-e-3", "prompt": "a lighthouse", "n": 1}).to_string();
     let r = client()
         .post(gw.url("/v1/images/generations"))
@@ -512,4 +512,12 @@ async fn a_response_without_usage_costs_its_per_request_price() {
     assert_eq!(usage["limits"][0]["limit"], "usd_total");
     assert_eq!(usage["limits"][0]["used"].as_f64(), Some(0.04), "{usage}");
     assert_eq!(usage["limits"][0]["resets_at"], Value::Null);
+    // The access line tells the same charge as the store.
+    let lines = gw.wait_access_lines(2);
+    let line = lines
+        .iter()
+        .find(|l| l["path"] == "/v1/images/generations")
+        .expect("the image request's access line");
+    assert_eq!(line["model"], "dall-e-3", "{line}");
+    assert_eq!(line["cost_usd"].as_f64(), Some(0.04), "{line}");
 }

@@ -23,7 +23,7 @@ use super::{Amount, Limits};
 use crate::config::FailMode;
 use crate::error::GatewayError;
 use crate::policy::{allowlist, Inspect, Policy, Verdict};
-use crate::record::{BoxFuture, Finish, Record};
+use crate::record::{AskedModel, BoxFuture, Finish, Record};
 use crate::usage::prices::Prices;
 use crate::usage::{self, Usage};
 
@@ -42,11 +42,6 @@ pub struct Held {
     /// The keys of the windows its usage counts in.
     pub windows: Vec<String>,
 }
-
-/// The model a request asked for, left in its record for the settlement
-/// of a response that names none (images, speech).
-#[derive(Debug, Clone)]
-pub struct AskedModel(pub String);
 
 /// The policy that enforces a token's `limits`.
 #[derive(Debug, Clone)]
@@ -302,22 +297,9 @@ impl Settle {
             return None;
         }
         let token = record.token.clone()?;
-        let usage = record.meter.usage();
-        let asked = record.notes.get::<AskedModel>().map(|m| m.0.clone());
-        let model = usage
-            .as_ref()
-            .and_then(|u| u.model.clone())
-            .or(asked)
-            .map_or(Cow::Borrowed("-"), Cow::Owned);
-        let cost = match &usage {
-            Some(u) => self.prices.cost_as(&model, u).unwrap_or(0.0),
-            None if model == "-" => 0.0,
-            None => self
-                .prices
-                .lookup(&model)
-                .and_then(|p| p.per_request)
-                .unwrap_or(0.0),
-        };
+        let charge = record.charge(&self.prices);
+        let usage = &charge.usage;
+        let model = charge.model.clone().map_or(Cow::Borrowed("-"), Cow::Owned);
         let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         Some(Settlement {
             token,
@@ -328,7 +310,7 @@ impl Settle {
             input: usage.as_ref().map_or(0, |u| count(u.input)),
             cached: usage.as_ref().map_or(0, |u| count(u.cached_input)),
             output: usage.as_ref().map_or(0, |u| count(u.output)),
-            usd_micros: if used { Amount::micros(cost) } else { 0 },
+            usd_micros: Amount::micros(charge.usd.unwrap_or(0.0)),
             estimated: usage.as_ref().is_some_and(|u| u.estimated),
             windows: held.map(|h| h.windows.clone()).unwrap_or_default(),
             row: used,

@@ -51,7 +51,8 @@ impl Figures {
     /// The figures of `record`, priced with `prices`.
     pub fn of(record: &Record, prices: &Prices) -> Self {
         let ours = record.code.is_some();
-        let usage = record.meter.usage();
+        let charge = record.charge(prices);
+        let usage = &charge.usage;
         Self {
             rejected: ours && (400..500).contains(&record.status),
             gateway_error: ours && record.status >= 500,
@@ -62,7 +63,7 @@ impl Figures {
                 .as_ref()
                 .map(|u| u.model.clone().unwrap_or_else(|| "unknown".into())),
             tokens: usage.as_ref().map(|u| (u.input, u.cached_input, u.output)),
-            cost_usd: usage.as_ref().and_then(|u| prices.cost(u)),
+            cost_usd: charge.usd,
             status: record.status,
             code: record.code,
             token: record.token.clone(),
