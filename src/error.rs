@@ -81,6 +81,26 @@ pub enum GatewayError {
     /// The request body could not be read or is not what a policy needs.
     #[error("invalid request body: {0}")]
     InvalidRequestBody(&'static str),
+    /// A field of the request (body or query) is not what OpenAI accepts.
+    #[error("{message}")]
+    InvalidParam {
+        /// The field, as OpenAI names it in `param`.
+        param: &'static str,
+        /// What is wrong (never the value itself).
+        message: String,
+    },
+    /// A spending endpoint's body is of a type the gateway cannot meter.
+    #[error("this gateway token's rules need a JSON body{}; got another Content-Type", if *.0 { " (or multipart/form-data)" } else { "" })]
+    UnsupportedMediaType(bool),
+    /// The token has limits, and the endpoint can spend without being metered.
+    #[error("this gateway token has limits, and this endpoint can spend money the gateway does not meter ({0}); to allow it knowingly, name the path itself in the token's `endpoints`")]
+    EndpointNotMetered(&'static str),
+    /// The gateway failed inside (a bug): the request is refused, the gateway goes on.
+    #[error("the gateway failed while handling this request; it has been logged")]
+    Internal,
+    /// The usage store refused this request's values (not an outage).
+    #[error("the gateway's usage store refused this request's usage record")]
+    UsageStoreRejected,
     /// The token list source (SSM) has not produced a usable token list yet.
     #[error("the gateway's token store is unavailable; try again shortly")]
     TokenStoreUnavailable,
@@ -116,11 +136,15 @@ impl GatewayError {
             Self::ConflictingTokens
             | Self::MultipleAuthorization
             | Self::InvalidPath(_)
+            | Self::InvalidParam { .. }
             | Self::InvalidRequestBody(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Internal | Self::UsageStoreRejected => StatusCode::INTERNAL_SERVER_ERROR,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::EndpointNotAllowed
             | Self::ModelNotAllowed(_)
             | Self::ModelUnknown
+            | Self::EndpointNotMetered(_)
             | Self::ModelPriceUnknown(_) => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } | Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -156,6 +180,11 @@ impl GatewayError {
             Self::InvalidPath(_) => "invalid_path",
             Self::RequestTooLarge(_) => "request_too_large",
             Self::InvalidRequestBody(_) => "invalid_request_body",
+            Self::InvalidParam { .. } => "invalid_value",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::EndpointNotMetered(_) => "endpoint_not_metered",
+            Self::Internal => "internal_error",
+            Self::UsageStoreRejected => "usage_store_rejected",
             Self::TokenStoreUnavailable => "token_store_unavailable",
             Self::UpstreamKeyUnavailable => "upstream_key_unavailable",
             Self::UpstreamUnreachable => "upstream_unreachable",
@@ -177,9 +206,26 @@ impl GatewayError {
             StatusCode::FORBIDDEN => "permission_error",
             StatusCode::BAD_REQUEST
             | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::UNSUPPORTED_MEDIA_TYPE
             | StatusCode::METHOD_NOT_ALLOWED
             | StatusCode::REQUEST_TIMEOUT => "invalid_request_error",
             _ => "gateway_error",
+        }
+    }
+
+    /// A request field at fault, named as OpenAI names it in `param`.
+    pub fn param(&self) -> Option<&'static str> {
+        match self {
+            Self::InvalidParam { param, .. } => Some(param),
+            _ => None,
+        }
+    }
+
+    /// A field at fault: `400 invalid_request_error` naming `param`.
+    pub fn invalid_param(param: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidParam {
+            param,
+            message: message.into(),
         }
     }
 
@@ -189,7 +235,7 @@ impl GatewayError {
             "error": {
                 "message": self.to_string(),
                 "type": self.kind(),
-                "param": null,
+                "param": self.param(),
                 "code": self.code(),
             }
         });

@@ -16,11 +16,13 @@
 //! The [`Record`] is created when the request arrives and carried through
 //! the phases; nothing else holds per-request state.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
@@ -31,9 +33,10 @@ use crate::completion::{Completion, Pending};
 use crate::cors::Cors;
 use crate::error::GatewayError;
 use crate::headers;
+use crate::openai::Metering;
 use crate::policy::{Inspect, Policy, RequestBody, ResponseEdit};
 use crate::proxy::Proxy;
-use crate::record::{Finish, Hooks, Record, RequestId};
+use crate::record::{Finish, Hooks, Record, RequestId, Reserved};
 use crate::secret::ApiKey;
 use crate::sources::cached::Cached;
 use crate::spend::store::Store;
@@ -65,6 +68,8 @@ pub struct GatewayOptions {
     pub hooks: Vec<Arc<dyn Finish>>,
     /// The usage store, if any (for the health check).
     pub store: Option<Arc<dyn Store>>,
+    /// The most of a request body a policy reads (`MAX_INSPECTED_BODY_BYTES`).
+    pub max_body: u64,
 }
 
 impl GatewayOptions {
@@ -81,6 +86,7 @@ impl GatewayOptions {
             policies: Vec::new(),
             hooks: Vec::new(),
             store: None,
+            max_body: 32 << 20,
         }
     }
 }
@@ -188,17 +194,37 @@ impl Gateway {
         record.request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
         let buffered = parts.extensions.get::<Buffered>().copied();
         let cors = self.inner.options.cors.as_ref();
+        // From here the record is held by a guard: if this future is dropped
+        // before the response exists (the client left while the upstream
+        // thought), the guard still hands it to the completion hooks.
+        let mut guard = Unanswered {
+            record: Some(record),
+            gateway: self,
+        };
 
         // 1. preflight
         if let Some(preflight) = cors.and_then(|c| c.preflight(&parts.method, &parts.headers)) {
-            return self.respond(preflight, record, buffered);
+            return self.respond(preflight, guard.take(), buffered);
         }
         let decision = cors.map(|c| c.decide(&parts.headers));
-        // 2-4. authenticate, policy, forward
-        let mut response = match self.forward(parts, body, &mut record).await {
-            Ok(response) => response,
-            Err(error) => {
-                record.code = Some(error.code());
+        // 2-4. authenticate, policy, forward; a panic is this request's 500.
+        let forwarded = AssertUnwindSafe(self.forward(parts, body, guard.record()))
+            .catch_unwind()
+            .await;
+        let mut response = match forwarded {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                guard.record().code = Some(error.code());
+                error.to_response()
+            }
+            Err(panic) => {
+                let error = GatewayError::Internal;
+                tracing::error!(
+                    panic = panic_message(&*panic),
+                    code = error.code(),
+                    "a request failed inside the gateway; the gateway goes on"
+                );
+                guard.record().code = Some(error.code());
                 error.to_response()
             }
         };
@@ -206,7 +232,7 @@ impl Gateway {
         if let Some(decision) = decision {
             headers::apply_cors(response.headers_mut(), &decision);
         }
-        self.respond(response, record, buffered)
+        self.respond(response, guard.take(), buffered)
     }
 
     /// Phases 2 to 4: authenticate, apply the policies, forward.
@@ -231,6 +257,8 @@ impl Gateway {
         let target = self
             .proxy
             .target(parts.uri.path(), admitted.query.as_deref())?;
+        // Policy and metering read the path as the upstream will route it.
+        let path = crate::path::normalise(parts.uri.path());
         let mut body = RequestBody::new(body, record.bytes_in.clone(), inner.client_idle_timeout);
         if matches!(parts.method, Method::GET | Method::HEAD) {
             // One rule whatever the framing: such a body has no meaning, and
@@ -240,12 +268,20 @@ impl Gateway {
             })?;
         }
         let (edit, reply) = self
-            .apply_policies(&parts, &admitted, &mut body, &mut record.notes)
+            .apply_policies(&parts, &path, &admitted, &mut body, &mut record.notes)
             .await?;
         if let Some(reply) = reply {
             return Ok(reply.map(Shaped::from));
         }
-        let metered = parts.method == Method::POST && usage::is_metered(parts.uri.path());
+        let metering = crate::openai::metering(&parts.method, &path);
+        let reserved = record.notes.get::<Reserved>().copied().unwrap_or_default();
+        // Images carry usage only when token-priced (`gpt-image-*`, which
+        // the limits then reserve output for); speech carries none.
+        let metered = match metering {
+            Metering::Tokens => Some(reserved.output),
+            Metering::Images if reserved.output > 0 => Some(reserved.output),
+            _ => None,
+        };
         // An upload's bytes are a file (audio), not text: they estimate no tokens.
         let text_body = !headers::is_media(&parts.headers, "multipart/form-data");
         let mut headers = headers::to_upstream(parts.headers, admitted.strip, key.as_ref());
@@ -253,10 +289,16 @@ impl Gateway {
             headers::identity_only(&mut headers);
         }
         let asked = Instant::now();
+        // Sent: from here the upstream may bill it, whatever happens next.
+        record.sent = true;
         let response = self
             .proxy
             .send(parts.method, target, headers, body.into_upstream())
-            .await?;
+            .await
+            .inspect_err(|error| {
+                // Never connected: nothing reached the upstream.
+                record.sent = *error != GatewayError::UpstreamUnreachable;
+            })?;
         record.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
         Ok(self.shape(response, edit, metered, text_body, record))
     }
@@ -290,6 +332,7 @@ impl Gateway {
     async fn apply_policies(
         &self,
         parts: &http::request::Parts,
+        path: &str,
         admitted: &Admitted,
         body: &mut RequestBody,
         notes: &mut http::Extensions,
@@ -298,16 +341,15 @@ impl Gateway {
         if policies.is_empty() {
             return Ok((None, None));
         }
-        let mut inspect = Inspect {
-            method: &parts.method,
-            path: parts.uri.path(),
-            headers: &parts.headers,
+        let mut inspect = Inspect::new(
+            &parts.method,
+            path,
+            &parts.headers,
             admitted,
             body,
-            edit: None,
             notes,
-            reply: None,
-        };
+            self.inner.options.max_body,
+        );
         for rule in policies {
             if !rule.applies(&inspect) {
                 continue;
@@ -326,19 +368,19 @@ impl Gateway {
         &self,
         response: http::Response<crate::pool::ResponseBody>,
         edit: Option<ResponseEdit>,
-        metered: bool,
+        metered: Option<u64>,
         text_body: bool,
         record: &Record,
     ) -> Response<Shaped> {
         let idle = IdleTimeout::new(self.inner.options.idle_timeout);
         let response = response.map(|body| Layer::new(body, idle));
-        if !metered && edit.is_none() {
+        if metered.is_none() && edit.is_none() {
             return response.map(Shaped::Upstream);
         }
         let mut response = response.map(GatewayBody::new);
-        if metered {
+        if let Some(whole_output) = metered {
             let text_bytes = if text_body { record.bytes_in.get() } else { 0 };
-            response = meter(response, &record.meter, text_bytes);
+            response = meter(response, &record.meter, text_bytes, whole_output);
         }
         let response = match edit.filter(|_| response.status().is_success()) {
             Some(ResponseEdit::Rewrite { limit, rewrite }) => {
@@ -346,6 +388,9 @@ impl Gateway {
                 response.map(|body| rewritten(body, limit, rewrite))
             }
             Some(ResponseEdit::HideUsageChunk) if usage::is_event_stream(response.headers()) => {
+                // The body changes: the upstream's length and validators no
+                // longer describe it (it goes out chunked).
+                headers::for_edit(response.headers_mut());
                 response.map(|body| GatewayBody::new(HideUsageChunk::new(body)))
             }
             _ => response,
@@ -383,6 +428,57 @@ impl Gateway {
             committed,
         )
     }
+}
+
+/// A request's record until its response exists. Dropped with the record
+/// still in it (the request's future was dropped: the client closed the
+/// connection before the response head), it runs the completion hooks all
+/// the same, as `499` (client closed request), so the request is billed
+/// and logged once.
+struct Unanswered<'g> {
+    record: Option<Record>,
+    gateway: &'g Gateway,
+}
+
+impl Unanswered<'_> {
+    fn record(&mut self) -> &mut Record {
+        self.record
+            .as_mut()
+            .expect("the record is taken only at the end")
+    }
+
+    fn take(&mut self) -> Record {
+        self.record.take().expect("the record is taken once")
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.record.take() {
+            record.status = STATUS_CLIENT_CLOSED;
+            // A completion point with nothing to send, dropped at once:
+            // it runs the hooks (in the background) as `client_closed`.
+            drop(
+                self.gateway
+                    .completion(http_body_util::Empty::<Bytes>::new(), record, true),
+            );
+        }
+    }
+}
+
+/// The status an access line gives a request whose client left before
+/// its response head (nginx's 499, "client closed request").
+pub const STATUS_CLIENT_CLOSED: u16 = 499;
+
+/// What a caught panic said, bounded (its payload is a message, or nothing
+/// printable).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    text.chars().take(200).collect()
 }
 
 /// A response body before its completion point: the upstream's, cut when
@@ -432,8 +528,12 @@ fn meter(
     response: Response<GatewayBody>,
     meter: &Meter,
     request_bytes: u64,
+    whole_output: u64,
 ) -> Response<GatewayBody> {
+    let mut whole_output = whole_output;
     let tap = if usage::is_event_stream(response.headers()) {
+        // A stream is charged what streamed.
+        whole_output = 0;
         UsageTap::stream(meter.clone())
     } else if usage::is_json(response.headers()) {
         let encoding = response
@@ -446,7 +546,7 @@ fn meter(
         return response;
     };
     if response.status().is_success() {
-        meter.expect(request_bytes);
+        meter.expect(request_bytes, whole_output);
     }
     response.map(|body| GatewayBody::new(Layer::new(body, tap)))
 }

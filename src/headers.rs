@@ -148,6 +148,18 @@ pub fn for_rewrite(headers: &mut HeaderMap) {
     }
 }
 
+/// A body the gateway edits as it passes (the usage chunk hidden) has
+/// another length, and no validator of the upstream's: it goes out chunked.
+pub fn for_edit(headers: &mut HeaderMap) {
+    for name in [
+        header::CONTENT_LENGTH,
+        header::ETAG,
+        HeaderName::from_static("content-md5"),
+    ] {
+        headers.remove(name);
+    }
+}
+
 /// A streamed response carries its own framing; a length from the upstream
 /// would contradict it.
 pub fn for_stream(headers: &mut HeaderMap) {

@@ -8,9 +8,11 @@
 //! 2. [`cors`] answers browser preflights;
 //! 3. [`auth`] finds the gateway token (`?token=`, `X-Token` or Bearer) and
 //!    checks it against the [`tokens`] list;
-//! 4. [`policy`] runs the configured rules, which may read a bounded body:
-//!    a token's allowlists, and its [`limits`], which [`spend`] enforces
-//!    (admission and reservation in a usage store, SQLite or DynamoDB);
+//! 4. [`policy`] runs the configured rules on the request's [`path`]
+//!    (normalised) and its body, parsed once into a typed view: a token's
+//!    allowlists, what it may spend on ([`openai`] says how each endpoint
+//!    is metered), and its [`limits`], which [`spend`] enforces (admission
+//!    and reservation in a usage store, SQLite or DynamoDB);
 //! 5. [`proxy`] maps the path onto the upstream and sends the request, with
 //!    the headers [`headers`] cleaned and the upstream key injected, on a
 //!    connection from the [`pool`];
@@ -36,6 +38,8 @@ pub mod gateway;
 pub mod headers;
 pub mod lambda;
 pub mod limits;
+pub mod openai;
+pub mod path;
 pub mod policy;
 pub mod pool;
 pub mod proxy;

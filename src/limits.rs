@@ -272,14 +272,41 @@ pub struct Amount {
     pub usd_micros: i64,
 }
 
+/// The most a counter holds: 2^53 ([`crate::usage::MAX_COUNT`]), exact in
+/// a double and far below `i64::MAX`, so that a sum of two never
+/// overflows in Rust, SQLite or DynamoDB.
+pub const MAX_COUNTER: i64 = 1 << 53;
+
+/// `a + b` for counters: saturating at [`MAX_COUNTER`], never below 0.
+pub fn counter_add(a: i64, b: i64) -> i64 {
+    a.saturating_add(b).clamp(0, MAX_COUNTER)
+}
+
+/// A count from an unsigned number, saturating at [`MAX_COUNTER`].
+pub fn counter(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX).min(MAX_COUNTER)
+}
+
 impl Amount {
     /// Dollars as micro-dollars, rounded up (so that a budget never
-    /// undercounts).
+    /// undercounts), at most [`MAX_COUNTER`].
     pub fn micros(usd: f64) -> i64 {
         if usd.is_finite() && usd > 0.0 {
-            (usd * 1e6).ceil() as i64
+            // `as` saturates; the clamp bounds it for every store.
+            ((usd * 1e6).ceil() as i64).min(MAX_COUNTER)
+        } else if usd > 0.0 {
+            MAX_COUNTER
         } else {
             0
+        }
+    }
+
+    /// Each measure added, saturating ([`counter_add`]).
+    pub fn plus(self, other: Amount) -> Amount {
+        Amount {
+            requests: counter_add(self.requests, other.requests),
+            tokens: counter_add(self.tokens, other.tokens),
+            usd_micros: counter_add(self.usd_micros, other.usd_micros),
         }
     }
 }
@@ -367,5 +394,21 @@ mod tests {
         assert_eq!(Amount::micros(1.5), 1_500_000);
         assert_eq!(Amount::micros(-1.0), 0);
         assert_eq!(Amount::micros(f64::NAN), 0);
+        assert_eq!(Amount::micros(1e300), MAX_COUNTER);
+        assert_eq!(Amount::micros(f64::INFINITY), MAX_COUNTER);
+    }
+
+    #[test]
+    fn counters_saturate_instead_of_wrapping() {
+        assert_eq!(counter_add(i64::MAX, i64::MAX), MAX_COUNTER);
+        assert_eq!(counter_add(MAX_COUNTER, 1), MAX_COUNTER);
+        assert_eq!(counter_add(-5, 2), 0);
+        assert_eq!(counter(u64::MAX), MAX_COUNTER);
+        let big = Amount {
+            requests: 1,
+            tokens: i64::MAX,
+            usd_micros: MAX_COUNTER,
+        };
+        assert_eq!(big.plus(big).tokens, MAX_COUNTER);
     }
 }

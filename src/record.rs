@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use http::Method;
 
 use crate::body::ByteCount;
-use crate::usage::prices::Prices;
+use crate::usage::prices::{Prices, Units};
 use crate::usage::{Meter, Usage};
 use tokio::time::Instant;
 
@@ -71,6 +71,9 @@ pub struct Record {
     pub status: u16,
     /// The gateway's error code, when the gateway answered itself.
     pub code: Option<&'static str>,
+    /// Whether the request was sent upstream (and so may be billed there,
+    /// whether or not an answer came back).
+    pub sent: bool,
     /// Milliseconds from sending upstream to the upstream's response head.
     pub upstream_ms: Option<f64>,
     /// Request body bytes read.
@@ -87,11 +90,28 @@ pub struct Record {
     charge: OnceLock<Charge>,
 }
 
-/// The model a request asked for (read from its body by the policy that
-/// needed it), left in its record's notes to price a response that names
-/// none (images, speech).
-#[derive(Debug, Clone)]
-pub struct AskedModel(pub String);
+/// What a request asked for (read from its body by the policy that needed
+/// it), left in its record's notes: the model prices a response that names
+/// none or one without a price, and the units price images and speech.
+#[derive(Debug, Clone, Default)]
+pub struct Asked {
+    /// The model asked for.
+    pub model: String,
+    /// What it asked for by the unit.
+    pub units: Units,
+}
+
+/// What a request with limits was reserved, left in its notes: what it is
+/// charged when its answer cannot be read (the client left before it, the
+/// upstream broke off, the usage was unreadable). The upstream may have
+/// finished and billed it, so the gateway never assumes less.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reserved {
+    /// Input tokens (estimated from the body).
+    pub input: u64,
+    /// Output tokens: the request's maximum, times its answers.
+    pub output: u64,
+}
 
 /// What a finished request is charged: one reading, shared by the access
 /// line, the metrics and the usage settlement, so that all three tell the
@@ -111,17 +131,37 @@ pub struct Charge {
 
 impl Charge {
     fn of(record: &Record, prices: &Prices) -> Self {
-        let usage = record.meter.usage();
-        let model = usage
-            .as_ref()
-            .and_then(|u| u.model.clone())
-            .or_else(|| record.notes.get::<AskedModel>().map(|m| m.0.clone()));
-        let used = record.upstream_ms.is_some();
-        let usd = match (&model, &usage) {
-            _ if !used => None,
-            (Some(model), Some(usage)) => prices.cost_as(model, usage),
-            (Some(model), None) => prices.lookup(model).and_then(|p| p.per_request),
-            (None, _) => None,
+        let asked = record.notes.get::<Asked>();
+        let mut usage = record.meter.usage();
+        if record.sent && record.upstream_ms.is_none() {
+            // Sent, and no answer came back to read (the client left, the
+            // upstream timed out or broke): charged what was reserved.
+            if let Some(reserved) = record.notes.get::<Reserved>() {
+                usage = Some(Usage {
+                    model: None,
+                    input: reserved.input,
+                    cached_input: 0,
+                    output: reserved.output,
+                    estimated: true,
+                });
+            }
+        }
+        // Priced as the upstream's answer names it, else as asked: a model
+        // name the table does not know never makes a request free.
+        let answered = usage.as_ref().and_then(|u| u.model.clone());
+        let named = answered
+            .iter()
+            .chain(asked.map(|a| &a.model))
+            .find(|m| prices.lookup(m).is_some())
+            .cloned();
+        let model = named
+            .clone()
+            .or(answered)
+            .or_else(|| asked.map(|a| a.model.clone()));
+        let units = asked.map_or(&Units::None, |a| &a.units);
+        let usd = match &named {
+            Some(model) if record.sent => prices.charge(model, usage.as_ref(), units),
+            _ => None,
         };
         Self { usage, model, usd }
     }
@@ -143,6 +183,7 @@ impl Record {
             token: None,
             status: 0,
             code: None,
+            sent: false,
             upstream_ms: None,
             bytes_in: ByteCount::default(),
             bytes_out: 0,
@@ -217,13 +258,21 @@ mod tests {
         Prices::load(Some(&file)).unwrap()
     }
 
+    fn asked(model: &str) -> Asked {
+        Asked {
+            model: model.into(),
+            units: Units::None,
+        }
+    }
+
     #[test]
     fn a_request_is_charged_once_by_its_usage_else_by_the_model_it_asked_for() {
         let prices = prices();
         // Usage reported: its model, at that model's price.
         let mut record = Record::start(&Method::POST, "/v1/chat/completions", Instant::now());
+        record.sent = true;
         record.upstream_ms = Some(1.0);
-        record.notes.insert(AskedModel("gpt-4o".into()));
+        record.notes.insert(asked("gpt-4o"));
         let usage = Usage::reported(Some("gpt-4o-mini-2024-07-18"), 1_000_000, 0, 0);
         record.meter.report(usage.clone());
         let charge = record.charge(&prices).clone();
@@ -238,8 +287,9 @@ mod tests {
 
         // No usage (an image): the asked model's price per request.
         let mut record = Record::start(&Method::POST, "/v1/images/generations", Instant::now());
+        record.sent = true;
         record.upstream_ms = Some(1.0);
-        record.notes.insert(AskedModel("img-model".into()));
+        record.notes.insert(asked("img-model"));
         let charge = record.charge(&prices);
         assert_eq!(charge.usage, None);
         assert_eq!(charge.model.as_deref(), Some("img-model"));
@@ -247,11 +297,41 @@ mod tests {
 
         // Refused before the upstream: nothing is charged.
         let mut record = Record::start(&Method::POST, "/v1/images/generations", Instant::now());
-        record.notes.insert(AskedModel("img-model".into()));
+        record.notes.insert(asked("img-model"));
         assert_eq!(record.charge(&prices).usd, None);
+
+        // Sent, and the client left before the answer: its reservation, estimated.
+        let mut record = Record::start(&Method::POST, "/v1/chat/completions", Instant::now());
+        record.sent = true;
+        record.notes.insert(asked("gpt-4o"));
+        record.notes.insert(Reserved {
+            input: 1_000_000,
+            output: 1_000_000,
+        });
+        let charge = record.charge(&prices);
+        assert!(charge
+            .usage
+            .as_ref()
+            .is_some_and(|u| u.estimated && u.output == 1_000_000));
+        assert_eq!(
+            charge.usd,
+            Some(12.5),
+            "gpt-4o: $2.50 in and $10 out per 1M"
+        );
+
+        // An answer naming a model without a price is priced as asked, never free.
+        let mut record = Record::start(&Method::POST, "/v1/chat/completions", Instant::now());
+        record.sent = true;
+        record.upstream_ms = Some(1.0);
+        record.notes.insert(asked("gpt-4o"));
+        record
+            .meter
+            .report(Usage::reported(Some("unpriced-model"), 1_000_000, 0, 0));
+        assert_eq!(record.charge(&prices).usd, Some(2.5));
 
         // Nothing names a model: no price.
         let mut record = Record::start(&Method::GET, "/v1/models", Instant::now());
+        record.sent = true;
         record.upstream_ms = Some(1.0);
         assert_eq!(
             record.charge(&prices),

@@ -16,6 +16,7 @@ use crate::cors::Cors;
 use crate::error::ConfigError;
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::policy::allowlist::Allowlist;
+use crate::policy::spending::Spending;
 use crate::proxy::{Proxy, Upstream};
 use crate::record::Finish;
 use crate::secret::ApiKey;
@@ -275,21 +276,18 @@ pub async fn options(settings: &Settings, mode: Mode) -> Result<GatewayOptions, 
             Arc::new(Account {
                 store: store.clone(),
             }),
-            Arc::new(Allowlist {
-                max_body: settings.max_inspected_body_bytes,
-            }),
+            Arc::new(Allowlist),
+            Arc::new(Spending),
             Arc::new(Enforce {
                 store: store.clone(),
                 prices,
-                max_body: settings.max_inspected_body_bytes,
                 default_reserve: settings.usage_default_reserve_tokens,
                 ttl: settings.reservation_ttl(),
                 fail_mode: settings.usage_fail_mode,
             }),
-            Arc::new(StreamUsage {
-                max_body: settings.max_inspected_body_bytes,
-            }),
+            Arc::new(StreamUsage),
         ],
+        max_body: settings.max_inspected_body_bytes,
         upstream_key,
         anonymous,
         idle_timeout: settings.idle_timeout(),

@@ -222,7 +222,12 @@ async fn print_limits(
                 show(limit.max),
                 show(used),
                 show(reserved),
-                show((limit.max - used - reserved).max(0)),
+                show(
+                    limit
+                        .max
+                        .saturating_sub(crate::limits::counter_add(used, reserved))
+                        .max(0)
+                ),
             );
         }
     }

@@ -12,17 +12,14 @@
 use bytes::Bytes;
 use http::Method;
 
+use super::view::check_model;
 use super::{Inspect, Policy, ResponseEdit, Verdict};
 use crate::error::GatewayError;
-use crate::headers;
 use crate::tokens::Rules;
 
-/// The allowlist rule, reading at most `max_body` bytes of a body.
-#[derive(Debug, Clone, Copy)]
-pub struct Allowlist {
-    /// How much of a body may be read to find its model.
-    pub max_body: u64,
-}
+/// The allowlist rule.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Allowlist;
 
 impl Policy for Allowlist {
     fn applies(&self, request: &Inspect<'_>) -> bool {
@@ -64,11 +61,14 @@ impl Allowlist {
                 }
                 // Reads spend nothing; a model's own page is still its model's.
                 match model_in_path(request.path) {
-                    Some(model) => model.to_owned(),
+                    Some(model) => {
+                        check_model(model)?;
+                        model.to_owned()
+                    }
                     None => return Ok(()),
                 }
             }
-            _ => match self.model_in_body(request).await? {
+            _ => match request.view().await?.model.clone() {
                 Some(model) => model,
                 None if rules.names_endpoint(request.path) => return Ok(()),
                 None => return Err(GatewayError::ModelUnknown),
@@ -79,37 +79,6 @@ impl Allowlist {
         } else {
             Err(GatewayError::ModelNotAllowed(model))
         }
-    }
-
-    async fn model_in_body(
-        &self,
-        request: &mut Inspect<'_>,
-    ) -> Result<Option<String>, GatewayError> {
-        if headers::is_json(request.headers) {
-            let body = request.body.read(self.max_body).await?;
-            if body.is_empty() {
-                return Ok(None);
-            }
-            let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| {
-                GatewayError::InvalidRequestBody(
-                    "the body is not valid JSON, and this token's rules need its model",
-                )
-            })?;
-            return Ok(value
-                .get("model")
-                .and_then(|m| m.as_str())
-                .map(str::to_owned));
-        }
-        if headers::is_media(request.headers, "multipart/form-data") {
-            let Some(boundary) = boundary(headers::content_type(request.headers)) else {
-                return Err(GatewayError::InvalidRequestBody(
-                    "a multipart body without a boundary",
-                ));
-            };
-            let body = request.body.read(self.max_body).await?;
-            return Ok(form_field(body, &boundary, "model"));
-        }
-        Ok(None)
     }
 }
 
@@ -141,66 +110,9 @@ fn model_in_path(path: &str) -> Option<&str> {
     (!rest.is_empty() && !rest.contains('/')).then_some(rest)
 }
 
-/// The `boundary` parameter of a multipart content type (case kept).
-pub(crate) fn boundary(content_type: &str) -> Option<String> {
-    content_type.split(';').skip(1).find_map(|param| {
-        let (name, value) = param.split_once('=')?;
-        name.trim()
-            .eq_ignore_ascii_case("boundary")
-            .then(|| value.trim().trim_matches('"').to_owned())
-            .filter(|b| !b.is_empty())
-    })
-}
-
-/// The value of the form field `name` in a multipart body.
-pub(crate) fn form_field(body: &[u8], boundary: &str, name: &str) -> Option<String> {
-    let delimiter = format!("--{boundary}");
-    let delimiter = delimiter.as_bytes();
-    let wanted = format!("name=\"{name}\"");
-    let mut rest = body;
-    while let Some(at) = find(rest, delimiter) {
-        rest = &rest[at + delimiter.len()..];
-        let end = find(rest, delimiter).unwrap_or(rest.len());
-        let part = &rest[..end];
-        let split = find(part, b"\r\n\r\n")?;
-        let head = String::from_utf8_lossy(&part[..split]);
-        let is_field = head.lines().any(|line| {
-            let line = line.to_ascii_lowercase();
-            line.starts_with("content-disposition:")
-                && line.contains(&wanted)
-                && !line.contains("filename=")
-        });
-        if is_field {
-            let value = &part[split + 4..];
-            let value = value.strip_suffix(b"\r\n").unwrap_or(value);
-            return std::str::from_utf8(value).ok().map(|v| v.trim().to_owned());
-        }
-    }
-    None
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_model_of_a_multipart_body() {
-        let body = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nname=\"model\"\r\n--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--XyZ--\r\n";
-        assert_eq!(
-            form_field(body, "XyZ", "model").as_deref(),
-            Some("whisper-1")
-        );
-        assert_eq!(form_field(body, "XyZ", "prompt"), None);
-        assert_eq!(
-            boundary("multipart/form-data; boundary=\"XyZ\"").as_deref(),
-            Some("XyZ")
-        );
-        assert_eq!(boundary("multipart/form-data"), None);
-    }
 
     #[test]
     fn model_lists_are_filtered_and_anything_else_emptied() {

@@ -26,6 +26,10 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 
 pub mod allowlist;
+pub mod spending;
+pub mod view;
+
+pub use view::View;
 
 use crate::auth::Admitted;
 use crate::body::{client_fault, from_client, BoxError, ByteCount};
@@ -52,7 +56,8 @@ pub trait Policy: Send + Sync {
 pub struct Inspect<'r> {
     /// The method.
     pub method: &'r Method,
-    /// The path as the client sent it (before the upstream prefix is added).
+    /// The path as policy reads it: the client's, normalised
+    /// ([`crate::path::normalise`]); it is still forwarded as sent.
     pub path: &'r str,
     /// The client's headers.
     pub headers: &'r HeaderMap,
@@ -68,6 +73,91 @@ pub struct Inspect<'r> {
     /// An answer the gateway gives itself instead of forwarding (the
     /// token holder's own usage); the policies after it do not run.
     pub reply: Option<http::Response<Bytes>>,
+    /// The most of a body a policy reads.
+    pub max_body: u64,
+    /// The body's [`View`], once a rule asked for it.
+    view: Parsed,
+}
+
+/// The body's view: not asked for yet, over the bound, or parsed (or not).
+enum Parsed {
+    NotYet,
+    Over,
+    Done(Result<View, GatewayError>),
+}
+
+impl<'r> Inspect<'r> {
+    /// What the policies see of a request whose body has not been read.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        method: &'r Method,
+        path: &'r str,
+        headers: &'r HeaderMap,
+        admitted: &'r Admitted,
+        body: &'r mut RequestBody,
+        notes: &'r mut http::Extensions,
+        max_body: u64,
+    ) -> Self {
+        Self {
+            method,
+            path,
+            headers,
+            admitted,
+            body,
+            edit: None,
+            notes,
+            reply: None,
+            max_body,
+            view: Parsed::NotYet,
+        }
+    }
+
+    /// The body's fields, read (up to [`Inspect::max_body`]: a larger body
+    /// is `413`) and parsed the first time a rule asks; a body that does
+    /// not parse is the client's `400`.
+    pub async fn view(&mut self) -> Result<&View, GatewayError> {
+        self.parse().await?;
+        match &self.view {
+            Parsed::Done(Ok(view)) => Ok(view),
+            Parsed::Done(Err(error)) => Err(error.clone()),
+            _ => Err(GatewayError::RequestTooLarge(self.max_body)),
+        }
+    }
+
+    /// Like [`Inspect::view`], for a rule that only looks when it can: a body
+    /// over the bound, or one that does not parse, is `None` and goes
+    /// upstream as it is.
+    pub async fn try_view(&mut self) -> Result<Option<&View>, GatewayError> {
+        self.parse().await?;
+        Ok(match &self.view {
+            Parsed::Done(Ok(view)) => Some(view),
+            _ => None,
+        })
+    }
+
+    /// The view if a rule has read it, without reading anything.
+    pub fn viewed(&self) -> Option<&View> {
+        match &self.view {
+            Parsed::Done(Ok(view)) => Some(view),
+            _ => None,
+        }
+    }
+
+    async fn parse(&mut self) -> Result<(), GatewayError> {
+        if !matches!(self.view, Parsed::NotYet) {
+            return Ok(());
+        }
+        // Reading can fail only by the client's doing (a broken upload): that
+        // is this request's error whoever asked.
+        self.view = match self.body.try_read(self.max_body).await? {
+            None => Parsed::Over,
+            Some(bytes) => {
+                let bytes = bytes.clone();
+                Parsed::Done(View::parse(self.headers, &bytes).await)
+            }
+        };
+        Ok(())
+    }
 }
 
 /// A change to a successful response, decided before the request goes upstream.
@@ -123,7 +213,10 @@ impl RequestBody {
     /// policy that only looks when it can.
     pub async fn try_read(&mut self, limit: u64) -> Result<Option<&Bytes>, GatewayError> {
         if let State::Streaming(body) = &mut self.0 {
-            let mut bytes = BytesMut::new();
+            // A declared length is allocated once (a 30 MiB body then costs
+            // 30 MiB, not the 48 MiB of doubling); never more than may be read.
+            let hint = body.size_hint().lower().min(limit.saturating_add(1));
+            let mut bytes = BytesMut::with_capacity(usize::try_from(hint).unwrap_or(0));
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| {
                     client_fault(&*e).unwrap_or(GatewayError::InvalidRequestBody(

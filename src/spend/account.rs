@@ -129,7 +129,7 @@ impl Account {
                     "max": shown(limit.measure, limit.max),
                     "used": shown(limit.measure, used),
                     "reserved": shown(limit.measure, reserved),
-                    "remaining": shown(limit.measure, (limit.max - used - reserved).max(0)),
+                    "remaining": shown(limit.measure, limit.max.saturating_sub(crate::limits::counter_add(used, reserved)).max(0)),
                     "resets_at": limit.window.end(now).map(rfc3339),
                 })
             })

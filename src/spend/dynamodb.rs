@@ -77,11 +77,19 @@ fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 
+/// A counter attribute, within `0..=MAX_COUNTER`: a sum past `i64` (which
+/// DynamoDB's 38 digits can hold) reads as full, never as 0.
 fn number(item: &Item, key: &str) -> i64 {
-    item.get(key)
-        .and_then(|v| v.as_n().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    let Some(text) = item.get(key).and_then(|v| v.as_n().ok()) else {
+        return 0;
+    };
+    match text.parse::<i64>() {
+        Ok(n) => n.clamp(0, crate::limits::MAX_COUNTER),
+        Err(_) => match text.parse::<f64>() {
+            Ok(f) if f > 0.0 => crate::limits::MAX_COUNTER,
+            _ => 0,
+        },
+    }
 }
 
 /// The attribute suffix of a measure.
@@ -111,9 +119,7 @@ fn reservations(item: &Item, now: i64) -> (Amount, Vec<(String, Amount)>) {
         };
         let held = amount_of(map, "");
         if number(map, "exp") > now {
-            live.requests += held.requests;
-            live.tokens += held.tokens;
-            live.usd_micros += held.usd_micros;
+            live = live.plus(held);
         } else {
             expired.push((key.clone(), held));
         }
@@ -182,7 +188,14 @@ impl Dynamo {
             Some(code) => format!("{code}: {}", error.message().unwrap_or("")),
             None => crate::error::error_chain(&error),
         };
-        self.fail(problem)
+        // A request DynamoDB found invalid (a key too long, an item too
+        // large) fails the same way every time: it is not an outage.
+        match error.code() {
+            Some("ValidationException" | "ItemCollectionSizeLimitExceededException") => {
+                StoreError::rejected(&self.name, problem)
+            }
+            _ => self.fail(problem),
+        }
     }
 
     fn window_key(token: &str, window: &str) -> Item {
@@ -676,12 +689,24 @@ impl Store for Dynamo {
                         }
                     };
                     let row = &mut rows[at];
-                    row.requests += number(item, "requests");
-                    row.input_tokens += number(item, "input_tokens");
-                    row.cached_tokens += number(item, "cached_tokens");
-                    row.output_tokens += number(item, "output_tokens");
-                    row.cost_usd += number(item, "usd_micros");
-                    row.estimated_requests += number(item, "estimated_requests");
+                    row.requests =
+                        crate::limits::counter_add(row.requests, number(item, "requests"));
+                    row.input_tokens =
+                        crate::limits::counter_add(row.input_tokens, number(item, "input_tokens"));
+                    row.cached_tokens = crate::limits::counter_add(
+                        row.cached_tokens,
+                        number(item, "cached_tokens"),
+                    );
+                    row.output_tokens = crate::limits::counter_add(
+                        row.output_tokens,
+                        number(item, "output_tokens"),
+                    );
+                    row.cost_usd =
+                        crate::limits::counter_add(row.cost_usd, number(item, "usd_micros"));
+                    row.estimated_requests = crate::limits::counter_add(
+                        row.estimated_requests,
+                        number(item, "estimated_requests"),
+                    );
                 }
                 match next {
                     Some(key) if !key.is_empty() => start = Some(key),

@@ -6,9 +6,11 @@
 //! What a request reserves: one request; for a metered endpoint, its
 //! estimated input (a token per four bytes of body) plus its maximum output
 //! (`max_tokens`, `max_completion_tokens` or `max_output_tokens`, else
-//! `USAGE_DEFAULT_RESERVE_TOKENS`); and, for dollar limits, what that would
-//! cost. A token with a dollar limit never sends a request whose model has
-//! no price.
+//! `USAGE_DEFAULT_RESERVE_TOKENS`), capped at the model's output ceiling
+//! and multiplied by the answers it asks for (`n`, `best_of`); and, for
+//! dollar limits, what that would cost (images and speech by their units).
+//! A token with a dollar limit never sends a request whose model has no
+//! price. Every count saturates ([`crate::limits::counter`]).
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -16,16 +18,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::Method;
-use serde_json::Value;
 
 use super::store::{window_keys, Admission, Ask, Reservation, Settlement, Store, StoreError};
 use super::{Amount, Limits};
 use crate::config::FailMode;
 use crate::error::GatewayError;
-use crate::policy::{allowlist, Inspect, Policy, Verdict};
-use crate::record::{AskedModel, BoxFuture, Finish, Record};
-use crate::usage::prices::Prices;
-use crate::usage::{self, Usage};
+use crate::limits::counter;
+use crate::openai::{self, Metering};
+use crate::policy::view::{Media, View};
+use crate::policy::{Inspect, Policy, Verdict};
+use crate::record::{Asked, BoxFuture, Finish, Record, Reserved};
+use crate::usage::prices::{Prices, Units};
+use crate::usage::Usage;
 
 /// Settlements kept in memory while the store is down, at most.
 const MAX_BACKLOG: usize = 10_000;
@@ -51,22 +55,12 @@ pub struct Enforce {
     pub store: Option<Arc<dyn Store>>,
     /// What models cost.
     pub prices: Arc<Prices>,
-    /// How much of a body may be read.
-    pub max_body: u64,
     /// Output tokens reserved when a request sets no maximum.
     pub default_reserve: u64,
     /// How long an unsettled reservation counts.
     pub ttl: Duration,
     /// What to do while the store is down.
     pub fail_mode: FailMode,
-}
-
-/// What the gateway can tell of a request before sending it.
-#[derive(Debug, Default)]
-struct Facts {
-    model: Option<String>,
-    max_output: Option<u64>,
-    body_bytes: u64,
 }
 
 impl Policy for Enforce {
@@ -100,11 +94,21 @@ impl Policy for Enforce {
                 );
                 return Err(GatewayError::UsageStoreUnavailable);
             };
-            let facts = self.facts(request).await?;
-            if let Some(model) = &facts.model {
-                request.notes.insert(AskedModel(model.clone()));
+            let metering = openai::metering(request.method, request.path);
+            let view = match *request.method {
+                Method::POST => Some(request.view().await?.clone()),
+                _ => None,
+            };
+            let view = view.unwrap_or_default();
+            let units = units(metering, &view);
+            if let Some(model) = &view.model {
+                request.notes.insert(Asked {
+                    model: model.clone(),
+                    units: units.clone(),
+                });
             }
-            let reserve = self.estimate(&limits, request.method, request.path, &facts)?;
+            let (reserve, reserved) = self.estimate(&limits, metering, &view, &units)?;
+            request.notes.insert(reserved);
             let now = chrono::Utc::now();
             let windows: Vec<String> = window_keys(&limits, now)
                 .into_iter()
@@ -138,6 +142,12 @@ impl Policy for Enforce {
                         retry_after: refusal.retry_after,
                     }
                 }),
+                Err(error) if error.rejected => {
+                    // This request's values, not an outage: its own error,
+                    // and the gate stays shut for everyone else.
+                    tracing::error!(%error, "the usage store refused this request's reservation");
+                    Err(GatewayError::UsageStoreRejected)
+                }
                 Err(error) => {
                     crate::stats::usage_store_error();
                     match self.fail_mode {
@@ -160,78 +170,70 @@ impl Policy for Enforce {
     }
 }
 
-impl Enforce {
-    /// The model and maximum output a JSON body names.
-    async fn facts(&self, request: &mut Inspect<'_>) -> Result<Facts, GatewayError> {
-        if *request.method != Method::POST {
-            return Ok(Facts::default());
-        }
-        if crate::headers::is_media(request.headers, "multipart/form-data") {
-            // An upload (audio): its model is a form field, and its bytes
-            // are a file, not text, so they estimate no tokens.
-            let boundary = allowlist::boundary(crate::headers::content_type(request.headers));
-            let body = request.body.read(self.max_body).await?;
-            return Ok(Facts {
-                model: boundary.and_then(|b| allowlist::form_field(body, &b, "model")),
-                ..Facts::default()
-            });
-        }
-        if !usage::is_json(request.headers) {
-            return Ok(Facts::default());
-        }
-        let body = request.body.read(self.max_body).await?;
-        let mut facts = Facts {
-            body_bytes: body.len() as u64,
-            ..Facts::default()
-        };
-        if let Ok(value) = serde_json::from_slice::<Value>(body) {
-            facts.model = value
-                .get("model")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            facts.max_output = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
-                .iter()
-                .find_map(|key| value.get(*key).and_then(Value::as_u64));
-        }
-        Ok(facts)
+/// What a request asks for by the unit: images (`n` of a size and
+/// quality), speech (characters of input).
+fn units(metering: Metering, view: &View) -> Units {
+    match metering {
+        Metering::Images => Units::Images {
+            count: view.copies,
+            size: view.size.clone(),
+            quality: view.quality.clone(),
+        },
+        Metering::Speech => Units::Chars(view.input_chars),
+        _ => Units::None,
     }
+}
 
-    /// What the request reserves.
+impl Enforce {
+    /// What the request reserves in the store, and in tokens (what it is
+    /// charged if its answer cannot be read).
     fn estimate(
         &self,
         limits: &Limits,
-        method: &Method,
-        path: &str,
-        facts: &Facts,
-    ) -> Result<Amount, GatewayError> {
-        let metered = *method == Method::POST && usage::is_metered(path);
+        metering: Metering,
+        view: &View,
+        units: &Units,
+    ) -> Result<(Amount, Reserved), GatewayError> {
+        let model = view.model.as_deref();
+        let ceiling = self.prices.max_output(model);
+        let per_answer = view.max_output.unwrap_or(self.default_reserve).min(ceiling);
+        // An upload's bytes are a file, not text: they estimate no tokens.
+        let input = match view.media {
+            Media::Json => view.bytes.div_ceil(4),
+            _ => 0,
+        };
+        let output = match metering {
+            Metering::Tokens => per_answer.saturating_mul(view.copies),
+            // Token-priced images (`gpt-image-*`) write up to their ceiling each.
+            Metering::Images
+                if self
+                    .prices
+                    .lookup(model.unwrap_or(""))
+                    .is_some_and(|p| p.per_image.is_none()) =>
+            {
+                ceiling.saturating_mul(view.copies)
+            }
+            _ => 0,
+        };
+        let reserved = Reserved { input, output };
         let mut amount = Amount {
             requests: 1,
             ..Amount::default()
         };
-        let input = facts.body_bytes.div_ceil(4);
-        let output = if path.ends_with("/embeddings") {
-            0
-        } else {
-            facts.max_output.unwrap_or(self.default_reserve)
-        };
-        if metered {
-            amount.tokens = i64::try_from(input + output).unwrap_or(i64::MAX);
+        if metering.is_metered() {
+            amount.tokens = counter(input.saturating_add(output));
         }
-        if limits.has_usd() && (metered || facts.model.is_some()) {
-            let model = facts.model.clone().unwrap_or_else(|| "(none)".to_owned());
-            let Some(price) = self.prices.lookup(&model) else {
-                return Err(GatewayError::ModelPriceUnknown(model));
-            };
-            let cost = if metered {
-                let usage = Usage::reported(Some(&model), input, 0, output);
-                self.prices.cost(&usage).unwrap_or(0.0)
-            } else {
-                price.per_request.unwrap_or(0.0)
-            };
+        if limits.has_usd() && (metering.is_metered() || model.is_some()) {
+            let model = model.unwrap_or("(none)");
+            let usage = Usage::reported(Some(model), input, 0, output);
+            let tokens = metering.is_metered().then_some(&usage);
+            let cost = self
+                .prices
+                .charge(model, tokens, units)
+                .ok_or_else(|| GatewayError::ModelPriceUnknown(model.to_owned()))?;
             amount.usd_micros = Amount::micros(cost);
         }
-        Ok(amount)
+        Ok((amount, reserved))
     }
 }
 
@@ -291,7 +293,7 @@ impl Settle {
     pub fn settlement(&self, record: &Record) -> Option<Settlement> {
         let held = record.notes.get::<Held>();
         let reservation = held.and_then(|h| h.reservation.clone());
-        let used = record.upstream_ms.is_some();
+        let used = record.sent;
         if !used && reservation.is_none() {
             // Refused by the gateway itself: not usage.
             return None;
@@ -300,7 +302,7 @@ impl Settle {
         let charge = record.charge(&self.prices);
         let usage = &charge.usage;
         let model = charge.model.clone().map_or(Cow::Borrowed("-"), Cow::Owned);
-        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let count = counter;
         Some(Settlement {
             token,
             at: record.arrived,
@@ -325,6 +327,10 @@ impl Settle {
                 return;
             };
             if let Err(error) = store.settle(next.clone()).await {
+                if error.rejected {
+                    tracing::error!(%error, "the usage store refused a settlement; it is not kept");
+                    continue;
+                }
                 tracing::warn!(%error, "usage store still unreachable; usage kept in memory");
                 let rest = error.left_of(next);
                 backlog.lock().expect("backlog lock").push_front(rest);
@@ -393,6 +399,11 @@ fn keep(
     settlement: Arc<Settlement>,
 ) {
     crate::stats::usage_store_error();
+    if error.rejected {
+        // Written again it would fail again: logged as what it is, and dropped.
+        tracing::error!(%error, token = &*settlement.token, "the usage store refused a settlement; it is not kept");
+        return;
+    }
     tracing::error!(%error, "usage store unreachable: usage kept in memory until it is back");
     let settlement = error.left_of(settlement);
     let mut backlog = backlog.lock().expect("backlog lock");

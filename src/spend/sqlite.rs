@@ -135,6 +135,22 @@ impl Writer {
                                 pending.clear();
                                 false
                             }
+                            Err(error) if rejects(&error) => {
+                                // One settlement's values spoil the batch:
+                                // each is written alone, and only those the
+                                // store refuses are dropped (and said).
+                                pending.retain(|one| match commit(&mut connection, std::slice::from_ref(one)) {
+                                    Ok(()) => false,
+                                    Err(error) => {
+                                        let error = classify(&name, error);
+                                        if error.rejected {
+                                            tracing::error!(store = %name, %error, token = &*one.token, "the usage store refused a settlement; it is not kept");
+                                        }
+                                        !error.rejected
+                                    }
+                                });
+                                !pending.is_empty()
+                            }
                             Err(error) => {
                                 tracing::error!(store = %name, %error, kept = pending.len(), "usage could not be written; trying again");
                                 if pending.len() > MAX_KEPT {
@@ -202,15 +218,38 @@ impl Sqlite {
         let connection = self.connection.clone();
         let name = self.name.clone();
         Box::pin(async move {
-            let fail = |problem: String| StoreError::new(&name, problem);
             tokio::task::spawn_blocking(move || {
                 let mut connection = connection.lock().unwrap_or_else(|p| p.into_inner());
                 work(&mut connection)
             })
             .await
-            .map_err(|e| fail(e.to_string()))?
-            .map_err(|e| fail(e.to_string()))
+            .map_err(|e| StoreError::new(&name, e))?
+            .map_err(|e| classify(&name, e))
         })
+    }
+}
+
+/// A SQLite error as a store error: one caused by the values written (too
+/// big, out of range, a constraint) is the request's, not an outage.
+fn classify(name: &str, error: rusqlite::Error) -> StoreError {
+    if rejects(&error) {
+        StoreError::rejected(name, error)
+    } else {
+        StoreError::new(name, error)
+    }
+}
+
+/// Whether SQLite refused the values themselves (see [`classify`]).
+fn rejects(error: &rusqlite::Error) -> bool {
+    use rusqlite::ffi::ErrorCode;
+    match error {
+        rusqlite::Error::SqliteFailure(e, _) => matches!(
+            e.code,
+            ErrorCode::TooBig | ErrorCode::ConstraintViolation | ErrorCode::TypeMismatch
+        ),
+        rusqlite::Error::ToSqlConversionFailure(_)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => true,
+        _ => false,
     }
 }
 
@@ -235,7 +274,10 @@ fn state(
         .optional()?
         .unwrap_or_default();
     let reserved = tx.query_row(
-        "SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(tokens), 0), COALESCE(SUM(usd_micros), 0)
+        // TOTAL (a double) never overflows as SUM would; capped at 2^53.
+        "SELECT CAST(MIN(TOTAL(requests), 9007199254740992.0) AS INTEGER),
+                CAST(MIN(TOTAL(tokens), 9007199254740992.0) AS INTEGER),
+                CAST(MIN(TOTAL(usd_micros), 9007199254740992.0) AS INTEGER)
          FROM reservations WHERE token = ?1 AND window = ?2 AND expires > ?3",
         params![token, window, now],
         |r| {
@@ -274,9 +316,7 @@ fn commit(c: &mut Connection, settlements: &[Arc<Settlement>]) -> rusqlite::Resu
             let (sum, _) = windows
                 .entry((&*s.token, key.as_str()))
                 .or_insert((Amount::default(), expiry(key, s.at)));
-            sum.requests += amount.requests;
-            sum.tokens += amount.tokens;
-            sum.usd_micros += amount.usd_micros;
+            *sum = sum.plus(amount);
         }
         if s.row {
             rows.entry((&*s.token, s.at.date_naive(), &*s.model))
@@ -296,9 +336,9 @@ fn commit(c: &mut Connection, settlements: &[Arc<Settlement>]) -> rusqlite::Resu
             "INSERT INTO windows (token, window, requests, tokens, usd_micros, expires)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (token, window) DO UPDATE SET
-               requests = requests + excluded.requests,
-               tokens = tokens + excluded.tokens,
-               usd_micros = usd_micros + excluded.usd_micros",
+               requests = MIN(requests + excluded.requests, 9007199254740992),
+               tokens = MIN(tokens + excluded.tokens, 9007199254740992),
+               usd_micros = MIN(usd_micros + excluded.usd_micros, 9007199254740992)",
         )?;
         for ((token, key), (sum, expires)) in &windows {
             window.execute(params![
@@ -315,12 +355,12 @@ fn commit(c: &mut Connection, settlements: &[Arc<Settlement>]) -> rusqlite::Resu
                                 output_tokens, usd_micros, estimated_requests)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (token, day, model) DO UPDATE SET
-               requests = requests + excluded.requests,
-               input_tokens = input_tokens + excluded.input_tokens,
-               cached_tokens = cached_tokens + excluded.cached_tokens,
-               output_tokens = output_tokens + excluded.output_tokens,
-               usd_micros = usd_micros + excluded.usd_micros,
-               estimated_requests = estimated_requests + excluded.estimated_requests",
+               requests = MIN(requests + excluded.requests, 9007199254740992),
+               input_tokens = MIN(input_tokens + excluded.input_tokens, 9007199254740992),
+               cached_tokens = MIN(cached_tokens + excluded.cached_tokens, 9007199254740992),
+               output_tokens = MIN(output_tokens + excluded.output_tokens, 9007199254740992),
+               usd_micros = MIN(usd_micros + excluded.usd_micros, 9007199254740992),
+               estimated_requests = MIN(estimated_requests + excluded.estimated_requests, 9007199254740992)",
         )?;
         for ((token, day, model), row) in &rows {
             usage.execute(params![
@@ -449,8 +489,7 @@ impl Store for Sqlite {
         self.run(move |c| {
             let (from, to) = period.day_range();
             let mut statement = c.prepare(
-                "SELECT token, model, SUM(requests), SUM(input_tokens), SUM(cached_tokens),
-                        SUM(output_tokens), SUM(usd_micros), SUM(estimated_requests)
+                "SELECT token, model, CAST(MIN(TOTAL(requests), 9007199254740992.0) AS INTEGER), CAST(MIN(TOTAL(input_tokens), 9007199254740992.0) AS INTEGER), CAST(MIN(TOTAL(cached_tokens), 9007199254740992.0) AS INTEGER), CAST(MIN(TOTAL(output_tokens), 9007199254740992.0) AS INTEGER), CAST(MIN(TOTAL(usd_micros), 9007199254740992.0) AS INTEGER), CAST(MIN(TOTAL(estimated_requests), 9007199254740992.0) AS INTEGER)
                  FROM usage WHERE day >= ?1 AND day <= ?2 AND (?3 IS NULL OR token = ?3)
                  GROUP BY token, model ORDER BY token, model",
             )?;

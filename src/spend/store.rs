@@ -15,16 +15,22 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::{Amount, Limit, Limits, Window};
+use crate::limits::counter_add;
 use crate::record::BoxFuture;
 
 /// A store's failure (unreachable, throttled past its retries, corrupt).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("usage store {store}: {problem}")]
+#[error("usage store {store}: {}{problem}", if *.rejected { "refused the request's values: " } else { "" })]
 pub struct StoreError {
     /// Which store (as configured, e.g. `sqlite:usage.db`).
     pub store: String,
     /// What went wrong.
     pub problem: String,
+    /// The store refused the values it was given (a client error, such as
+    /// DynamoDB's `ValidationException` or a SQLite value too big): not an
+    /// outage. Never retried, never queued, and it never opens the gate
+    /// for other requests.
+    pub rejected: bool,
     /// Of a settlement that was partly written, the part still to write
     /// (what to try again, so that nothing is counted twice).
     pub unsettled: Option<Box<Settlement>>,
@@ -36,7 +42,16 @@ impl StoreError {
         Self {
             store: store.to_owned(),
             problem: problem.to_string(),
+            rejected: false,
             unsettled: None,
+        }
+    }
+
+    /// The store refused this request's values (see [`StoreError::rejected`]).
+    pub fn rejected(store: &str, problem: impl std::fmt::Display) -> Self {
+        Self {
+            rejected: true,
+            ..Self::new(store, problem)
         }
     }
 
@@ -136,8 +151,8 @@ impl Settlement {
         }
         Amount {
             requests: 1,
-            tokens: self.input + self.output,
-            usd_micros: self.usd_micros,
+            tokens: counter_add(self.input, self.output),
+            usd_micros: counter_add(self.usd_micros, 0),
         }
     }
 }
@@ -211,12 +226,12 @@ fn micros_as_usd<S: serde::Serializer>(micros: &i64, s: S) -> Result<S::Ok, S::E
 impl Row {
     /// Adds one settled request.
     pub fn add(&mut self, s: &Settlement) {
-        self.requests += 1;
-        self.input_tokens += s.input;
-        self.cached_tokens += s.cached;
-        self.output_tokens += s.output;
-        self.cost_usd += s.usd_micros;
-        self.estimated_requests += i64::from(s.estimated);
+        self.requests = counter_add(self.requests, 1);
+        self.input_tokens = counter_add(self.input_tokens, s.input);
+        self.cached_tokens = counter_add(self.cached_tokens, s.cached);
+        self.output_tokens = counter_add(self.output_tokens, s.output);
+        self.cost_usd = counter_add(self.cost_usd, s.usd_micros);
+        self.estimated_requests = counter_add(self.estimated_requests, i64::from(s.estimated));
     }
 }
 
@@ -307,7 +322,10 @@ pub fn first_exhausted(
 ) -> Option<Refusal> {
     limits.iter().find_map(|limit| {
         let (_, state) = states.iter().find(|(w, _)| *w == limit.window)?;
-        let held = limit.measure.of(&state.used) + limit.measure.of(&state.reserved);
+        let held = counter_add(
+            limit.measure.of(&state.used),
+            limit.measure.of(&state.reserved),
+        );
         (held >= limit.max).then(|| Refusal {
             limit: *limit,
             retry_after: limit.window.seconds_left(at),

@@ -25,21 +25,12 @@ pub mod tap;
 
 use std::sync::{Arc, Mutex};
 
-/// Whether a `POST` to `path` is billed by tokens (its response carries usage).
-pub fn is_metered(path: &str) -> bool {
-    [
-        "/chat/completions",
-        "/completions",
-        "/embeddings",
-        "/responses",
-        "/audio/transcriptions",
-        "/audio/translations",
-    ]
-    .iter()
-    .any(|end| path.ends_with(end))
-}
-
 pub use crate::headers::{is_event_stream, is_json};
+
+/// The largest count (of tokens, requests or micro-dollars) the gateway
+/// keeps: 2^53, exact in a double, so every store, report and JSON reader
+/// holds it; sums of counters saturate there.
+pub const MAX_COUNT: u64 = 1 << 53;
 
 /// Token counts, as the upstream reports them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,20 +48,26 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// Counts as the upstream reported them.
+    /// Counts as the upstream reported them. A count over [`MAX_COUNT`] is
+    /// capped and the usage flagged as estimated, so that no upstream can
+    /// make a counter overflow; a model name that is too long or not
+    /// printable is not kept (the request is priced as it asked).
     pub fn reported(model: Option<&str>, input: u64, cached_input: u64, output: u64) -> Self {
+        let capped = [input, cached_input, output].iter().any(|n| *n > MAX_COUNT);
         Self {
-            model: model.map(str::to_owned),
-            input,
-            cached_input,
-            output,
-            estimated: false,
+            model: model
+                .filter(|m| crate::openai::check_model(m).is_ok())
+                .map(str::to_owned),
+            input: input.min(MAX_COUNT),
+            cached_input: cached_input.min(input).min(MAX_COUNT),
+            output: output.min(MAX_COUNT),
+            estimated: capped,
         }
     }
 
     /// Input plus output: what a token limit counts.
     pub fn total(&self) -> u64 {
-        self.input + self.output
+        self.input.saturating_add(self.output)
     }
 }
 
@@ -91,6 +88,10 @@ struct Metered {
     unreadable: bool,
     /// Whether a response that carries usage was expected.
     expected: bool,
+    /// For an answer that comes whole (JSON), the output it is charged if
+    /// its usage cannot be read: the request's reserved maximum. (A
+    /// stream's is what streamed.)
+    whole_output: u64,
 }
 
 impl Meter {
@@ -105,6 +106,9 @@ impl Meter {
 
     /// A model named by the response before its usage.
     pub fn saw_model(&self, model: &str) {
+        if crate::openai::check_model(model).is_err() {
+            return;
+        }
         let mut m = self.0.lock().expect("meter lock");
         if m.model.is_none() {
             m.model = Some(model.to_owned());
@@ -113,7 +117,8 @@ impl Meter {
 
     /// Generated content streamed to the client.
     pub fn saw_output(&self, chars: usize) {
-        self.0.lock().expect("meter lock").output_chars += chars as u64;
+        let mut m = self.0.lock().expect("meter lock");
+        m.output_chars = m.output_chars.saturating_add(chars as u64);
     }
 
     /// The usage was there but could not be read.
@@ -121,11 +126,15 @@ impl Meter {
         self.0.lock().expect("meter lock").unreadable = true;
     }
 
-    /// The response is of a kind that carries usage; the request body had `bytes`.
-    pub fn expect(&self, request_bytes: u64) {
+    /// The response is of a kind that carries usage; the request body had
+    /// `bytes`; an answer that comes whole is charged `whole_output` output
+    /// tokens if its usage cannot be read (0 for a stream, which is charged
+    /// what streamed).
+    pub fn expect(&self, request_bytes: u64, whole_output: u64) {
         let mut m = self.0.lock().expect("meter lock");
         m.expected = true;
         m.request_bytes = request_bytes;
+        m.whole_output = whole_output;
     }
 
     /// The final usage: the reported one, else (when usage was expected or
@@ -141,7 +150,7 @@ impl Meter {
             model: m.model.clone(),
             input: m.request_bytes.div_ceil(4),
             cached_input: 0,
-            output: m.output_chars.div_ceil(4),
+            output: m.output_chars.div_ceil(4).max(m.whole_output),
             estimated: true,
         })
     }
@@ -155,7 +164,7 @@ mod tests {
     fn reported_usage_wins_and_an_estimate_is_flagged() {
         let meter = Meter::default();
         assert_eq!(meter.usage(), None, "nothing expected, nothing metered");
-        meter.expect(400);
+        meter.expect(400, 0);
         meter.saw_model("gpt-4o-mini");
         meter.saw_output(41);
         let estimate = meter.usage().unwrap();
@@ -175,5 +184,28 @@ mod tests {
             (usage.input, usage.cached_input, usage.output, usage.total()),
             (7, 2, 9, 16)
         );
+    }
+
+    #[test]
+    fn an_answer_that_comes_whole_is_charged_its_reservation_when_unreadable() {
+        let meter = Meter::default();
+        meter.expect(40, 5000);
+        meter.unreadable();
+        let usage = meter.usage().unwrap();
+        assert_eq!(
+            (usage.input, usage.output, usage.estimated),
+            (10, 5000, true)
+        );
+    }
+
+    #[test]
+    fn absurd_counts_are_capped_and_flagged() {
+        let usage = Usage::reported(Some("m"), u64::MAX, u64::MAX, 1 << 63);
+        assert_eq!((usage.input, usage.output), (MAX_COUNT, MAX_COUNT));
+        assert!(usage.cached_input <= usage.input);
+        assert!(usage.estimated);
+        assert_eq!(usage.total(), 2 * MAX_COUNT);
+        let named = Usage::reported(Some(&"m".repeat(5000)), 1, 0, 1);
+        assert_eq!(named.model, None, "a 5 kB model name is not kept");
     }
 }

@@ -20,14 +20,16 @@ use serde_json::Value;
 
 use crate::body::BoxError;
 use crate::error::GatewayError;
+use crate::policy::view::StreamOptions;
 use crate::policy::{Inspect, Policy, ResponseEdit, Verdict};
 
 /// The policy that adds `stream_options.include_usage` to streamed chats.
-#[derive(Debug, Clone, Copy)]
-pub struct StreamUsage {
-    /// How much of a body may be read to look.
-    pub max_body: u64,
-}
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamUsage;
+
+/// The longest event that can be the usage chunk the gateway asked for
+/// (they are a few hundred bytes): a longer one is passed on at once.
+const MAX_USAGE_CHUNK: usize = 64 << 10;
 
 /// Whether `path` is a chat completion or (legacy) completion.
 pub fn is_completion(path: &str) -> bool {
@@ -47,11 +49,19 @@ impl Policy for StreamUsage {
             if !crate::headers::is_json(request.headers) {
                 return Ok(());
             }
-            // A body too big to look at is sent as it is, unmetered by this step.
-            let Some(body) = request.body.try_read(self.max_body).await? else {
+            // A body too big to look at (or one that does not parse, which
+            // the upstream will refuse) is sent as it is.
+            let Some(view) = request.try_view().await? else {
                 return Ok(());
             };
-            let Some(rewritten) = with_usage(body) else {
+            if !view.stream {
+                return Ok(());
+            }
+            let options = view.stream_options;
+            let Some(body) = request.body.try_read(request.max_body).await? else {
+                return Ok(());
+            };
+            let Some(rewritten) = with_usage(body, options) else {
                 return Ok(());
             };
             request.body.replace(rewritten);
@@ -61,15 +71,15 @@ impl Policy for StreamUsage {
     }
 }
 
-/// The body with `stream_options.include_usage: true`, when it streams and
-/// does not ask for usage already; `None` to send it as it is.
-fn with_usage(body: &[u8]) -> Option<Bytes> {
-    let value: Value = serde_json::from_slice(body).ok()?;
-    if value.get("stream") != Some(&Value::Bool(true)) {
-        return None;
-    }
-    match value.get("stream_options") {
-        None | Some(Value::Null) => {
+/// A streamed body with `stream_options.include_usage: true`, when it does
+/// not ask for usage already; `None` to send it as it is. The result has
+/// exactly one `stream_options` (a `null` is replaced, not shadowed).
+fn with_usage(body: &[u8], options: StreamOptions) -> Option<Bytes> {
+    match options {
+        StreamOptions::Object {
+            include_usage: true,
+        } => None,
+        StreamOptions::Absent => {
             // Added after the opening brace: the rest stays byte for byte.
             let at = body.iter().position(|b| *b == b'{')? + 1;
             let mut out = BytesMut::with_capacity(body.len() + 40);
@@ -78,26 +88,41 @@ fn with_usage(body: &[u8]) -> Option<Bytes> {
             out.extend_from_slice(&body[at..]);
             Some(out.freeze())
         }
-        Some(Value::Object(options))
-            if options.get("include_usage") == Some(&Value::Bool(true)) =>
-        {
-            None
+        StreamOptions::Null | StreamOptions::Object { .. } => {
+            // Rare (the key is there, but says no usage): the body is
+            // re-serialised once, with the key set.
+            let mut value: Value = serde_json::from_slice(body).ok()?;
+            let object = value.as_object_mut()?;
+            match object.get_mut("stream_options") {
+                Some(Value::Object(options)) => {
+                    options.insert("include_usage".into(), Value::Bool(true));
+                }
+                _ => {
+                    object.insert(
+                        "stream_options".into(),
+                        serde_json::json!({"include_usage": true}),
+                    );
+                }
+            }
+            serde_json::to_vec(&value).ok().map(Bytes::from)
         }
-        Some(Value::Object(_)) => {
-            let mut value = value;
-            value["stream_options"]["include_usage"] = Value::Bool(true);
-            Some(Bytes::from(value.to_string()))
-        }
-        Some(_) => None,
     }
 }
 
 /// Removes the usage chunk (empty `choices`, with `usage`) from a chat event
 /// stream, passing every other event on as soon as it is complete.
+///
+/// Memory is bounded: an event is held only while it could still be the
+/// usage chunk; once it is longer than that could be, what there is of it
+/// goes on at once, and the rest of it as it arrives.
 pub struct HideUsageChunk<B> {
     inner: B,
     partial: BytesMut,
     ready: VecDeque<Bytes>,
+    /// Inside an event too long to be the usage chunk: passed through
+    /// until its end. Holds the last bytes passed, to find an end that is
+    /// split across chunks.
+    passing: Option<Vec<u8>>,
 }
 
 impl<B> HideUsageChunk<B> {
@@ -107,10 +132,48 @@ impl<B> HideUsageChunk<B> {
             inner,
             partial: BytesMut::new(),
             ready: VecDeque::new(),
+            passing: None,
         }
     }
 
-    /// Moves the complete events out of `partial`, less the usage chunk.
+    /// Takes a chunk of the stream.
+    fn take(&mut self, data: Bytes) {
+        let data = match self.passing.take() {
+            None => data,
+            Some(mut tail) => {
+                // Where the long event ends: search the last bytes passed
+                // and the new ones together.
+                let seen = tail.len();
+                tail.extend_from_slice(&data[..data.len().min(3)]);
+                let end = event_end(&tail)
+                    .map(|e| e.saturating_sub(seen))
+                    .or_else(|| event_end(&data));
+                match end {
+                    Some(end) => {
+                        if end > 0 {
+                            self.ready.push_back(data.slice(..end));
+                        }
+                        data.slice(end..)
+                    }
+                    None => {
+                        let keep = data.len().min(3);
+                        let mut last = tail[..seen].to_vec();
+                        last.extend_from_slice(&data[data.len() - keep..]);
+                        let cut = last.len().saturating_sub(3);
+                        last.drain(..cut);
+                        self.passing = Some(last);
+                        self.ready.push_back(data);
+                        return;
+                    }
+                }
+            }
+        };
+        self.partial.extend_from_slice(&data);
+        self.split();
+    }
+
+    /// Moves the complete events out of `partial`, less the usage chunk;
+    /// an unfinished event too long to be it goes on as it is.
     fn split(&mut self) {
         let mut kept = BytesMut::new();
         while let Some(end) = event_end(&self.partial) {
@@ -118,6 +181,12 @@ impl<B> HideUsageChunk<B> {
             if !is_usage_chunk(&event) {
                 kept.extend_from_slice(&event);
             }
+        }
+        if self.partial.len() > MAX_USAGE_CHUNK {
+            let long = self.partial.split();
+            let cut = long.len().saturating_sub(3);
+            self.passing = Some(long[cut..].to_vec());
+            kept.extend_from_slice(&long);
         }
         if !kept.is_empty() {
             self.ready.push_back(kept.freeze());
@@ -175,10 +244,7 @@ where
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        this.partial.extend_from_slice(&data);
-                        this.split();
-                    }
+                    Ok(data) => this.take(data),
                     Err(other) => return Poll::Ready(Some(Ok(other))),
                 },
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
@@ -210,14 +276,23 @@ mod tests {
 
     #[test]
     fn usage_is_asked_for_only_when_missing() {
-        let out = with_usage(br#"{"model":"m", "stream": true, "messages":[]}"#).unwrap();
+        let out = with_usage(
+            br#"{"model":"m", "stream": true, "messages":[]}"#,
+            StreamOptions::Absent,
+        )
+        .unwrap();
         assert_eq!(
             &out[..],
             br#"{"stream_options":{"include_usage":true},"model":"m", "stream": true, "messages":[]}"#
         );
         let out: Value = serde_json::from_slice(
-            &with_usage(br#"{"stream":true,"stream_options":{"include_obfuscation":false}}"#)
-                .unwrap(),
+            &with_usage(
+                br#"{"stream":true,"stream_options":{"include_obfuscation":false}}"#,
+                StreamOptions::Object {
+                    include_usage: false,
+                },
+            )
+            .unwrap(),
         )
         .unwrap();
         assert_eq!(
@@ -225,11 +300,55 @@ mod tests {
             serde_json::json!({"include_obfuscation": false, "include_usage": true})
         );
         assert_eq!(
-            with_usage(br#"{"stream":true,"stream_options":{"include_usage":true}}"#),
+            with_usage(
+                br#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+                StreamOptions::Object {
+                    include_usage: true
+                }
+            ),
             None
         );
-        assert_eq!(with_usage(br#"{"stream":false}"#), None);
-        assert_eq!(with_usage(b"not json"), None);
+    }
+
+    #[test]
+    fn a_null_stream_options_is_replaced_not_shadowed() {
+        let body = br#"{"model":"m","stream":true,"stream_options":null,"messages":[]}"#;
+        let out = with_usage(body, StreamOptions::Null).unwrap();
+        let text = std::str::from_utf8(&out).unwrap();
+        assert_eq!(text.matches("stream_options").count(), 1, "{text}");
+        let value: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["stream_options"]["include_usage"], true);
+    }
+
+    #[tokio::test]
+    async fn a_long_event_goes_on_as_it_comes_and_the_next_is_still_read() {
+        let long = format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n",
+            "x".repeat(3 * MAX_USAGE_CHUNK)
+        );
+        let usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n";
+        let stream = format!("{long}{usage}");
+        // Cut into 1000-byte chunks: the hider never holds much more than
+        // the longest usage chunk, and the output is the stream less it.
+        let chunks: Vec<Bytes> = stream
+            .as_bytes()
+            .chunks(1000)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        let mut hider = HideUsageChunk::new(StreamBody::new(futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, BoxError>(Frame::data(c))),
+        )));
+        let mut out = Vec::new();
+        while let Some(frame) = hider.frame().await {
+            out.extend_from_slice(&frame.unwrap().into_data().unwrap());
+            assert!(hider.partial.capacity() <= 4 * MAX_USAGE_CHUNK);
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("{long}data: [DONE]\n\n")
+        );
     }
 
     #[tokio::test]

@@ -145,7 +145,7 @@ mod tests {
     #[test]
     fn a_chat_stream_with_its_usage_chunk() {
         let meter = Meter::default();
-        meter.expect(40);
+        meter.expect(40, 0);
         let mut tap = UsageTap::stream(meter.clone());
         feed(&mut tap, &[
             b"data: {\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\nda",
@@ -167,7 +167,7 @@ mod tests {
     #[test]
     fn a_cut_stream_is_estimated_from_what_streamed() {
         let meter = Meter::default();
-        meter.expect(400);
+        meter.expect(400, 0);
         let mut tap = UsageTap::stream(meter.clone());
         tap.data(&Bytes::from_static(
             b"data: {\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"12345678\"}}]}\n\n",
