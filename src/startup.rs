@@ -276,8 +276,8 @@ pub async fn options(settings: &Settings, mode: Mode) -> Result<GatewayOptions, 
             Arc::new(Account {
                 store: store.clone(),
             }),
-            Arc::new(Allowlist),
             Arc::new(Spending),
+            Arc::new(Allowlist),
             Arc::new(Enforce {
                 store: store.clone(),
                 prices,

@@ -521,3 +521,477 @@ async fn a_response_without_usage_costs_its_per_request_price() {
     assert_eq!(line["model"], "dall-e-3", "{line}");
     assert_eq!(line["cost_usd"].as_f64(), Some(0.04), "{line}");
 }
+
+// ---------------------------------------------------------------------------
+// Spend control, round 2 (#28): the attacks of a token holder, each refused
+// or billed. Each of these fails on f47aee3.
+
+const ATTACKER: &str = r#"{"tokens": [
+    {"name": "att-usd", "token": "tok-att-usd",
+     "models": ["gpt-4o-mini*", "dall-e-3", "tts-1", "whisper-1"], "limits": {"usd_per_day": 0.05}},
+    {"name": "att-tok", "token": "tok-att-tok", "limits": {"tokens_per_day": 1000}},
+    {"name": "att-media", "token": "tok-att-media", "limits": {"usd_per_day": 5}},
+    {"name": "att-named", "token": "tok-att-named", "limits": {"usd_per_day": 5},
+     "endpoints": ["/v1/batches", "/v1/chat/completions"]},
+    {"name": "att-open", "token": "tok-att-open"}
+]}"#;
+
+/// Sends `body` to `path` as `token`, with `content_type` when given; the
+/// status and the JSON body (`Null` when it is not JSON).
+async fn send(
+    gw: &impl Target,
+    path: &str,
+    token: &str,
+    content_type: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value) {
+    let mut request = client().post(gw.url(path)).bearer_auth(token).body(body);
+    if let Some(ct) = content_type {
+        request = request.header("content-type", ct);
+    }
+    let r = request.send().await.unwrap();
+    let status = r.status().as_u16();
+    let bytes = r.bytes().await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn send_json(gw: &impl Target, path: &str, token: &str, body: &Value) -> (u16, Value) {
+    send(gw, path, token, Some("application/json"), body.to_string()).await
+}
+
+/// The `used` of a token's first limit, once nothing is reserved.
+async fn used(gw: &impl Target, token: &str) -> f64 {
+    settled(gw, token).await["limits"][0]["used"]
+        .as_f64()
+        .unwrap()
+}
+
+fn error_code(body: &Value) -> (&str, &str) {
+    (
+        body["error"]["code"].as_str().unwrap_or("-"),
+        body["error"]["param"].as_str().unwrap_or("-"),
+    )
+}
+
+#[tokio::test]
+async fn counts_out_of_range_are_400s_and_limits_stay_on() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(ATTACKER).serve().await;
+    let chat = |extra: Value| {
+        let mut body =
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for (extra, param) in [
+        (
+            json!({"max_completion_tokens": 16_000_000_000_000_000_000u64}),
+            "max_completion_tokens",
+        ),
+        (json!({"max_tokens": 1e300}), "max_tokens"),
+        (json!({"max_tokens": -1}), "max_tokens"),
+        (json!({"max_output_tokens": 1.5}), "max_output_tokens"),
+        (json!({"max_tokens": "12"}), "max_tokens"),
+        (json!({"max_tokens": true}), "max_tokens"),
+        (json!({"n": 0}), "n"),
+        (json!({"n": 1000}), "n"),
+    ] {
+        let (status, body) = send_json(
+            &gw,
+            "/v1/chat/completions",
+            "tok-att-usd",
+            &chat(extra.clone()),
+        )
+        .await;
+        assert_eq!(status, 400, "{extra}: {body}");
+        assert_eq!(error_code(&body), ("invalid_value", param), "{extra}");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+    }
+    assert_eq!(up.count(), 0, "no bad count reached the upstream");
+    // A huge but valid maximum is reserved at the model's ceiling, and the
+    // store keeps enforcing: the budget is counted, nothing stays reserved.
+    let (status, _) = send_json(
+        &gw,
+        "/v1/chat/completions",
+        "tok-att-usd",
+        &chat(json!({"max_completion_tokens": 2_147_483_647u64})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(used(&gw, "tok-att-usd").await > 0.0);
+}
+
+#[tokio::test]
+async fn billing_dates_are_checked_and_the_server_goes_on() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(ATTACKER).serve().await;
+    for (query, param) in [
+        ("start_date=2026-12-01&end_date=-262143-01-01", "end_date"),
+        ("start_date=+262143-01-01&end_date=2026-12-01", "start_date"),
+        ("start_date=2026-01-01&end_date=2026-12-01", "end_date"),
+        ("start_date=2026-12-05&end_date=2026-12-01", "end_date"),
+    ] {
+        let r = client()
+            .get(gw.url(&format!("/v1/dashboard/billing/usage?{query}")))
+            .bearer_auth("tok-att-usd")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{query}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(error_code(&body), ("invalid_value", param), "{query}");
+    }
+    let r = client()
+        .get(gw.url("/v1/dashboard/billing/usage?start_date=2026-12-01&end_date=2026-12-05"))
+        .bearer_auth("tok-att-usd")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("\"total_usage\":0.0"), "{text}");
+    assert_eq!(
+        get_json(&gw, "/v1/gateway/usage", "tok-att-usd").await["object"],
+        "gateway.usage"
+    );
+}
+
+#[tokio::test]
+async fn a_client_gone_before_the_answer_is_charged_its_reservation_as_a_499() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(ATTACKER).serve().await;
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": 100,
+                      "metadata": {"delay_ms": "2000"},
+                      "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    let sent = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("tok-att-tok")
+        .header("content-type", "application/json")
+        .timeout(std::time::Duration::from_millis(300))
+        .body(body.clone())
+        .send()
+        .await;
+    assert!(sent.is_err(), "the client gave up before the answer");
+    // The reservation (input estimated at 4 bytes a token, plus the
+    // maximum output), settled as used: the upstream may have billed it.
+    let want = (body.len() as f64 / 4.0).ceil() + 100.0;
+    assert_eq!(used(&gw, "tok-att-tok").await, want);
+    let lines = gw.wait_access_lines(1).await;
+    let line = lines
+        .iter()
+        .find(|l| l["path"] == "/v1/chat/completions")
+        .expect("the abandoned request's access line");
+    assert_eq!(
+        (line["status"].as_u64(), line["outcome"].as_str()),
+        (Some(499), Some("client_closed")),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn a_form_that_reads_two_ways_is_refused_unsent() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(ATTACKER).serve().await;
+    let part = |head: &str, value: &str| format!("--B\r\n{head}\r\n\r\n{value}\r\n");
+    let model = |m: &str| part("Content-Disposition: form-data; name=\"model\"", m);
+    let file = part(
+        "Content-Disposition: form-data; name=\"file\"; filename=\"a.wav\"",
+        "RIFF",
+    );
+    for (why, content_type, body) in [
+        ("two models", "multipart/form-data; boundary=B", format!("{file}{}{}--B--\r\n", model("whisper-1"), model("o1-pro"))),
+        (
+            "a decoy name",
+            "multipart/form-data; boundary=B",
+            format!("{file}{}--B--\r\n", part("Content-Disposition: form-data; xname=\"model\"", "whisper-1")),
+        ),
+        ("a boundary that does not match", "multipart/form-data; boundary=\"X;Y\"", format!("{file}{}--B--\r\n", model("o1-pro"))),
+        ("a part without its CRLF", "multipart/form-data; boundary=B", format!("{file}--B\r\nContent-Disposition: form-data; name=\"model\"\r\no1-pro\r\n--B--\r\n")),
+        ("cut mid-part", "multipart/form-data; boundary=B", format!("{file}--B\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\no1-pro")),
+    ] {
+        let (status, body) = send(&gw, "/v1/audio/transcriptions", "tok-att-usd", Some(content_type), body).await;
+        assert_eq!(status, 400, "{why}: {body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{why}");
+    }
+    assert_eq!(up.count(), 0, "no ambiguous form reached the upstream");
+}
+
+#[tokio::test]
+async fn endpoints_that_spend_unmetered_are_refused_unless_named() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(ATTACKER).serve().await;
+    for path in [
+        "/v1/fine_tuning/jobs",
+        "/v1/batches",
+        "/v1/realtime/sessions",
+        "/v1/realtime/client_secrets",
+        "/v1/chat/completions/chatcmpl-1",
+    ] {
+        let (status, body) =
+            send_json(&gw, path, "tok-att-media", &json!({"model": "gpt-4o-mini"})).await;
+        assert_eq!(
+            (status, error_code(&body).0),
+            (403, "endpoint_not_metered"),
+            "{path}: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("endpoints"),
+            "{body}"
+        );
+    }
+    let background = json!({"model": "gpt-4o-mini", "input": "hi", "background": true});
+    let (status, body) = send_json(&gw, "/v1/responses", "tok-att-media", &background).await;
+    assert_eq!((status, error_code(&body).0), (403, "endpoint_not_metered"));
+    assert_eq!(up.count(), 0);
+    // Named in `endpoints`: allowed, knowingly.
+    let (status, _) = send_json(
+        &gw,
+        "/v1/batches",
+        "tok-att-named",
+        &json!({"input_file_id": "f"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn images_and_speech_are_charged_by_their_units() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(ATTACKER).serve().await;
+    // dall-e-3, hd, 1024x1792: $0.12 an image; two of them.
+    let image = json!({"model": "dall-e-3", "prompt": "a lighthouse", "n": 2,
+                       "size": "1024x1792", "quality": "hd"});
+    assert_eq!(
+        send_json(&gw, "/v1/images/generations", "tok-att-media", &image)
+            .await
+            .0,
+        200
+    );
+    let after_images = used(&gw, "tok-att-media").await;
+    assert!((after_images - 0.24).abs() < 1e-9, "{after_images}");
+    // tts-1: $15 per 1M characters; 1,000 of them.
+    let speech = json!({"model": "tts-1", "voice": "alloy", "input": "a".repeat(1000)});
+    assert_eq!(
+        send_json(&gw, "/v1/audio/speech", "tok-att-media", &speech)
+            .await
+            .0,
+        200
+    );
+    let after_speech = used(&gw, "tok-att-media").await;
+    assert!((after_speech - 0.255).abs() < 1e-9, "{after_speech}");
+    // A budget of $0.05 at $0.04 an image: the second crosses it, the third is refused.
+    let one = json!({"model": "dall-e-3", "prompt": "x", "n": 1});
+    for _ in 0..2 {
+        let (status, _) = send_json(&gw, "/v1/images/generations", "tok-att-usd", &one).await;
+        assert_eq!(status, 200);
+    }
+    let again = send_json(&gw, "/v1/images/generations", "tok-att-usd", &one).await;
+    assert_eq!(
+        (again.0, error_code(&again.1).0),
+        (429, "insufficient_quota")
+    );
+    // A model with no price of its own is refused, never priced by a prefix.
+    let fast = json!({"model": "gpt-4o-mini-fast", "messages": []});
+    let r = send_json(&gw, "/v1/chat/completions", "tok-att-media", &fast).await;
+    assert_eq!((r.0, error_code(&r.1).0), (403, "model_price_unknown"));
+}
+
+#[tokio::test]
+async fn n_multiplies_the_reservation() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(ATTACKER).serve().await;
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": 50, "n": 4,
+                      "metadata": {"delay_ms": "1500"},
+                      "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    let input = (body.len() as i64 + 3) / 4;
+    let in_flight = tokio::spawn({
+        let url = gw.url("/v1/chat/completions");
+        let body = body.clone();
+        async move {
+            client()
+                .post(url)
+                .bearer_auth("tok-att-tok")
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let reserved = loop {
+        let usage = get_json(&gw, "/v1/gateway/usage", "tok-att-tok").await;
+        let reserved = usage["limits"][0]["reserved"].as_i64().unwrap();
+        if reserved > 0 || std::time::Instant::now() > deadline {
+            break reserved;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        reserved,
+        input + 4 * 50,
+        "four answers of at most 50 tokens"
+    );
+    assert_eq!(in_flight.await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn an_encoded_path_is_metered_as_the_upstream_routes_it() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(ATTACKER).serve().await;
+    let chat = json!({"model": "gpt-4o-mini", "max_tokens": 5, "messages": []});
+    let (status, _) = send_json(&gw, "/v1/chat/%63ompletions", "tok-att-tok", &chat).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        up.last().target,
+        "/v1/chat/%63ompletions",
+        "forwarded as sent"
+    );
+    assert!(used(&gw, "tok-att-tok").await > 0.0, "and metered");
+    let (status, body) = send_json(&gw, "/v1/chat%2Fcompletions", "tok-att-tok", &chat).await;
+    assert_eq!((status, error_code(&body).0), (400, "invalid_path"));
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn a_spending_body_that_is_not_json_is_a_415() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(ATTACKER).serve().await;
+    let chat = json!({"model": "o1-pro", "messages": []}).to_string();
+    for content_type in [
+        Some("text/plain"),
+        None,
+        Some("multipart/form-data; boundary=B"),
+    ] {
+        let (status, body) = send(
+            &gw,
+            "/v1/chat/completions",
+            "tok-att-usd",
+            content_type,
+            chat.clone(),
+        )
+        .await;
+        assert_eq!(
+            (status, error_code(&body).0),
+            (415, "unsupported_media_type"),
+            "{content_type:?}"
+        );
+    }
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn a_null_stream_options_is_replaced_by_one_include_usage() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(ATTACKER).serve().await;
+    let chat = json!({"model": "gpt-4o-mini", "stream": true, "stream_options": null,
+                      "metadata": {"gap": "0"}, "messages": []});
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("tok-att-tok")
+        .header("content-type", "application/json")
+        .body(chat.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.contains("\"usage\""),
+        "the client did not ask for usage: {text}"
+    );
+    let sent = String::from_utf8(up.last().body).unwrap();
+    assert_eq!(sent.matches("stream_options").count(), 1, "{sent}");
+    let sent: Value = serde_json::from_str(&sent).unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    assert_eq!(
+        used(&gw, "tok-att-tok").await,
+        8.0,
+        "the upstream's own usage"
+    );
+}
+
+#[tokio::test]
+async fn a_model_name_too_long_or_unprintable_is_refused_before_it_is_kept() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(ATTACKER).serve().await;
+    let long = "m".repeat(4 << 20);
+    for model in [long.as_str(), "gpt-4o-mini\u{1b}[2J"] {
+        let chat = json!({"model": model, "messages": []});
+        let (status, body) = send_json(&gw, "/v1/chat/completions", "tok-att-tok", &chat).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (400, ("invalid_value", "model"))
+        );
+    }
+    assert_eq!(up.count(), 0);
+    let lines = gw.wait_access_lines(2).await;
+    assert!(
+        lines.iter().all(|l| l.to_string().len() < 2000),
+        "nothing long was kept"
+    );
+}
+
+#[tokio::test]
+async fn an_absurd_usage_from_the_upstream_is_capped_and_the_limit_holds() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(ATTACKER).serve().await;
+    let chat = |tokens: &str| {
+        json!({"model": "gpt-4o-mini", "max_tokens": 5, "metadata": {"completion_tokens": tokens},
+               "messages": []})
+    };
+    let (status, _) = send_json(
+        &gw,
+        "/v1/chat/completions",
+        "tok-att-tok",
+        &chat("9223372036854775808"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        used(&gw, "tok-att-tok").await,
+        (1u64 << 53) as f64,
+        "capped at 2^53"
+    );
+    let (status, body) = send_json(&gw, "/v1/chat/completions", "tok-att-tok", &chat("5")).await;
+    assert_eq!((status, error_code(&body).0), (429, "insufficient_quota"));
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn an_edited_stream_drops_the_upstreams_length_and_goes_out_whole() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(ATTACKER).serve().await;
+    let chat = json!({"model": "gpt-4o-mini", "stream": true, "metadata": {"length": "true"},
+                      "messages": []});
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("tok-att-open")
+        .header("content-type", "application/json")
+        .body(chat.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers().get("content-length").is_none(),
+        "{:?}",
+        r.headers()
+    );
+    assert!(r.headers().get("etag").is_none());
+    let text = r.text().await.expect("the whole body, no short read");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(!text.contains("\"usage\""), "{text}");
+}

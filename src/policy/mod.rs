@@ -8,11 +8,15 @@
 //! that no policy reads keeps streaming upstream untouched; a body that one
 //! read is sent on byte for byte from what was read.
 //!
+//! Every rule reads the body through one [`View`], parsed the first time a
+//! rule asks ([`Inspect::view`]).
+//!
 //! The rules, in the order they run: [`crate::spend::account`] (a token's
-//! own usage, answered here), [`allowlist`] (a token's `models` and
-//! `endpoints`), [`crate::spend::enforce`] (limits: admission and
-//! reservation), and [`crate::usage::stream_usage`] (usage for every
-//! streamed chat).
+//! own usage, answered here), [`spending`] (what a token with rules may
+//! reach at all: placeable paths, readable bodies, metered endpoints),
+//! [`allowlist`] (a token's `models` and `endpoints`),
+//! [`crate::spend::enforce`] (limits: admission and reservation), and
+//! [`crate::usage::stream_usage`] (usage for every streamed chat).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use http::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -149,23 +149,32 @@ impl Account {
         now: DateTime<Utc>,
     ) -> Result<Value, GatewayError> {
         let query = admitted.query.as_deref().unwrap_or("");
-        let param = |name: &str| {
-            query.split('&').find_map(|pair| {
-                let (k, v) = pair.split_once('=')?;
-                (k == name)
-                    .then(|| NaiveDate::parse_from_str(v, "%Y-%m-%d").ok())
-                    .flatten()
-            })
-        };
         let today = now.date_naive();
         let first = NaiveDate::from_ymd_opt(today.year(), today.month(), 1).unwrap_or(today);
-        let start = param("start_date").unwrap_or(first);
+        let start = date_param(query, "start_date")?.unwrap_or(first);
         // OpenAI's end_date is exclusive.
-        let end = param("end_date").unwrap_or(today + Duration::days(1));
-        let last = end - Duration::days(1);
+        let end = match date_param(query, "end_date")? {
+            Some(end) => end,
+            None => today.succ_opt().unwrap_or(today),
+        };
+        if end <= start {
+            return Err(GatewayError::invalid_param(
+                "end_date",
+                "`end_date` must be after `start_date`",
+            ));
+        }
+        if (end - start).num_days() > MAX_BILLING_DAYS {
+            return Err(GatewayError::invalid_param(
+                "end_date",
+                format!(
+                    "the range of `start_date` to `end_date` is at most {MAX_BILLING_DAYS} days"
+                ),
+            ));
+        }
+        let last = end.pred_opt().unwrap_or(end);
         let mut cents = 0.0;
         if let (Some(store), Some(token)) = (&self.store, &admitted.name) {
-            if last >= start {
+            {
                 let period = Period::Days(
                     start.format("%Y-%m-%d").to_string(),
                     last.format("%Y-%m-%d").to_string(),
@@ -174,16 +183,52 @@ impl Account {
                     .report(period, Some(token.to_string()))
                     .await
                     .map_err(store_down)?;
-                cents = rows.iter().map(|r| r.cost_usd as f64 / 1e4).sum();
+                cents = rows.iter().map(|r| r.cost_usd.max(0) as f64 / 1e4).sum();
             }
         }
+        // `+ 0.0` turns a negative zero into zero: no "-0.0" in the JSON.
+        let total = (cents * 1e4).round() / 1e4 + 0.0;
         Ok(json!({
             "object": "list",
-            "total_usage": (cents * 1e4).round() / 1e4,
+            "total_usage": total,
             "start_date": start.format("%Y-%m-%d").to_string(),
             "end_date": end.format("%Y-%m-%d").to_string(),
         }))
     }
+}
+
+/// The longest range the billing usage endpoint answers, as OpenAI's.
+const MAX_BILLING_DAYS: i64 = 100;
+
+/// A `YYYY-MM-DD` query parameter: absent, or a real date written so
+/// (four-digit year); given twice, or anything else, is the request's `400`.
+fn date_param(query: &str, name: &'static str) -> Result<Option<NaiveDate>, GatewayError> {
+    let mut found = None;
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != name {
+            continue;
+        }
+        let bad = || {
+            GatewayError::invalid_param(
+                name,
+                format!("`{name}` must be a date written YYYY-MM-DD, given once"),
+            )
+        };
+        let shaped = value.len() == 10
+            && value.bytes().enumerate().all(|(i, b)| {
+                if i == 4 || i == 7 {
+                    b == b'-'
+                } else {
+                    b.is_ascii_digit()
+                }
+            });
+        if !shaped || found.is_some() {
+            return Err(bad());
+        }
+        found = Some(NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| bad())?);
+    }
+    Ok(found)
 }
 
 fn subscription(admitted: &Admitted) -> Value {
@@ -220,5 +265,32 @@ mod tests {
         );
         assert_eq!(endpoint("/v1/chat/completions"), None);
         assert_eq!(endpoint("/v1/gateway/usage/x"), None);
+    }
+
+    #[test]
+    fn dates_are_checked_before_any_arithmetic() {
+        let date = |q: &str| date_param(q, "end_date");
+        assert_eq!(
+            date("start_date=2026-12-01&end_date=2026-12-05").unwrap(),
+            NaiveDate::from_ymd_opt(2026, 12, 5)
+        );
+        assert_eq!(date("start_date=2026-12-01").unwrap(), None);
+        for bad in [
+            "end_date=-262143-01-01",
+            "end_date=+262143-01-01",
+            "end_date=2026-13-01",
+            "end_date=2026-02-30",
+            "end_date=2026-1-1",
+            "end_date=",
+            "end_date",
+            "end_date=2026-12-01&end_date=2026-12-02",
+        ] {
+            let error = date(bad).unwrap_err();
+            assert_eq!(
+                (error.status(), error.param()),
+                (400.try_into().unwrap(), Some("end_date")),
+                "{bad}"
+            );
+        }
     }
 }

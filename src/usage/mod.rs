@@ -92,6 +92,9 @@ struct Metered {
     /// its usage cannot be read: the request's reserved maximum. (A
     /// stream's is what streamed.)
     whole_output: u64,
+    /// The answer was read to its end and carries no usage (a whisper
+    /// transcription, billed by the minute): only its input is estimated.
+    read_without_usage: bool,
 }
 
 impl Meter {
@@ -119,6 +122,11 @@ impl Meter {
     pub fn saw_output(&self, chars: usize) {
         let mut m = self.0.lock().expect("meter lock");
         m.output_chars = m.output_chars.saturating_add(chars as u64);
+    }
+
+    /// The whole answer was read, and it carries no usage.
+    pub fn read_without_usage(&self) {
+        self.0.lock().expect("meter lock").read_without_usage = true;
     }
 
     /// The usage was there but could not be read.
@@ -150,7 +158,11 @@ impl Meter {
             model: m.model.clone(),
             input: m.request_bytes.div_ceil(4),
             cached_input: 0,
-            output: m.output_chars.div_ceil(4).max(m.whole_output),
+            output: if m.read_without_usage && !m.unreadable {
+                m.output_chars.div_ceil(4)
+            } else {
+                m.output_chars.div_ceil(4).max(m.whole_output)
+            },
             estimated: true,
         })
     }

@@ -86,7 +86,7 @@ impl Step for UsageTap {
         let value = decoded.and_then(|d| serde_json::from_slice::<Value>(&d).ok());
         match value.as_ref().map(read::usage) {
             Some(Found::Usage(usage)) => self.meter.report(usage),
-            Some(Found::Nothing) => {}
+            Some(Found::Nothing) => self.meter.read_without_usage(),
             Some(Found::Malformed) | None => self.meter.unreadable(),
         }
         *copy = Vec::new();
@@ -196,5 +196,30 @@ mod tests {
         let mut tap = UsageTap::json(meter.clone(), Some("gzip".into()));
         feed(&mut tap, &[a]);
         assert!(meter.usage().unwrap().estimated);
+    }
+
+    #[test]
+    fn an_answer_too_big_to_read_is_charged_its_reservation_never_zero() {
+        let meter = Meter::default();
+        meter.expect(400, 16_384);
+        let mut tap = UsageTap::json(meter.clone(), None);
+        let chunk = vec![b' '; 1 << 20];
+        for _ in 0..9 {
+            tap.data(&Bytes::from(chunk.clone())).unwrap();
+        }
+        tap.end();
+        let usage = meter.usage().unwrap();
+        assert_eq!(
+            (usage.input, usage.output, usage.estimated),
+            (100, 16_384, true)
+        );
+        // Read whole and without usage: only its input is estimated.
+        let meter = Meter::default();
+        meter.expect(400, 16_384);
+        feed(
+            &mut UsageTap::json(meter.clone(), None),
+            &[b"{\"text\":\"hi\"}"],
+        );
+        assert_eq!(meter.usage().unwrap().output, 0);
     }
 }

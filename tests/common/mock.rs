@@ -529,6 +529,16 @@ async fn answer(
     match path.as_str() {
         p if p.ends_with("/chat/completions") => {
             let words = ["Hello", " from", " the", " mock", "!"];
+            // Knobs in `metadata` (strings, as OpenAI's metadata is):
+            // `delay_ms` before the head, `completion_tokens` in the usage,
+            // `length` ("true": a stream sent whole with Content-Length).
+            let meta = |k: &str| request["metadata"][k].as_str().map(str::to_owned);
+            if let Some(ms) = meta("delay_ms").and_then(|v| v.parse::<u64>().ok()) {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            let completion_tokens: u64 = meta("completion_tokens")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(5);
             if request["stream"] == true && q.contains_key("gap_ms") {
                 // The stamped stream of `/sse`, as a chat (metered by the gateway).
                 let usage = request["stream_options"]["include_usage"] == true;
@@ -552,11 +562,24 @@ async fn answer(
                 if request["stream_options"]["include_usage"] == true {
                     let mut last = chat_chunk(None, None);
                     last["choices"] = json!([]);
-                    last["usage"] = json!({"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8,
+                    last["usage"] = json!({"prompt_tokens": 3, "completion_tokens": completion_tokens,
+                        "total_tokens": 3u64.saturating_add(completion_tokens),
                         "prompt_tokens_details": {"cached_tokens": 1}});
                     events.push(Ok(sse_event(None, &last)));
                 }
                 events.push(Ok(sse_event(None, &json!("[DONE]"))));
+                if meta("length").as_deref() == Some("true") {
+                    let whole: Vec<u8> = events
+                        .into_iter()
+                        .flat_map(|e| e.map(|b| b.to_vec()).unwrap_or_default())
+                        .collect();
+                    return Response::builder()
+                        .header("content-type", "text/event-stream; charset=utf-8")
+                        .header("content-length", whole.len())
+                        .header("etag", "\"mock-stream\"")
+                        .body(full(whole))
+                        .unwrap();
+                }
                 return sse(events, Duration::from_secs_f64(gap), None);
             }
             let completion = json!({
@@ -564,7 +587,8 @@ async fn answer(
                 "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": words.concat()},
                              "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+                "usage": {"prompt_tokens": 3, "completion_tokens": completion_tokens,
+                          "total_tokens": 3u64.saturating_add(completion_tokens)},
             });
             let mut r = json(200, completion.clone());
             // As OpenAI: JSON gzipped for a client that accepts it.
