@@ -766,3 +766,124 @@ async fn text_log_lines_quote_the_path_so_it_cannot_forge_fields() {
         "{line}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// No input reaches a panic, and one request's panic is that request's (#28).
+
+/// The endpoints the gateway answers itself, with any query: a 2xx or a
+/// 4xx, never a 5xx (a caught panic is a 500), and the process lives.
+#[test]
+fn the_gateways_own_endpoints_answer_any_query_with_a_2xx_or_4xx() {
+    use proptest::prelude::*;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let port = unused_port();
+    let (up, gw) = runtime.block_on(async {
+        let up = MockUpstream::start().await;
+        let gw = Launch::new(&up.url())
+            .tokens(r#"{"tokens": [{"name": "p", "token": "prop-Tok-1", "expires": "2099-01-01T00:00:00Z",
+                "limits": {"usd_per_month": 5, "tokens_per_day": 1000}}]}"#)
+            .env("METRICS_LISTEN", &format!("127.0.0.1:{port}"))
+            .start();
+        (up, gw)
+    });
+    let paths = [
+        "/v1/gateway/usage",
+        "/v1/dashboard/billing/usage",
+        "/dashboard/billing/usage",
+        "/v1/dashboard/billing/subscription",
+        "/dashboard/billing/subscription",
+    ];
+    let date = prop_oneof![
+        // chrono's edges: the dates whose arithmetic overflowed before.
+        Just("-262143-01-01".to_owned()),
+        Just("+262142-12-31".to_owned()),
+        Just("-262144-01-01".to_owned()),
+        "[0-9]{4}-[0-9]{2}-[0-9]{2}",
+        "[-+]?[0-9]{1,7}-[0-9]{1,3}-[0-9]{1,3}",
+        "[ -~]{0,16}",
+    ];
+    let query = prop_oneof![
+        (date.clone(), date).prop_map(|(a, b)| format!("start_date={a}&end_date={b}")),
+        "[ -~]{0,60}",
+        "(start_date|end_date|token|x)=[0-9a-z%-]{0,12}(&(start_date|end_date)=[0-9-]{0,12}){0,3}",
+    ];
+    let client = client();
+    let config = ProptestConfig {
+        cases: 300,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(which in 0..paths.len() + 2, query in query)| {
+        let query: String = query
+            .bytes()
+            .map(|b| match b {
+                b'#' | b' ' | b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}' => format!("%{b:02X}"),
+                _ => char::from(b).to_string(),
+            })
+            .collect();
+        let url = match which {
+            i if i < paths.len() => gw.url(&format!("{}?{query}", paths[i])),
+            i if i == paths.len() => format!("http://127.0.0.1:{port}/healthz?{query}"),
+            _ => format!("http://127.0.0.1:{port}/metrics?{query}"),
+        };
+        let status = runtime.block_on(async {
+            client.get(&url).bearer_auth("prop-Tok-1").send().await.map(|r| r.status().as_u16())
+        });
+        let status = status.unwrap_or_else(|e| panic!("{url}: no answer ({e}); the gateway died?"));
+        prop_assert!((200..500).contains(&status), "{url}: {status}");
+    });
+    assert_eq!(
+        up.count(),
+        0,
+        "nothing the gateway answers itself is forwarded"
+    );
+    drop(gw);
+}
+
+/// A rule that panics: the gateway's bug, in one request.
+struct Panics;
+
+impl chatgpt_gateway::policy::Policy for Panics {
+    fn check<'a>(
+        &'a self,
+        request: &'a mut chatgpt_gateway::policy::Inspect<'_>,
+    ) -> chatgpt_gateway::policy::Verdict<'a> {
+        Box::pin(async move {
+            if request.path.ends_with("/boom") {
+                panic!("a bug in a rule");
+            }
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_panic_is_one_requests_500_and_its_completion_still_runs() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url())
+        .tokens(TOKENS)
+        .policy(Panics)
+        .serve()
+        .await;
+    let r = client()
+        .get(gw.url("/v1/boom"))
+        .bearer_auth("hard-Tok-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "internal_error", "{body}");
+    assert!(body["error"]["message"].is_string());
+    // The completion point ran (the access line), and the gateway goes on.
+    let lines = gw.wait_access_lines(1).await;
+    assert_eq!(lines[0]["status"], 500, "{lines:?}");
+    assert_eq!(lines[0]["error_code"], "internal_error");
+    let r = client()
+        .get(gw.url("/v1/models"))
+        .bearer_auth("hard-Tok-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
