@@ -68,6 +68,27 @@ pub const POSTS: [(&str, Metering); 11] = [
     ("/moderations", Metering::Free),
 ];
 
+/// `tokens new --endpoints inference`: the endpoints that make answers,
+/// and nothing that stores or lists objects. With one upstream key every
+/// token shares the same stored objects (files, batches, stored chat
+/// completions, responses, vector stores), so a token that may reach those
+/// may read and delete everyone's; this preset keeps a token to inference
+/// (see docs/security.md).
+pub const INFERENCE: [&str; 12] = [
+    "POST /v1/chat/completions$",
+    "POST /v1/completions$",
+    "POST /v1/responses$",
+    "POST /v1/embeddings$",
+    "POST /v1/images/generations$",
+    "POST /v1/images/edits$",
+    "POST /v1/images/variations$",
+    "POST /v1/audio/speech$",
+    "POST /v1/audio/transcriptions$",
+    "POST /v1/audio/translations$",
+    "POST /v1/moderations$",
+    "GET /v1/models",
+];
+
 /// The endpoints whose body OpenAI takes as `multipart/form-data`.
 const MULTIPART: [&str; 4] = [
     "/audio/transcriptions",

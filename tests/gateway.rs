@@ -1057,6 +1057,23 @@ fn tokens_new_writes_allowlists_that_read_back() {
         made["entry"]["endpoints"],
         serde_json::json!(["/v1/chat/completions", "/v1/embeddings"])
     );
+    // The preset: inference only, each endpoint by method and exact path.
+    let out = run(&["--endpoints", "inference", "--limit", "usd_per_month=5"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let endpoints = made["entry"]["endpoints"].as_array().unwrap();
+    assert!(
+        endpoints.contains(&serde_json::json!("POST /v1/chat/completions$")),
+        "{made}"
+    );
+    assert!(endpoints.contains(&serde_json::json!("GET /v1/models")));
+    assert!(!endpoints
+        .iter()
+        .any(|e| e.as_str().unwrap().contains("files")));
     let out = run(&["--endpoints", "v1/chat"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

@@ -995,3 +995,40 @@ async fn an_edited_stream_drops_the_upstreams_length_and_goes_out_whole() {
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     assert!(!text.contains("\"usage\""), "{text}");
 }
+
+#[tokio::test]
+async fn the_inference_preset_keeps_a_token_from_shared_stored_objects() {
+    let up = MockUpstream::start().await;
+    let endpoints: Vec<&str> = chatgpt_gateway::openai::INFERENCE.to_vec();
+    let tokens = json!({"tokens": [{"name": "inf", "token": "tok-inf",
+        "endpoints": endpoints, "limits": {"usd_per_day": 5}}]})
+    .to_string();
+    let gw = Launch::new(&up.url()).tokens(&tokens).serve().await;
+    let chat = json!({"model": "gpt-4o-mini", "max_tokens": 5, "messages": []});
+    assert_eq!(
+        send_json(&gw, "/v1/chat/completions", "tok-inf", &chat)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(fetch(&gw, "/v1/models?token=tok-inf").await.status(), 200);
+    for path in [
+        "/v1/chat/completions",
+        "/v1/chat/completions/c1",
+        "/v1/files",
+        "/v1/batches",
+        "/v1/responses/resp_1",
+        "/v1/vector_stores",
+    ] {
+        let r = fetch(&gw, &format!("{path}?token=tok-inf")).await;
+        assert_eq!(r.status(), 403, "GET {path}");
+    }
+    let background = json!({"model": "gpt-4o-mini", "input": "hi", "background": true});
+    let (status, body) = send_json(&gw, "/v1/responses", "tok-inf", &background).await;
+    assert_eq!((status, error_code(&body).0), (403, "endpoint_not_metered"));
+    assert_eq!(
+        up.count(),
+        2,
+        "only the chat and the model list were forwarded"
+    );
+}

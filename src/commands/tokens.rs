@@ -75,7 +75,10 @@ pub struct RuleArgs {
     /// Models the token may use, comma-separated; `gpt-4o-mini*` allows every name it prefixes.
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
-    /// Path prefixes the token may reach, comma-separated, e.g. /v1/chat/completions,/v1/embeddings.
+    /// Path prefixes the token may reach, comma-separated, e.g. /v1/chat/completions,/v1/embeddings
+    /// (`POST /v1/x$`: that method and path only); `inference` stands for the
+    /// endpoints that make answers and none that store objects (chat, completions,
+    /// responses, embeddings, images, audio, moderations, models).
     #[arg(long, value_delimiter = ',')]
     endpoints: Vec<String>,
     /// A limit, KEY=VALUE, repeatable: requests_per_minute, tokens_per_minute, tokens_per_day, tokens_per_month, usd_per_day, usd_per_month, usd_total.
@@ -233,9 +236,17 @@ fn new(
             })?,
         )
     };
+    let endpoints: Vec<String> = rules
+        .endpoints
+        .iter()
+        .flat_map(|e| match e.trim() {
+            "inference" => crate::openai::INFERENCE.map(str::to_owned).to_vec(),
+            other => vec![other.to_owned()],
+        })
+        .collect();
     let rules = Rules {
         models: list(&rules.models),
-        endpoints: list(&rules.endpoints),
+        endpoints: list(&endpoints),
         limits,
     };
     let entry = format::entry_json(

@@ -31,7 +31,7 @@ impl Policy for Allowlist {
             let Some(rules) = request.admitted.rules.clone() else {
                 return Ok(());
             };
-            if !rules.allows_endpoint(request.path) {
+            if !rules.allows_endpoint(request.method, request.path) {
                 return Err(GatewayError::EndpointNotAllowed);
             }
             if rules.models.is_none() {
@@ -70,7 +70,7 @@ impl Allowlist {
             }
             _ => match request.view().await?.model.clone() {
                 Some(model) => model,
-                None if rules.names_endpoint(request.path) => return Ok(()),
+                None if rules.names_endpoint(request.method, request.path) => return Ok(()),
                 None => return Err(GatewayError::ModelUnknown),
             },
         };

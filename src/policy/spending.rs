@@ -13,7 +13,8 @@
 //!   ([`Metering::Unmetered`]: fine-tuning, batches, realtime sessions and
 //!   their ephemeral keys, uploads…) and a Responses run in the background
 //!   (`background: true`, read later) are `403 endpoint_not_metered`, unless
-//!   the token's `endpoints` name that path itself: allowed knowingly.
+//!   the token's `endpoints` name that path itself, without `$`: allowed
+//!   knowingly ([`crate::tokens::Rules::opens_unmetered`]).
 
 use super::{Inspect, Policy, Verdict};
 use crate::error::GatewayError;
@@ -53,7 +54,7 @@ impl Policy for Spending {
                     return Err(GatewayError::UnsupportedMediaType(form));
                 }
             }
-            if rules.limits.is_none() || rules.names_endpoint(request.path) {
+            if rules.limits.is_none() || rules.opens_unmetered(request.method, request.path) {
                 return Ok(());
             }
             match metering {

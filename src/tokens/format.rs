@@ -320,9 +320,13 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
     };
     let models = list(keys::MODELS)?;
     let endpoints = list(keys::ENDPOINTS)?;
-    if let Some(bad) = endpoints.iter().flatten().find(|e| !e.starts_with('/')) {
+    if let Some(bad) = endpoints
+        .iter()
+        .flatten()
+        .find(|e| !super::Endpoint::parse(e).is_valid())
+    {
         return Err(fail(format!(
-            "`endpoints` entry `{bad}` must be a path starting with /"
+            "`endpoints` entry `{bad}` must be a path starting with /, optionally after a method in capitals (`POST /v1/chat/completions`) and ending in `$` for that path alone"
         )));
     }
     let limits = match get(map, keys::LIMITS).map_err(|k| fail(repeated(k)))? {

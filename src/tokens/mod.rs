@@ -86,21 +86,98 @@ impl Rules {
         })
     }
 
-    /// Whether `path` is under one of the allowed prefixes (at a segment
-    /// boundary: `/v1/chat` allows `/v1/chat/completions`, not `/v1/chatter`).
-    pub fn allows_endpoint(&self, path: &str) -> bool {
-        self.endpoints
-            .as_ref()
-            .is_none_or(|endpoints| endpoints.iter().any(|e| under(path, e)))
+    /// Whether a request with `method` to `path` is allowed by `endpoints`
+    /// (see [`Endpoint`]): under a prefix (at a segment boundary:
+    /// `/v1/chat` allows `/v1/chat/completions`, not `/v1/chatter`), or at
+    /// an exact path (`/v1/chat/completions$`), for any method or the one
+    /// an entry names (`POST /v1/chat/completions$`).
+    pub fn allows_endpoint(&self, method: &http::Method, path: &str) -> bool {
+        self.endpoints.as_ref().is_none_or(|endpoints| {
+            endpoints
+                .iter()
+                .map(|e| Endpoint::parse(e))
+                .any(|e| e.method_allows(method) && e.allows(path))
+        })
     }
 
-    /// Whether `endpoints` names `path` itself, which allows a request whose
-    /// model the gateway cannot tell (a batch, a file upload).
-    pub fn names_endpoint(&self, path: &str) -> bool {
+    /// Whether `endpoints` names `path` itself (for `method`), which allows
+    /// a request whose model the gateway cannot tell (a batch, a file
+    /// upload), or one that spends unmetered.
+    pub fn names_endpoint(&self, method: &http::Method, path: &str) -> bool {
         let path = path.trim_end_matches('/');
-        self.endpoints
-            .as_ref()
-            .is_some_and(|endpoints| endpoints.iter().any(|e| e.trim_end_matches('/') == path))
+        self.endpoints.as_ref().is_some_and(|endpoints| {
+            endpoints
+                .iter()
+                .map(|e| Endpoint::parse(e))
+                .any(|e| e.method_allows(method) && e.path.trim_end_matches('/') == path)
+        })
+    }
+}
+
+impl Rules {
+    /// Whether `endpoints` opens `path`'s unmetered uses knowingly (an
+    /// unmetered endpoint, a background response): it names the path
+    /// itself in an entry without `$` (a `$` entry allows the path as
+    /// metered, as `tokens new --endpoints inference` writes them).
+    pub fn opens_unmetered(&self, method: &http::Method, path: &str) -> bool {
+        let path = path.trim_end_matches('/');
+        self.endpoints.as_ref().is_some_and(|endpoints| {
+            endpoints.iter().map(|e| Endpoint::parse(e)).any(|e| {
+                !e.exact && e.method_allows(method) && e.path.trim_end_matches('/') == path
+            })
+        })
+    }
+}
+
+/// One entry of `endpoints`: `[METHOD ]PATH[$]`. A path allows what is
+/// under it; with `$`, only itself. With a method, only that method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint<'e> {
+    /// The method it is for, if it names one (`POST`).
+    pub method: Option<&'e str>,
+    /// The path (or prefix).
+    pub path: &'e str,
+    /// Only the path itself, nothing under it.
+    pub exact: bool,
+}
+
+impl<'e> Endpoint<'e> {
+    /// Reads an entry (checked when the list is loaded).
+    pub fn parse(entry: &'e str) -> Self {
+        let (method, rest) = match entry.split_once(' ') {
+            Some((method, rest)) => (Some(method), rest.trim_start()),
+            None => (None, entry),
+        };
+        let (path, exact) = match rest.strip_suffix('$') {
+            Some(path) => (path, true),
+            None => (rest, false),
+        };
+        Self {
+            method,
+            path,
+            exact,
+        }
+    }
+
+    /// Whether the entry is well formed: a path from `/`, and a method of
+    /// capital letters if any.
+    pub fn is_valid(&self) -> bool {
+        self.path.starts_with('/')
+            && self
+                .method
+                .is_none_or(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()))
+    }
+
+    fn method_allows(&self, method: &http::Method) -> bool {
+        self.method.is_none_or(|m| m == method.as_str())
+    }
+
+    fn allows(&self, path: &str) -> bool {
+        if self.exact {
+            path.trim_end_matches('/') == self.path.trim_end_matches('/')
+        } else {
+            under(path, self.path)
+        }
     }
 }
 
@@ -235,15 +312,46 @@ mod tests {
         assert!(!rules.allows_model("gpt-4o"));
         assert!(rules.allows_model("text-embedding-3-small"));
         assert!(!rules.allows_model("text-embedding-3-small-v2"));
-        assert!(rules.allows_endpoint("/v1/chat/completions"));
-        assert!(rules.allows_endpoint("/v1/embeddings"));
-        assert!(!rules.allows_endpoint("/v1/chatter"));
-        assert!(!rules.allows_endpoint("/v1/batches"));
-        assert!(rules.names_endpoint("/v1/embeddings/"));
-        assert!(!rules.names_endpoint("/v1/chat/completions"));
+        let (get, post) = (&http::Method::GET, &http::Method::POST);
+        assert!(rules.allows_endpoint(post, "/v1/chat/completions"));
+        assert!(rules.allows_endpoint(post, "/v1/embeddings"));
+        assert!(!rules.allows_endpoint(post, "/v1/chatter"));
+        assert!(!rules.allows_endpoint(post, "/v1/batches"));
+        assert!(rules.names_endpoint(post, "/v1/embeddings/"));
+        assert!(!rules.names_endpoint(post, "/v1/chat/completions"));
         let open = Rules::default();
-        assert!(open.allows_model("anything") && open.allows_endpoint("/x"));
-        assert!(!open.names_endpoint("/x"));
+        assert!(open.allows_model("anything") && open.allows_endpoint(get, "/x"));
+        assert!(!open.names_endpoint(get, "/x"));
+        // A method and `$`: that method, that path, nothing under it.
+        let exact = Rules {
+            endpoints: Some(vec![
+                "POST /v1/chat/completions$".into(),
+                "GET /v1/models".into(),
+            ]),
+            ..Rules::default()
+        };
+        assert!(exact.allows_endpoint(post, "/v1/chat/completions"));
+        assert!(
+            !exact.allows_endpoint(get, "/v1/chat/completions"),
+            "the stored list"
+        );
+        assert!(!exact.allows_endpoint(get, "/v1/chat/completions/c1"));
+        assert!(!exact.allows_endpoint(post, "/v1/chat/completions/c1"));
+        assert!(exact.allows_endpoint(get, "/v1/models/gpt-4o"));
+        assert!(!exact.allows_endpoint(&http::Method::DELETE, "/v1/models/ft-1"));
+        assert!(exact.names_endpoint(post, "/v1/chat/completions"));
+        assert!(
+            !exact.opens_unmetered(post, "/v1/chat/completions"),
+            "a `$` entry does not"
+        );
+        let plain = Rules {
+            endpoints: Some(vec!["/v1/responses".into()]),
+            ..Rules::default()
+        };
+        assert!(plain.opens_unmetered(post, "/v1/responses/"));
+        assert!(!exact.names_endpoint(get, "/v1/chat/completions"));
+        assert!(!Endpoint::parse("post /v1/x").is_valid());
+        assert!(!Endpoint::parse("POST v1/x").is_valid());
     }
 
     #[test]
