@@ -493,3 +493,74 @@ async fn on_lambda_a_request_is_settled_before_its_invocation_ends() {
     assert!(bodies[2].contains("\"statusCode\":429"), "{}", bodies[2]);
     assert!(bodies[2].contains("rate_limit_exceeded"), "{}", bodies[2]);
 }
+
+/// The attacks of #28 on the shared store: an out-of-range count is the
+/// request's 400 and limits stay on; an absurd usage from the upstream is
+/// capped and the limit holds; a client gone before the answer is charged
+/// its reservation.
+#[tokio::test]
+async fn the_spend_attacks_are_refused_or_billed_on_dynamodb_too() {
+    let up = MockUpstream::start().await;
+    let table = table();
+    init(&table);
+    let gw = gateway(&up, &moto().url, &table)
+        .tokens(
+            r#"{"tokens": [
+                {"name": "att", "token": "tok-att", "limits": {"tokens_per_day": 1000}},
+                {"name": "gone", "token": "tok-gone", "limits": {"tokens_per_day": 1000}}
+            ]}"#,
+        )
+        .start();
+    let huge = json!({"model": "gpt-4o-mini", "max_completion_tokens": 16_000_000_000_000_000_000u64,
+                      "messages": []});
+    assert_eq!(
+        post(&gw, "tok-att", &huge.to_string()).await,
+        (400, Some("invalid_value".into()))
+    );
+    let absurd = json!({"model": "gpt-4o-mini", "max_tokens": 5, "messages": [],
+                        "metadata": {"completion_tokens": "9223372036854775808"}});
+    assert_eq!(post(&gw, "tok-att", &absurd.to_string()).await.0, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let day = limits(&gw, "tok-att").await["limits"][0].clone();
+        if day["reserved"] == 0 {
+            assert_eq!(day["used"].as_i64(), Some(1 << 53), "capped: {day}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{day}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        post(&gw, "tok-att", &chat(Some(5))).await,
+        (429, Some("insufficient_quota".into()))
+    );
+    // Gone before the answer: the reservation is what it used.
+    let slow = json!({"model": "gpt-4o-mini", "max_tokens": 100, "messages": [],
+                      "metadata": {"delay_ms": "2000"}})
+    .to_string();
+    let sent = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("tok-gone")
+        .header("content-type", "application/json")
+        .timeout(Duration::from_millis(300))
+        .body(slow.clone())
+        .send()
+        .await;
+    assert!(sent.is_err());
+    let want = slow.len().div_ceil(4) as i64 + 100;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let day = limits(&gw, "tok-gone").await["limits"][0].clone();
+        if day["reserved"] == 0 && day["used"] != 0 {
+            assert_eq!(day["used"].as_i64(), Some(want), "{day}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{day}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        up.count(),
+        2,
+        "the 400 and the 429 never reached the upstream"
+    );
+}
