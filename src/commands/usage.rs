@@ -139,6 +139,21 @@ fn parse_period(kind: PeriodKind, date: Option<&str>) -> Result<Period, CommandE
     })
 }
 
+/// A name as a terminal may show it: control characters escaped (`\u{1b}`),
+/// and cut at 256 characters, so that no stored name can drive the
+/// terminal or flood it.
+fn printable(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .take(256)
+        .flat_map(char::escape_debug)
+        .collect();
+    if name.chars().nth(256).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 fn print_table(period: &Period, rows: &[Row]) {
     let label = match period {
         Period::Day(d) => d.clone(),
@@ -153,8 +168,8 @@ fn print_table(period: &Period, rows: &[Row]) {
     for r in rows {
         println!(
             "{:<20} {:<28} {:>8} {:>12} {:>10} {:>12} {:>12.6} {:>9}",
-            r.token,
-            r.model,
+            printable(&r.token),
+            printable(&r.model),
             r.requests,
             r.input_tokens,
             r.cached_tokens,
@@ -232,4 +247,16 @@ async fn print_limits(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_printed_escaped_and_bounded() {
+        assert_eq!(printable("gpt-4o\u{1b}[2J"), "gpt-4o\\u{1b}[2J");
+        assert_eq!(printable("gpt-4o-mini"), "gpt-4o-mini");
+        assert_eq!(printable(&"m".repeat(300)).chars().count(), 257);
+    }
 }
