@@ -413,3 +413,214 @@ fn keep(
     }
     backlog.push_back(settlement);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Admitted;
+    use crate::body::ByteCount;
+    use crate::policy::RequestBody;
+    use crate::spend::store::{Period, Row, WindowState};
+    use crate::spend::Window;
+    use crate::tokens::Rules;
+
+    /// A store that refuses every value it is given (a client error).
+    #[derive(Debug, Default)]
+    struct Refusing;
+
+    impl Store for Refusing {
+        fn name(&self) -> &str {
+            "refusing"
+        }
+        fn init(&self) -> BoxFuture<Result<(), StoreError>> {
+            Box::pin(std::future::ready(Ok(())))
+        }
+        fn admit(&self, _: Ask) -> BoxFuture<Result<Admission, StoreError>> {
+            Box::pin(std::future::ready(Err(StoreError::rejected(
+                "refusing", "too big",
+            ))))
+        }
+        fn settle(&self, _: Arc<Settlement>) -> BoxFuture<Result<(), StoreError>> {
+            Box::pin(std::future::ready(Err(StoreError::rejected(
+                "refusing", "too big",
+            ))))
+        }
+        fn ping(&self) -> BoxFuture<Result<(), StoreError>> {
+            Box::pin(std::future::ready(Ok(())))
+        }
+        fn windows(
+            &self,
+            _: String,
+            windows: Vec<Window>,
+            _: chrono::DateTime<chrono::Utc>,
+        ) -> BoxFuture<Result<Vec<WindowState>, StoreError>> {
+            Box::pin(std::future::ready(Ok(vec![
+                WindowState::default();
+                windows.len()
+            ])))
+        }
+        fn report(&self, _: Period, _: Option<String>) -> BoxFuture<Result<Vec<Row>, StoreError>> {
+            Box::pin(std::future::ready(Ok(Vec::new())))
+        }
+    }
+
+    fn enforce(store: Option<Arc<dyn Store>>) -> Enforce {
+        Enforce {
+            store,
+            prices: Arc::new(Prices::load(None).unwrap()),
+            default_reserve: 1024,
+            ttl: Duration::from_secs(60),
+            fail_mode: FailMode::Open,
+        }
+    }
+
+    fn limits(text: &str) -> Limits {
+        Limits::parse(&serde_json::from_str(text).unwrap()).unwrap()
+    }
+
+    fn view(model: &str, max_output: Option<u64>, copies: u64) -> View {
+        View {
+            media: Media::Json,
+            bytes: 400,
+            model: Some(model.into()),
+            max_output,
+            copies,
+            ..View::default()
+        }
+    }
+
+    #[test]
+    fn a_reservation_is_capped_at_the_models_ceiling_and_multiplied_by_its_answers() {
+        let e = enforce(None);
+        let tokens = limits(r#"{"tokens_per_day": 1000}"#);
+        let (amount, reserved) = e
+            .estimate(
+                &tokens,
+                Metering::Tokens,
+                &view("gpt-4o-mini", Some(2_000_000_000), 1),
+                &Units::None,
+            )
+            .unwrap();
+        assert_eq!(
+            reserved,
+            Reserved {
+                input: 100,
+                output: 16_384
+            }
+        );
+        assert_eq!(amount.tokens, 100 + 16_384);
+        let (amount, _) = e
+            .estimate(
+                &tokens,
+                Metering::Tokens,
+                &view("gpt-4o-mini", Some(50), 100),
+                &Units::None,
+            )
+            .unwrap();
+        assert_eq!(
+            amount.tokens,
+            100 + 50 * 100,
+            "n: 100 reserves a hundred answers"
+        );
+        let (amount, _) = e
+            .estimate(
+                &tokens,
+                Metering::Tokens,
+                &view("no-such-model", None, 1),
+                &Units::None,
+            )
+            .unwrap();
+        assert_eq!(
+            amount.tokens,
+            100 + 1024,
+            "the default reserve, under the default ceiling"
+        );
+        // Dollars: the most an answer can cost, and nothing unpriced.
+        let usd = limits(r#"{"usd_per_day": 1}"#);
+        let (amount, _) = e
+            .estimate(
+                &usd,
+                Metering::Tokens,
+                &view("gpt-4o-mini", Some(u64::from(u32::MAX)), 128),
+                &Units::None,
+            )
+            .unwrap();
+        let most = (100.0 * 0.15 + 16_384.0 * 128.0 * 0.6) / 1e6;
+        assert_eq!(amount.usd_micros, Amount::micros(most));
+        let refused = e.estimate(
+            &usd,
+            Metering::Tokens,
+            &view("gpt-5-pro-max", None, 1),
+            &Units::None,
+        );
+        assert_eq!(
+            refused.unwrap_err(),
+            GatewayError::ModelPriceUnknown("gpt-5-pro-max".into())
+        );
+        let images = Units::Images {
+            count: 3,
+            size: Some("1024x1024".into()),
+            quality: None,
+        };
+        let (amount, reserved) = e
+            .estimate(&usd, Metering::Images, &view("dall-e-3", None, 3), &images)
+            .unwrap();
+        assert_eq!(
+            (amount.usd_micros, amount.tokens, reserved.output),
+            (120_000, 100, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_store_that_refuses_a_requests_values_fails_that_request_and_opens_nothing() {
+        let e = enforce(Some(Arc::new(Refusing)));
+        let admitted = Admitted {
+            name: Some("t".into()),
+            upstream_key: None,
+            query: None,
+            strip: Default::default(),
+            rules: Some(Arc::new(Rules {
+                limits: Some(limits(r#"{"tokens_per_day": 10}"#)),
+                ..Rules::default()
+            })),
+            expires: None,
+        };
+        let mut headers = http::HeaderMap::new();
+        headers.insert("content-type", "application/json".parse().unwrap());
+        let mut body = RequestBody::new(
+            http_body_util::Full::new(bytes::Bytes::from_static(br#"{"model":"gpt-4o-mini"}"#)),
+            ByteCount::default(),
+            Duration::from_secs(5),
+        );
+        let mut notes = http::Extensions::new();
+        let mut inspect = Inspect::new(
+            &Method::POST,
+            "/v1/chat/completions",
+            &headers,
+            &admitted,
+            &mut body,
+            &mut notes,
+            1 << 20,
+        );
+        // USAGE_FAIL_MODE=open: still refused, as this is no outage.
+        assert_eq!(
+            e.check(&mut inspect).await.unwrap_err(),
+            GatewayError::UsageStoreRejected
+        );
+        assert!(notes.get::<Held>().is_none(), "not served unenforced");
+        // A settlement the store refuses is not kept to be tried for ever.
+        let settle = Settle::new(Arc::new(Refusing), Arc::new(Prices::load(None).unwrap()));
+        let mut record = Record::start(
+            &Method::POST,
+            "/v1/chat/completions",
+            tokio::time::Instant::now(),
+        );
+        record.token = Some("t".into());
+        record.sent = true;
+        record.upstream_ms = Some(1.0);
+        if let Some(work) = settle.finish(&record) {
+            work.await;
+        }
+        assert_eq!(settle.waiting(), 0);
+    }
+}
