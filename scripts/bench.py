@@ -217,6 +217,50 @@ def large(port, gw_pid=None):
     return result
 
 
+# ---------------------------------------------------------------- big chat bodies
+
+def big_chats(up_port, at_once=4, mib=30):
+    """Four 30 MiB chat bodies (a long history of small messages) at once,
+    through a fresh gateway whose token has `models` and limits, so that
+    every body is read and parsed by the rules: the gateway's peak RSS."""
+    body_file = os.path.join(WORK, "chat-30mib.json")
+    if not os.path.exists(body_file):
+        message = {"role": "user", "content": "a short message of the long history, number %06d"}
+        messages, size, i = [], 0, 0
+        while size < mib << 20:
+            m = dict(message, content=message["content"] % i)
+            size += len(json.dumps(m)) + 1
+            messages.append(m)
+            i += 1
+        with open(body_file, "w") as f:
+            json.dump({"model": "gpt-4o-mini", "max_tokens": 16, "messages": messages}, f)
+    tokens = os.path.join(WORK, "tokens-limited.json")
+    with open(tokens, "w") as f:
+        json.dump({"tokens": [{"name": "limited", "token": "bench-limited", "models": ["gpt-4o-mini*"],
+                               "limits": {"requests_per_minute": 10000, "usd_per_month": 1000}}]}, f)
+    port = free_port()
+    work = os.path.join(WORK, "big")
+    os.makedirs(work, exist_ok=True)
+    env = dict(os.environ, GATEWAY_LISTEN="127.0.0.1:%d" % port, UPSTREAM_URL="http://127.0.0.1:%d" % up_port,
+               TOKENS_FILE=tokens, RUST_LOG="warn")
+    gw = start([GATEWAY], env=env, cwd=work)
+    wait_port(port)
+    before = rss_kib(gw.pid) / 1024
+    began = time.monotonic()
+    curls = [subprocess.Popen(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}",
+                               "-H", "Content-Type: application/json", "-H", "Authorization: Bearer bench-limited",
+                               "--data-binary", "@" + body_file, "http://127.0.0.1:%d/v1/chat/completions" % port],
+                              stdout=subprocess.PIPE, text=True) for _ in range(at_once)]
+    outs = [c.communicate()[0].split() for c in curls]
+    elapsed = time.monotonic() - began
+    assert all(o[0] == "200" for o in outs), outs
+    peak = rss_kib(gw.pid, "VmHWM") / 1024
+    gw.send_signal(signal.SIGTERM)
+    gw.wait(10)
+    return {"bytes": os.path.getsize(body_file), "at_once": at_once, "idle_rss_mib": before, "peak_rss_mib": peak,
+            "wall_s": elapsed, "request_s": statistics.median(float(o[1]) for o in outs)}
+
+
 # ---------------------------------------------------------------- cold start
 
 def cold_start_local(up_port, runs=10):
@@ -430,6 +474,8 @@ def main():
     print("streaming", stream, "metered", metered, flush=True)
     big = {"direct": large(ports["direct"]), "nginx": large(ports["nginx"]), "gateway": large(ports["gateway"], gw.pid)}
     print("large", big, flush=True)
+    chats = big_chats(ports["direct"])
+    print("big chats", chats, flush=True)
     cold_local = cold_start_local(ports["direct"])
     cold_bundled, warm = lambda_mode(ports["direct"], {}, warm=50)
     local_rt = local_round_trip(ports["gateway"])
@@ -464,6 +510,7 @@ def main():
         ("Added latency per SSE event, metered stream vs unmetered, within 0.1 ms", "%+.3f ms" % metering_extra, abs(metering_extra) <= 0.1),
         ("Cold start to first proxied 200 (local) < 50 ms", "%.1f ms" % cold_local, cold_local < 50),
         ("RSS after the load run < 30 MB", "%.1f MiB (peak %.1f MiB)" % (after_load_rss, peak_after_load), after_load_rss < 30),
+        ("Four 30 MiB chat bodies at once, token with models and limits: peak RSS < 300 MiB", "%.0f MiB" % chats["peak_rss_mib"], chats["peak_rss_mib"] < 300),
     ]
     nginx_v, wrk_v, rustc = versions()
     lines = [
@@ -524,6 +571,13 @@ def main():
     ] + ["| %s | %.0f MB/s | %.0f MB/s |" % (p, big[p]["upload_mb_s"], big[p]["download_mb_s"]) for p in paths] + [
         "",
         "Gateway peak RSS after both transfers (the load runs included): %.1f MiB." % big["gateway"]["peak_rss_mib"],
+        "",
+        "## Big chat bodies, read by the rules",
+        "",
+        "%d chat completions at once, each a %.1f MiB JSON body (a history of small messages), through a fresh gateway" % (chats["at_once"], chats["bytes"] / 2**20),
+        "whose token has `models` and limits (so each body is read, bounded by `MAX_INSPECTED_BODY_BYTES`, and parsed once",
+        "into the rules' typed view; nothing else is built from it): peak RSS **%.0f MiB** (idle %.1f MiB); %.2f s for all four," % (chats["peak_rss_mib"], chats["idle_rss_mib"], chats["wall_s"]),
+        "%.2f s per request (median, curl's total time)." % chats["request_s"],
         "",
         "## CPU per request (64 connections, 5 s wrk run)",
         "",

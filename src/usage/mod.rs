@@ -3,7 +3,8 @@
 //! - [`read`] finds `usage` in an OpenAI JSON body or SSE event, whatever the
 //!   endpoint (chat completions and completions, embeddings, the Responses
 //!   API, transcriptions);
-//! - [`sse`] scans an event stream incrementally, in bounded memory;
+//! - [`sse`] scans an event stream incrementally, in bounded memory, and
+//!   [`scan`] a JSON answer too big to copy, for its top-level `usage`;
 //! - [`decode`] inflates a copy of a compressed body (gzip, deflate, br, zstd)
 //!   while the client gets the compressed bytes unchanged;
 //! - [`prices`] says what usage costs (a bundled table, and `PRICES_FILE`);
@@ -19,6 +20,7 @@
 pub mod decode;
 pub mod prices;
 pub mod read;
+pub mod scan;
 pub mod sse;
 pub mod stream_usage;
 pub mod tap;

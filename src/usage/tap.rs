@@ -1,11 +1,13 @@
 //! The usage tap: a response-body step that reads usage as the body passes,
 //! without holding it back: SSE events as they complete, a JSON body (a
-//! bounded, decoded copy) when it ends.
+//! bounded, decoded copy) when it ends; a JSON body over that bound is
+//! scanned as it streams for its top-level `usage` ([`super::scan`]).
 
 use bytes::Bytes;
 use serde_json::Value;
 
 use super::read::{self, Found};
+use super::scan::Scan;
 use super::sse::Scanner;
 use super::{decode, Meter};
 use crate::body::{BoxError, Step};
@@ -24,7 +26,8 @@ enum Kind {
     Json {
         copy: Vec<u8>,
         encoding: Option<String>,
-        over: bool,
+        /// Over the copy's bound: scanned as it streams instead.
+        scan: Option<Scan>,
     },
 }
 
@@ -44,7 +47,7 @@ impl UsageTap {
             kind: Kind::Json {
                 copy: Vec::new(),
                 encoding,
-                over: false,
+                scan: None,
             },
         }
     }
@@ -60,13 +63,21 @@ impl Step for UsageTap {
                     None => meter.unreadable(),
                 });
             }
-            Kind::Json { copy, over, .. } => {
-                if copy.len() + data.len() <= MAX_JSON {
-                    copy.extend_from_slice(data);
-                } else {
-                    *over = true;
+            Kind::Json {
+                copy,
+                encoding,
+                scan,
+            } => match scan {
+                Some(scan) => scan.feed(data),
+                None if copy.len() + data.len() <= MAX_JSON => copy.extend_from_slice(data),
+                None => {
+                    let mut streaming = Scan::new(encoding.as_deref(), copy);
+                    streaming.feed(copy);
+                    streaming.feed(data);
+                    *copy = Vec::new();
+                    *scan = Some(streaming);
                 }
-            }
+            },
         }
         Ok(())
     }
@@ -75,16 +86,18 @@ impl Step for UsageTap {
         let Kind::Json {
             copy,
             encoding,
-            over,
+            scan,
         } = &mut self.kind
         else {
             return;
         };
-        let decoded = (!*over)
-            .then(|| decode::decode(encoding.as_deref(), copy, MAX_JSON))
-            .flatten();
-        let value = decoded.and_then(|d| serde_json::from_slice::<Value>(&d).ok());
-        match value.as_ref().map(read::usage) {
+        let found = match scan.take() {
+            Some(scan) => Some(scan.finish()),
+            None => decode::decode(encoding.as_deref(), copy, MAX_JSON)
+                .and_then(|d| serde_json::from_slice::<Value>(&d).ok())
+                .map(|value| read::usage(&value)),
+        };
+        match found {
             Some(Found::Usage(usage)) => self.meter.report(usage),
             Some(Found::Nothing) => self.meter.read_without_usage(),
             Some(Found::Malformed) | None => self.meter.unreadable(),
