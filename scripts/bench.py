@@ -102,7 +102,7 @@ def setup():
     root %s;
     default_type application/json;
     location /v1/sse { proxy_pass http://helper; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
-    location /v1/chat/completions { proxy_pass http://helper; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
+    location /v1/chat/completions { proxy_pass http://helper; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; client_max_body_size 0; }
     location /v1/upload { proxy_pass http://helper; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_request_buffering off; client_max_body_size 0; }
   }""" % (helper_port, up_port, docroot), "upstream")
     nginx("""

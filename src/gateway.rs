@@ -275,11 +275,13 @@ impl Gateway {
         }
         let metering = crate::openai::metering(&parts.method, &path);
         let reserved = record.notes.get::<Reserved>().copied().unwrap_or_default();
-        // Images carry usage only when token-priced (`gpt-image-*`, which
-        // the limits then reserve output for); speech carries none.
+        // What the usage tap reads, and whether an answer without usage is
+        // estimated: images carry usage only when token-priced
+        // (`gpt-image-*`, which the limits then reserve output for; a
+        // `dall-e-*` answer is priced by its images); speech carries none.
         let metered = match metering {
-            Metering::Tokens => Some(reserved.output),
-            Metering::Images if reserved.output > 0 => Some(reserved.output),
+            Metering::Tokens => Some((reserved.output, true)),
+            Metering::Images => Some((reserved.output, reserved.output > 0)),
             _ => None,
         };
         // An upload's bytes are a file (audio), not text: they estimate no tokens.
@@ -368,7 +370,7 @@ impl Gateway {
         &self,
         response: http::Response<crate::pool::ResponseBody>,
         edit: Option<ResponseEdit>,
-        metered: Option<u64>,
+        metered: Option<(u64, bool)>,
         text_body: bool,
         record: &Record,
     ) -> Response<Shaped> {
@@ -378,9 +380,9 @@ impl Gateway {
             return response.map(Shaped::Upstream);
         }
         let mut response = response.map(GatewayBody::new);
-        if let Some(whole_output) = metered {
+        if let Some((whole_output, estimate)) = metered {
             let text_bytes = if text_body { record.bytes_in.get() } else { 0 };
-            response = meter(response, &record.meter, text_bytes, whole_output);
+            response = meter(response, &record.meter, text_bytes, whole_output, estimate);
         }
         let response = match edit.filter(|_| response.status().is_success()) {
             Some(ResponseEdit::Rewrite { limit, rewrite }) => {
@@ -529,6 +531,7 @@ fn meter(
     meter: &Meter,
     request_bytes: u64,
     whole_output: u64,
+    estimate: bool,
 ) -> Response<GatewayBody> {
     let mut whole_output = whole_output;
     let tap = if usage::is_event_stream(response.headers()) {
@@ -545,7 +548,7 @@ fn meter(
     } else {
         return response;
     };
-    if response.status().is_success() {
+    if estimate && response.status().is_success() {
         meter.expect(request_bytes, whole_output);
     }
     response.map(|body| GatewayBody::new(Layer::new(body, tap)))
