@@ -514,8 +514,10 @@ impl Disposition {
             let slot = match key.as_str() {
                 "name" => Some(&mut name),
                 "filename" => Some(&mut filename),
-                // RFC 6266's extended form would be a second name: refused.
-                _ if key.ends_with('*') => return None,
+                // RFC 6266's extended form of the name would be a second
+                // name: refused. (`filename*`, which some clients send for
+                // a non-ASCII file name, names no field.)
+                "name*" => return None,
                 _ => None,
             };
             if let Some(slot) = slot {
@@ -654,6 +656,12 @@ mod tests {
             .unwrap();
         assert_eq!(v.model.as_deref(), Some("whisper-1"));
         assert_eq!(v.media, Media::Multipart);
+        // A non-ASCII file name in RFC 6266's extended form names no field.
+        let extended = body.replace("filename=\"a.wav\"", "filename*=UTF-8''%C3%A9.wav");
+        let v = form_view("multipart/form-data; boundary=XyZ", &extended)
+            .await
+            .unwrap();
+        assert_eq!(v.model.as_deref(), Some("whisper-1"));
         let quoted = body.replace("XyZ", "X;Y");
         let v = form_view("multipart/form-data; boundary=\"X;Y\"", &quoted)
             .await
@@ -682,6 +690,10 @@ mod tests {
                     "{}--B--\r\n",
                     part("Content-Disposition: form-data; filename=\"a; name=model\"", "o1-pro")
                 ),
+            ),
+            (
+                "an extended name",
+                format!("{}--B--\r\n", part("Content-Disposition: form-data; name=\"prompt\"; name*=UTF-8''model", "o1-pro")),
             ),
             ("cut mid-part", "--B\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\no1-pro".to_owned()),
             ("no CRLF after the headers", "--B\r\nContent-Disposition: form-data; name=\"model\"\r\no1-pro\r\n--B--\r\n".to_owned()),
