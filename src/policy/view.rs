@@ -83,7 +83,8 @@ pub struct View {
     /// The largest of `max_completion_tokens`, `max_tokens` and
     /// `max_output_tokens` it sets (when unsure, the larger).
     pub max_output: Option<u64>,
-    /// How many answers it asks for: the larger of `n` and `best_of`, at least 1.
+    /// How many answers it asks for: the larger of `n` and `best_of` (at
+    /// least 1), times the prompts of a legacy completion's `prompt` list.
     pub copies: u64,
     /// `background: true` (a Responses run read later).
     pub background: bool,
@@ -237,6 +238,57 @@ impl<'de> Deserialize<'de> for OptionsWire {
     }
 }
 
+/// How many prompts a legacy completion's `prompt` holds: each is answered
+/// (`n` times), so a list of a thousand prompts is a thousand answers. A
+/// string, or a list of token ids, is one; a list of strings or of token
+/// lists is its length.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Prompts(u64);
+
+impl<'de> Deserialize<'de> for Prompts {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Prompts;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Prompts, A::Error> {
+                let mut count = 0u64;
+                let mut ids = false;
+                while let Some(item) = seq.next_element::<Scalar>()? {
+                    ids |= matches!(item, Scalar::Unsigned(_) | Scalar::Negative);
+                    count = count.saturating_add(1);
+                }
+                Ok(Prompts(if ids { 1 } else { count.max(1) }))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Prompts, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Prompts(1))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Prompts, E> {
+                Ok(Prompts(1))
+            }
+            fn visit_unit<E>(self) -> Result<Prompts, E> {
+                Ok(Prompts(1))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Prompts, E> {
+                Ok(Prompts(1))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Prompts, E> {
+                Ok(Prompts(1))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Prompts, E> {
+                Ok(Prompts(1))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Prompts, E> {
+                Ok(Prompts(1))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// The length in characters of a string `input`; 0 for any other kind.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 struct InputChars(u64);
@@ -295,6 +347,7 @@ struct Wire {
     best_of: Scalar,
     background: Scalar,
     input: InputChars,
+    prompt: Prompts,
     size: Scalar,
     quality: Scalar,
 }
@@ -353,7 +406,7 @@ fn json(body: &[u8]) -> Result<View, GatewayError> {
         stream: flag("stream", &wire.stream)?,
         stream_options,
         max_output,
-        copies: n.max(best_of),
+        copies: n.max(best_of).saturating_mul(wire.prompt.0.max(1)),
         background: flag("background", &wire.background)?,
         input_chars: wire.input.0,
         size: text(wire.size),
@@ -582,6 +635,13 @@ mod tests {
         assert_eq!(v.max_output, Some(900), "when both are set, the larger");
         let v = view(r#"{"model":"tts-1","input":"héllo"}"#).await.unwrap();
         assert_eq!(v.input_chars, 5);
+        // A legacy completion answers each prompt of a list, n times.
+        let v = view(r#"{"prompt":["a","b","c"],"n":2}"#).await.unwrap();
+        assert_eq!(v.copies, 6);
+        let v = view(r#"{"prompt":[1,2,3]}"#).await.unwrap();
+        assert_eq!(v.copies, 1, "token ids are one prompt");
+        let v = view(r#"{"prompt":[[1,2],[3]],"best_of":3}"#).await.unwrap();
+        assert_eq!(v.copies, 6);
     }
 
     #[tokio::test]
