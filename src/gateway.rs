@@ -267,7 +267,7 @@ impl Gateway {
                 GatewayError::InvalidRequestBody("GET and HEAD requests cannot carry a body")
             })?;
         }
-        let (edit, reply) = self
+        let (edits, reply) = self
             .apply_policies(&parts, &path, &admitted, &mut body, &mut record.notes)
             .await?;
         if let Some(reply) = reply {
@@ -287,7 +287,10 @@ impl Gateway {
         // An upload's bytes are a file (audio), not text: they estimate no tokens.
         let text_body = !headers::is_media(&parts.headers, "multipart/form-data");
         let mut headers = headers::to_upstream(parts.headers, admitted.strip, key.as_ref());
-        if matches!(edit, Some(ResponseEdit::Rewrite { .. })) {
+        if edits
+            .iter()
+            .any(|e| matches!(e, ResponseEdit::Rewrite { .. }))
+        {
             headers::identity_only(&mut headers);
         }
         let asked = Instant::now();
@@ -302,7 +305,7 @@ impl Gateway {
                 record.sent = *error != GatewayError::UpstreamUnreachable;
             })?;
         record.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
-        Ok(self.shape(response, edit, metered, text_body, record))
+        Ok(self.shape(response, edits, metered, text_body, record))
     }
 
     /// Who the request is (its token checked as of `now`), and the key to
@@ -338,10 +341,10 @@ impl Gateway {
         admitted: &Admitted,
         body: &mut RequestBody,
         notes: &mut http::Extensions,
-    ) -> Result<(Option<ResponseEdit>, Option<Response<Bytes>>), GatewayError> {
+    ) -> Result<(Vec<ResponseEdit>, Option<Response<Bytes>>), GatewayError> {
         let policies = &self.inner.options.policies;
         if policies.is_empty() {
-            return Ok((None, None));
+            return Ok((Vec::new(), None));
         }
         let mut inspect = Inspect::new(
             &parts.method,
@@ -361,22 +364,23 @@ impl Gateway {
                 break;
             }
         }
-        Ok((inspect.edit, inspect.reply))
+        Ok((inspect.edits, inspect.reply))
     }
 
     /// The upstream's response as the client gets it: cut when silent,
-    /// metered when it carries usage, edited as a policy asked.
+    /// metered when it carries usage, then edited as the policies asked, in
+    /// their order (each edit wraps the body the one before made).
     fn shape(
         &self,
         response: http::Response<crate::pool::ResponseBody>,
-        edit: Option<ResponseEdit>,
+        edits: Vec<ResponseEdit>,
         metered: Option<(u64, bool)>,
         text_body: bool,
         record: &Record,
     ) -> Response<Shaped> {
         let idle = IdleTimeout::new(self.inner.options.idle_timeout);
         let response = response.map(|body| Layer::new(body, idle));
-        if metered.is_none() && edit.is_none() {
+        if metered.is_none() && edits.is_empty() {
             return response.map(Shaped::Upstream);
         }
         let mut response = response.map(GatewayBody::new);
@@ -384,19 +388,11 @@ impl Gateway {
             let text_bytes = if text_body { record.bytes_in.get() } else { 0 };
             response = meter(response, &record.meter, text_bytes, whole_output, estimate);
         }
-        let response = match edit.filter(|_| response.status().is_success()) {
-            Some(ResponseEdit::Rewrite { limit, rewrite }) => {
-                headers::for_rewrite(response.headers_mut());
-                response.map(|body| rewritten(body, limit, rewrite))
+        if response.status().is_success() {
+            for edit in edits {
+                response = apply(response, edit);
             }
-            Some(ResponseEdit::HideUsageChunk) if usage::is_event_stream(response.headers()) => {
-                // The body changes: the upstream's length and validators no
-                // longer describe it (it goes out chunked).
-                headers::for_edit(response.headers_mut());
-                response.map(|body| GatewayBody::new(HideUsageChunk::new(body)))
-            }
-            _ => response,
-        };
+        }
         response.map(Shaped::Other)
     }
 
@@ -552,6 +548,23 @@ fn meter(
         meter.expect(request_bytes, whole_output);
     }
     response.map(|body| GatewayBody::new(Layer::new(body, tap)))
+}
+
+/// One policy's edit of a successful response.
+fn apply(mut response: Response<GatewayBody>, edit: ResponseEdit) -> Response<GatewayBody> {
+    match edit {
+        ResponseEdit::Rewrite { limit, rewrite } => {
+            headers::for_rewrite(response.headers_mut());
+            response.map(|body| rewritten(body, limit, rewrite))
+        }
+        ResponseEdit::HideUsageChunk if usage::is_event_stream(response.headers()) => {
+            // The body changes: the upstream's length and validators no
+            // longer describe it (it goes out chunked).
+            headers::for_edit(response.headers_mut());
+            response.map(|body| GatewayBody::new(HideUsageChunk::new(body)))
+        }
+        ResponseEdit::HideUsageChunk => response,
+    }
 }
 
 /// A body replaced, once whole, by what `rewrite` makes of it.

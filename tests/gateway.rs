@@ -1197,3 +1197,52 @@ async fn a_chat_body_too_big_to_inspect_still_goes_through_whole() {
     assert_eq!(r.status(), 200);
     assert_eq!(up.last().body, body.as_bytes());
 }
+
+/// A rule that wraps a successful JSON answer in `{"wrapped": …}`.
+struct Wrap;
+
+impl chatgpt_gateway::policy::Policy for Wrap {
+    fn check<'a>(
+        &'a self,
+        request: &'a mut chatgpt_gateway::policy::Inspect<'_>,
+    ) -> chatgpt_gateway::policy::Verdict<'a> {
+        Box::pin(async move {
+            request
+                .edits
+                .push(chatgpt_gateway::policy::ResponseEdit::Rewrite {
+                    limit: 1 << 20,
+                    rewrite: Box::new(|body| {
+                        let inner: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        serde_json::json!({ "wrapped": inner }).to_string().into()
+                    }),
+                });
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn response_edits_apply_in_pipeline_order_each_over_the_last() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url())
+        .tokens(RULED)
+        .policy(Wrap)
+        .serve()
+        .await;
+    // The allowlist filters the model list, then the later rule wraps the
+    // filtered list: neither edit overwrites the other.
+    let r = fetch(
+        &gw,
+        "/v1/models?mock_models=gpt-4o,gpt-4o-mini&token=tok-friend-1",
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let ids: Vec<_> = body["wrapped"]["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"))
+        .iter()
+        .map(|m| m["id"].clone())
+        .collect();
+    assert_eq!(ids, ["gpt-4o-mini"], "{body}");
+}

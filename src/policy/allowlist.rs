@@ -53,7 +53,7 @@ impl Allowlist {
                 if *request.method == Method::GET && is_model_list(request.path) {
                     // The list shows only what the token may use.
                     let rules = rules.clone();
-                    request.edit = Some(ResponseEdit::Rewrite {
+                    request.edits.push(ResponseEdit::Rewrite {
                         limit: MAX_MODEL_LIST,
                         rewrite: Box::new(move |body| filter_models(&body, &rules)),
                     });

@@ -69,8 +69,9 @@ pub struct Inspect<'r> {
     pub admitted: &'r Admitted,
     /// The body.
     pub body: &'r mut RequestBody,
-    /// A change the policy asks for in the response (at most one).
-    pub edit: Option<ResponseEdit>,
+    /// The changes the policies ask for in the response, applied in the
+    /// order they were asked (the pipeline's order), each over the last.
+    pub edits: Vec<ResponseEdit>,
     /// What a policy leaves for the completion hooks (kept in the request's
     /// record), such as a spend reservation to settle.
     pub notes: &'r mut http::Extensions,
@@ -108,7 +109,7 @@ impl<'r> Inspect<'r> {
             headers,
             admitted,
             body,
-            edit: None,
+            edits: Vec::new(),
             notes,
             reply: None,
             max_body,

@@ -65,7 +65,7 @@ impl Policy for StreamUsage {
                 return Ok(());
             };
             request.body.replace(rewritten);
-            request.edit = Some(ResponseEdit::HideUsageChunk);
+            request.edits.push(ResponseEdit::HideUsageChunk);
             Ok::<(), GatewayError>(())
         })
     }
