@@ -24,7 +24,7 @@ use crate::sources::cached::Cached;
 use crate::sources::ssm::{self, Ssm};
 use crate::spend::account::Account;
 use crate::spend::enforce::{Enforce, Settle};
-use crate::spend::store::{self, Store};
+use crate::spend::store::Store;
 use crate::stats::{self, emf::Emf, prometheus::Prometheus};
 use crate::telemetry::AccessLog;
 use crate::tokens::format::{self, TokenList};
@@ -127,7 +127,7 @@ pub async fn usage_store(
             });
         }
     }
-    let store = match store::open(spec).await {
+    let store = match crate::spend::open(spec).await {
         Ok(store) => store,
         // The default is a convenience: where it cannot be (a read-only
         // working directory), and no limit needs it, the gateway runs on

@@ -116,3 +116,29 @@ fn a_cycle_is_found_when_there_is_one() {
         Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
     );
 }
+
+/// Inside `spend`, each store depends on the trait alone: the trait's file
+/// names no store, and no store names the other; only the module's root,
+/// where they are assembled, names both.
+#[test]
+fn each_store_depends_only_on_the_trait() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/spend");
+    let code = |file: &str| -> String {
+        std::fs::read_to_string(dir.join(file))
+            .unwrap()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let names = |text: &str, module: &str| {
+        text.contains(&format!("super::{module}")) || text.contains(&format!("spend::{module}"))
+    };
+    let store = code("store.rs");
+    for module in ["sqlite", "dynamodb"] {
+        assert!(!names(&store, module), "store.rs names {module}");
+    }
+    assert!(!names(&code("sqlite.rs"), "dynamodb"));
+    assert!(!names(&code("dynamodb.rs"), "sqlite"));
+}

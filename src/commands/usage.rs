@@ -13,7 +13,7 @@ use chrono::{NaiveDate, Utc};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::CommandError;
-use crate::spend::store::{self, Period, Row, Store};
+use crate::spend::store::{Period, Row, Store};
 use crate::spend::Measure;
 use crate::tokens::format;
 
@@ -65,7 +65,7 @@ pub enum PeriodKind {
 }
 
 async fn open(arg: &StoreArg) -> Result<std::sync::Arc<dyn Store>, CommandError> {
-    store::open(&arg.store)
+    crate::spend::open(&arg.store)
         .await
         .map_err(|problem| CommandError::Flag {
             flag: "--store",

@@ -3,7 +3,9 @@
 //!
 //! - [`store`] is the [`store::Store`] trait: admission (check and reserve in
 //!   one atomic step), settlement, and reports; [`sqlite`] (embedded, the
-//!   local default) and [`dynamodb`] (shared, for Lambda) implement it;
+//!   local default) and [`dynamodb`] (shared, for Lambda) implement it, and
+//!   [`open`] here, where the stores are assembled, is the one place that
+//!   names both (each store depends on the trait alone);
 //! - [`enforce`] is the policy that admits requests and the completion hook
 //!   that settles them; [`account`] answers the token holder's own usage
 //!   endpoints.
@@ -15,3 +17,29 @@ pub mod sqlite;
 pub mod store;
 
 pub use crate::limits::{Amount, Limit, Limits, Measure, Window};
+
+use std::sync::Arc;
+
+use store::Store;
+
+/// Opens the store `spec` names: `sqlite:PATH`, `dynamodb:TABLE`; `off` is `None`.
+pub async fn open(spec: &str) -> Result<Option<Arc<dyn Store>>, String> {
+    let spec = spec.trim();
+    if spec.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    match spec.split_once(':') {
+        Some(("sqlite", path)) if !path.is_empty() => {
+            let store = sqlite::Sqlite::open(path)?;
+            Ok(Some(Arc::new(store)))
+        }
+        Some(("dynamodb", table)) if !table.is_empty() => {
+            let store = dynamodb::Dynamo::from_env(table).await;
+            Ok(Some(Arc::new(store)))
+        }
+        _ => Err(format!(
+            "`{}` is not a store: use sqlite:PATH, dynamodb:TABLE or off",
+            spec.chars().take(80).collect::<String>()
+        )),
+    }
+}

@@ -283,28 +283,6 @@ pub trait Store: Send + Sync + fmt::Debug {
     ) -> BoxFuture<Result<Vec<Row>, StoreError>>;
 }
 
-/// Opens the store `spec` names: `sqlite:PATH`, `dynamodb:TABLE`; `off` is `None`.
-pub async fn open(spec: &str) -> Result<Option<Arc<dyn Store>>, String> {
-    let spec = spec.trim();
-    if spec.eq_ignore_ascii_case("off") {
-        return Ok(None);
-    }
-    match spec.split_once(':') {
-        Some(("sqlite", path)) if !path.is_empty() => {
-            let store = super::sqlite::Sqlite::open(path)?;
-            Ok(Some(Arc::new(store)))
-        }
-        Some(("dynamodb", table)) if !table.is_empty() => {
-            let store = super::dynamodb::Dynamo::from_env(table).await;
-            Ok(Some(Arc::new(store)))
-        }
-        _ => Err(format!(
-            "`{}` is not a store: use sqlite:PATH, dynamodb:TABLE or off",
-            spec.chars().take(80).collect::<String>()
-        )),
-    }
-}
-
 /// The keys of the windows holding `at`, for `limits`.
 pub fn window_keys(limits: &Limits, at: DateTime<Utc>) -> Vec<(Window, String)> {
     limits
