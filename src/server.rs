@@ -300,11 +300,11 @@ fn report(all_closed: bool) {
 
 /// Serves `GET /metrics` (Prometheus text) and `GET /healthz` on the
 /// metrics listener: never the public one, and no token needed.
+///
+/// It shares the main listener's accept loop, so a failing `accept` (out of
+/// file descriptors) backs off instead of spinning.
 pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, gateway: Gateway) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+    accept(&listener, std::future::pending(), |stream| {
         let (handle, gateway) = (handle.clone(), gateway.clone());
         tokio::spawn(async move {
             let service = service_fn(move |request: hyper::Request<Incoming>| {
@@ -344,7 +344,8 @@ pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, gate
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
-    }
+    })
+    .await;
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
