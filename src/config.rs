@@ -214,7 +214,7 @@ pub const SETTINGS: &[Setting] = &[
         "--max-inspected-body-bytes",
         MAX_INSPECTED_BODY_BYTES,
         "33554432 (32 MiB)",
-        "the most of a request body read to find its model, for tokens with `models` (over it: 413)",
+        "the most of a request body the rules read (its model, limits' counts), for tokens with `models` or limits (over it: 413)",
     ),
     flag(
         "--prices-file",
