@@ -38,7 +38,8 @@ pub struct TopLevel {
     value: Vec<u8>,
     usage: Option<Vec<u8>>,
     model: Option<Vec<u8>>,
-    /// Not an object, a value over its bound, or bytes after the end.
+    /// Not an object, a value over its bound, bytes after the end, or a
+    /// top-level key written with escapes (which could spell `usage`).
     failed: bool,
     done: bool,
 }
@@ -85,6 +86,9 @@ impl TopLevel {
                 self.escape = false;
             } else if b == b'\\' {
                 self.escape = true;
+                // `"us\u0061ge"` is `usage` to a JSON reader: a key this scan
+                // cannot compare makes the document unreadable (charged as such).
+                self.failed |= self.reading_key;
             } else if b == b'"' {
                 self.in_string = false;
                 if self.reading_key {
@@ -308,5 +312,10 @@ mod tests {
             Found::Malformed
         );
         assert_eq!(Scan::new(Some("br"), b"").finish(), Found::Malformed);
+        assert_eq!(
+            scan(&[br#"{"us\u0061ge":{"prompt_tokens":1,"completion_tokens":2}}"#]),
+            Found::Malformed,
+            "an escaped key could be `usage`: unreadable, not usage-free"
+        );
     }
 }
