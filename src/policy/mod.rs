@@ -140,14 +140,6 @@ impl<'r> Inspect<'r> {
         })
     }
 
-    /// The view if a rule has read it, without reading anything.
-    pub fn viewed(&self) -> Option<&View> {
-        match &self.view {
-            Parsed::Done(Ok(view)) => Some(view),
-            _ => None,
-        }
-    }
-
     async fn parse(&mut self) -> Result<(), GatewayError> {
         if !matches!(self.view, Parsed::NotYet) {
             return Ok(());
