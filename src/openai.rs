@@ -112,6 +112,12 @@ pub fn metering(method: &Method, path: &str) -> Metering {
     }
 }
 
+/// Whether `path` is the Responses API's create endpoint (whose
+/// `background: true` runs are read later, unmetered).
+pub fn is_responses(path: &str) -> bool {
+    ends_with_segments(path.trim_end_matches('/'), "/responses")
+}
+
 /// Whether the endpoint at `path` takes a form (an upload) as well as JSON.
 pub fn takes_form(path: &str) -> bool {
     let path = path.trim_end_matches('/');
@@ -162,6 +168,7 @@ mod tests {
         }
         assert_eq!(metering(&Method::GET, "/v1/batches"), Metering::Free);
         assert_eq!(metering(&Method::PATCH, "/v1/x"), Metering::Unmetered);
+        assert!(is_responses("/v1/responses/") && !is_responses("/v1/responses/r1"));
         assert!(takes_form("/v1/audio/transcriptions"));
         assert!(!takes_form("/v1/chat/completions"));
     }

@@ -61,7 +61,7 @@ impl Policy for Spending {
                 Metering::Unmetered => Err(GatewayError::EndpointNotMetered(
                     "the gateway cannot meter what it spends",
                 )),
-                Metering::Tokens if request.path.trim_end_matches('/').ends_with("/responses") => {
+                Metering::Tokens if openai::is_responses(request.path) => {
                     if request.view().await?.background {
                         return Err(GatewayError::EndpointNotMetered(
                             "a background response is read later, where the gateway cannot meter it",

@@ -102,28 +102,28 @@ impl Rules {
 
     /// Whether `endpoints` names `path` itself (for `method`), which allows
     /// a request whose model the gateway cannot tell (a batch, a file
-    /// upload), or one that spends unmetered.
+    /// upload).
     pub fn names_endpoint(&self, method: &http::Method, path: &str) -> bool {
-        let path = path.trim_end_matches('/');
-        self.endpoints.as_ref().is_some_and(|endpoints| {
-            endpoints
-                .iter()
-                .map(|e| Endpoint::parse(e))
-                .any(|e| e.method_allows(method) && e.path.trim_end_matches('/') == path)
-        })
+        self.names(method, path, false)
     }
-}
 
-impl Rules {
     /// Whether `endpoints` opens `path`'s unmetered uses knowingly (an
     /// unmetered endpoint, a background response): it names the path
     /// itself in an entry without `$` (a `$` entry allows the path as
     /// metered, as `tokens new --endpoints inference` writes them).
     pub fn opens_unmetered(&self, method: &http::Method, path: &str) -> bool {
+        self.names(method, path, true)
+    }
+
+    /// Whether an entry for `method` names `path` itself; with
+    /// `plain_only`, an entry without `$`.
+    fn names(&self, method: &http::Method, path: &str, plain_only: bool) -> bool {
         let path = path.trim_end_matches('/');
         self.endpoints.as_ref().is_some_and(|endpoints| {
             endpoints.iter().map(|e| Endpoint::parse(e)).any(|e| {
-                !e.exact && e.method_allows(method) && e.path.trim_end_matches('/') == path
+                !(plain_only && e.exact)
+                    && e.method_allows(method)
+                    && e.path.trim_end_matches('/') == path
             })
         })
     }
