@@ -126,12 +126,12 @@ def setup():
     for port in (helper_port, up_port, ngx_port, gw_port, off_port):
         wait_port(port)
     time.sleep(0.3)
-    return {"direct": up_port, "nginx": ngx_port, "gateway": gw_port, "store_off": off_port}, gw, env
+    return {"direct": up_port, "nginx": ngx_port, "gateway": gw_port, "store_off": off_port, "helper": helper_port}, gw, env
 
 
-def url(port, path):
+def url(port, path, token=TOKEN):
     sep = "&" if "?" in path else "?"
-    return "http://127.0.0.1:%d%s%stoken=%s" % (port, path, sep, TOKEN)
+    return "http://127.0.0.1:%d%s%stoken=%s" % (port, path, sep, token)
 
 
 # ---------------------------------------------------------------- wrk
@@ -142,17 +142,29 @@ def to_us(text):
     return value * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
 
 
-def wrk(port, connections, seconds=SECONDS):
+def wrk(port, connections, seconds=SECONDS, path="/v1/models", script=None, token=TOKEN):
     threads = 1 if connections == 1 else 2
-    out = subprocess.run(["wrk", "-t%d" % threads, "-c%d" % connections, "-d%ds" % seconds, "--latency", url(port, "/v1/models")],
-                         capture_output=True, text=True, check=True).stdout
+    cmd = ["wrk", "-t%d" % threads, "-c%d" % connections, "-d%ds" % seconds, "--latency", url(port, path, token)]
+    if script:
+        cmd[1:1] = ["-s", script]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     p50 = to_us(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
     p99 = to_us(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
     assert errors is None and socket_errors is None, out
-    return {"p50_us": p50, "p99_us": p99, "rps": rps}
+    return {"p50_us": p50, "p99_us": p99, "rps": rps, "requests": requests}
+
+
+def post_script(name, body_file):
+    """A wrk script that POSTs the JSON in `body_file`."""
+    script = os.path.join(WORK, name + ".lua")
+    with open(script, "w") as f:
+        f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                'local f = io.open("%s", "rb")\nwrk.body = f:read("*a")\nf:close()\n' % body_file)
+    return script
 
 
 # ---------------------------------------------------------------- streaming
@@ -259,6 +271,158 @@ def big_chats(up_port, at_once=4, mib=30):
     gw.wait(10)
     return {"bytes": os.path.getsize(body_file), "at_once": at_once, "idle_rss_mib": before, "peak_rss_mib": peak,
             "wall_s": elapsed, "request_s": statistics.median(float(o[1]) for o in outs)}
+
+
+# ---------------------------------------------------------------- the LLM path
+
+# A chat completion as OpenAI answers it (usage included), served as it is by nginx.
+CHAT_ANSWER = json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini-2024-07-18",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the benchmark upstream. " * 4,
+                                          "refusal": None, "annotations": []}, "logprobs": None, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 812, "completion_tokens": 40, "total_tokens": 852,
+              "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+              "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}},
+    "service_tier": "default", "system_fingerprint": "fp_bench"})
+LIMITED = "bench-limited"
+SSE_EVENTS = 100
+
+
+def chat_body(name, size, image=False):
+    """A chat request of about `size` bytes: a history of messages, or one
+    message with an inline (base64) image."""
+    path = os.path.join(WORK, name + ".json")
+    if image:
+        picture = "A" * size
+        body = {"model": "gpt-4o-mini", "max_tokens": 300, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is in this picture?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + picture}}]}]}
+    else:
+        line = "A line of an ordinary conversation, long enough to be typical. "
+        messages = [{"role": "system", "content": "You are a helpful assistant."}]
+        while len(json.dumps(messages)) < size - 120:
+            messages.append({"role": "user" if len(messages) % 2 else "assistant", "content": line * 3})
+        body = {"model": "gpt-4o-mini", "max_tokens": 256, "messages": messages}
+    with open(path, "w") as f:
+        json.dump(body, f)
+    return path
+
+
+def llm_setup(helper_port):
+    """The LLM workload's three paths: an upstream nginx that answers a chat
+    completion with a fixed JSON body (and hands streams, `?n=`, to the
+    helper), nginx proxying to it, and a gateway whose token has `models`
+    and limits on the default SQLite store."""
+    up, proxy, big, gw_port = free_port(), free_port(), free_port(), free_port()
+    nginx("""
+  upstream helper { server 127.0.0.1:%d; keepalive 64; }
+  server {
+    listen 127.0.0.1:%d;
+    default_type application/json;
+    client_max_body_size 0;
+    client_body_buffer_size 16m;
+    location = /v1/chat/completions {
+      error_page 418 = @stream;
+      if ($arg_n) { return 418; }
+      return 200 '%s';
+    }
+    location @stream { proxy_pass http://helper; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
+  }""" % (helper_port, up, CHAT_ANSWER), "llm-upstream")
+    # Streams (`?n=`) come from the helper. So do the answers to big bodies,
+    # on their own port (`big`): nginx's `return` does not read a request
+    # body, and a big one unread breaks keep-alive.
+    nginx("""
+  upstream api { server 127.0.0.1:%d; keepalive 64; }
+  server {
+    listen 127.0.0.1:%d;
+    location / {
+      proxy_pass http://api; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_buffering off; proxy_request_buffering off; client_max_body_size 0;
+    }
+  }
+  upstream helper { server 127.0.0.1:%d; keepalive 64; }
+  server {
+    listen 127.0.0.1:%d;
+    location / {
+      proxy_pass http://helper; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_buffering off; proxy_request_buffering off; client_max_body_size 0;
+    }
+  }""" % (up, proxy, helper_port, big), "llm-proxy")
+    gw, env = limited_gateway(up, gw_port, "llm")
+    for port in (up, proxy, big):
+        wait_port(port)
+    return {"direct": up, "nginx": proxy, "gateway": gw_port, "helper": helper_port, "nginx_big": big}, gw, env
+
+
+def limited_gateway(up_port, port, name):
+    tokens = os.path.join(WORK, "tokens-%s.json" % name)
+    with open(tokens, "w") as f:
+        json.dump({"tokens": [{"name": "limited", "token": LIMITED, "models": ["gpt-4o-mini*"],
+                               "limits": {"requests_per_minute": 100000000, "usd_per_month": 100000000}}]}, f)
+    work = os.path.join(WORK, name)
+    os.makedirs(work, exist_ok=True)
+    env = dict(os.environ, GATEWAY_LISTEN="127.0.0.1:%d" % port, UPSTREAM_URL="http://127.0.0.1:%d" % up_port,
+               TOKENS_FILE=tokens, RUST_LOG="info", LOG_FORMAT="json")
+    gw = start([GATEWAY], env=env, cwd=work)
+    wait_port(port)
+    return gw, env
+
+
+def llm(helper_port):
+    """The LLM workload; every request carries the limited token."""
+    ports, gw, _ = llm_setup(helper_port)
+    T = LIMITED
+    paths = ("direct", "nginx", "gateway")
+    chat = post_script("chat", chat_body("chat-3k", 3 << 10))
+    with open(os.path.join(WORK, "sse.json"), "w") as f:
+        json.dump({"model": "gpt-4o-mini", "stream": True, "max_tokens": 256,
+                   "messages": [{"role": "user", "content": "Count to a hundred."}]}, f)
+    sse = post_script("sse", os.path.join(WORK, "sse.json"))
+    vision = post_script("vision", chat_body("vision-8m", 8 << 20, image=True))
+    sse_path = "/v1/chat/completions?n=%d&gap_ms=0" % SSE_EVENTS
+    vision_path = "/v1/chat/completions"
+    out = {}
+    for p in paths:  # warm-up (and a check that every path answers)
+        wrk(ports[p], 8, 2, "/v1/chat/completions", chat, T)
+        wrk(ports[p], 8, 2, sse_path, sse, T)
+    rounds = {p: [] for p in paths}
+    for _ in range(3):
+        for p in paths:
+            rounds[p].append(wrk(ports[p], 1, max(2, SECONDS // 2), "/v1/chat/completions", chat, T))
+    out["chat1"] = {p: {k: statistics.median(r[k] for r in rounds[p]) for k in rounds[p][0]} for p in paths}
+    out["chat64"] = {p: wrk(ports[p], 64, SECONDS, "/v1/chat/completions", chat, T) for p in paths}
+    print("llm chat", out["chat1"], out["chat64"], flush=True)
+    out["chat_cpu"] = {"nginx": cpu_per_request(ports["nginx"], nginx_workers("llm-proxy"), path="/v1/chat/completions", script=chat, token=T),
+                       "gateway": cpu_per_request(ports["gateway"], [gw.pid], path="/v1/chat/completions", script=chat, token=T)}
+    out["sse64"] = {p: wrk(ports[p], 64, SECONDS, sse_path, sse, T) for p in paths}
+    out["sse_cpu"] = {"nginx": cpu_per_request(ports["nginx"], nginx_workers("llm-proxy"), path=sse_path, script=sse, token=T),
+                      "gateway": cpu_per_request(ports["gateway"], [gw.pid], path=sse_path, script=sse, token=T)}
+    print("llm sse", out["sse64"], out["sse_cpu"], flush=True)
+    # 8 MiB bodies: a fresh gateway, so that its peak RSS is this run's.
+    big_port = free_port()
+    big_gw, _ = limited_gateway(ports["helper"], big_port, "vision")
+    vports = {"direct": ports["helper"], "nginx": ports["nginx_big"], "gateway": big_port}
+    for p in paths:
+        wrk(vports[p], 4, 2, vision_path, vision, T)
+    out["vision4"] = {p: wrk(vports[p], 4, SECONDS, vision_path, vision, T) for p in paths}
+    out["vision_rss_mib"] = rss_kib(big_gw.pid, "VmHWM") / 1024
+    out["vision_cpu"] = {"nginx": cpu_per_request(vports["nginx"], nginx_workers("llm-proxy"), connections=4, path="/v1/chat/completions", script=vision, token=T),
+                         "gateway": cpu_per_request(big_port, [big_gw.pid], connections=4, path="/v1/chat/completions", script=vision, token=T)}
+    print("llm vision", out["vision4"], out["vision_cpu"], out["vision_rss_mib"], flush=True)
+    return out
+
+
+def memory_run(port, pid, total=3_000_000):
+    """`total` requests at full speed (64 connections) through the bare
+    gateway and its default store: RSS before and after."""
+    before = rss_kib(pid) / 1024
+    done, runs = 0, 0
+    while done < total and runs < 20:
+        done += wrk(port, 64, 30)["requests"]
+        runs += 1
+    time.sleep(1)  # the usage writer's last batch
+    return {"requests": done, "before_mib": before, "after_mib": rss_kib(pid) / 1024, "peak_mib": rss_kib(pid, "VmHWM") / 1024}
 
 
 # ---------------------------------------------------------------- cold start
@@ -381,25 +545,28 @@ def local_round_trip(port, runs=500):
     return statistics.median(times[20:])
 
 
-def cpu_per_request(port, pids, seconds=5):
-    """CPU time (user + system, all threads of `pids`) per request over a
-    64-connection wrk run, in µs, with the run's request count."""
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def cpu():
-        total = 0
-        for pid in pids:
-            for task in os.listdir("/proc/%d/task" % pid):
+def cpu_of(pids):
+    """CPU ticks (user + system) of every thread of `pids`."""
+    total = 0
+    for pid in pids:
+        for task in os.listdir("/proc/%d/task" % pid):
+            try:
                 with open("/proc/%d/task/%s/stat" % (pid, task)) as f:
                     fields = f.read().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
-        return total
+            except OSError:
+                continue  # a thread that ended meanwhile
+            total += int(fields[11]) + int(fields[12])
+    return total
 
-    before = cpu()
-    out = subprocess.run(["wrk", "-t2", "-c64", "-d%ds" % seconds, url(port, "/v1/models")], capture_output=True, text=True, check=True).stdout
-    used = cpu() - before
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
-    return used / tick * 1e6 / requests
+
+def cpu_per_request(port, pids, seconds=5, connections=64, path="/v1/models", script=None, token=TOKEN):
+    """CPU time (user + system, all threads of `pids`) per request over a
+    wrk run (64 connections unless said), in µs."""
+    tick = os.sysconf("SC_CLK_TCK")
+    before = cpu_of(pids)
+    run = wrk(port, connections, seconds, path, script, token)
+    used = cpu_of(pids) - before
+    return used / tick * 1e6 / run["requests"]
 
 
 def nginx_workers(name):
@@ -444,6 +611,9 @@ def versions():
 
 def main():
     ports, gw, env = setup()
+    if os.environ.get("BENCH_ONLY") == "llm":  # by hand, while working on the LLM path: figures only
+        print(json.dumps(llm(ports["helper"]), indent=1))
+        return
     paths = ("direct", "nginx", "gateway")
     idle_rss = rss_kib(gw.pid) / 1024
     results = {p: {} for p in paths}

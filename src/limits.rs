@@ -301,6 +301,16 @@ impl Amount {
         }
     }
 
+    /// `self` less `other`, never below zero.
+    pub fn minus(self, other: Amount) -> Amount {
+        let less = |a: i64, b: i64| a.saturating_sub(b).max(0);
+        Amount {
+            requests: less(self.requests, other.requests),
+            tokens: less(self.tokens, other.tokens),
+            usd_micros: less(self.usd_micros, other.usd_micros),
+        }
+    }
+
     /// Each measure added, saturating ([`counter_add`]).
     pub fn plus(self, other: Amount) -> Amount {
         Amount {

@@ -93,7 +93,7 @@ async fn fresh_minute() {
 }
 
 async fn report(gw: &Served) -> Vec<Row> {
-    let store = Sqlite::open(gw.dir.0.join("usage.db").to_str().unwrap()).unwrap();
+    let store = Sqlite::reader(gw.dir.0.join("usage.db").to_str().unwrap()).unwrap();
     let month = chrono::Utc::now().format("%Y-%m").to_string();
     store.report(Period::Month(month), None).await.unwrap()
 }

@@ -65,7 +65,7 @@ pub enum PeriodKind {
 }
 
 async fn open(arg: &StoreArg) -> Result<std::sync::Arc<dyn Store>, CommandError> {
-    crate::spend::open(&arg.store)
+    crate::spend::open_reader(&arg.store)
         .await
         .map_err(|problem| CommandError::Flag {
             flag: "--store",

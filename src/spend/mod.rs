@@ -13,6 +13,7 @@
 pub mod account;
 pub mod dynamodb;
 pub mod enforce;
+pub mod ledger;
 pub mod sqlite;
 pub mod store;
 
@@ -22,15 +23,30 @@ use std::sync::Arc;
 
 use store::Store;
 
-/// Opens the store `spec` names: `sqlite:PATH`, `dynamodb:TABLE`; `off` is `None`.
+/// Opens the store `spec` names for the gateway: `sqlite:PATH`,
+/// `dynamodb:TABLE`; `off` is `None`. A SQLite file is held exclusively.
 pub async fn open(spec: &str) -> Result<Option<Arc<dyn Store>>, String> {
+    open_as(spec, false).await
+}
+
+/// Opens the store `spec` names to read it (`usage report`, `usage init`),
+/// beside a gateway that may be running on it.
+pub async fn open_reader(spec: &str) -> Result<Option<Arc<dyn Store>>, String> {
+    open_as(spec, true).await
+}
+
+async fn open_as(spec: &str, reader: bool) -> Result<Option<Arc<dyn Store>>, String> {
     let spec = spec.trim();
     if spec.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
     match spec.split_once(':') {
         Some(("sqlite", path)) if !path.is_empty() => {
-            let store = sqlite::Sqlite::open(path)?;
+            let store = if reader {
+                sqlite::Sqlite::reader(path)?
+            } else {
+                sqlite::Sqlite::open(path)?
+            };
             Ok(Some(Arc::new(store)))
         }
         Some(("dynamodb", table)) if !table.is_empty() => {

@@ -1,21 +1,35 @@
 //! The embedded store: one SQLite file (the bundled SQLite, nothing to
 //! install), the local server's default.
 //!
-//! Admission is one `BEGIN IMMEDIATE` transaction, so it is atomic across
-//! the threads of a process and across processes sharing the file. Live
-//! reservations are rows of their own, each with an expiry: a reservation
-//! whose process died simply stops being counted once it expires.
+//! The gateway holds the file **exclusively** (a lock on `PATH.lock`; a
+//! second gateway on the same file refuses to start), so the counters can
+//! live in memory ([`super::ledger`]): an admission is a few map lookups
+//! under one lock, atomic across the process's threads. A window's counter
+//! is read from the file the first time it is needed. Every change is
+//! written behind by one thread, summed by key:
+//!
+//! - a limited token's settlement is committed before the response's last
+//!   bytes go out (the request waits for the commit that holds it; commits
+//!   are shared by whatever arrived meanwhile);
+//! - reservations, and the usage of tokens without limits, ride with the
+//!   next commit, within [`GATHER`].
+//!
+//! Live reservations are rows of their own, each with an expiry: one left
+//! by a process that died is read back at start and counts until it expires.
+//! `usage report` and the tests open the file as a reader
+//! ([`Sqlite::reader`]), beside a running gateway.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use super::ledger::{window_of, Counter, Held, Ledger, Pending};
 use super::store::{
-    first_exhausted, window_keys, Admission, Ask, Period, Reservation, Row, Settlement, Store,
-    StoreError, WindowState,
+    window_keys, Admission, Ask, Period, Row, Settlement, Store, StoreError, WindowState,
 };
 use super::{Amount, Window};
 use crate::record::BoxFuture;
@@ -44,189 +58,537 @@ CREATE TABLE IF NOT EXISTS usage (
     PRIMARY KEY (token, day, model));
 ";
 
-/// What each admission prunes first: reservations and window rows that
-/// have expired. Both are looked up by their expiry index, so the cost is
-/// the rows removed, not the table: a full scan of `windows` (a row per
-/// token and window, kept an hour after a minute window ends) took 2.5 ms
-/// per admission with a thousand limited tokens (60,000 rows), under the
-/// lock every admission takes; by the index, about 2 µs.
+/// What the writer prunes from the file once a minute: reservations and
+/// window rows that have expired, looked up by their expiry index (so the
+/// cost is the rows removed, not the table).
 const PRUNE: [&str; 2] = [
     "DELETE FROM reservations WHERE expires <= ?1",
     "DELETE FROM windows WHERE expires IS NOT NULL AND expires <= ?1",
 ];
 
-/// How long a minute window's row is kept after it ends.
-const KEEP_MINUTES_SECS: i64 = 3600;
+/// How long the writer gathers changes nobody waits for before a commit.
+pub const GATHER: Duration = Duration::from_millis(20);
 
-/// A SQLite usage store.
+/// How often the writer forgets ended windows and prunes the file.
+const TIDY: Duration = Duration::from_secs(60);
+
+/// How long after its end a window's counter stays in memory (a request
+/// admitted in it may still be settling).
+const EVICT_GRACE_SECS: i64 = 120;
+
+/// A SQLite usage store: the gateway's ([`Sqlite::open`]) or a reader's
+/// ([`Sqlite::reader`]).
 #[derive(Debug, Clone)]
 pub struct Sqlite {
     name: String,
-    /// Admissions and reads.
-    connection: Arc<Mutex<Connection>>,
-    /// Settlements, written in batches by a thread of their own.
-    writer: mpsc::Sender<Job>,
+    /// Reads (counters not yet in memory, reports).
+    reads: Arc<Mutex<Connection>>,
+    /// The gateway's counters and writer; `None` for a reader.
+    owner: Option<Arc<Owner>>,
 }
 
-/// Work for the writer thread.
-enum Job {
-    Settle(Arc<Settlement>),
-    /// Answered once everything sent before is written (or given up on).
-    Flush(mpsc::SyncSender<()>),
+/// The exclusive hold on the file: the counters, and the writer's thread.
+#[derive(Debug)]
+struct Owner {
+    shared: Arc<Shared>,
+    /// Held (locked) for as long as the store is open.
+    _lock: std::fs::File,
 }
 
-/// The thread that writes settlements: whatever has arrived since the last
-/// commit goes in one transaction, so a request's completion never waits
-/// for the disk, and what it wrote is visible within milliseconds. If a
-/// commit fails, the batch is kept (bounded) and tried again every second.
-struct Writer;
-
-/// How long the writer gathers settlements before a commit.
-const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// The most settlements a commit holds, and kept while commits fail.
-const MAX_BATCH: usize = 1024;
-const MAX_KEPT: usize = 10_000;
-
-impl Writer {
-    fn start(mut connection: Connection, name: String) -> mpsc::Sender<Job> {
-        let (sender, jobs) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("usage-writer".into())
-            .spawn(move || {
-                let mut pending: Vec<Arc<Settlement>> = Vec::new();
-                let mut flushes: Vec<mpsc::SyncSender<()>> = Vec::new();
-                let mut open = true;
-                while open || !pending.is_empty() {
-                    let first = if pending.is_empty() {
-                        jobs.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
-                    } else {
-                        jobs.recv_timeout(std::time::Duration::from_secs(1))
-                    };
-                    let take = |job: Job, pending: &mut Vec<Arc<Settlement>>, flushes: &mut Vec<_>| {
-                        match job {
-                            Job::Settle(s) => pending.push(s),
-                            Job::Flush(done) => flushes.push(done),
-                        }
-                    };
-                    match first {
-                        Ok(job) => take(job, &mut pending, &mut flushes),
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
-                    }
-                    // Gather for a moment, asleep (senders then wake no one):
-                    // one commit for many requests.
-                    if open && flushes.is_empty() {
-                        std::thread::sleep(GATHER);
-                    }
-                    while pending.len() < MAX_BATCH {
-                        match jobs.try_recv() {
-                            Ok(job) => take(job, &mut pending, &mut flushes),
-                            Err(mpsc::TryRecvError::Empty) => break,
-                            Err(mpsc::TryRecvError::Disconnected) => {
-                                open = false;
-                                break;
-                            }
-                        }
-                    }
-                    let failed = !pending.is_empty() && {
-                        match commit(&mut connection, &pending) {
-                            Ok(()) => {
-                                pending.clear();
-                                false
-                            }
-                            Err(error) if rejects(&error) => {
-                                // One settlement's values spoil the batch:
-                                // each is written alone, and only those the
-                                // store refuses are dropped (and said).
-                                pending.retain(|one| match commit(&mut connection, std::slice::from_ref(one)) {
-                                    Ok(()) => false,
-                                    Err(error) => {
-                                        let error = classify(&name, error);
-                                        if error.rejected {
-                                            tracing::error!(store = %name, %error, token = &*one.token, "the usage store refused a settlement; it is not kept");
-                                        }
-                                        !error.rejected
-                                    }
-                                });
-                                !pending.is_empty()
-                            }
-                            Err(error) => {
-                                tracing::error!(store = %name, %error, kept = pending.len(), "usage could not be written; trying again");
-                                if pending.len() > MAX_KEPT {
-                                    let drop = pending.len() - MAX_KEPT;
-                                    tracing::error!(store = %name, dropped = drop, "usage backlog full: the oldest settlements are dropped");
-                                    pending.drain(..drop);
-                                }
-                                true
-                            }
-                        }
-                    };
-                    if !failed || !open {
-                        for done in flushes.drain(..) {
-                            let _ = done.send(());
-                        }
-                    }
-                    if failed && !open {
-                        tracing::error!(store = %name, lost = pending.len(), "usage store closed with settlements it could not write");
-                        break;
-                    }
-                }
-            })
-            .expect("the usage writer thread starts");
-        sender
+impl Drop for Owner {
+    fn drop(&mut self) {
+        // The writer commits what is left, then ends.
+        lock(&self.shared.state).closed = true;
+        self.shared.wake.notify_all();
     }
+}
+
+/// What the request path and the writer share.
+#[derive(Debug)]
+struct Shared {
+    name: String,
+    state: Mutex<State>,
+    /// Wakes the writer: someone waits for a commit, or the store closes.
+    wake: Condvar,
+    /// The last change (by [`State::seq`]) committed.
+    committed: AtomicU64,
+    /// Whether the last commit failed (the writer tries again every second;
+    /// the counters in memory still hold the limits meanwhile).
+    failing: AtomicBool,
+    /// Told after each commit, or failure.
+    done: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    ledger: Ledger,
+    /// Numbers the changes: a request waits until `committed` reaches its.
+    seq: u64,
+    /// Someone waits for the next commit.
+    urgent: bool,
+    closed: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Opens `path` with the pragmas the store uses, and its schema.
+fn connect(name: &str, path: &str) -> Result<Connection, String> {
+    let fail = |e: rusqlite::Error| format!("{name}: {e}");
+    let connection = Connection::open(PathBuf::from(path)).map_err(fail)?;
+    connection
+        .busy_timeout(Duration::from_secs(10))
+        .map_err(fail)?;
+    // WAL lets readers (`usage report`) run beside the gateway, and
+    // with synchronous=NORMAL a commit costs no fsync (a power cut
+    // may lose the last commits, a crash of the process does not).
+    let _: String = connection
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(fail)?;
+    connection
+        .execute_batch("PRAGMA synchronous=NORMAL;")
+        .map_err(fail)?;
+    connection.execute_batch(SCHEMA).map_err(fail)?;
+    Ok(connection)
 }
 
 impl Sqlite {
-    /// Opens (creating if needed) the file at `path`, with its schema.
+    /// Opens (creating if needed) the file at `path` for the gateway: it
+    /// holds the file exclusively until the store is dropped.
     pub fn open(path: &str) -> Result<Self, String> {
         let name = format!("sqlite:{path}");
-        let connect = || {
-            let fail = |e: rusqlite::Error| format!("{name}: {e}");
-            let connection = Connection::open(PathBuf::from(path)).map_err(fail)?;
-            connection
-                .busy_timeout(std::time::Duration::from_secs(10))
-                .map_err(fail)?;
-            // WAL lets readers (`usage report`) run beside the gateway, and
-            // with synchronous=NORMAL a commit costs no fsync (a power cut
-            // may lose the last commits, a crash of the process does not).
-            let _: String = connection
-                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-                .map_err(fail)?;
-            connection
-                .execute_batch("PRAGMA synchronous=NORMAL;")
-                .map_err(fail)?;
-            connection.execute_batch(SCHEMA).map_err(fail)?;
-            Ok::<_, String>(connection)
-        };
-        let connection = connect()?;
-        let writer = Writer::start(connect()?, name.clone());
+        let lock_path = format!("{path}.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| format!("{name}: cannot open {lock_path}: {e}"))?;
+        if let Err(e) = file.try_lock() {
+            use std::io::Read;
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim().chars().take(20).collect::<String>();
+            return Err(match e {
+                std::fs::TryLockError::WouldBlock => format!(
+                    "{name} is in use by another gateway (process {}): one gateway per SQLite file; \
+                     for several processes, share limits through dynamodb:TABLE",
+                    if holder.is_empty() { "unknown" } else { &holder }
+                ),
+                std::fs::TryLockError::Error(e) => format!("{name}: cannot lock {lock_path}: {e}"),
+            });
+        }
+        {
+            use std::io::{Seek, Write};
+            let _ = file.set_len(0);
+            let _ = file.rewind();
+            let _ = write!(file, "{}", std::process::id());
+        }
+        let reads = connect(&name, path)?;
+        let mut ledger = Ledger::default();
+        orphans(&reads, &mut ledger, Utc::now().timestamp()).map_err(|e| format!("{name}: {e}"))?;
+        let shared = Arc::new(Shared {
+            name: name.clone(),
+            state: Mutex::new(State {
+                ledger,
+                ..State::default()
+            }),
+            wake: Condvar::new(),
+            committed: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            done: tokio::sync::Notify::new(),
+        });
+        let writer = connect(&name, path)?;
+        let for_writer = shared.clone();
+        std::thread::Builder::new()
+            .name("usage-writer".into())
+            .spawn(move || write_behind(&for_writer, writer))
+            .map_err(|e| format!("{name}: cannot start the usage writer: {e}"))?;
         Ok(Self {
             name,
-            connection: Arc::new(Mutex::new(connection)),
-            writer,
+            reads: Arc::new(Mutex::new(reads)),
+            owner: Some(Arc::new(Owner {
+                shared,
+                _lock: file,
+            })),
         })
     }
 
-    /// Runs `work` on the connection, off the async threads.
+    /// Opens the file at `path` to read reports and windows beside a
+    /// running gateway (creating the schema if missing). It admits and
+    /// settles nothing.
+    pub fn reader(path: &str) -> Result<Self, String> {
+        let name = format!("sqlite:{path}");
+        let reads = connect(&name, path)?;
+        Ok(Self {
+            name,
+            reads: Arc::new(Mutex::new(reads)),
+            owner: None,
+        })
+    }
+
+    /// Runs `work` on the reading connection, off the async threads.
     fn run<T, F>(&self, work: F) -> BoxFuture<Result<T, StoreError>>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let connection = self.connection.clone();
+        let connection = self.reads.clone();
         let name = self.name.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let mut connection = connection.lock().unwrap_or_else(|p| p.into_inner());
-                work(&mut connection)
-            })
-            .await
-            .map_err(|e| StoreError::new(&name, e))?
-            .map_err(|e| classify(&name, e))
+            tokio::task::spawn_blocking(move || work(&mut lock(&connection)))
+                .await
+                .map_err(|e| StoreError::new(&name, e))?
+                .map_err(|e| classify(&name, e))
         })
     }
+
+    fn read_only<T: Send + 'static>(&self) -> BoxFuture<Result<T, StoreError>> {
+        let error = StoreError::new(&self.name, "opened for reading only");
+        Box::pin(std::future::ready(Err(error)))
+    }
+
+    /// Reads from the file the counters of `keys` that are not in memory.
+    async fn load(
+        &self,
+        owner: &Owner,
+        token: &str,
+        keys: &[(Window, String)],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let missing: Vec<(Window, String)> = lock(&owner.shared.state)
+            .ledger
+            .missing(token, keys)
+            .into_iter()
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let who = token.to_owned();
+        let read = self
+            .run(move |c| {
+                missing
+                    .into_iter()
+                    .map(|(window, key)| {
+                        let used = used(c, &who, &key)?;
+                        let ends = window.end(now).map(|e| e.timestamp());
+                        Ok((
+                            key,
+                            Counter {
+                                used,
+                                reserved: Amount::default(),
+                                ends,
+                            },
+                        ))
+                    })
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        let mut state = lock(&owner.shared.state);
+        for (key, counter) in read {
+            state.ledger.load(token, key, counter);
+        }
+        Ok(())
+    }
+}
+
+/// Reads back the live reservations a process that died left in the file:
+/// they count (with their windows' usage read too) until they expire.
+fn orphans(c: &Connection, ledger: &mut Ledger, now: i64) -> rusqlite::Result<()> {
+    let mut statement = c.prepare(
+        "SELECT id, token, window, requests, tokens, usd_micros, expires
+         FROM reservations WHERE expires > ?1 ORDER BY id",
+    )?;
+    let rows = statement.query_map([now], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            Amount {
+                requests: r.get(3)?,
+                tokens: r.get(4)?,
+                usd_micros: r.get(5)?,
+            },
+            r.get::<_, i64>(6)?,
+        ))
+    })?;
+    let mut held: Vec<(String, Held)> = Vec::new();
+    for row in rows {
+        let (id, token, window, amount, expires) = row?;
+        match held.last_mut() {
+            Some((last, h)) if *last == id => h.windows.push(window),
+            _ => held.push((
+                id,
+                Held {
+                    token: Arc::from(token),
+                    windows: vec![window],
+                    amount,
+                    expires,
+                },
+            )),
+        }
+    }
+    for (_, h) in &held {
+        for key in &h.windows {
+            let ends = window_of(key)
+                .and_then(|(w, at)| w.end(at))
+                .map(|e| e.timestamp());
+            let used = used(c, &h.token, key)?;
+            ledger.load(
+                &h.token,
+                key.clone(),
+                Counter {
+                    used,
+                    reserved: Amount::default(),
+                    ends,
+                },
+            );
+        }
+    }
+    if !held.is_empty() {
+        tracing::warn!(reservations = held.len(), "reservations left by a gateway that stopped without settling them count until they expire");
+    }
+    for (id, h) in held {
+        ledger.hold(id, h);
+    }
+    Ok(())
+}
+
+/// A window's settled usage, as the file holds it.
+fn used(c: &Connection, token: &str, window: &str) -> rusqlite::Result<Amount> {
+    Ok(c.query_row(
+        "SELECT requests, tokens, usd_micros FROM windows WHERE token = ?1 AND window = ?2",
+        params![token, window],
+        |r| {
+            Ok(Amount {
+                requests: r.get(0)?,
+                tokens: r.get(1)?,
+                usd_micros: r.get(2)?,
+            })
+        },
+    )
+    .optional()?
+    .unwrap_or_default())
+}
+
+/// Waits until change `seq` is committed; `false` if the writer is failing
+/// (it keeps trying; the counters in memory hold the limits meanwhile).
+async fn durable(shared: Arc<Shared>, seq: u64) -> bool {
+    loop {
+        let notified = shared.done.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if shared.committed.load(Ordering::Acquire) >= seq {
+            return true;
+        }
+        if shared.failing.load(Ordering::Acquire) {
+            return false;
+        }
+        notified.await;
+    }
+}
+
+/// The writer's thread: commits what is pending, as soon as someone waits
+/// for it, else every [`GATHER`]; tidies once a minute; on a failed commit,
+/// keeps the batch (summed, so bounded) and tries again every second.
+fn write_behind(shared: &Shared, mut connection: Connection) {
+    let mut tidied = Instant::now();
+    loop {
+        let (batch, seq, closed) = {
+            let mut state = lock(&shared.state);
+            loop {
+                if state.closed || state.urgent {
+                    break;
+                }
+                let pending = !state.ledger.pending.is_empty();
+                let wait = if pending {
+                    GATHER
+                } else {
+                    Duration::from_secs(1)
+                };
+                let (next, timeout) = shared
+                    .wake
+                    .wait_timeout(state, wait)
+                    .unwrap_or_else(|p| p.into_inner());
+                state = next;
+                if timeout.timed_out() && (pending || tidied.elapsed() >= TIDY) {
+                    break;
+                }
+            }
+            if tidied.elapsed() >= TIDY {
+                let now = Utc::now().timestamp();
+                state.ledger.prune(now);
+                state.ledger.evict(now, EVICT_GRACE_SECS);
+            }
+            state.urgent = false;
+            (
+                std::mem::take(&mut state.ledger.pending),
+                state.seq,
+                state.closed,
+            )
+        };
+        let mut failed = false;
+        if !batch.is_empty() {
+            match commit(&mut connection, &batch) {
+                Ok(()) => {}
+                Err(error) if rejects(&error) => {
+                    // Some value spoils the batch: each part is written
+                    // alone, and only what the store refuses is dropped (and said).
+                    let left = commit_each(&mut connection, batch, &shared.name);
+                    if !left.is_empty() {
+                        lock(&shared.state).ledger.pending.merge_back(left);
+                        failed = true;
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(store = %shared.name, %error, "usage could not be written; trying again");
+                    lock(&shared.state).ledger.pending.merge_back(batch);
+                    failed = true;
+                }
+            }
+        }
+        if tidied.elapsed() >= TIDY {
+            tidied = Instant::now();
+            let now = Utc::now().timestamp();
+            for prune in PRUNE {
+                if let Err(error) = connection.execute(prune, [now]) {
+                    tracing::warn!(store = %shared.name, %error, "pruning expired rows failed");
+                }
+            }
+        }
+        if failed {
+            shared.failing.store(true, Ordering::Release);
+        } else {
+            shared.failing.store(false, Ordering::Release);
+            shared.committed.store(seq, Ordering::Release);
+        }
+        shared.done.notify_waiters();
+        if closed {
+            let left = lock(&shared.state).ledger.pending.is_empty();
+            if !failed && left {
+                return;
+            }
+            if failed {
+                tracing::error!(store = %shared.name, "usage store closed with usage it could not write");
+                return;
+            }
+        } else if failed {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Writes a batch in one transaction: reservations made, then released,
+/// then the windows' and the reports' sums.
+fn commit(c: &mut Connection, batch: &Pending) -> rusqlite::Result<()> {
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    write(&tx, batch)?;
+    tx.commit()
+}
+
+fn write(tx: &rusqlite::Transaction<'_>, batch: &Pending) -> rusqlite::Result<()> {
+    let mut reserve = tx.prepare_cached(
+        "INSERT OR REPLACE INTO reservations (id, token, window, requests, tokens, usd_micros, expires)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for (id, held) in &batch.reserve {
+        for key in &held.windows {
+            reserve.execute(params![
+                id,
+                &*held.token,
+                key,
+                held.amount.requests,
+                held.amount.tokens,
+                held.amount.usd_micros,
+                held.expires
+            ])?;
+        }
+    }
+    let mut release = tx.prepare_cached("DELETE FROM reservations WHERE id = ?1")?;
+    for id in &batch.release {
+        release.execute([id])?;
+    }
+    let mut window = tx.prepare_cached(
+        "INSERT INTO windows (token, window, requests, tokens, usd_micros, expires)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (token, window) DO UPDATE SET
+           requests = MIN(requests + excluded.requests, 9007199254740992),
+           tokens = MIN(tokens + excluded.tokens, 9007199254740992),
+           usd_micros = MIN(usd_micros + excluded.usd_micros, 9007199254740992)",
+    )?;
+    for ((token, key), (sum, expires)) in &batch.windows {
+        window.execute(params![
+            &**token,
+            key,
+            sum.requests,
+            sum.tokens,
+            sum.usd_micros,
+            expires
+        ])?;
+    }
+    let mut usage = tx.prepare_cached(
+        "INSERT INTO usage (token, day, model, requests, input_tokens, cached_tokens,
+                            output_tokens, usd_micros, estimated_requests)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (token, day, model) DO UPDATE SET
+           requests = MIN(requests + excluded.requests, 9007199254740992),
+           input_tokens = MIN(input_tokens + excluded.input_tokens, 9007199254740992),
+           cached_tokens = MIN(cached_tokens + excluded.cached_tokens, 9007199254740992),
+           output_tokens = MIN(output_tokens + excluded.output_tokens, 9007199254740992),
+           usd_micros = MIN(usd_micros + excluded.usd_micros, 9007199254740992),
+           estimated_requests = MIN(estimated_requests + excluded.estimated_requests, 9007199254740992)",
+    )?;
+    for ((token, day, model), row) in &batch.rows {
+        usage.execute(params![
+            &**token,
+            day.format("%Y-%m-%d").to_string(),
+            model,
+            row.requests,
+            row.input_tokens,
+            row.cached_tokens,
+            row.output_tokens,
+            row.cost_usd,
+            row.estimated_requests
+        ])?;
+    }
+    Ok(())
+}
+
+/// Writes each part of `batch` in a transaction of its own; drops (and
+/// logs) the parts the store refuses; returns those that failed otherwise.
+fn commit_each(c: &mut Connection, batch: Pending, name: &str) -> Pending {
+    let mut left = Pending::default();
+    let mut one = |part: Pending, left: &mut Pending| match commit(c, &part) {
+        Ok(()) => {}
+        Err(error) if rejects(&error) => {
+            tracing::error!(store = %name, %error, "the usage store refused a value; it is not kept");
+        }
+        Err(_) => left.merge_back(part),
+    };
+    for (id, held) in batch.reserve {
+        let mut part = Pending::default();
+        part.reserve.insert(id, held);
+        one(part, &mut left);
+    }
+    for id in batch.release {
+        let mut part = Pending::default();
+        part.release.push(id);
+        one(part, &mut left);
+    }
+    for (key, sum) in batch.windows {
+        let mut part = Pending::default();
+        part.windows.insert(key, sum);
+        one(part, &mut left);
+    }
+    for (key, row) in batch.rows {
+        let mut part = Pending::default();
+        part.rows.insert(key, row);
+        one(part, &mut left);
+    }
+    left
 }
 
 /// A SQLite error as a store error: one caused by the values written (too
@@ -291,94 +653,6 @@ fn state(
     Ok(WindowState { used, reserved })
 }
 
-/// When a window's row may go: an hour after a minute window ends; never
-/// for the others (they are few, and reports may want them).
-fn expiry(key: &str, at: DateTime<Utc>) -> Option<i64> {
-    key.starts_with("minute:")
-        .then(|| {
-            Window::Minute
-                .end(at)
-                .map(|end| end.timestamp() + KEEP_MINUTES_SECS)
-        })
-        .flatten()
-}
-
-/// Writes settlements in one transaction.
-fn commit(c: &mut Connection, settlements: &[Arc<Settlement>]) -> rusqlite::Result<()> {
-    // Summed in memory first: a batch of many requests of few tokens is a
-    // few upserts, not one per request.
-    let mut windows: HashMap<(&str, &str), (Amount, Option<i64>)> = HashMap::new();
-    // Keyed by the UTC day itself; written as `YYYY-MM-DD` once per row.
-    let mut rows: HashMap<(&str, chrono::NaiveDate, &str), Row> = HashMap::new();
-    for s in settlements.iter().filter(|s| s.used) {
-        let amount = s.amount();
-        for key in &s.windows {
-            let (sum, _) = windows
-                .entry((&*s.token, key.as_str()))
-                .or_insert((Amount::default(), expiry(key, s.at)));
-            *sum = sum.plus(amount);
-        }
-        if s.row {
-            rows.entry((&*s.token, s.at.date_naive(), &*s.model))
-                .or_default()
-                .add(s);
-        }
-    }
-    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    {
-        let mut release = tx.prepare_cached("DELETE FROM reservations WHERE id = ?1")?;
-        for s in settlements {
-            if let Some(reservation) = &s.reservation {
-                release.execute([&reservation.id])?;
-            }
-        }
-        let mut window = tx.prepare_cached(
-            "INSERT INTO windows (token, window, requests, tokens, usd_micros, expires)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (token, window) DO UPDATE SET
-               requests = MIN(requests + excluded.requests, 9007199254740992),
-               tokens = MIN(tokens + excluded.tokens, 9007199254740992),
-               usd_micros = MIN(usd_micros + excluded.usd_micros, 9007199254740992)",
-        )?;
-        for ((token, key), (sum, expires)) in &windows {
-            window.execute(params![
-                token,
-                key,
-                sum.requests,
-                sum.tokens,
-                sum.usd_micros,
-                expires
-            ])?;
-        }
-        let mut usage = tx.prepare_cached(
-            "INSERT INTO usage (token, day, model, requests, input_tokens, cached_tokens,
-                                output_tokens, usd_micros, estimated_requests)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT (token, day, model) DO UPDATE SET
-               requests = MIN(requests + excluded.requests, 9007199254740992),
-               input_tokens = MIN(input_tokens + excluded.input_tokens, 9007199254740992),
-               cached_tokens = MIN(cached_tokens + excluded.cached_tokens, 9007199254740992),
-               output_tokens = MIN(output_tokens + excluded.output_tokens, 9007199254740992),
-               usd_micros = MIN(usd_micros + excluded.usd_micros, 9007199254740992),
-               estimated_requests = MIN(estimated_requests + excluded.estimated_requests, 9007199254740992)",
-        )?;
-        for ((token, day, model), row) in &rows {
-            usage.execute(params![
-                token,
-                day.format("%Y-%m-%d").to_string(),
-                model,
-                row.requests,
-                row.input_tokens,
-                row.cached_tokens,
-                row.output_tokens,
-                row.cost_usd,
-                row.estimated_requests
-            ])?;
-        }
-    }
-    tx.commit()
-}
-
 impl Store for Sqlite {
     fn name(&self) -> &str {
         &self.name
@@ -393,76 +667,92 @@ impl Store for Sqlite {
     }
 
     fn admit(&self, ask: Ask) -> BoxFuture<Result<Admission, StoreError>> {
-        self.run(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let now = ask.now.timestamp();
-            for prune in PRUNE {
-                tx.execute(prune, [now])?;
+        let Some(owner) = &self.owner else {
+            return self.read_only();
+        };
+        let keys = window_keys(&ask.limits, ask.now);
+        {
+            let mut state = lock(&owner.shared.state);
+            if state.ledger.missing(&ask.token, &keys).is_empty() {
+                return Box::pin(std::future::ready(Ok(state.ledger.admit(ask, keys))));
             }
-            let keys = window_keys(&ask.limits, ask.now);
-            let mut states = Vec::with_capacity(keys.len());
-            for (window, key) in &keys {
-                states.push((*window, state(&tx, &ask.token, key, now)?));
+        }
+        // A window not in memory yet (the first request of a minute, or
+        // since start): its counter is read from the file first.
+        let (this, owner) = (self.clone(), owner.clone());
+        Box::pin(async move {
+            for _ in 0..3 {
+                this.load(&owner, &ask.token, &keys, ask.now).await?;
+                let mut state = lock(&owner.shared.state);
+                if state.ledger.missing(&ask.token, &keys).is_empty() {
+                    return Ok(state.ledger.admit(ask, keys));
+                }
             }
-            if let Some(refusal) = first_exhausted(&ask.limits, &states, ask.now) {
-                return Ok(Admission::Refused(refusal));
-            }
-            for (_, key) in &keys {
-                tx.execute(
-                    "INSERT INTO reservations (id, token, window, requests, tokens, usd_micros, expires)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![
-                        ask.id,
-                        ask.token,
-                        key,
-                        ask.reserve.requests,
-                        ask.reserve.tokens,
-                        ask.reserve.usd_micros,
-                        ask.expires.timestamp()
-                    ],
-                )?;
-            }
-            tx.commit()?;
-            Ok(Admission::Granted(Reservation {
-                id: ask.id,
-                token: ask.token,
-                windows: keys.into_iter().map(|(_, k)| k).collect(),
-                amount: ask.reserve,
-            }))
+            Err(StoreError::new(
+                &this.name,
+                "a window's counter could not be kept in memory",
+            ))
         })
     }
 
     fn settle(&self, s: Arc<Settlement>) -> BoxFuture<Result<(), StoreError>> {
-        match self.hand_over(&s) {
-            Some(result) => Box::pin(std::future::ready(result)),
-            None => self.run(move |c| commit(c, std::slice::from_ref(&s))),
+        let Some(owner) = &self.owner else {
+            return self.read_only();
+        };
+        // A limited token's settlement is committed before the response's
+        // last bytes go out; the rest is written within GATHER.
+        let waits = s.reservation.is_some() || !s.windows.is_empty();
+        let seq = {
+            let mut state = lock(&owner.shared.state);
+            state.ledger.settle(&s);
+            state.seq += 1;
+            state.urgent |= waits;
+            state.seq
+        };
+        if !waits {
+            return Box::pin(std::future::ready(Ok(())));
         }
+        owner.shared.wake.notify_one();
+        let shared = owner.shared.clone();
+        Box::pin(async move {
+            // While the file cannot be written, the writer says so (and
+            // keeps trying): the counters in memory still hold the limits.
+            durable(shared, seq).await;
+            Ok(())
+        })
     }
 
     fn hand_over(&self, s: &Arc<Settlement>) -> Option<Result<(), StoreError>> {
+        let owner = self.owner.as_ref()?;
         if s.reservation.is_some() || !s.windows.is_empty() {
-            // A limited token's next admission must see this settlement (its
-            // reservation gone, its usage counted), so it is written now, in
-            // one transaction, before the response's last bytes go out.
-            // Tokens without limits go through the batching writer.
             return None;
         }
-        let sent = self.writer.send(Job::Settle(s.clone()));
-        Some(sent.map_err(|_| StoreError::new(&self.name, "the usage writer has stopped")))
+        let mut state = lock(&owner.shared.state);
+        state.ledger.settle(s);
+        state.seq += 1;
+        Some(Ok(()))
     }
 
     fn flush(&self) -> BoxFuture<Result<(), StoreError>> {
-        let (done, written) = mpsc::sync_channel(1);
-        let sent = self.writer.send(Job::Flush(done));
-        let name = self.name.clone();
+        let Some(owner) = &self.owner else {
+            return Box::pin(std::future::ready(Ok(())));
+        };
+        let seq = {
+            let mut state = lock(&owner.shared.state);
+            state.urgent = true;
+            state.seq
+        };
+        owner.shared.wake.notify_one();
+        let (shared, name) = (owner.shared.clone(), self.name.clone());
         Box::pin(async move {
-            sent.map_err(|_| StoreError::new(&name, "the usage writer has stopped"))?;
-            tokio::task::spawn_blocking(move || {
-                written.recv_timeout(std::time::Duration::from_secs(10))
-            })
-            .await
-            .map_err(|e| StoreError::new(&name, e))?
-            .map_err(|_| StoreError::new(&name, "usage was not written in time"))
+            if durable(shared, seq).await {
+                Ok(())
+            } else {
+                Err(StoreError::new(
+                    &name,
+                    "usage could not be written yet (the writer keeps trying)",
+                ))
+            }
         })
     }
 
@@ -472,16 +762,48 @@ impl Store for Sqlite {
         windows: Vec<Window>,
         now: DateTime<Utc>,
     ) -> BoxFuture<Result<Vec<WindowState>, StoreError>> {
-        self.run(move |c| {
-            let tx = c.transaction()?;
-            windows
+        let Some(owner) = self.owner.clone() else {
+            // A reader: what the file holds.
+            return self.run(move |c| {
+                let tx = c.transaction()?;
+                windows
+                    .iter()
+                    .map(|w| state(&tx, &token, &w.key(now), now.timestamp()))
+                    .collect()
+            });
+        };
+        let this = self.clone();
+        Box::pin(async move {
+            let keys: Vec<(Window, String)> = windows.iter().map(|w| (*w, w.key(now))).collect();
+            this.load(&owner, &token, &keys, now).await?;
+            let mut state = lock(&owner.shared.state);
+            state.ledger.prune(now.timestamp());
+            Ok(keys
                 .iter()
-                .map(|w| state(&tx, &token, &w.key(now), now.timestamp()))
-                .collect()
+                .map(|(_, key)| state.ledger.state(&token, key).unwrap_or_default())
+                .collect())
         })
     }
 
     fn report(
+        &self,
+        period: Period,
+        token: Option<String>,
+    ) -> BoxFuture<Result<Vec<Row>, StoreError>> {
+        // The gateway's own report includes what is still pending.
+        let flushed = self.owner.is_some().then(|| self.flush());
+        let read = self.report_from_file(period, token);
+        Box::pin(async move {
+            if let Some(flushed) = flushed {
+                flushed.await?;
+            }
+            read.await
+        })
+    }
+}
+
+impl Sqlite {
+    fn report_from_file(
         &self,
         period: Period,
         token: Option<String>,
@@ -513,6 +835,7 @@ impl Store for Sqlite {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spend::store::Reservation;
     use crate::spend::Limits;
 
     fn ask(store_limits: &Limits, id: &str, now: DateTime<Utc>, reserve: Amount) -> Ask {
@@ -636,6 +959,141 @@ mod tests {
             ),
             (1, 47, 48)
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn temp_db(name: &str) -> (PathBuf, String) {
+        let dir = std::env::temp_dir().join(format!("gw-sqlite-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("usage.db");
+        let text = path.to_str().unwrap().to_owned();
+        (dir, text)
+    }
+
+    #[tokio::test]
+    async fn a_second_gateway_on_the_same_file_is_refused_and_a_reader_is_not() {
+        let (dir, path) = temp_db("exclusive");
+        let first = Sqlite::open(&path).unwrap();
+        let second = Sqlite::open(&path).unwrap_err();
+        assert!(second.contains("in use by another gateway"), "{second}");
+        assert!(second.contains(&std::process::id().to_string()), "{second}");
+        assert!(second.contains("dynamodb:TABLE"), "{second}");
+        let reader = Sqlite::reader(&path).unwrap();
+        reader.ping().await.unwrap();
+        assert!(reader
+            .admit(ask(&Limits::default(), "x", Utc::now(), Amount::default()))
+            .await
+            .is_err());
+        drop(first);
+        // Released with the store: the next gateway may open it.
+        Sqlite::open(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_limited_settlement_is_in_the_file_when_it_returns() {
+        let (dir, path) = temp_db("durable");
+        let store = Sqlite::open(&path).unwrap();
+        let reader = Sqlite::reader(&path).unwrap();
+        let limits = Limits::parse(&serde_json::json!({"tokens_per_day": 1000})).unwrap();
+        let now = Utc::now();
+        let one = Amount {
+            requests: 1,
+            tokens: 10,
+            usd_micros: 0,
+        };
+        for (i, tokens) in [7, 11, 13].into_iter().enumerate() {
+            let Admission::Granted(r) = store
+                .admit(ask(&limits, &format!("r{i}"), now, one))
+                .await
+                .unwrap()
+            else {
+                panic!("refused")
+            };
+            store
+                .settle(settlement(Some(r), now, tokens).into())
+                .await
+                .unwrap();
+            // No flush, no wait: what settle returned for is in the file.
+            let states = reader
+                .windows("alice".into(), limits.windows(), now)
+                .await
+                .unwrap();
+            assert_eq!(states[0].used.tokens, [7, 18, 31][i]);
+            assert_eq!(
+                states[0].reserved,
+                Amount::default(),
+                "the reservation row is gone too"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn requests_per_minute_is_exact_under_concurrency() {
+        let (dir, path) = temp_db("concurrent");
+        let store = Arc::new(Sqlite::open(&path).unwrap());
+        let limits = Limits::parse(&serde_json::json!({"requests_per_minute": 10})).unwrap();
+        let now: DateTime<Utc> = "2026-12-01T10:00:30Z".parse().unwrap();
+        let one = Amount {
+            requests: 1,
+            tokens: 1,
+            usd_micros: 0,
+        };
+        let asks = (0..64).map(|i| {
+            let (store, limits) = (store.clone(), limits.clone());
+            tokio::spawn(async move {
+                store
+                    .admit(ask(&limits, &format!("c{i}"), now, one))
+                    .await
+                    .unwrap()
+            })
+        });
+        let mut granted = 0;
+        for admission in asks {
+            granted += usize::from(matches!(admission.await.unwrap(), Admission::Granted(_)));
+        }
+        assert_eq!(granted, 10);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_reservation_left_by_a_dead_gateway_counts_until_it_expires() {
+        let (dir, path) = temp_db("orphan");
+        let limits = Limits::parse(&serde_json::json!({"requests_per_minute": 1})).unwrap();
+        // Start-up reads back what is live by the real clock.
+        let now = Utc::now();
+        let one = Amount {
+            requests: 1,
+            tokens: 1,
+            usd_micros: 0,
+        };
+        {
+            let store = Sqlite::open(&path).unwrap();
+            let mut first = ask(&limits, "held", now, one);
+            first.expires = now + chrono::Duration::seconds(20);
+            let Admission::Granted(_) = store.admit(first).await.unwrap() else {
+                panic!("refused")
+            };
+            store.flush().await.unwrap();
+            // Never settled: the process "dies" holding it.
+        }
+        let store = Sqlite::open(&path).unwrap();
+        let Admission::Refused(refusal) =
+            store.admit(ask(&limits, "next", now, one)).await.unwrap()
+        else {
+            panic!("the dead gateway's reservation was not counted")
+        };
+        assert_eq!(refusal.limit.key, "requests_per_minute");
+        let later = now + chrono::Duration::seconds(21);
+        let Admission::Granted(_) = store
+            .admit(ask(&limits, "after", later, one))
+            .await
+            .unwrap()
+        else {
+            panic!("the expired reservation still counts")
+        };
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

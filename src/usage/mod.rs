@@ -111,11 +111,8 @@ impl Meter {
 
     /// A model named by the response before its usage.
     pub fn saw_model(&self, model: &str) {
-        if crate::openai::check_model(model).is_err() {
-            return;
-        }
         let mut m = self.0.lock().expect("meter lock");
-        if m.model.is_none() {
+        if m.model.is_none() && crate::openai::check_model(model).is_ok() {
             m.model = Some(model.to_owned());
         }
     }

@@ -18,7 +18,7 @@ impl Scanner {
     /// (its `data:` lines joined with `\n`), or `None` for one too long to keep.
     pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(Option<&[u8]>)) {
         let mut rest = chunk;
-        while let Some(at) = rest.iter().position(|b| *b == b'\n') {
+        while let Some(at) = memchr::memchr(b'\n', rest) {
             self.push_line(&rest[..at]);
             let line = std::mem::take(&mut self.line);
             self.line_done(line.strip_suffix(b"\r").unwrap_or(&line), &mut on_event);

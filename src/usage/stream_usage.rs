@@ -168,6 +168,20 @@ impl<B> HideUsageChunk<B> {
                 }
             }
         };
+        if self.partial.is_empty() {
+            // The usual case: a chunk of whole events, none of them the
+            // usage chunk (which must name `usage`): it goes on as it
+            // came, not copied; what follows its last event waits.
+            let whole = last_event_end(&data);
+            if whole > 0 && memchr::memmem::find(&data[..whole], b"\"usage\"").is_none() {
+                self.ready.push_back(data.slice(..whole));
+                if whole < data.len() {
+                    self.partial.extend_from_slice(&data[whole..]);
+                    self.split();
+                }
+                return;
+            }
+        }
         self.partial.extend_from_slice(&data);
         self.split();
     }
@@ -196,18 +210,29 @@ impl<B> HideUsageChunk<B> {
 
 /// Where the first complete event in `bytes` ends (after its blank line).
 fn event_end(bytes: &[u8]) -> Option<usize> {
-    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let crlf = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4);
+    let lf = memchr::memmem::find(bytes, b"\n\n").map(|i| i + 2);
+    // A CRLF end counts only if it comes first: search no further than the LF one.
+    let before = lf.map_or(bytes.len(), |end| (end + 2).min(bytes.len()));
+    let crlf = memchr::memmem::find(&bytes[..before], b"\r\n\r\n").map(|i| i + 4);
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
 }
 
+/// Where the last complete event in `bytes` ends (0: none is complete).
+fn last_event_end(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(end) = event_end(&bytes[at..]) {
+        at += end;
+    }
+    at
+}
+
 fn is_usage_chunk(event: &[u8]) -> bool {
+    if memchr::memmem::find(event, b"\"usage\"").is_none() {
+        return false;
+    }
     let text = String::from_utf8_lossy(event);
     let data: String = text
         .lines()

@@ -106,10 +106,68 @@ impl Step for UsageTap {
     }
 }
 
+/// The key only an event that can carry usage holds.
+const USAGE_KEY: &[u8] = b"\"usage\"";
+
+/// Of an event without usage, what the meter wants: the model, and the
+/// content streamed (for an estimate if the stream is cut). Borrowed, the
+/// rest skipped: no tree is built.
+#[derive(serde::Deserialize)]
+struct Light<'a> {
+    #[serde(borrow, default)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    choices: Option<Vec<LightChoice<'a>>>,
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    delta: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct LightChoice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<LightDelta<'a>>,
+    #[serde(borrow, default)]
+    text: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct LightDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<std::borrow::Cow<'a, str>>,
+}
+
 /// One event of a chat, completion or Responses stream.
 fn stream_event(meter: &Meter, data: &[u8]) {
     if data == b"[DONE]" {
         return;
+    }
+    // Only an event that names `usage` is read whole (the last of a chat
+    // stream, `response.completed`); the others, by their few fields.
+    if memchr::memmem::find(data, USAGE_KEY).is_none() {
+        if let Ok(light) = serde_json::from_slice::<Light<'_>>(data) {
+            if let Some(model) = &light.model {
+                meter.saw_model(model);
+            }
+            let mut chars = 0;
+            for choice in light.choices.iter().flatten() {
+                chars += match (&choice.delta, &choice.text) {
+                    (Some(delta), _) => delta.content.as_deref().map_or(0, str::len),
+                    (None, Some(text)) => text.len(),
+                    (None, None) => 0,
+                };
+            }
+            if light.kind.as_deref() == Some("response.output_text.delta") {
+                chars += light.delta.as_deref().map_or(0, str::len);
+            }
+            if chars > 0 {
+                meter.saw_output(chars);
+            }
+            return;
+        }
+        // A shape the light view does not take (a `delta` that is an
+        // object…): read as a tree, as below.
     }
     let Ok(event) = serde_json::from_slice::<Value>(data) else {
         return;
@@ -117,7 +175,6 @@ fn stream_event(meter: &Meter, data: &[u8]) {
     if let Some(model) = event.get("model").and_then(Value::as_str) {
         meter.saw_model(model);
     }
-    // Content streamed so far, for an estimate if the stream is cut.
     let mut chars = 0;
     if let Some(choices) = event.get("choices").and_then(Value::as_array) {
         for choice in choices {
