@@ -413,6 +413,67 @@ def llm(helper_port):
     return out
 
 
+def added(out, case, path, q="p50_us"):
+    return out[case][path][q] - out[case]["direct"][q]
+
+
+def llm_targets(out):
+    c1, c64, sse, v = out["chat1"], out["chat64"], out["sse64"], out["vision4"]
+    chat_rps = c64["gateway"]["rps"] / c64["nginx"]["rps"]
+    chat_cpu = out["chat_cpu"]["gateway"] / out["chat_cpu"]["nginx"]
+    gw_add, ngx_add = added(out, "chat1", "gateway"), added(out, "chat1", "nginx")
+    sse_cpu = out["sse_cpu"]["gateway"] / out["sse_cpu"]["nginx"]
+    per_event = out["sse_cpu"]["gateway"] / SSE_EVENTS
+    sse_rps = sse["gateway"]["rps"] / sse["nginx"]["rps"]
+    v_cpu = out["vision_cpu"]["gateway"] / out["vision_cpu"]["nginx"]
+    v_gw, v_ngx = added(out, "vision4", "gateway"), added(out, "vision4", "nginx")
+    return [
+        ("LLM, chat JSON with limits: req/s at 64 connections ≥ 0.5 × nginx", "%.0f vs %.0f (%.2f×)" % (c64["gateway"]["rps"], c64["nginx"]["rps"], chat_rps), chat_rps >= 0.5),
+        ("LLM, chat JSON with limits: CPU per request ≤ 3 × nginx's", "%.1f µs vs %.1f µs (%.1f×)" % (out["chat_cpu"]["gateway"], out["chat_cpu"]["nginx"], chat_cpu), chat_cpu <= 3),
+        ("LLM, chat JSON with limits: p50 added at 1 connection ≤ 2 × nginx's", "%+.0f µs vs %+.0f µs (%.1f×)" % (gw_add, ngx_add, gw_add / ngx_add if ngx_add > 0 else float("inf")),
+         None if ngx_add <= 0 else gw_add <= 2 * ngx_add),
+        ("LLM, chat JSON with limits: p99 at 1 connection < 1 ms", "%.2f ms" % (c1["gateway"]["p99_us"] / 1e3), c1["gateway"]["p99_us"] < 1000),
+        ("LLM, SSE of %d events with limits: CPU per stream ≤ 3 × nginx's, under 0.5 µs per event" % SSE_EVENTS,
+         "%.0f µs vs %.0f µs (%.1f×; %.2f µs per event)" % (out["sse_cpu"]["gateway"], out["sse_cpu"]["nginx"], sse_cpu, per_event), sse_cpu <= 3 and per_event < 0.5),
+        ("LLM, SSE with limits: streams/s at 64 connections ≥ 0.5 × nginx", "%.0f vs %.0f (%.2f×)" % (sse["gateway"]["rps"], sse["nginx"]["rps"], sse_rps), sse_rps >= 0.5),
+        ("LLM, 8 MiB chat body with limits: CPU per request ≤ 2 × nginx's", "%.2f ms vs %.2f ms (%.1f×)" % (out["vision_cpu"]["gateway"] / 1e3, out["vision_cpu"]["nginx"] / 1e3, v_cpu), v_cpu <= 2),
+        ("LLM, 8 MiB chat body: p50 added at 4 connections ≤ 2 × nginx's", "%+.1f ms vs %+.1f ms" % (v_gw / 1e3, v_ngx / 1e3), None if v_ngx <= 0 else v_gw <= 2 * v_ngx),
+        ("LLM, 8 MiB chat bodies, 4 at once: peak RSS < 100 MiB", "%.0f MiB" % out["vision_rss_mib"], out["vision_rss_mib"] < 100),
+    ]
+
+
+def llm_tables(out):
+    paths = ("direct", "nginx", "gateway")
+    lines = [
+        "## The LLM path, limits on",
+        "",
+        "`POST /v1/chat/completions` with a token that has `models` and `requests_per_minute` + `usd_per_month` limits, on the",
+        "default SQLite store: every request is parsed into the rules' view, admitted, forwarded, its usage read from the",
+        "answer and settled. The upstream is nginx answering a fixed chat completion with `usage` (and, for streams and",
+        "big bodies, the mock upstream); nginx as the reference proxy in front of the same upstream.",
+        "",
+        "| path | chat p50 @1 | chat p99 @1 | added p50 @1 | chat req/s @64 | p50 @64 | p99 @64 | SSE streams/s @64 | 8 MiB p50 @4 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in paths:
+        c1, c64, sse, v = out["chat1"][p], out["chat64"][p], out["sse64"][p], out["vision4"][p]
+        add = "-" if p == "direct" else "%+.0f µs" % added(out, "chat1", p)
+        lines.append("| %s | %.0f µs | %.0f µs | %s | %.0f | %.0f µs | %.0f µs | %.0f | %.1f ms |" % (
+            p, c1["p50_us"], c1["p99_us"], add, c64["rps"], c64["p50_us"], c64["p99_us"], sse["rps"], v["p50_us"] / 1e3))
+    lines += [
+        "",
+        "| CPU per request (user + system, all threads) | nginx | gateway |",
+        "|---|---|---|",
+        "| chat JSON (3 KB body), 64 connections | %.1f µs | %.1f µs |" % (out["chat_cpu"]["nginx"], out["chat_cpu"]["gateway"]),
+        "| SSE, %d chunked events, 64 connections | %.0f µs | %.0f µs |" % (SSE_EVENTS, out["sse_cpu"]["nginx"], out["sse_cpu"]["gateway"]),
+        "| 8 MiB JSON body (an inline image), 4 connections | %.2f ms | %.2f ms |" % (out["vision_cpu"]["nginx"] / 1e3, out["vision_cpu"]["gateway"] / 1e3),
+        "",
+        "Peak RSS of a fresh gateway serving the 8 MiB bodies, 4 at once: %.0f MiB." % out["vision_rss_mib"],
+        "",
+    ]
+    return lines
+
+
 def memory_run(port, pid, total=3_000_000):
     """`total` requests at full speed (64 connections) through the bare
     gateway and its default store: RSS before and after."""
@@ -652,6 +713,9 @@ def main():
     cold_ssm, _ = lambda_mode(ports["direct"], moto_ssm())
     warm_extra = warm - local_rt
     print("cold", cold_local, cold_bundled, cold_ssm, "warm", warm, "local", local_rt, flush=True)
+    lm = llm(ports["helper"])
+    mem = memory_run(ports["gateway"], gw.pid)
+    print("memory", mem, flush=True)
     size = os.path.getsize(GATEWAY) / 2**20
 
     def overhead(conns, p, q="p50_us"):
@@ -681,6 +745,9 @@ def main():
         ("Cold start to first proxied 200 (local) < 50 ms", "%.1f ms" % cold_local, cold_local < 50),
         ("RSS after the load run < 30 MB", "%.1f MiB (peak %.1f MiB)" % (after_load_rss, peak_after_load), after_load_rss < 30),
         ("Four 30 MiB chat bodies at once, token with models and limits: peak RSS < 300 MiB", "%.0f MiB" % chats["peak_rss_mib"], chats["peak_rss_mib"] < 300),
+    ] + llm_targets(lm) + [
+        ("Memory: after %.1f million requests at full speed (default store), RSS < 50 MiB" % (mem["requests"] / 1e6),
+         "%.1f MiB (before %.1f, peak %.1f)" % (mem["after_mib"], mem["before_mib"], mem["peak_mib"]), mem["after_mib"] < 50 and mem["requests"] >= 3e6),
     ]
     nginx_v, wrk_v, rustc = versions()
     lines = [
@@ -701,6 +768,7 @@ def main():
         "|---|---|---|",
     ] + ["| %s | %s | %s |" % (t, m, verdict(ok)) for t, m, ok in targets] + [
         "",
+    ] + llm_tables(lm) + [
         "## Latency and throughput (`wrk --latency`, GET 1 KB JSON)",
         "",
         "| path | p50 @1 | p99 @1 | p50 @64 | p99 @64 | req/s @64 | overhead p50 @1 |",
@@ -782,6 +850,7 @@ def main():
         "| binary (release, stripped) | %.1f MiB |" % size,
         "| idle RSS | %.1f MiB |" % idle_rss,
         "| RSS after the 64-connection runs | %.1f MiB (peak %.1f MiB) |" % (after_load_rss, peak_after_load),
+        "| RSS after %.1f million more requests at full speed (64 connections, default store) | %.1f MiB (peak %.1f MiB) |" % (mem["requests"] / 1e6, mem["after_mib"], mem["peak_mib"]),
         "",
         "## Commands",
         "",

@@ -482,4 +482,30 @@ mod tests {
         assert!(ledger.windows_held() <= 5, "{}", ledger.windows_held());
         assert_eq!(ledger.state("alice", "total").unwrap().used.requests, 600);
     }
+
+    #[test]
+    fn what_waits_to_be_written_is_bounded_by_keys_not_requests() {
+        let now: DateTime<Utc> = "2026-12-01T10:00:30Z".parse().unwrap();
+        let mut ledger = Ledger::default();
+        for i in 0..10_000i64 {
+            ledger.settle(&Settlement {
+                token: "bob".into(),
+                at: now,
+                reservation: None,
+                used: true,
+                model: if i % 2 == 0 { "gpt-4o-mini" } else { "gpt-4o" }.into(),
+                input: 2,
+                cached: 0,
+                output: 3,
+                usd_micros: 1,
+                estimated: false,
+                windows: Vec::new(),
+                row: true,
+            });
+        }
+        assert_eq!(ledger.pending.rows.len(), 2);
+        assert!(ledger.pending.windows.is_empty() && ledger.pending.release.is_empty());
+        let total: i64 = ledger.pending.rows.values().map(|r| r.requests).sum();
+        assert_eq!(total, 10_000);
+    }
 }

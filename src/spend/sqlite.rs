@@ -108,6 +108,8 @@ impl Drop for Owner {
 struct Shared {
     name: String,
     state: Mutex<State>,
+    /// The connection every commit goes through; its lock orders commits.
+    writes: Mutex<Connection>,
     /// Wakes the writer: someone waits for a commit, or the store closes.
     wake: Condvar,
     /// The last change (by [`State::seq`]) committed.
@@ -189,8 +191,10 @@ impl Sqlite {
         let reads = connect(&name, path)?;
         let mut ledger = Ledger::default();
         orphans(&reads, &mut ledger, Utc::now().timestamp()).map_err(|e| format!("{name}: {e}"))?;
+        let writes = connect(&name, path)?;
         let shared = Arc::new(Shared {
             name: name.clone(),
+            writes: Mutex::new(writes),
             state: Mutex::new(State {
                 ledger,
                 ..State::default()
@@ -200,11 +204,10 @@ impl Sqlite {
             failing: AtomicBool::new(false),
             done: tokio::sync::Notify::new(),
         });
-        let writer = connect(&name, path)?;
         let for_writer = shared.clone();
         std::thread::Builder::new()
             .name("usage-writer".into())
-            .spawn(move || write_behind(&for_writer, writer))
+            .spawn(move || write_behind(&for_writer))
             .map_err(|e| format!("{name}: cannot start the usage writer: {e}"))?;
         Ok(Self {
             name,
@@ -391,13 +394,13 @@ async fn durable(shared: Arc<Shared>, seq: u64) -> bool {
     }
 }
 
-/// The writer's thread: commits what is pending, as soon as someone waits
-/// for it, else every [`GATHER`]; tidies once a minute; on a failed commit,
-/// keeps the batch (summed, so bounded) and tries again every second.
-fn write_behind(shared: &Shared, mut connection: Connection) {
+/// The writer's thread: commits what is pending every [`GATHER`], and at
+/// once when someone waits for it; tidies once a minute; on a failed commit,
+/// the batch is kept (summed, so bounded) and tried again every second.
+fn write_behind(shared: &Shared) {
     let mut tidied = Instant::now();
     loop {
-        let (batch, seq, closed) = {
+        let closed = {
             let mut state = lock(&shared.state);
             loop {
                 if state.closed || state.urgent {
@@ -423,33 +426,10 @@ fn write_behind(shared: &Shared, mut connection: Connection) {
                 state.ledger.prune(now);
                 state.ledger.evict(now, EVICT_GRACE_SECS);
             }
-            state.urgent = false;
-            (
-                std::mem::take(&mut state.ledger.pending),
-                state.seq,
-                state.closed,
-            )
+            state.closed
         };
-        let mut failed = false;
-        if !batch.is_empty() {
-            match commit(&mut connection, &batch) {
-                Ok(()) => {}
-                Err(error) if rejects(&error) => {
-                    // Some value spoils the batch: each part is written
-                    // alone, and only what the store refuses is dropped (and said).
-                    let left = commit_each(&mut connection, batch, &shared.name);
-                    if !left.is_empty() {
-                        lock(&shared.state).ledger.pending.merge_back(left);
-                        failed = true;
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(store = %shared.name, %error, "usage could not be written; trying again");
-                    lock(&shared.state).ledger.pending.merge_back(batch);
-                    failed = true;
-                }
-            }
-        }
+        let mut connection = lock(&shared.writes);
+        let failed = land(shared, &mut connection);
         if tidied.elapsed() >= TIDY {
             tidied = Instant::now();
             let now = Utc::now().timestamp();
@@ -459,26 +439,58 @@ fn write_behind(shared: &Shared, mut connection: Connection) {
                 }
             }
         }
-        if failed {
-            shared.failing.store(true, Ordering::Release);
-        } else {
-            shared.failing.store(false, Ordering::Release);
-            shared.committed.store(seq, Ordering::Release);
-        }
-        shared.done.notify_waiters();
+        drop(connection);
         if closed {
-            let left = lock(&shared.state).ledger.pending.is_empty();
-            if !failed && left {
-                return;
-            }
             if failed {
                 tracing::error!(store = %shared.name, "usage store closed with usage it could not write");
+                return;
+            }
+            if lock(&shared.state).ledger.pending.is_empty() {
                 return;
             }
         } else if failed {
             std::thread::sleep(Duration::from_secs(1));
         }
     }
+}
+
+/// Takes everything pending and commits it on `connection` (the caller
+/// holds it, so commits land in order), then tells those who wait.
+/// Returns whether the commit failed (what it held is pending again).
+fn land(shared: &Shared, connection: &mut Connection) -> bool {
+    let (batch, seq) = {
+        let mut state = lock(&shared.state);
+        state.urgent = false;
+        (std::mem::take(&mut state.ledger.pending), state.seq)
+    };
+    let mut failed = false;
+    if !batch.is_empty() {
+        match commit(connection, &batch) {
+            Ok(()) => {}
+            Err(error) if rejects(&error) => {
+                // Some value spoils the batch: each part is written
+                // alone, and only what the store refuses is dropped (and said).
+                let left = commit_each(connection, batch, &shared.name);
+                if !left.is_empty() {
+                    lock(&shared.state).ledger.pending.merge_back(left);
+                    failed = true;
+                }
+            }
+            Err(error) => {
+                tracing::error!(store = %shared.name, %error, "usage could not be written; trying again");
+                lock(&shared.state).ledger.pending.merge_back(batch);
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        shared.failing.store(true, Ordering::Release);
+    } else {
+        shared.failing.store(false, Ordering::Release);
+        shared.committed.fetch_max(seq, Ordering::AcqRel);
+    }
+    shared.done.notify_waiters();
+    failed
 }
 
 /// Writes a batch in one transaction: reservations made, then released,
@@ -712,6 +724,11 @@ impl Store for Sqlite {
         if !waits {
             return Box::pin(std::future::ready(Ok(())));
         }
+        // Group commit: the writer commits at once, holding whatever else
+        // settled meanwhile. (Committing on the request's own thread was
+        // tried: a little less latency at one connection, but every
+        // connection on that thread stalls during the commit, and p99 at
+        // 64 connections went from 9 ms to 96 ms.)
         owner.shared.wake.notify_one();
         let shared = owner.shared.clone();
         Box::pin(async move {
@@ -728,8 +745,14 @@ impl Store for Sqlite {
             return None;
         }
         let mut state = lock(&owner.shared.state);
+        let first = state.ledger.pending.is_empty();
         state.ledger.settle(s);
         state.seq += 1;
+        drop(state);
+        if first {
+            // The writer gathers from now, and commits within GATHER.
+            owner.shared.wake.notify_one();
+        }
         Some(Ok(()))
     }
 
