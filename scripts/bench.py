@@ -85,6 +85,19 @@ http {
     start(["nginx", "-c", conf, "-g", "daemon off;"])
 
 
+def reverse_proxy(name, upstream_port, listen_port):
+    """nginx as the reference reverse proxy: upstream keep-alive, nothing buffered."""
+    return """
+  upstream %s { server 127.0.0.1:%d; keepalive 64; }
+  server {
+    listen 127.0.0.1:%d;
+    location / {
+      proxy_pass http://%s; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_buffering off; proxy_request_buffering off; client_max_body_size 0;
+    }
+  }""" % (name, upstream_port, listen_port, name)
+
+
 def setup():
     helper_port, up_port, ngx_port, gw_port = free_port(), free_port(), free_port(), free_port()
     docroot = os.path.join(WORK, "www")
@@ -105,15 +118,7 @@ def setup():
     location /v1/chat/completions { proxy_pass http://helper; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; client_max_body_size 0; }
     location /v1/upload { proxy_pass http://helper; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_request_buffering off; client_max_body_size 0; }
   }""" % (helper_port, up_port, docroot), "upstream")
-    nginx("""
-  upstream api { server 127.0.0.1:%d; keepalive 64; }
-  server {
-    listen 127.0.0.1:%d;
-    location / {
-      proxy_pass http://api; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_buffering off; proxy_request_buffering off; client_max_body_size 0;
-    }
-  }""" % (up_port, ngx_port), "proxy")
+    nginx(reverse_proxy("api", up_port, ngx_port), "proxy")
     tokens = os.path.join(WORK, "tokens.json")
     with open(tokens, "w") as f:
         json.dump({"tokens": [{"name": "bench", "token": TOKEN}]}, f)
@@ -332,23 +337,7 @@ def llm_setup(helper_port):
     # Streams (`?n=`) come from the helper. So do the answers to big bodies,
     # on their own port (`big`): nginx's `return` does not read a request
     # body, and a big one unread breaks keep-alive.
-    nginx("""
-  upstream api { server 127.0.0.1:%d; keepalive 64; }
-  server {
-    listen 127.0.0.1:%d;
-    location / {
-      proxy_pass http://api; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_buffering off; proxy_request_buffering off; client_max_body_size 0;
-    }
-  }
-  upstream helper { server 127.0.0.1:%d; keepalive 64; }
-  server {
-    listen 127.0.0.1:%d;
-    location / {
-      proxy_pass http://helper; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_buffering off; proxy_request_buffering off; client_max_body_size 0;
-    }
-  }""" % (up, proxy, helper_port, big), "llm-proxy")
+    nginx(reverse_proxy("api", up, proxy) + reverse_proxy("helper", helper_port, big), "llm-proxy")
     gw, env = limited_gateway(up, gw_port, "llm")
     for port in (up, proxy, big):
         wait_port(port)

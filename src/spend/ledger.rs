@@ -246,21 +246,11 @@ impl Ledger {
             entry.0 = entry.0.plus(amount);
         }
         if s.row {
-            match self.pending.rows.get_mut(&(
-                s.token.clone(),
-                s.at.date_naive(),
-                s.model.to_string(),
-            )) {
-                Some(row) => row.add(s),
-                None => {
-                    let mut row = Row::default();
-                    row.add(s);
-                    self.pending.rows.insert(
-                        (s.token.clone(), s.at.date_naive(), s.model.to_string()),
-                        row,
-                    );
-                }
-            }
+            self.pending
+                .rows
+                .entry((s.token.clone(), s.at.date_naive(), s.model.to_string()))
+                .or_default()
+                .add(s);
         }
     }
 

@@ -651,20 +651,7 @@ fn state(
     window: &str,
     now: i64,
 ) -> rusqlite::Result<WindowState> {
-    let used = tx
-        .query_row(
-            "SELECT requests, tokens, usd_micros FROM windows WHERE token = ?1 AND window = ?2",
-            params![token, window],
-            |r| {
-                Ok(Amount {
-                    requests: r.get(0)?,
-                    tokens: r.get(1)?,
-                    usd_micros: r.get(2)?,
-                })
-            },
-        )
-        .optional()?
-        .unwrap_or_default();
+    let used = used(tx, token, window)?;
     let reserved = tx.query_row(
         // TOTAL (a double) never overflows as SUM would; capped at 2^53.
         "SELECT CAST(MIN(TOTAL(requests), 9007199254740992.0) AS INTEGER),
