@@ -1,9 +1,9 @@
 //! The mock OpenAI upstream as a program, for the SDK suites (`tests/compat`)
 //! and `scripts/bench`: the same mock the Rust suites start in-process
-//! (`tests/common/mock.rs`). Usage: `mock_upstream PORT`; it prints
+//! (`tests/it/common/mock.rs`). Usage: `mock_upstream PORT`; it prints
 //! `mock listening on PORT` once it accepts connections.
 
-#[path = "../tests/common/mock.rs"]
+#[path = "../tests/it/common/mock.rs"]
 #[allow(dead_code)]
 mod mock;
 

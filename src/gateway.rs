@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::auth::{self, Admitted};
 use crate::body::{BoxError, Buffered, GatewayBody, IdleTimeout, Layer};
+use crate::clock::Clock;
 use crate::completion::{Completion, Pending};
 use crate::cors::Cors;
 use crate::error::GatewayError;
@@ -70,6 +71,8 @@ pub struct GatewayOptions {
     pub store: Option<Arc<dyn Store>>,
     /// The most of a request body a policy reads (`MAX_INSPECTED_BODY_BYTES`).
     pub max_body: u64,
+    /// The time requests are judged by (expiry, windows).
+    pub clock: Clock,
 }
 
 impl GatewayOptions {
@@ -87,6 +90,7 @@ impl GatewayOptions {
             hooks: Vec::new(),
             store: None,
             max_body: 32 << 20,
+            clock: Clock::system(),
         }
     }
 }
@@ -191,6 +195,7 @@ impl Gateway {
             hook.start();
         }
         let mut record = Record::start(&parts.method, parts.uri.path(), Instant::now());
+        record.arrived = self.inner.options.clock.now();
         record.request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
         let buffered = parts.extensions.get::<Buffered>().copied();
         let cors = self.inner.options.cors.as_ref();
@@ -268,7 +273,14 @@ impl Gateway {
             })?;
         }
         let (edits, reply) = self
-            .apply_policies(&parts, &path, &admitted, &mut body, &mut record.notes)
+            .apply_policies(
+                &parts,
+                &path,
+                &admitted,
+                &mut body,
+                &mut record.notes,
+                record.arrived,
+            )
             .await?;
         if let Some(reply) = reply {
             return Ok(reply.map(Shaped::from));
@@ -341,6 +353,7 @@ impl Gateway {
         admitted: &Admitted,
         body: &mut RequestBody,
         notes: &mut http::Extensions,
+        now: DateTime<Utc>,
     ) -> Result<(Vec<ResponseEdit>, Option<Response<Bytes>>), GatewayError> {
         let policies = &self.inner.options.policies;
         if policies.is_empty() {
@@ -354,6 +367,7 @@ impl Gateway {
             body,
             notes,
             self.inner.options.max_body,
+            now,
         );
         for rule in policies {
             if !rule.applies(&inspect) {

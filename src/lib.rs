@@ -29,6 +29,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod clock;
 pub mod commands;
 pub mod completion;
 pub mod config;

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::clock::Clock;
 use crate::config::{
     Settings, Switch, DEFAULT_LOCAL_STORE, DEFAULT_TOKENS_FILES, DEFAULT_UPSTREAM, TOKENS_FILE,
     TOKENS_SSM_PARAMETER, UPSTREAM_API_KEY, UPSTREAM_API_KEY_SSM_PARAMETER, USAGE_STORE,
@@ -95,6 +96,7 @@ pub async fn usage_store(
     settings: &Settings,
     mode: Mode,
     tokens: Option<&TokenSet>,
+    clock: &Clock,
 ) -> Result<Option<Arc<dyn Store>>, ConfigError> {
     let spec = match (&settings.usage_store, mode) {
         (Some(spec), _) => spec.as_str(),
@@ -127,7 +129,7 @@ pub async fn usage_store(
             });
         }
     }
-    let store = match crate::spend::open(spec).await {
+    let store = match crate::spend::open(spec, clock).await {
         Ok(store) => store,
         // The default is a convenience: where it cannot be (a read-only
         // working directory), and no limit needs it, the gateway runs on
@@ -151,6 +153,15 @@ pub async fn usage_store(
 
 /// What the gateway for `mode` is made of, checked; callers add hooks.
 pub async fn options(settings: &Settings, mode: Mode) -> Result<GatewayOptions, ConfigError> {
+    options_at(settings, mode, Clock::system()).await
+}
+
+/// [`options`], with requests judged by `clock` (a test's, that it moves).
+pub async fn options_at(
+    settings: &Settings,
+    mode: Mode,
+    clock: Clock,
+) -> Result<GatewayOptions, ConfigError> {
     if settings.upstream_api_key.is_some() && settings.upstream_api_key_ssm_parameter.is_some() {
         return Err(ConfigError::Conflict(
             UPSTREAM_API_KEY,
@@ -244,7 +255,7 @@ pub async fn options(settings: &Settings, mode: Mode) -> Result<GatewayOptions, 
         settings.upstream_ca_file.as_deref(),
     )?;
     let initial = tokens.peek();
-    let store = usage_store(settings, mode, initial.as_deref()).await?;
+    let store = usage_store(settings, mode, initial.as_deref(), &clock).await?;
     let prices = Arc::new(Prices::load(settings.prices_file.as_deref())?);
     let mut hooks: Vec<Arc<dyn Finish>> = Vec::new();
     if let Some(store) = &store {
@@ -295,6 +306,7 @@ pub async fn options(settings: &Settings, mode: Mode) -> Result<GatewayOptions, 
         cors,
         hooks,
         store,
+        clock,
         ..GatewayOptions::new(proxy, tokens)
     })
 }

@@ -23,6 +23,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, TryStreamExt};
 use http::{HeaderMap, Method};
 use http_body::{Body, Frame};
@@ -80,6 +81,9 @@ pub struct Inspect<'r> {
     pub reply: Option<http::Response<Bytes>>,
     /// The most of a body a policy reads.
     pub max_body: u64,
+    /// When the request arrived, by the gateway's [`crate::clock::Clock`]:
+    /// the instant every rule judges it at (windows, expiry, `resets_at`).
+    pub now: DateTime<Utc>,
     /// The body's [`View`], once a rule asked for it.
     view: Parsed,
 }
@@ -94,6 +98,7 @@ enum Parsed {
 impl<'r> Inspect<'r> {
     /// What the policies see of a request whose body has not been read.
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // one per field the pipeline fills in
     pub fn new(
         method: &'r Method,
         path: &'r str,
@@ -102,6 +107,7 @@ impl<'r> Inspect<'r> {
         body: &'r mut RequestBody,
         notes: &'r mut http::Extensions,
         max_body: u64,
+        now: DateTime<Utc>,
     ) -> Self {
         Self {
             method,
@@ -113,6 +119,7 @@ impl<'r> Inspect<'r> {
             notes,
             reply: None,
             max_body,
+            now,
             view: Parsed::NotYet,
         }
     }

@@ -60,7 +60,7 @@ impl Policy for Account {
             let Some(endpoint) = endpoint(request.path) else {
                 return Ok(());
             };
-            let now = Utc::now();
+            let now = request.now;
             let admitted = request.admitted;
             let body = match endpoint {
                 Endpoint::Limits => self.limits(admitted, now).await?,

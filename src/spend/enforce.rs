@@ -109,7 +109,7 @@ impl Policy for Enforce {
             }
             let (reserve, reserved) = self.estimate(&limits, metering, &view, &units)?;
             request.notes.insert(reserved);
-            let now = chrono::Utc::now();
+            let now = request.now;
             let windows: Vec<String> = window_keys(&limits, now)
                 .into_iter()
                 .map(|(_, k)| k)
@@ -601,6 +601,7 @@ mod tests {
             &mut body,
             &mut notes,
             1 << 20,
+            chrono::Utc::now(),
         );
         // USAGE_FAIL_MODE=open: still refused, as this is no outage.
         assert_eq!(

@@ -306,7 +306,8 @@ pub fn window_of(key: &str) -> Option<(Window, chrono::DateTime<chrono::Utc>)> {
             .map(|t| chrono::Utc.from_utc_datetime(&t))
     };
     if key == "total" {
-        return Some((Window::Total, chrono::Utc::now()));
+        // Any instant is inside the total.
+        return Some((Window::Total, chrono::DateTime::UNIX_EPOCH));
     }
     let (kind, rest) = key.split_once(':')?;
     match kind {

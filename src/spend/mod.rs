@@ -21,31 +21,33 @@ pub use crate::limits::{Amount, Limit, Limits, Measure, Window};
 
 use std::sync::Arc;
 
+use crate::clock::Clock;
 use store::Store;
 
 /// Opens the store `spec` names for the gateway: `sqlite:PATH`,
-/// `dynamodb:TABLE`; `off` is `None`. A SQLite file is held exclusively.
-pub async fn open(spec: &str) -> Result<Option<Arc<dyn Store>>, String> {
-    open_as(spec, false).await
+/// `dynamodb:TABLE`; `off` is `None`. A SQLite file is held exclusively,
+/// its reservations expiring by `clock`.
+pub async fn open(spec: &str, clock: &Clock) -> Result<Option<Arc<dyn Store>>, String> {
+    open_as(spec, Some(clock)).await
 }
 
 /// Opens the store `spec` names to read it (`usage report`, `usage init`),
 /// beside a gateway that may be running on it.
 pub async fn open_reader(spec: &str) -> Result<Option<Arc<dyn Store>>, String> {
-    open_as(spec, true).await
+    open_as(spec, None).await
 }
 
-async fn open_as(spec: &str, reader: bool) -> Result<Option<Arc<dyn Store>>, String> {
+/// Opens `spec` for the gateway (with its clock), or as a reader (`None`).
+async fn open_as(spec: &str, owner: Option<&Clock>) -> Result<Option<Arc<dyn Store>>, String> {
     let spec = spec.trim();
     if spec.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
     match spec.split_once(':') {
         Some(("sqlite", path)) if !path.is_empty() => {
-            let store = if reader {
-                sqlite::Sqlite::reader(path)?
-            } else {
-                sqlite::Sqlite::open(path)?
+            let store = match owner {
+                Some(clock) => sqlite::Sqlite::open_at(path, clock.clone())?,
+                None => sqlite::Sqlite::reader(path)?,
             };
             Ok(Some(Arc::new(store)))
         }

@@ -32,6 +32,7 @@ use super::store::{
     window_keys, Admission, Ask, Period, Row, Settlement, Store, StoreError, WindowState,
 };
 use super::{Amount, Window};
+use crate::clock::Clock;
 use crate::record::BoxFuture;
 
 const SCHEMA: &str = "
@@ -131,6 +132,8 @@ struct Shared {
     failing: AtomicBool,
     /// Told after each commit, or failure.
     done: tokio::sync::Notify,
+    /// What expiry and pruning go by.
+    clock: Clock,
 }
 
 #[derive(Debug, Default)]
@@ -171,6 +174,12 @@ impl Sqlite {
     /// Opens (creating if needed) the file at `path` for the gateway: it
     /// holds the file exclusively until the store is dropped.
     pub fn open(path: &str) -> Result<Self, String> {
+        Self::open_at(path, Clock::system())
+    }
+
+    /// [`Sqlite::open`], with reservations expired and ended windows
+    /// pruned by `clock`.
+    pub fn open_at(path: &str, clock: Clock) -> Result<Self, String> {
         let name = format!("sqlite:{path}");
         let lock_path = format!("{path}.lock");
         let mut file = std::fs::OpenOptions::new()
@@ -202,7 +211,8 @@ impl Sqlite {
         }
         let reads = connect(&name, path)?;
         let mut ledger = Ledger::default();
-        orphans(&reads, &mut ledger, Utc::now().timestamp()).map_err(|e| format!("{name}: {e}"))?;
+        orphans(&reads, &mut ledger, clock.now().timestamp())
+            .map_err(|e| format!("{name}: {e}"))?;
         let writes = connect(&name, path)?;
         let shared = Arc::new(Shared {
             name: name.clone(),
@@ -215,6 +225,7 @@ impl Sqlite {
             committed: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             done: tokio::sync::Notify::new(),
+            clock,
         });
         let for_writer = shared.clone();
         let writer = std::thread::Builder::new()
@@ -435,7 +446,7 @@ fn write_behind(shared: &Shared) {
                 }
             }
             if tidied.elapsed() >= TIDY {
-                let now = Utc::now().timestamp();
+                let now = shared.clock.now().timestamp();
                 state.ledger.prune(now);
                 state.ledger.evict(now, EVICT_GRACE_SECS);
             }
@@ -450,7 +461,7 @@ fn write_behind(shared: &Shared) {
         let failed = land(shared, &mut connection);
         if tidied.elapsed() >= TIDY {
             tidied = Instant::now();
-            let now = Utc::now().timestamp();
+            let now = shared.clock.now().timestamp();
             for prune in PRUNE {
                 if let Err(error) = connection.execute(prune, [now]) {
                     tracing::warn!(store = %shared.name, %error, "pruning expired rows failed");

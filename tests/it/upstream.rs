@@ -2,13 +2,11 @@
 //! reused once a response was cut, and never used once the upstream closed
 //! them. HTTP/2 over TLS is in `tls.rs`.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

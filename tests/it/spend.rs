@@ -3,13 +3,11 @@
 //! after, refusals in OpenAI's shape, the token's own usage endpoints, and
 //! the `usage` command on the file the gateway wrote.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use chatgpt_gateway::spend::sqlite::Sqlite;
 use chatgpt_gateway::spend::store::{Period, Row, Store};
-use common::*;
 use serde_json::{json, Value};
 
 const LIMITED: &str = r#"{"tokens": [
@@ -83,15 +81,6 @@ async fn settled(gw: &impl Target, token: &str) -> Value {
     }
 }
 
-/// Waits, if need be, so that a test of a per-minute limit does not
-/// straddle two minutes.
-async fn fresh_minute() {
-    let second = chrono::Utc::now().timestamp() % 60;
-    if second > 45 {
-        tokio::time::sleep(Duration::from_secs((61 - second) as u64)).await;
-    }
-}
-
 async fn report(gw: &Served) -> Vec<Row> {
     let store = Sqlite::reader(gw.dir.0.join("usage.db").to_str().unwrap()).unwrap();
     let month = chrono::Utc::now().format("%Y-%m").to_string();
@@ -101,8 +90,13 @@ async fn report(gw: &Served) -> Vec<Row> {
 #[tokio::test]
 async fn requests_per_minute_is_exact_and_a_refusal_is_a_429_with_retry_after() {
     let up = MockUpstream::start().await;
-    let gw = Launch::new(&up.url()).tokens(LIMITED).serve().await;
-    fresh_minute().await;
+    // Half a minute in: the minute ends in 30 s, and the test moves the clock.
+    let clock = mid_minute();
+    let gw = Launch::new(&up.url())
+        .tokens(LIMITED)
+        .clock(&clock)
+        .serve()
+        .await;
     for _ in 0..3 {
         assert_eq!(
             code_of(post(&gw, "tok-rpm", &chat("gpt-4o-mini")).await).await,
@@ -116,7 +110,7 @@ async fn requests_per_minute_is_exact_and_a_refusal_is_a_429_with_retry_after() 
         .unwrap()
         .parse()
         .unwrap();
-    assert!((1..=60).contains(&retry), "retry-after {retry}");
+    assert_eq!(retry, 30, "the minute's end, by the gateway's clock");
     assert!(
         r.headers().get("x-should-retry").is_none(),
         "a rate limit is worth retrying"
@@ -132,18 +126,31 @@ async fn requests_per_minute_is_exact_and_a_refusal_is_a_429_with_retry_after() 
         3,
         "the refused request never reached the upstream"
     );
-    // A refusal is not usage: three requests in the store, not four.
+    // 29 s later it is the same minute, still refused; at 30 s a new one.
+    clock.advance(chrono::Duration::seconds(29));
+    let r = post(&gw, "tok-rpm", &chat("gpt-4o-mini")).await;
+    assert_eq!(code_of(r).await.1.as_deref(), Some("rate_limit_exceeded"));
+    clock.advance(chrono::Duration::seconds(1));
+    assert_eq!(
+        code_of(post(&gw, "tok-rpm", &chat("gpt-4o-mini")).await).await,
+        (200, None),
+        "a new minute, a new window"
+    );
+    // A refusal is not usage: four requests in the store, not five.
     settled(&gw, "tok-rpm").await;
     let rows = report(&gw).await;
     let row = rows.iter().find(|r| r.token == "rpm").expect("rpm's row");
-    assert_eq!(row.requests, 3);
+    assert_eq!(row.requests, 4);
 }
 
 #[tokio::test]
 async fn concurrent_requests_get_exactly_the_per_minute_limit() {
     let up = MockUpstream::start().await;
-    let gw = Launch::new(&up.url()).tokens(LIMITED).serve().await;
-    fresh_minute().await;
+    let gw = Launch::new(&up.url())
+        .tokens(LIMITED)
+        .clock(&mid_minute())
+        .serve()
+        .await;
     let body = chat("gpt-4o-mini");
     let answers = futures_util::future::join_all(
         (0..20).map(|_| async { code_of(post(&gw, "tok-burst", &body).await).await }),

@@ -95,6 +95,8 @@ impl Recorded {
 
 #[derive(Default)]
 struct State {
+    /// Lets a `?step=1` stream send its next event, one permit each.
+    steps: Steps,
     seen_429: Mutex<HashSet<String>>,
     /// Downloads whose body is still being sent.
     live_downloads: Arc<AtomicUsize>,
@@ -120,6 +122,7 @@ impl Drop for Live {
 pub struct MockUpstream {
     pub addr: SocketAddr,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
+    steps: Steps,
     live_downloads: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
 }
@@ -136,6 +139,7 @@ impl MockUpstream {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let state = Arc::new(State::default());
         let live_downloads = state.live_downloads.clone();
+        let steps = state.steps.clone();
         let (log, state2) = (requests.clone(), state.clone());
         let connections = Arc::new(AtomicUsize::new(0));
         let accepted = connections.clone();
@@ -161,9 +165,15 @@ impl MockUpstream {
         Self {
             addr,
             requests,
+            steps,
             live_downloads,
             connections,
         }
+    }
+
+    /// Lets a `?step=1` stream send its next event (the first goes at once).
+    pub fn step(&self) {
+        self.steps.0.add_permits(1);
     }
 
     /// How many connections it has accepted.
@@ -248,35 +258,60 @@ fn chat_chunk(content: Option<&str>, finish: Option<&str>) -> Value {
 }
 
 /// An SSE event's bytes: `event:` when named, then `data:`.
-/// `n` chat chunks `gap` apart, each made and stamped `sent_us` when it is
-/// sent; then, when `usage`, a usage chunk (empty `choices`); then `[DONE]`.
-fn stamped(n: u64, gap: Duration, usage: bool) -> Response<Body> {
-    let stream = futures_util::stream::unfold(0u64, move |i| async move {
-        if i > n + 1 {
-            return None;
+/// What sets the pace of a stream's events.
+#[derive(Clone)]
+enum Pace {
+    /// A time between events; none for zero (the benchmark's streams).
+    Gap(Duration),
+    /// Each event after the first waits for the test's [`MockUpstream::step`].
+    Steps(Steps),
+}
+
+/// Permits for the next events of stepped streams (none at first).
+#[derive(Clone)]
+struct Steps(Arc<tokio::sync::Semaphore>);
+
+impl Default for Steps {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(0)))
+    }
+}
+
+/// `n` chat chunks paced by `pace`, each made and stamped `sent_us` when it
+/// is sent; then, when `usage`, a usage chunk (empty `choices`); then `[DONE]`.
+fn stamped(n: u64, pace: Pace, usage: bool) -> Response<Body> {
+    let stream = futures_util::stream::unfold(0u64, move |i| {
+        let pace = pace.clone();
+        async move {
+            if i > n + 1 {
+                return None;
+            }
+            if i > 0 && i <= n {
+                match pace {
+                    Pace::Gap(gap) if !gap.is_zero() => tokio::time::sleep(gap).await,
+                    Pace::Gap(_) => {}
+                    Pace::Steps(steps) => steps.0.acquire().await.expect("never closed").forget(),
+                }
+            }
+            let bytes = if i < n {
+                let mut chunk = chat_chunk(Some(&format!("tok{i} ")), None);
+                chunk["sent_us"] = u64::try_from(now_us()).unwrap_or(0).into();
+                sse_event(None, &chunk)
+            } else if i == n && usage {
+                let mut last = chat_chunk(None, None);
+                last["choices"] = json!([]);
+                last["usage"] =
+                    json!({"prompt_tokens": 3, "completion_tokens": n, "total_tokens": 3 + n});
+                sse_event(None, &last)
+            } else if i == n {
+                Bytes::new()
+            } else {
+                Bytes::from_static(b"data: [DONE]\n\n")
+            };
+            let frame: Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>> =
+                Ok(Frame::data(bytes));
+            Some((frame, i + 1))
         }
-        // `gap_ms=0` (the benchmark's streams): no timer, as fast as asked.
-        if i > 0 && i <= n && !gap.is_zero() {
-            tokio::time::sleep(gap).await;
-        }
-        let bytes = if i < n {
-            let mut chunk = chat_chunk(Some(&format!("tok{i} ")), None);
-            chunk["sent_us"] = u64::try_from(now_us()).unwrap_or(0).into();
-            sse_event(None, &chunk)
-        } else if i == n && usage {
-            let mut last = chat_chunk(None, None);
-            last["choices"] = json!([]);
-            last["usage"] =
-                json!({"prompt_tokens": 3, "completion_tokens": n, "total_tokens": 3 + n});
-            sse_event(None, &last)
-        } else if i == n {
-            Bytes::new()
-        } else {
-            Bytes::from_static(b"data: [DONE]\n\n")
-        };
-        let frame: Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>> =
-            Ok(Frame::data(bytes));
-        Some((frame, i + 1))
     });
     Response::builder()
         .header("content-type", "text/event-stream; charset=utf-8")
@@ -545,7 +580,7 @@ async fn answer(
                 let usage = request["stream_options"]["include_usage"] == true;
                 return stamped(
                     num("n", 5),
-                    Duration::from_millis(num("gap_ms", 200)),
+                    Pace::Gap(Duration::from_millis(num("gap_ms", 200))),
                     usage,
                 );
             }
@@ -640,7 +675,11 @@ async fn answer(
             .unwrap(),
         p if p.ends_with("/sse") => stamped(
             num("n", 5),
-            Duration::from_millis(num("gap_ms", 200)),
+            if num("step", 0) == 1 {
+                Pace::Steps(state.steps.clone())
+            } else {
+                Pace::Gap(Duration::from_millis(num("gap_ms", 200)))
+            },
             false,
         ),
         p if p.ends_with("/drop") => {

@@ -13,7 +13,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
 /// The event every invocation gets: a Function URL `GET /v1/models?token=gw-example-token`.
-pub const EVENT: &str = include_str!("../../events/function-url-get-models.json");
+pub const EVENT: &str = include_str!("../../../events/function-url-get-models.json");
 
 /// What the fake Runtime API does with a posted response.
 #[derive(Clone, Copy)]

@@ -2,19 +2,17 @@
 //! handler, against a mock upstream. Checks what the upstream received and
 //! what the client gets back, in both invoke modes.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use std::sync::Arc;
 
+use crate::common::*;
 use chatgpt_gateway::lambda;
 use chatgpt_gateway::proxy::{Proxy, Upstream};
 use chatgpt_gateway::sources::cached::Cached;
 use chatgpt_gateway::tokens::format;
 use chatgpt_gateway::{Gateway, GatewayOptions};
-use common::*;
 use http_body_util::BodyExt;
 use lambda_http::RequestExt;
 
@@ -24,7 +22,7 @@ fn gateway(upstream: &str) -> Gateway {
 
 fn gateway_with_records(upstream: &str) -> (Gateway, Collect) {
     let list = format::parse(
-        include_str!("../events/tokens.json"),
+        include_str!("../../events/tokens.json"),
         chrono::FixedOffset::east_opt(0).unwrap(),
     )
     .unwrap();
@@ -77,7 +75,7 @@ async fn function_url_get_models() {
     let gw = gateway(&up.url());
     let response = lambda::streaming(
         &gw,
-        event(include_str!("../events/function-url-get-models.json")),
+        event(include_str!("../../events/function-url-get-models.json")),
     )
     .await;
     assert_eq!(response.status(), 200);
@@ -114,7 +112,7 @@ async fn function_url_get_models() {
 async fn function_url_streamed_chat_keeps_event_timing() {
     let up = MockUpstream::start().await;
     let gw = gateway(&up.url());
-    let json = include_str!("../events/function-url-chat-stream.json");
+    let json = include_str!("../../events/function-url-chat-stream.json");
     let response = lambda::streaming(&gw, event(json)).await;
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"]
@@ -156,7 +154,7 @@ async fn function_url_streamed_chat_keeps_event_timing() {
 async fn function_url_base64_multipart_upload_arrives_byte_for_byte() {
     let up = MockUpstream::start().await;
     let gw = gateway(&up.url());
-    let json = include_str!("../events/function-url-audio-upload.json");
+    let json = include_str!("../../events/function-url-audio-upload.json");
     let response = lambda::streaming(&gw, event(json)).await;
     assert_eq!(response.status(), 200);
     let seen = up.last();
@@ -177,7 +175,7 @@ async fn function_url_base64_multipart_upload_arrives_byte_for_byte() {
 async fn http_api_v2_stage_is_not_forwarded_and_cookies_are_carried() {
     let up = MockUpstream::start().await;
     let gw = gateway(&up.url());
-    let json = include_str!("../events/apigw-http-v2.json");
+    let json = include_str!("../../events/apigw-http-v2.json");
     let response = lambda::buffered(&gw, event(json)).await;
     assert_eq!(response.status(), 200);
     match response.body() {
@@ -203,7 +201,7 @@ async fn http_api_v2_stage_is_not_forwarded_and_cookies_are_carried() {
 async fn rest_api_v1_stage_is_not_forwarded_and_multi_value_headers_are_carried() {
     let up = MockUpstream::start().await;
     let gw = gateway(&up.url());
-    let json = include_str!("../events/apigw-rest-v1.json");
+    let json = include_str!("../../events/apigw-rest-v1.json");
     let response = lambda::buffered(&gw, event(json)).await;
     assert_eq!(response.status(), 200);
     let seen = up.last();
@@ -217,7 +215,7 @@ async fn rest_api_v1_stage_is_not_forwarded_and_multi_value_headers_are_carried(
 async fn errors_keep_status_and_body_in_both_modes() {
     let up = MockUpstream::start().await;
     let gw = gateway(&up.url());
-    let json = include_str!("../events/function-url-get-models.json")
+    let json = include_str!("../../events/function-url-get-models.json")
         .replace("gw-example-token", "gw-expired-token");
     let response = lambda::streaming(&gw, event(&json)).await;
     assert_eq!(response.status(), 401);
@@ -239,7 +237,7 @@ async fn buffered_binary_goes_base64_and_oversized_bodies_get_a_clear_error() {
     let up = MockUpstream::start().await;
     let (gw, records) = gateway_with_records(&up.url());
     let get = |path: &str| {
-        include_str!("../events/function-url-get-models.json")
+        include_str!("../../events/function-url-get-models.json")
             .replace(
                 "\"rawPath\": \"/v1/models\"",
                 &format!("\"rawPath\": \"{path}\""),
@@ -290,7 +288,7 @@ async fn buffered_binary_goes_base64_and_oversized_bodies_get_a_clear_error() {
 async fn from_event_maps_the_uri_and_the_request_id() {
     // The request id reaches the handler (and its access line) through the request's extensions.
     let request = lambda::from_event(event(include_str!(
-        "../events/function-url-get-models.json"
+        "../../events/function-url-get-models.json"
     )));
     let id = request
         .extensions()

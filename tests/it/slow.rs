@@ -1,12 +1,10 @@
 //! The slow suites: memory under 164 MB of bodies, and a 20,000-request load,
 //! on the real binary (its RSS is what is measured). `cargo test` skips them;
-//! `scripts/test` runs them with `cargo test --test slow -- --ignored`.
-
-mod common;
+//! `scripts/test` runs them with `cargo test --test it slow:: -- --ignored`.
 
 use std::time::Instant;
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 
 const TOKENS: &str =

@@ -3,11 +3,9 @@
 //! signals, start-up refusals, flags against the environment) run the real
 //! binary. The memory test is in `slow.rs`.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 
 const TOKENS: &str = r#"{"tokens": [
@@ -37,10 +35,9 @@ async fn error_of(response: reqwest::Response) -> (u16, serde_json::Value) {
 
 #[tokio::test]
 async fn sse_events_arrive_as_they_are_sent() {
-    let (_up, gw) = setup().await;
-    let started = Instant::now();
+    let (up, gw) = setup().await;
     let response = client()
-        .post(gw.url("/v1/sse?n=5&gap_ms=200&token=tok-bob-Secret2"))
+        .post(gw.url("/v1/sse?n=5&step=1&token=tok-bob-Secret2"))
         .body(r#"{"stream":true}"#)
         .send()
         .await
@@ -50,32 +47,36 @@ async fn sse_events_arrive_as_they_are_sent() {
         .to_str()
         .unwrap()
         .starts_with("text/event-stream"));
+    // The upstream makes each event only once the one before has reached
+    // the client: a proxy that buffered would never deliver the first, and
+    // the test would time out instead of passing.
     let mut stream = response.bytes_stream();
     let mut seen = String::new();
-    let mut arrivals = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.unwrap();
-        let before = seen.matches("data: ").count();
-        seen.push_str(std::str::from_utf8(&chunk).unwrap());
-        for _ in before..seen.matches("data: ").count() {
-            arrivals.push(started.elapsed());
+    for event in 1..=5 {
+        while seen.matches("data: ").count() < event {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("event {event} never arrived: {seen}"))
+                .expect("the stream goes on")
+                .unwrap();
+            seen.push_str(std::str::from_utf8(&chunk).unwrap());
         }
-    }
-    assert_eq!(arrivals.len(), 6, "5 chunks and [DONE]: {seen}");
-    assert!(seen.ends_with("data: [DONE]\n\n"));
-    // Each event arrives on its own, about 200 ms after the one before:
-    // a buffering proxy would deliver them all at once at the end.
-    for pair in arrivals.windows(2) {
-        let gap = pair[1] - pair[0];
-        assert!(
-            gap >= Duration::from_millis(120),
-            "events bunched together: {arrivals:?}"
+        assert_eq!(
+            seen.matches("data: ").count(),
+            event,
+            "one at a time: {seen}"
         );
+        up.step();
     }
-    assert!(
-        arrivals[5] - arrivals[0] >= Duration::from_millis(800),
-        "{arrivals:?}"
+    while let Some(chunk) = stream.next().await {
+        seen.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    assert_eq!(
+        seen.matches("data: ").count(),
+        6,
+        "5 chunks and [DONE]: {seen}"
     );
+    assert!(seen.ends_with("data: [DONE]\n\n"));
 }
 
 #[tokio::test]
@@ -271,17 +272,23 @@ async fn each_failure_gets_its_401_code() {
 #[tokio::test]
 async fn a_token_expires_at_its_instant() {
     let up = MockUpstream::start().await;
-    let expires = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let clock = mid_minute();
+    let expires = clock.now() + chrono::Duration::seconds(2);
     let tokens = format!(
         r#"[{{"name": "edge", "token": "tok-edge", "expires": "{}"}}]"#,
         expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     );
-    let gw = Launch::new(&up.url()).tokens(&tokens).serve().await;
+    let gw = Launch::new(&up.url())
+        .tokens(&tokens)
+        .clock(&clock)
+        .serve()
+        .await;
     let r = fetch(&gw, "/v1/models?token=tok-edge").await;
     assert_eq!(r.status(), 200, "valid before its expiry");
-    let wait =
-        (expires - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(50);
-    tokio::time::sleep(wait).await;
+    clock.set(expires - chrono::Duration::milliseconds(1));
+    let r = fetch(&gw, "/v1/models?token=tok-edge").await;
+    assert_eq!(r.status(), 200, "valid a millisecond before");
+    clock.set(expires);
     let r = fetch(&gw, "/v1/models?token=tok-edge").await;
     assert_eq!(error_of(r).await.1["error"]["code"], "token_expired");
 }
@@ -621,18 +628,25 @@ async fn access_log_lines_carry_the_facts_and_no_secret() {
 
 #[tokio::test]
 async fn sigterm_lets_in_flight_streams_finish() {
-    let (_up, gw) = setup_binary().await;
-    let r = fetch(&gw, "/v1/sse?n=6&gap_ms=150&token=tok-bob-Secret2").await;
+    let (up, gw) = setup_binary().await;
+    let mut r = fetch(&gw, "/v1/sse?n=6&step=1&token=tok-bob-Secret2").await;
     assert_eq!(r.status(), 200);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let first = r.chunk().await.unwrap().expect("the first event");
+    assert!(first.starts_with(b"data: "));
     gw.terminate();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // New connections are refused while the stream goes on.
-    assert!(
-        tokio::net::TcpStream::connect(gw.addr).await.is_err(),
-        "still accepting after SIGTERM"
-    );
-    let body = r.text().await.expect("the in-flight stream completes");
+    // New connections are refused while the stream goes on (the upstream
+    // holds its next event until the test lets it go).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(gw.addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..6 {
+        up.step();
+    }
+    let mut body = String::from_utf8(first.to_vec()).unwrap();
+    body.push_str(&r.text().await.expect("the in-flight stream completes"));
+    assert_eq!(body.matches("data: ").count(), 7, "{body}");
     assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
     let mut gw = gw;
     let status = gw.exited(Duration::from_secs(5)).await;

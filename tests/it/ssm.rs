@@ -5,14 +5,12 @@
 //! moto: `MOTO_URL` names a running `moto_server`; otherwise one is started
 //! (`pip install 'moto[server]'`; `scripts/test` installs and starts it).
 
-mod common;
-
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::aws::*;
-use common::*;
+use crate::common::aws::*;
+use crate::common::*;
 
 async fn ssm_client(endpoint: &str) -> aws_sdk_ssm::Client {
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -63,13 +61,13 @@ async fn status_of(gw: &GatewayProc, token: &str) -> (u16, serde_json::Value) {
     )
 }
 
-/// Polls until `token` gets `want`, up to `within`; returns how long it took.
-async fn until(gw: &GatewayProc, token: &str, want: u16, within: Duration) -> Duration {
+/// Polls until `token` gets `want`, up to `within`.
+async fn until(gw: &GatewayProc, token: &str, want: u16, within: Duration) {
     let started = Instant::now();
     loop {
         let (status, body) = status_of(gw, token).await;
         if status == want {
-            return started.elapsed();
+            return;
         }
         assert!(
             started.elapsed() < within,
@@ -81,6 +79,9 @@ async fn until(gw: &GatewayProc, token: &str, want: u16, within: Duration) -> Du
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loads_a_secure_string_with_decryption() {
+    if !needs(Tool::Moto) {
+        return;
+    }
     let name = param("tokens");
     put(
         &name,
@@ -119,6 +120,9 @@ async fn loads_a_secure_string_with_decryption() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_revocation_and_redating_take_effect_within_the_refresh_period() {
+    if !needs(Tool::Moto) {
+        return;
+    }
     let name = param("tokens");
     put(
         &name,
@@ -141,10 +145,14 @@ async fn rotation_revocation_and_redating_take_effect_within_the_refresh_period(
         r#"[{"name":"b","token":"rot-B"},{"name":"c","token":"rot-C","expires":"2020-1-1 0:00"}]"#,
     )
     .await;
-    let took = until(&gw, "rot-B", 200, Duration::from_secs(5)).await;
+    let loads_at_put = front.gets();
+    until(&gw, "rot-B", 200, Duration::from_secs(5)).await;
+    // The first load after the change serves it (a second, if one was
+    // already in flight when the parameter changed): no redeploy, no restart.
+    let loads = front.gets() - loads_at_put;
     assert!(
-        took <= Duration::from_millis(1_000 + 1_000),
-        "took {took:?} for a 1 s refresh period"
+        (1..=2).contains(&loads),
+        "{loads} loads before the change served"
     );
     assert_eq!(
         status_of(&gw, "rot-A").await.1["error"]["code"],
@@ -173,6 +181,9 @@ async fn rotation_revocation_and_redating_take_effect_within_the_refresh_period(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssm_down_at_start_gives_503_then_recovers_by_itself() {
+    if !needs(Tool::Moto) {
+        return;
+    }
     let name = param("tokens");
     put(&name, r#"[{"name":"late","token":"late-Tok"}]"#).await;
     let up = MockUpstream::start().await;
@@ -213,6 +224,9 @@ async fn ssm_down_at_start_gives_503_then_recovers_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssm_down_during_refresh_keeps_the_last_good_list() {
+    if !needs(Tool::Moto) {
+        return;
+    }
     let name = param("tokens");
     put(&name, r#"[{"name":"keep","token":"keep-Tok-x"}]"#).await;
     let up = MockUpstream::start().await;
@@ -249,6 +263,9 @@ async fn ssm_down_during_refresh_keeps_the_last_good_list() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_value_gives_503_and_an_error_naming_the_entry() {
+    if !needs(Tool::Moto) {
+        return;
+    }
     let name = param("tokens");
     put(&name, r#"[{"name":"fine","token":"fine-Tok"},{"name":"broken","token":"broken-Secret-9","expires":"someday"}]"#).await;
     let up = MockUpstream::start().await;
@@ -281,6 +298,9 @@ async fn a_malformed_value_gives_503_and_an_error_naming_the_entry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upstream_key_comes_from_ssm_and_never_shows() {
+    if !needs(Tool::Moto) {
+        return;
+    }
     let tokens = param("tokens");
     let key = param("key");
     put(&tokens, r#"[{"name":"k","token":"key-user-Tok"}]"#).await;
@@ -326,6 +346,9 @@ async fn the_upstream_key_comes_from_ssm_and_never_shows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_key_parameter_is_blamed_on_the_key_not_the_tokens() {
+    if !needs(Tool::Moto) {
+        return;
+    }
     let tokens = param("tokens");
     put(&tokens, r#"[{"name":"k","token":"key-less-Tok"}]"#).await;
     let up = MockUpstream::start().await;
@@ -347,6 +370,9 @@ async fn a_missing_key_parameter_is_blamed_on_the_key_not_the_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_new_push_check_round_trip() {
+    if !needs(Tool::Moto) {
+        return;
+    }
     let bin = env!("CARGO_BIN_EXE_chatgpt-gateway");
     let run = |args: &[&str]| {
         Command::new(bin)
@@ -474,6 +500,9 @@ async fn cli_new_push_check_round_trip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_says_503_until_the_token_list_is_loaded() {
+    if !needs(Tool::Moto) {
+        return;
+    }
     let name = param("tokens");
     put(&name, r#"[{"name":"late","token":"late-Tok"}]"#).await;
     let up = MockUpstream::start().await;

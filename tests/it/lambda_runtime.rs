@@ -3,17 +3,15 @@
 //! fail a `/response` post by dropping the connection, which is what Lambda's
 //! does when the client of a streamed response goes away.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::runtime::*;
-use common::*;
+use crate::common::runtime::*;
+use crate::common::*;
 
 /// The binary in Lambda mode against `api`, with the events' tokens.
 fn lambda_mode(api: &RuntimeApi, upstream: &MockUpstream) -> Launch {
     Launch::new(&upstream.url())
-        .tokens(include_str!("../events/tokens.json"))
+        .tokens(include_str!("../../events/tokens.json"))
         .env("AWS_LAMBDA_RUNTIME_API", &api.addr.to_string())
         .env("AWS_LAMBDA_FUNCTION_NAME", "gw")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
@@ -118,13 +116,13 @@ fn assert_emf(doc: &serde_json::Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_invocation_prints_one_emf_document() {
-    use common::runtime::{runtime_api_with, Post};
+    use crate::common::runtime::{runtime_api_with, Post};
     let up = MockUpstream::start().await;
     let api = runtime_api_with(
         3,
         |n| match n {
             1 => EVENT.to_owned(),
-            2 => include_str!("../events/function-url-chat-stream.json").to_owned(),
+            2 => include_str!("../../events/function-url-chat-stream.json").to_owned(),
             _ => EVENT.replace("gw-example-token", "gw-not-a-token"),
         },
         |_| Post::Accept,

@@ -15,9 +15,10 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use chatgpt_gateway::clock::Clock;
 use chatgpt_gateway::config::{Settings, SETTINGS};
 use chatgpt_gateway::policy::Policy;
 use chatgpt_gateway::record::{BoxFuture, Finish, Record};
@@ -152,6 +153,8 @@ pub struct Launch {
     pub policies: Vec<Arc<dyn Policy>>,
     /// Files written to the binary's working directory.
     pub files: Vec<(String, String)>,
+    /// The time the gateway goes by (in-process only; the system's if none).
+    pub clock: Option<Clock>,
 }
 
 impl Launch {
@@ -162,7 +165,13 @@ impl Launch {
             args: Vec::new(),
             policies: Vec::new(),
             files: Vec::new(),
+            clock: None,
         }
+    }
+    /// Runs the gateway by `clock`, which the test moves (in-process only).
+    pub fn clock(mut self, clock: &Clock) -> Self {
+        self.clock = Some(clock.clone());
+        self
     }
     /// A file in the binary's working directory (binary only).
     pub fn file(mut self, name: &str, text: &str) -> Self {
@@ -236,7 +245,8 @@ impl Launch {
             .settings;
         settings.upstream_api_key = key.map(Secret::new);
         let records = Arc::new(Mutex::new(Vec::new()));
-        let mut options = startup::options(&settings, Mode::Local).await?;
+        let clock = self.clock.unwrap_or_default();
+        let mut options = startup::options_at(&settings, Mode::Local, clock).await?;
         options.hooks.push(Arc::new(Collect(records.clone())));
         options.policies.extend(self.policies);
         let gateway = Gateway::new(options);
@@ -555,4 +565,70 @@ fn complete(raw: &[u8]) -> bool {
                 .map(|v| v.trim().parse::<usize>().unwrap_or(0))
         })
         .is_some_and(|n| body.len() >= n)
+}
+
+/// A clock standing half-way through the current minute (so a test of a
+/// per-minute window never straddles two), until the test moves it.
+pub fn mid_minute() -> Clock {
+    let now = chrono::Utc::now().timestamp();
+    let at = now - now.rem_euclid(60) + 30;
+    Clock::manual(chrono::DateTime::from_timestamp(at, 0).expect("a time in range"))
+}
+
+/// An outside tool a suite needs beyond Rust.
+#[derive(Clone, Copy, Debug)]
+pub enum Tool {
+    /// moto's server (Python), as SSM and DynamoDB: `MOTO_URL`, or
+    /// `python3` with `moto[server]` installed.
+    Moto,
+    /// The `openssl` command (a CA of the TLS suite's own, `s_server`).
+    Openssl,
+}
+
+impl Tool {
+    /// Why it is missing, and how to get it; `None` when it is here.
+    fn missing(self) -> Option<&'static str> {
+        let runs = |program: &str, args: &[&str]| {
+            Command::new(program)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        match self {
+            Tool::Moto if std::env::var_os("MOTO_URL").is_some() => None,
+            Tool::Moto if runs("python3", &["-c", "import moto.server, flask"]) => None,
+            Tool::Moto => Some(
+                "moto is not installed (pip install 'moto[server]', or set MOTO_URL; scripts/test does both)",
+            ),
+            Tool::Openssl if runs("openssl", &["version"]) => None,
+            Tool::Openssl => Some("the openssl command is not installed (apt-get install openssl)"),
+        }
+    }
+}
+
+/// Whether `tool` is here, for a test that needs it: call it first and
+/// return when it says no. A test without its tool is not run, and says so
+/// on stderr (past the harness's capture), naming the tool and how to get
+/// it; under `GATEWAY_TESTS_REQUIRE_ALL=1` (scripts/test, CI) it fails
+/// instead, so a skip is never counted as a pass there.
+pub fn needs(tool: Tool) -> bool {
+    static MOTO: OnceLock<Option<&str>> = OnceLock::new();
+    static OPENSSL: OnceLock<Option<&str>> = OnceLock::new();
+    let checked = match tool {
+        Tool::Moto => &MOTO,
+        Tool::Openssl => &OPENSSL,
+    };
+    let missing = *checked.get_or_init(|| tool.missing());
+    let Some(reason) = missing else {
+        return true;
+    };
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    if std::env::var("GATEWAY_TESTS_REQUIRE_ALL").as_deref() == Ok("1") {
+        panic!("{test} cannot run: {reason}");
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "NOT RUN {test}: {reason}");
+    false
 }
