@@ -155,6 +155,16 @@ impl Dynamo {
         }
     }
 
+    /// The store on `table` through `client` (one configured elsewhere: a
+    /// test's, against moto).
+    pub fn with_client(table: &str, client: Client) -> Self {
+        Self {
+            name: format!("dynamodb:{table}"),
+            table: table.to_owned(),
+            client,
+        }
+    }
+
     fn fail(&self, problem: impl std::fmt::Display) -> StoreError {
         StoreError::new(&self.name, problem)
     }
