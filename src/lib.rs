@@ -19,14 +19,18 @@
 //! 6. [`body`] layers stream the upstream's body back, cutting silent
 //!    streams, [`usage`] taps read the usage it carries, and one completion
 //!    point ([`completion`]) hands the request's [`record`] to the completion hooks (the
-//!    [`telemetry`] access line, and [`spend`]'s settlement of its usage).
+//!    [`access_log`] line, and [`spend`]'s settlement of its usage).
 //!
 //! Around that path: [`config`] names every setting; [`startup`] builds the
 //! gateway from them; [`sources`] keeps the token list and the key fresh
 //! (files, SSM); [`error`] types every failure (OpenAI's JSON shape on the
 //! request path); [`secret`] keeps keys and tokens out of every formatted
-//! string; [`commands`] are the admin commands (`tokens`, `usage`).
+//! string; [`clock`] is the time every rule goes by (a test moves its own);
+//! [`logging`] sets up the log lines and where they go; [`stats`] turns
+//! each request into metrics (CloudWatch EMF, Prometheus); [`commands`] are
+//! the admin commands (`tokens`, `usage`).
 
+pub mod access_log;
 pub mod auth;
 pub mod body;
 pub mod clock;
@@ -39,6 +43,7 @@ pub mod gateway;
 pub mod headers;
 pub mod lambda;
 pub mod limits;
+pub mod logging;
 pub mod openai;
 pub mod path;
 pub mod policy;
@@ -51,7 +56,6 @@ pub mod sources;
 pub mod spend;
 pub mod startup;
 pub mod stats;
-pub mod telemetry;
 pub mod tokens;
 pub mod usage;
 

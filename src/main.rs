@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use chatgpt_gateway::commands::tokens::{self, TokensCommand};
 use chatgpt_gateway::commands::usage::{self, UsageCommand};
 use chatgpt_gateway::config::{self, Settings};
-use chatgpt_gateway::{lambda, server, telemetry};
+use chatgpt_gateway::{lambda, logging, server};
 use clap::{Parser, Subcommand};
 
 /// An authenticated, streaming OpenAI API gateway.
@@ -42,17 +42,17 @@ fn main() -> ExitCode {
         Some(Command::Serve { settings }) => *settings,
         Some(Command::Tokens(command)) => {
             // Warnings only (e.g. from the AWS SDK), so the command's own output stays clean.
-            telemetry::init_cli();
+            logging::init_cli();
             return exit(runtime(Some(1)).block_on(tokens::run(command)), false);
         }
         Some(Command::Usage(command)) => {
-            telemetry::init_cli();
+            logging::init_cli();
             return exit(runtime(Some(1)).block_on(usage::run(command)), false);
         }
         None => cli.settings,
     };
     let in_lambda = config::in_lambda();
-    let _log_guard = telemetry::init(settings.log_format(in_lambda), !in_lambda);
+    let _log_guard = logging::init(settings.log_format(in_lambda), !in_lambda);
     let outcome = if in_lambda {
         runtime(settings.worker_threads).block_on(lambda::run(settings))
     } else {

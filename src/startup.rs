@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::access_log::AccessLog;
 use crate::clock::Clock;
 use crate::config::{
     Settings, Switch, DEFAULT_LOCAL_STORE, DEFAULT_TOKENS_FILES, DEFAULT_UPSTREAM, TOKENS_FILE,
@@ -27,7 +28,6 @@ use crate::spend::account::Account;
 use crate::spend::enforce::{Enforce, Settle};
 use crate::spend::store::Store;
 use crate::stats::{self, emf::Emf, prometheus::Prometheus};
-use crate::telemetry::AccessLog;
 use crate::tokens::format::{self, TokenList};
 use crate::tokens::{bundled, TokenSet};
 use crate::usage::prices::Prices;

@@ -1,10 +1,16 @@
-//! The local HTTP/1.1 server: accept, serve with the gateway, shut down gracefully.
+//! The local HTTP/1.1 server: accept, serve with the gateway, shut down
+//! gracefully. Beside it: [`metrics`], the listener for `/metrics` and
+//! `/healthz` (sharing this accept loop), and [`stall`], which cuts off a
+//! client that accepts no bytes.
+
+mod metrics;
+mod stall;
+
+pub use metrics::serve_metrics;
+use stall::StallGuard;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -13,9 +19,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::time::Sleep;
-
-use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::{Settings, METRICS_LISTEN};
 use crate::error::ConfigError;
@@ -298,56 +301,6 @@ fn report(all_closed: bool) {
     }
 }
 
-/// Serves `GET /metrics` (Prometheus text) and `GET /healthz` on the
-/// metrics listener: never the public one, and no token needed.
-///
-/// It shares the main listener's accept loop, so a failing `accept` (out of
-/// file descriptors) backs off instead of spinning.
-pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, gateway: Gateway) {
-    accept(&listener, std::future::pending(), |stream| {
-        let (handle, gateway) = (handle.clone(), gateway.clone());
-        tokio::spawn(async move {
-            let service = service_fn(move |request: hyper::Request<Incoming>| {
-                let (handle, gateway) = (handle.clone(), gateway.clone());
-                async move {
-                    let (status, kind, body) = match (request.method(), request.uri().path()) {
-                        (&http::Method::GET, "/metrics") => (
-                            200,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                            handle.render(),
-                        ),
-                        (&http::Method::GET, "/healthz") => {
-                            let (ok, body) = gateway.health().await;
-                            (
-                                if ok { 200 } else { 503 },
-                                "application/json",
-                                body.to_string(),
-                            )
-                        }
-                        _ => (
-                            404,
-                            "text/plain",
-                            "not found: GET /metrics or /healthz\n".into(),
-                        ),
-                    };
-                    let response = http::Response::builder()
-                        .status(status)
-                        .header(http::header::CONTENT_TYPE, kind)
-                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                        .expect("a valid response");
-                    Ok::<_, Infallible>(response)
-                }
-            });
-            let _ = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    })
-    .await;
-}
-
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -367,106 +320,5 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
-    }
-}
-
-/// A connection whose writes may stall for at most `idle`: a client that
-/// accepts no bytes for that long (it stopped reading a download) is cut
-/// off, which drops its response and so cancels the upstream request.
-struct StallGuard<T> {
-    io: T,
-    idle: Duration,
-    stalled: Option<Pin<Box<Sleep>>>,
-}
-
-impl<T> StallGuard<T> {
-    fn new(io: T, idle: Duration) -> Self {
-        Self {
-            io,
-            idle,
-            stalled: None,
-        }
-    }
-
-    /// After a write that could not proceed: pending until `idle` has passed
-    /// since the first of them, then an error.
-    fn stall<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
-        let idle = self.idle;
-        let timer = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-        match timer.as_mut().poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(()) => {
-                tracing::info!(
-                    idle_secs = idle.as_secs(),
-                    "the client accepted no bytes; connection closed"
-                );
-                Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the client accepted no bytes",
-                )))
-            }
-        }
-    }
-
-    fn watch<R>(
-        &mut self,
-        cx: &mut Context<'_>,
-        polled: Poll<io::Result<R>>,
-    ) -> Poll<io::Result<R>> {
-        match polled {
-            Poll::Pending => self.stall(cx),
-            ready => {
-                self.stalled = None;
-                ready
-            }
-        }
-    }
-}
-
-impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for StallGuard<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for StallGuard<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.watch(cx, polled)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.watch(cx, polled)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.io).poll_flush(cx);
-        this.watch(cx, polled)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
