@@ -194,8 +194,12 @@ impl Gateway {
         for hook in self.inner.hooks.iter() {
             hook.start();
         }
-        let mut record = Record::start(&parts.method, parts.uri.path(), Instant::now());
-        record.arrived = self.inner.options.clock.now();
+        let mut record = Record::start_at(
+            &parts.method,
+            parts.uri.path(),
+            Instant::now(),
+            self.inner.options.clock.now(),
+        );
         record.request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
         let buffered = parts.extensions.get::<Buffered>().copied();
         let cors = self.inner.options.cors.as_ref();

@@ -168,8 +168,14 @@ impl Charge {
 }
 
 impl Record {
-    /// Starts the record of a request.
+    /// Starts the record of a request that arrived now, by the system clock.
     pub fn start(method: &Method, path: &str, started: Instant) -> Self {
+        Self::start_at(method, path, started, Utc::now())
+    }
+
+    /// Starts the record of a request that arrived at `arrived` (by the
+    /// gateway's [`crate::clock::Clock`]).
+    pub fn start_at(method: &Method, path: &str, started: Instant, arrived: DateTime<Utc>) -> Self {
         let mut cut = MAX_RECORDED_PATH.min(path.len());
         while !path.is_char_boundary(cut) {
             cut -= 1;
@@ -179,7 +185,7 @@ impl Record {
             path: path[..cut].to_owned(),
             request_id: None,
             started,
-            arrived: Utc::now(),
+            arrived,
             token: None,
             status: 0,
             code: None,
