@@ -5,6 +5,7 @@
 
 use std::process::ExitCode;
 
+use chatgpt_gateway::clock::Clock;
 use chatgpt_gateway::commands::tokens::{self, TokensCommand};
 use chatgpt_gateway::commands::usage::{self, UsageCommand};
 use chatgpt_gateway::config::{self, Settings};
@@ -43,11 +44,17 @@ fn main() -> ExitCode {
         Some(Command::Tokens(command)) => {
             // Warnings only (e.g. from the AWS SDK), so the command's own output stays clean.
             logging::init_cli();
-            return exit(runtime(Some(1)).block_on(tokens::run(command)), false);
+            return exit(
+                runtime(Some(1)).block_on(tokens::run(command, &Clock::system())),
+                false,
+            );
         }
         Some(Command::Usage(command)) => {
             logging::init_cli();
-            return exit(runtime(Some(1)).block_on(usage::run(command)), false);
+            return exit(
+                runtime(Some(1)).block_on(usage::run(command, &Clock::system())),
+                false,
+            );
         }
         None => cli.settings,
     };

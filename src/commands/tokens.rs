@@ -15,6 +15,7 @@ use chrono::{DateTime, FixedOffset, Utc};
 use clap::{Args, Subcommand};
 
 use super::CommandError;
+use crate::clock::Clock;
 use crate::config::TOKENS_UTC_OFFSET;
 use crate::error::ConfigError;
 use crate::sources::ssm::Ssm;
@@ -110,7 +111,9 @@ pub struct Zone {
 }
 
 /// Runs a `tokens` subcommand.
-pub async fn run(command: TokensCommand) -> Result<(), CommandError> {
+/// `clock` is what relative expiries (`30d`) count from, and what `check`
+/// tells expired tokens by.
+pub async fn run(command: TokensCommand, clock: &Clock) -> Result<(), CommandError> {
     match command {
         TokensCommand::New {
             name,
@@ -120,16 +123,23 @@ pub async fn run(command: TokensCommand) -> Result<(), CommandError> {
             json,
             rules,
             zone,
-        } => new(
-            &name,
-            expires.as_deref(),
-            upstream_key_from_env.as_deref(),
-            plaintext,
-            json,
-            &rules,
-            zone.tokens_utc_offset,
-        ),
-        TokensCommand::Check { source, zone } => check(source, zone.tokens_utc_offset).await,
+        } => {
+            let expires = expires
+                .map(|text| parse_expiry(&text, zone.tokens_utc_offset, clock.now()))
+                .transpose()?;
+            new(
+                &name,
+                expires,
+                upstream_key_from_env.as_deref(),
+                plaintext,
+                json,
+                &rules,
+                zone.tokens_utc_offset,
+            )
+        }
+        TokensCommand::Check { source, zone } => {
+            check(source, zone.tokens_utc_offset, clock.now()).await
+        }
         TokensCommand::Push {
             ssm_parameter,
             file,
@@ -180,7 +190,7 @@ fn parse(origin: &str, text: &str, offset: FixedOffset) -> Result<TokenList, Com
 
 fn new(
     name: &str,
-    expires: Option<&str>,
+    expires: Option<DateTime<Utc>>,
     key_var: Option<&str>,
     plaintext: bool,
     json: bool,
@@ -193,9 +203,6 @@ fn new(
             problem: "must not be empty".into(),
         });
     }
-    let expires = expires
-        .map(|text| parse_expiry(text, offset, Utc::now()))
-        .transpose()?;
     let upstream_key = match key_var {
         Some(var) => Some(
             std::env::var(var)
@@ -304,7 +311,11 @@ fn parse_expiry(
     parse_time(t, offset).map_err(|e| flag(e.to_string()))
 }
 
-async fn check(source: Source, offset: FixedOffset) -> Result<(), CommandError> {
+async fn check(
+    source: Source,
+    offset: FixedOffset,
+    now: DateTime<Utc>,
+) -> Result<(), CommandError> {
     let (label, text) = if let Some(file) = source.file {
         (file.display().to_string(), read(&file)?)
     } else if let Some(name) = source.ssm_parameter {
@@ -316,7 +327,7 @@ async fn check(source: Source, offset: FixedOffset) -> Result<(), CommandError> 
         ("bundled token list".to_owned(), text.to_owned())
     };
     let list = parse(&label, &text, offset)?;
-    print_table(&label, &list.tokens, Utc::now());
+    print_table(&label, &list.tokens, now);
     if let Some(upstream) = list.upstream {
         println!("upstream from the file: {upstream}");
     }

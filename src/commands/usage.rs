@@ -9,10 +9,11 @@
 
 use std::path::PathBuf;
 
-use chrono::{NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::CommandError;
+use crate::clock::Clock;
 use crate::spend::store::{Period, Row, Store};
 use crate::spend::Measure;
 use crate::tokens::format;
@@ -78,7 +79,9 @@ async fn open(arg: &StoreArg) -> Result<std::sync::Arc<dyn Store>, CommandError>
 }
 
 /// Runs a `usage` subcommand.
-pub async fn run(command: UsageCommand) -> Result<(), CommandError> {
+/// `clock` says what "today" and "this month" are, and where each limit's
+/// window stands.
+pub async fn run(command: UsageCommand, clock: &Clock) -> Result<(), CommandError> {
     match command {
         UsageCommand::Init { store } => {
             let store = open(&store).await?;
@@ -97,7 +100,7 @@ pub async fn run(command: UsageCommand) -> Result<(), CommandError> {
             tokens_file,
             json,
         } => {
-            let period = parse_period(period, date.as_deref())?;
+            let period = parse_period(period, date.as_deref(), clock.now())?;
             let store = open(&store).await?;
             let rows = store
                 .report(period.clone(), token.clone())
@@ -110,19 +113,23 @@ pub async fn run(command: UsageCommand) -> Result<(), CommandError> {
             }
             print_table(&period, &rows);
             if let Some(path) = tokens_file {
-                print_limits(&*store, &path, token.as_deref()).await?;
+                print_limits(&*store, &path, token.as_deref(), clock.now()).await?;
             }
             Ok(())
         }
     }
 }
 
-fn parse_period(kind: PeriodKind, date: Option<&str>) -> Result<Period, CommandError> {
+fn parse_period(
+    kind: PeriodKind,
+    date: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Period, CommandError> {
     let bad = |problem: &str| CommandError::Flag {
         flag: "--date",
         problem: problem.into(),
     };
-    let today = Utc::now().date_naive();
+    let today = now.date_naive();
     Ok(match (kind, date) {
         (PeriodKind::Day, None) => Period::Day(today.format("%Y-%m-%d").to_string()),
         (PeriodKind::Month, None) => Period::Month(today.format("%Y-%m").to_string()),
@@ -187,6 +194,7 @@ async fn print_limits(
     store: &dyn Store,
     path: &std::path::Path,
     only: Option<&str>,
+    now: DateTime<Utc>,
 ) -> Result<(), CommandError> {
     let text = std::fs::read_to_string(path).map_err(|e| CommandError::Flag {
         flag: "--tokens-file",
@@ -199,7 +207,6 @@ async fn print_limits(
                 problem: e.to_string(),
             }
         })?;
-    let now = Utc::now();
     println!();
     println!(
         "{:<20} {:<20} {:>14} {:>14} {:>14} {:>14}  resets",
@@ -258,5 +265,24 @@ mod tests {
         assert_eq!(printable("gpt-4o\u{1b}[2J"), "gpt-4o\\u{1b}[2J");
         assert_eq!(printable("gpt-4o-mini"), "gpt-4o-mini");
         assert_eq!(printable(&"m".repeat(300)).chars().count(), 257);
+    }
+
+    #[test]
+    fn today_and_this_month_are_the_clocks() {
+        use chrono::TimeZone;
+        let clock = Clock::manual(Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 59).unwrap());
+        let day = |c: &Clock| parse_period(PeriodKind::Day, None, c.now()).unwrap();
+        assert_eq!(day(&clock), Period::Day("2026-12-31".into()));
+        clock.advance(chrono::Duration::seconds(1));
+        assert_eq!(day(&clock), Period::Day("2027-01-01".into()));
+        assert_eq!(
+            parse_period(PeriodKind::Month, None, clock.now()).unwrap(),
+            Period::Month("2027-01".into())
+        );
+        assert_eq!(
+            parse_period(PeriodKind::Day, Some("2026-02-03"), clock.now()).unwrap(),
+            Period::Day("2026-02-03".into()),
+            "a date given is the date used"
+        );
     }
 }

@@ -168,7 +168,7 @@ def watch(mock, tokens_file, workdir):
         except (urllib.error.URLError, ConnectionError) as e:
             if time.time() > deadline:
                 raise RuntimeError("cargo lambda watch never answered: %s" % e)
-            time.sleep(1)
+            time.sleep(0.2)
     yield Target("lambda", root, log_path)
     os.killpg(proc.pid, 15)
     proc.wait()

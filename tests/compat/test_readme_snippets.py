@@ -120,15 +120,17 @@ def test_spend_control_example(mock, workdir):
             raise AssertionError("the spent budget let a request through")
         except openai.RateLimitError as e:
             assert e.code == "insufficient_quota", e
-        # Log lines are written within 20 ms of the response's end: wait for
-        # the refusal's line, then long enough for any retry's to follow.
-        refusals = lambda: [json.loads(l) for l in open(log_path) if '"status":429' in l]
-        deadline = time.time() + 5
-        while not refusals() and time.time() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.5)
-        assert len(refusals()) == 1, "x-should-retry: false, so no retries: %s" % refusals()
+        # The SDK raised after any retries it made; the request after them
+        # is logged after theirs (log lines are written in order): once its
+        # line is there, every retry's would be too.
         sub = json.load(urllib.request.urlopen(base + "/dashboard/billing/subscription?token=" + token))
+        lines = lambda: [json.loads(l) for l in open(log_path) if l.endswith("}\n")]
+        deadline = time.time() + 10
+        while not any(l.get("path", "").endswith("/dashboard/billing/subscription") for l in lines()):
+            assert time.time() < deadline, "the request's access line was never written"
+            time.sleep(0.02)
+        refusals = [l for l in lines() if l.get("status") == 429]
+        assert len(refusals) == 1, "x-should-retry: false, so no retries: %s" % refusals
         assert sub["hard_limit_usd"] == 5.0 and sub["access_until"] == 1798761600, sub
         report = run(["bash", "-c", binary(snippet("spend-report").strip())], cwd=here)
         assert "friend" in report and "gpt-4o-mini" in report and "usd_per_month" in report, report

@@ -4,7 +4,9 @@ with the original's appsettings.json mounted unchanged, and the systemd unit.
 
 No image can be pulled here, so the base is a Debian bookworm root file system
 made with debootstrap and imported (`GW_TEST_BASE_IMAGE`), and the binary is
-the host's release build, through the Dockerfile's test-only PREBUILT
+the host's build (scripts/test puts the stripped debug binary the other
+suites ran at target/image/; the release build is the sam artifact's, which
+test_lambda_artifact.py runs), through the Dockerfile's test-only PREBUILT
 argument. scripts/test installs docker.io, docker-compose and debootstrap and
 starts dockerd; when Docker cannot run, these tests say why and are skipped.
 """
@@ -26,7 +28,8 @@ from conftest import ROOT, free_port
 
 BASE = os.environ.get("GW_TEST_BASE_IMAGE", "chatgpt-gateway-test/bookworm:base")
 IMAGE = "chatgpt-gateway:test"
-RELEASE = os.path.join(ROOT, "target", "release", "chatgpt-gateway")
+PREBUILT = "target/image/chatgpt-gateway"
+BINARY = os.path.join(ROOT, PREBUILT)
 
 # The original's appsettings.json, as its README shows it (the token and time formats
 # unchanged), pointed at the mock upstream.
@@ -60,8 +63,8 @@ def docker_problem():
         return "dockerd is not running: " + (info.stderr.strip().splitlines() or ["?"])[-1]
     if sh("docker", "image", "inspect", BASE, check=False).returncode != 0:
         return "the base image %s is missing (scripts/test makes it with debootstrap)" % BASE
-    if not os.path.exists(RELEASE):
-        return "no release binary at %s (scripts/test builds it)" % RELEASE
+    if not os.path.exists(BINARY):
+        return "no binary at %s (scripts/test puts it there)" % BINARY
     return None
 
 
@@ -72,7 +75,7 @@ def image():
         pytest.skip("Docker cannot run here: " + problem)
     sh("docker", "build", "--network", "host", "-t", IMAGE,
        "--build-arg", "BUILDER=" + BASE, "--build-arg", "RUNTIME=" + BASE,
-       "--build-arg", "PREBUILT=target/release/chatgpt-gateway", ROOT,
+       "--build-arg", "PREBUILT=" + PREBUILT, ROOT,
        env=dict(os.environ, DOCKER_BUILDKIT="0"))
     return IMAGE
 

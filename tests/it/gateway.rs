@@ -3,6 +3,8 @@
 //! signals, start-up refusals, flags against the environment) run the real
 //! binary. The memory test is in `slow.rs`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -676,36 +678,72 @@ async fn the_server_spreads_connections_over_its_worker_threads() {
         .env("GATEWAY_WORKER_THREADS", "3")
         .start();
     let pid = gw.child.id();
-    let before = worker_switches(pid);
     assert_eq!(
-        before.keys().collect::<Vec<_>>(),
+        worker_switches(pid).keys().collect::<Vec<_>>(),
         ["worker-0", "worker-1", "worker-2"],
         "one thread per worker"
     );
-    // Six connections, each its own client, each streaming events with
-    // pauses: every pause puts the thread serving it to sleep.
-    let streams = (0..6).map(|_| {
-        let url = gw.url("/v1/sse?n=8&gap_ms=20&token=tok-bob-Secret2");
+    // Six connections, each its own client, each a stream whose events the
+    // test releases one at a time, waiting for each to arrive before the
+    // next: every event wakes the worker serving its connection from sleep.
+    let events = Arc::new(AtomicUsize::new(0));
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let streams: Vec<_> = (0..6)
+        .map(|_| {
+            let url = gw.url("/v1/sse?n=8&step=1&token=tok-bob-Secret2");
+            let (events, arrived) = (events.clone(), arrived.clone());
+            tokio::spawn(async move {
+                let response = reqwest::Client::new()
+                    .post(url)
+                    .body(r#"{"stream":true}"#)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                let mut body = Vec::new();
+                let mut chunks = response.bytes_stream();
+                while let Some(chunk) = chunks.next().await {
+                    let chunk = chunk.unwrap();
+                    let n = chunk.windows(6).filter(|w| w == b"data: ").count();
+                    body.extend_from_slice(&chunk);
+                    events.fetch_add(n, Ordering::SeqCst);
+                    arrived.notify_one();
+                }
+                String::from_utf8(body).unwrap()
+            })
+        })
+        .collect();
+    let until = |n: usize| {
+        let (events, arrived) = (events.clone(), arrived.clone());
         async move {
-            let response = reqwest::Client::new()
-                .post(url)
-                .body(r#"{"stream":true}"#)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
-            response.text().await.unwrap()
+            while events.load(Ordering::SeqCst) < n {
+                tokio::time::timeout(Duration::from_secs(10), arrived.notified())
+                    .await
+                    .expect("an event arrives");
+            }
         }
-    });
-    for body in futures_util::future::join_all(streams).await {
+    };
+    // The first event of each goes at once: all six are connected.
+    until(6).await;
+    let before = worker_switches(pid);
+    // Eight more each ([DONE] the last); the mock's permits go to the
+    // waiting streams in turn.
+    for k in 1..=48 {
+        upstream.step();
+        until(6 + k).await;
+    }
+    for stream in streams {
+        let body = stream.await.unwrap();
         assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
     }
     let after = worker_switches(pid);
     for (name, count) in &after {
-        // Two connections of 8 pauses each (which may coincide), against none when idle.
+        // Two connections of eight events each, every one arriving while
+        // the worker slept (a few may find it not yet asleep), against none
+        // if the connections had all gone to one worker.
         let woken = count - before[name];
         assert!(
-            woken >= 5,
+            woken >= 8,
             "{name} was woken {woken} times: {after:?} from {before:?}"
         );
     }

@@ -141,6 +141,8 @@ pub struct GatewayProc {
     pub addr: SocketAddr,
     pub child: Child,
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// The threads reading its stderr and stdout into `logs`.
+    readers: Vec<std::thread::JoinHandle<()>>,
     _dir: TempDir,
 }
 
@@ -328,16 +330,17 @@ impl Launch {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("the gateway binary starts");
         let logs = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         for stream in [
             Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
             Box::new(child.stdout.take().unwrap()),
         ] {
             let logs = logs.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     logs.lock().unwrap().push(line);
                 }
-            });
+            }));
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -363,6 +366,7 @@ impl Launch {
                     addr,
                     child,
                     logs,
+                    readers,
                     _dir: dir,
                 });
             }
@@ -476,6 +480,29 @@ fn unsafe_kill(pid: u32, signal: &str) {
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
         .status();
+}
+
+impl GatewayProc {
+    /// Everything the process wrote, once it has ended: stops it (SIGTERM,
+    /// then SIGKILL after 10 s) and reads both its pipes to their end, so
+    /// that a line it would have written is not merely still on its way.
+    pub async fn all_output(mut self) -> String {
+        self.terminate();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for reader in std::mem::take(&mut self.readers) {
+            tokio::task::spawn_blocking(move || reader.join())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        self.log_text()
+    }
 }
 
 impl Drop for GatewayProc {
