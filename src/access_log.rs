@@ -9,7 +9,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use crate::logging::access_sink;
-use crate::record::{BoxFuture, Finish, Record};
+use crate::record::{Attempt, BoxFuture, Finish, Record};
 use crate::usage::prices::Prices;
 
 /// The completion hook that writes one access-log line per request.
@@ -51,6 +51,12 @@ struct AccessLine<'a> {
     error_code: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     upstream_ms: Option<f64>,
+    /// The upstream whose answer the client got.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<&'a str>,
+    /// Every attempt, when the pool had more than one upstream to try.
+    #[serde(skip)]
+    attempts: &'a [Attempt],
     duration_ms: f64,
     bytes_in: u64,
     bytes_out: u64,
@@ -142,6 +148,25 @@ impl AccessLine<'_> {
         value(out, "token", &self.token)?;
         value(out, "error_code", &self.error_code)?;
         given(out, "upstream_ms", self.upstream_ms)?;
+        given(out, "upstream", self.upstream)?;
+        if !self.attempts.is_empty() {
+            key(out, "attempts");
+            out.push(b'[');
+            for (i, attempt) in self.attempts.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"upstream\":");
+                serde_json::to_writer(&mut *out, &*attempt.upstream)?;
+                match attempt.result {
+                    Ok(status) => value(out, "status", &status)?,
+                    Err(code) => value(out, "error", &code)?,
+                }
+                value(out, "ms", &round_ms(attempt.ms))?;
+                out.push(b'}');
+            }
+            out.push(b']');
+        }
         value(out, "duration_ms", &self.duration_ms)?;
         value(out, "bytes_in", &self.bytes_in)?;
         value(out, "bytes_out", &self.bytes_out)?;
@@ -197,6 +222,28 @@ impl AccessLine<'_> {
         if let Some(ms) = self.upstream_ms {
             field("upstream_ms", &format_args!("{ms:?}"));
         }
+        if let Some(upstream) = self.upstream {
+            field("upstream", &format_args!("{upstream:?}"));
+        }
+        if !self.attempts.is_empty() {
+            let mut list = String::new();
+            for attempt in self.attempts {
+                if !list.is_empty() {
+                    list.push_str(", ");
+                }
+                let _ = match attempt.result {
+                    Ok(status) => std::fmt::Write::write_fmt(
+                        &mut list,
+                        format_args!("{} {status} {:?}ms", attempt.upstream, round_ms(attempt.ms)),
+                    ),
+                    Err(code) => std::fmt::Write::write_fmt(
+                        &mut list,
+                        format_args!("{} {code} {:?}ms", attempt.upstream, round_ms(attempt.ms)),
+                    ),
+                };
+            }
+            field("attempts", &format_args!("{list:?}"));
+        }
         field("duration_ms", &format_args!("{:?}", self.duration_ms));
         field("bytes_in", &self.bytes_in);
         field("bytes_out", &self.bytes_out);
@@ -208,13 +255,18 @@ impl AccessLine<'_> {
     }
 }
 
+/// Milliseconds to the microsecond.
+fn round_ms(ms: f64) -> f64 {
+    (ms * 1e3).round() / 1e3
+}
+
 impl Finish for AccessLog {
     fn finish(&self, record: &Record) -> Option<BoxFuture<()>> {
         let sink = access_sink()?;
         if !tracing::enabled!(tracing::Level::INFO) {
             return None;
         }
-        let round = |ms: f64| (ms * 1e3).round() / 1e3;
+        let round = round_ms;
         let charge = record.charge(&self.prices);
         let usage = &charge.usage;
         let line = AccessLine {
@@ -233,6 +285,8 @@ impl Finish for AccessLog {
             token: record.token.as_deref().unwrap_or("-"),
             error_code: record.code.unwrap_or("-"),
             upstream_ms: record.upstream_ms.map(round),
+            upstream: record.upstream.as_deref(),
+            attempts: &record.attempts,
             duration_ms: round(record.elapsed_ms()),
             bytes_in: record.bytes_in.get(),
             bytes_out: record.bytes_out,
@@ -304,6 +358,8 @@ mod tests {
             token: "bob \"x\"",
             error_code: "-",
             upstream_ms: None,
+            upstream: None,
+            attempts: &[],
             duration_ms: 1.5,
             bytes_in: 10,
             bytes_out: 20,

@@ -26,6 +26,10 @@ pub const TOKENS_FILE: &str = "TOKENS_FILE";
 pub const TOKENS_SSM_PARAMETER: &str = "TOKENS_SSM_PARAMETER";
 /// `TOKENS_REFRESH_SECS`: how old a cached SSM value may get before a refresh.
 pub const TOKENS_REFRESH_SECS: &str = "TOKENS_REFRESH_SECS";
+/// `UPSTREAMS_FILE`: a pool of upstreams (names, keys, models, priorities).
+pub const UPSTREAMS_FILE: &str = "UPSTREAMS_FILE";
+/// `UPSTREAM_MAX_ATTEMPTS`: the most upstreams one request tries.
+pub const UPSTREAM_MAX_ATTEMPTS: &str = "UPSTREAM_MAX_ATTEMPTS";
 /// `UPSTREAM_API_KEY`: the injected upstream key.
 pub const UPSTREAM_API_KEY: &str = "UPSTREAM_API_KEY";
 /// `UPSTREAM_API_KEY_SSM_PARAMETER`: the SSM parameter holding the injected key.
@@ -156,6 +160,18 @@ pub const SETTINGS: &[Setting] = &[
         UPSTREAM_URL,
         "`https://api.openai.com`",
         "where requests go; a path prefix (`http://host:port/openai`) is kept",
+    ),
+    flag(
+        "--upstreams-file",
+        UPSTREAMS_FILE,
+        "none",
+        "a pool of upstreams with their keys, models, priorities and weights, tried in turn (docs/upstreams.md); excludes `UPSTREAM_URL`",
+    ),
+    flag(
+        "--upstream-max-attempts",
+        UPSTREAM_MAX_ATTEMPTS,
+        "3",
+        "the most upstreams of the pool one request tries before the client gets the last answer",
     ),
     flag(
         "--tokens-file",
@@ -387,6 +403,14 @@ pub struct Settings {
     /// Upstream base URL [default: https://api.openai.com, or the address in an original appsettings.json].
     #[arg(long, env = UPSTREAM_URL)]
     pub upstream: Option<String>,
+
+    /// A pool of upstreams (JSON; see docs/upstreams.md).
+    #[arg(long, env = UPSTREAMS_FILE)]
+    pub upstreams_file: Option<PathBuf>,
+
+    /// The most upstreams of the pool one request tries.
+    #[arg(long, env = UPSTREAM_MAX_ATTEMPTS, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub upstream_max_attempts: u64,
 
     /// Token list file [default: ./tokens.json when present].
     #[arg(long, env = TOKENS_FILE)]

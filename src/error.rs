@@ -121,6 +121,13 @@ pub enum GatewayError {
     /// The upstream sent no response headers within the configured timeout.
     #[error("the upstream API did not answer within {0} seconds")]
     UpstreamTimeout(u64),
+    /// No configured upstream serves the request's model.
+    #[error("no upstream of this gateway serves the model `{0}`")]
+    NoUpstreamForModel(String),
+    /// Every upstream that serves the request is resting, cooling down
+    /// after failures, or has had its key refused.
+    #[error("every upstream for this request is unavailable{}", match .0 { Some(s) => format!("; retry in {s} s"), None => String::new() })]
+    UpstreamsUnavailable(Option<u64>),
     /// A buffered (non-streaming) Lambda response would exceed Lambda's payload limit.
     #[error("the upstream response is larger than the {0} bytes a buffered Lambda response can carry; use the streaming Function URL")]
     ResponseTooLarge(usize),
@@ -151,7 +158,9 @@ impl GatewayError {
             Self::RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TokenStoreUnavailable
             | Self::UpstreamKeyUnavailable
-            | Self::UsageStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::UsageStoreUnavailable
+            | Self::UpstreamsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoUpstreamForModel(_) => StatusCode::NOT_FOUND,
             Self::UpstreamUnreachable
             | Self::UpstreamFailed
             | Self::UpstreamUpgrade
@@ -191,6 +200,8 @@ impl GatewayError {
             Self::UpstreamFailed => "upstream_error",
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::ResponseTooLarge(_) => "response_too_large",
+            Self::NoUpstreamForModel(_) => "model_not_found",
+            Self::UpstreamsUnavailable(_) => "upstreams_unavailable",
         }
     }
 
@@ -208,6 +219,7 @@ impl GatewayError {
             | StatusCode::PAYLOAD_TOO_LARGE
             | StatusCode::UNSUPPORTED_MEDIA_TYPE
             | StatusCode::METHOD_NOT_ALLOWED
+            | StatusCode::NOT_FOUND
             | StatusCode::REQUEST_TIMEOUT => "invalid_request_error",
             _ => "gateway_error",
         }
@@ -217,6 +229,7 @@ impl GatewayError {
     pub fn param(&self) -> Option<&'static str> {
         match self {
             Self::InvalidParam { param, .. } => Some(param),
+            Self::NoUpstreamForModel(_) => Some("model"),
             _ => None,
         }
     }
@@ -266,6 +279,7 @@ impl GatewayError {
                     .insert("x-should-retry", HeaderValue::from_static("false"));
                 *retry_after
             }
+            Self::UpstreamsUnavailable(retry_after) => *retry_after,
             _ => None,
         };
         if let Some(seconds) = retry_after {
@@ -306,6 +320,22 @@ pub enum ConfigError {
         /// The URL as given.
         url: String,
         /// What is wrong with it.
+        problem: String,
+    },
+    /// The upstreams file cannot be read.
+    #[error("upstreams file {}: cannot read: {source}", path.display())]
+    UpstreamsUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The upstreams file is malformed.
+    #[error("upstreams file {}: {problem}", path.display())]
+    Upstreams {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the entry (never a key).
         problem: String,
     },
     /// The upstream URL carries a user or password.

@@ -37,23 +37,23 @@ use crate::headers;
 use crate::openai::Metering;
 use crate::policy::{Inspect, Policy, RequestBody, ResponseEdit};
 use crate::proxy::Proxy;
-use crate::record::{Finish, Hooks, Record, RequestId, Reserved};
+use crate::record::{Attempt, Finish, Hooks, Record, RequestId, Reserved};
 use crate::secret::ApiKey;
 use crate::sources::cached::Cached;
 use crate::spend::store::Store;
 use crate::tokens::TokenSet;
+use crate::upstreams::{Admission, Upstreams};
 use crate::usage::stream_usage::HideUsageChunk;
 use crate::usage::tap::UsageTap;
 use crate::usage::{self, Meter};
 
 /// What a gateway is made of.
 pub struct GatewayOptions {
-    /// The upstream side.
-    pub proxy: Proxy,
+    /// The upstreams, each with its connections and the key injected for
+    /// tokens without their own.
+    pub upstreams: Upstreams,
     /// The token list.
     pub tokens: Cached<TokenSet>,
-    /// The key injected for tokens without their own.
-    pub upstream_key: Option<Cached<ApiKey>>,
     /// Pass-through while the token list is empty (the operator allowed it).
     pub anonymous: bool,
     /// Longest silence inside an upstream body.
@@ -79,9 +79,8 @@ impl GatewayOptions {
     /// A gateway in front of `proxy` with `tokens`, and nothing else on.
     pub fn new(proxy: Proxy, tokens: Cached<TokenSet>) -> Self {
         Self {
-            proxy,
+            upstreams: Upstreams::single(proxy, None),
             tokens,
-            upstream_key: None,
             anonymous: false,
             idle_timeout: Duration::from_secs(300),
             client_idle_timeout: Duration::from_secs(300),
@@ -99,13 +98,13 @@ impl GatewayOptions {
 #[derive(Clone)]
 pub struct Gateway {
     inner: Arc<Inner>,
-    /// Outside `inner`, so that a server thread can have a pool of its own.
-    proxy: Arc<Proxy>,
+    /// Outside `inner`, so that a server thread can have pools of its own.
+    upstreams: Upstreams,
 }
 
 struct Inner {
-    /// What the gateway was made of; its `proxy` is the template of the
-    /// gateway's own (the first shares its pool, others get their own).
+    /// What the gateway was made of; its `upstreams` are the template of
+    /// the gateway's own (the first shares their pools, others get their own).
     options: GatewayOptions,
     hooks: Hooks,
     pending: Arc<Pending>,
@@ -116,7 +115,7 @@ impl Gateway {
     pub fn new(mut options: GatewayOptions) -> Self {
         let hooks = std::mem::take(&mut options.hooks).into();
         Self {
-            proxy: Arc::new(options.proxy.clone()),
+            upstreams: options.upstreams.clone(),
             inner: Arc::new(Inner {
                 options,
                 hooks,
@@ -125,18 +124,26 @@ impl Gateway {
         }
     }
 
-    /// The same gateway (tokens, policies, hooks, store) with an upstream
-    /// keep-alive pool of its own, for a server thread with its own runtime.
+    /// The same gateway (tokens, policies, hooks, store, upstreams' health)
+    /// with upstream keep-alive pools of its own, for a server thread with
+    /// its own runtime.
     pub fn with_own_pool(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            proxy: Arc::new(self.inner.options.proxy.with_own_pool()),
+            upstreams: self.inner.options.upstreams.with_own_pools(),
         }
     }
 
-    /// Opens a connection to the upstream ahead of the first request.
+    /// Opens a connection to each first-choice upstream (those of the
+    /// lowest priority) ahead of the first request.
     pub async fn warm_up(&self) {
-        self.proxy.warm_up().await;
+        let members = self.upstreams.members();
+        let first = members.iter().map(|m| m.priority).min().unwrap_or(0);
+        let warm = members
+            .iter()
+            .filter(|m| m.priority == first)
+            .map(|m| m.proxy.warm_up());
+        futures_util::future::join_all(warm).await;
     }
 
     /// Longest time a client may accept no response bytes (the local server
@@ -261,11 +268,9 @@ impl Gateway {
             // CONNECT to the upstream's host.
             return Err(GatewayError::MethodNotAllowed("CONNECT"));
         }
-        let (admitted, key) = self.authenticate(&parts, record.arrived).await?;
+        let admitted = self.authenticate(&parts, record.arrived).await?;
         record.token.clone_from(&admitted.name);
-        let target = self
-            .proxy
-            .target(parts.uri.path(), admitted.query.as_deref())?;
+        crate::proxy::check_path(parts.uri.path())?;
         // Policy and metering read the path as the upstream will route it.
         let path = crate::path::normalise(parts.uri.path());
         let mut body = RequestBody::new(body, record.bytes_in.clone(), inner.client_idle_timeout);
@@ -276,7 +281,7 @@ impl Gateway {
                 GatewayError::InvalidRequestBody("GET and HEAD requests cannot carry a body")
             })?;
         }
-        let (edits, reply) = self
+        let checked = self
             .apply_policies(
                 &parts,
                 &path,
@@ -286,9 +291,10 @@ impl Gateway {
                 record.arrived,
             )
             .await?;
-        if let Some(reply) = reply {
+        if let Some(reply) = checked.reply {
             return Ok(reply.map(Shaped::from));
         }
+        let edits = checked.edits;
         let metering = crate::openai::metering(&parts.method, &path);
         let reserved = record.notes.get::<Reserved>().copied().unwrap_or_default();
         // What the usage tap reads, and whether an answer without usage is
@@ -302,50 +308,186 @@ impl Gateway {
         };
         // An upload's bytes are a file (audio), not text: they estimate no tokens.
         let text_body = !headers::is_media(&parts.headers, "multipart/form-data");
-        let mut headers = headers::to_upstream(parts.headers, admitted.strip, key.as_ref());
+        let mut cleaned = headers::to_upstream(parts.headers, admitted.strip, None);
         if edits
             .iter()
             .any(|e| matches!(e, ResponseEdit::Rewrite { .. }))
         {
-            headers::identity_only(&mut headers);
+            headers::identity_only(&mut cleaned);
         }
-        let asked = Instant::now();
-        // Sent: from here the upstream may bill it, whatever happens next.
-        record.sent = true;
-        let response = self
-            .proxy
-            .send(parts.method, target, headers, body.into_upstream())
-            .await
-            .inspect_err(|error| {
-                // Never connected: nothing reached the upstream.
-                record.sent = *error != GatewayError::UpstreamUnreachable;
-            })?;
-        record.upstream_ms = Some(asked.elapsed().as_secs_f64() * 1e3);
+        let request = Outgoing {
+            method: parts.method,
+            path: parts.uri.path(),
+            query: admitted.query.as_deref(),
+            model: checked.model.as_deref(),
+            upload: !text_body,
+            headers: cleaned,
+            own_key: admitted.upstream_key.as_ref(),
+            allowed: admitted.rules.as_ref().and_then(|r| r.upstreams.as_deref()),
+        };
+        let response = self.attempt(request, body, record).await?;
         Ok(self.shape(response, edits, metered, text_body, record))
     }
 
-    /// Who the request is (its token checked as of `now`), and the key to
-    /// send upstream for it.
+    /// The routing phase and its attempt loop: the upstreams that serve the
+    /// request, in [`Upstreams::plan`]'s order, each skipped while its
+    /// health says so, each tried until one answers with something other
+    /// than a failure worth another upstream (a connection error, a
+    /// timeout, `5xx`, and, with the gateway's own key, `429`, `401` and
+    /// `403`). A retry replays the body from memory, so a body that was
+    /// never read whole (too large, or no rule read it) is sent once.
+    /// Nothing has reached the client yet: a retry is invisible to it.
+    async fn attempt(
+        &self,
+        request: Outgoing<'_>,
+        body: RequestBody,
+        record: &mut Record,
+    ) -> Result<http::Response<crate::pool::ResponseBody>, GatewayError> {
+        let upstreams = &self.upstreams;
+        let plan = upstreams.plan(request.model, request.allowed);
+        if plan.is_empty() {
+            return Err(match request.model {
+                Some(model) => GatewayError::NoUpstreamForModel(model.to_owned()),
+                None => GatewayError::UpstreamsUnavailable(None),
+            });
+        }
+        let many = plan.len() > 1;
+        let mut body = body;
+        if many && !request.upload {
+            // Held, so that a retry can send it again (a larger one goes
+            // on as it streams, once).
+            body.try_read(MAX_REPLAYED_BODY).await?;
+        }
+        let replay = body.replayable(MAX_REPLAYED_BODY);
+        let mut once = Some(body);
+        let clock = &self.inner.options.clock;
+        let mut soonest: Option<DateTime<Utc>> = None;
+        let mut last: Option<Result<http::Response<crate::pool::ResponseBody>, GatewayError>> =
+            None;
+        let mut tries = 0;
+        let mut reached = false;
+        for index in plan {
+            if tries >= upstreams.max_attempts {
+                break;
+            }
+            let member = &upstreams.members()[index];
+            if let Admission::Skip { until } = member.health.admit(clock.now()) {
+                soonest = match (soonest, until) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                continue;
+            }
+            let body = match (&replay, once.take()) {
+                (Some(bytes), _) => crate::policy::replay(bytes.clone()),
+                (None, Some(body)) => body.into_upstream(),
+                // Sent once already, and it cannot be sent again.
+                (None, None) => break,
+            };
+            tries += 1;
+            // The gateway's key, unless the token brings its own (whose
+            // refusals and rate limits are its holder's, not the upstream's).
+            let (key, owned) = match (request.own_key, &member.key) {
+                (Some(own), _) => (Some(own.clone()), false),
+                (None, Some(key)) => (Some(ApiKey::clone(&*key.get().await?)), true),
+                (None, None) => (None, false),
+            };
+            let target = member.target(request.path, request.query, request.model)?;
+            let headers = member.headers(&request.headers, key.as_ref());
+            let asked = Instant::now();
+            // Sent: from here the upstream may bill it, whatever happens next.
+            record.sent = true;
+            let result = member
+                .proxy
+                .send(request.method.clone(), target, headers, body)
+                .await;
+            let ms = asked.elapsed().as_secs_f64() * 1e3;
+            // An attempt that never connected reached no upstream; the
+            // request is sent once any attempt did.
+            reached |= !matches!(result, Err(GatewayError::UpstreamUnreachable));
+            record.sent = reached;
+            let now = clock.now();
+            let (retry, outcome) = match &result {
+                Err(
+                    error @ (GatewayError::UpstreamUnreachable
+                    | GatewayError::UpstreamTimeout(_)
+                    | GatewayError::UpstreamFailed),
+                ) => {
+                    member.health.failed(now);
+                    (true, Err(error.code()))
+                }
+                // The client's own fault, or an answer no upstream would
+                // change (a protocol switch): this request's answer.
+                Err(error) => (false, Err(error.code())),
+                Ok(response) => {
+                    let status = response.status();
+                    let retry = match status.as_u16() {
+                        429 if owned => {
+                            match crate::upstreams::health::rest_asked(response.headers(), now) {
+                                Some(rest) => member.health.rest(now, rest),
+                                None => member.health.failed(now),
+                            }
+                            true
+                        }
+                        401 | 403 if owned => {
+                            member.health.kill();
+                            tracing::error!(
+                                upstream = &*member.name,
+                                status = status.as_u16(),
+                                "the upstream refused the gateway's key: it is not tried again until the gateway restarts"
+                            );
+                            true
+                        }
+                        500 | 502 | 503 | 504 => {
+                            member.health.failed(now);
+                            true
+                        }
+                        _ => {
+                            member.health.succeeded();
+                            false
+                        }
+                    };
+                    (retry, Ok(status.as_u16()))
+                }
+            };
+            if many {
+                record.attempts.push(Attempt {
+                    upstream: member.name.clone(),
+                    result: outcome,
+                    ms,
+                });
+            }
+            record.upstream = Some(member.name.clone());
+            record.upstream_ms = Some(ms);
+            if !retry {
+                return result;
+            }
+            last = Some(result);
+        }
+        match last {
+            Some(result) => result,
+            None => Err(GatewayError::UpstreamsUnavailable(soonest.map(|t| {
+                let wait = (t - clock.now()).num_milliseconds().max(0);
+                u64::try_from(wait).unwrap_or(0).div_ceil(1000).max(1)
+            }))),
+        }
+    }
+
+    /// Who the request is, its token checked as of `now`.
     async fn authenticate(
         &self,
         parts: &http::request::Parts,
         now: DateTime<Utc>,
-    ) -> Result<(Admitted, Option<ApiKey>), GatewayError> {
+    ) -> Result<Admitted, GatewayError> {
         let inner = &self.inner.options;
         let tokens = inner.tokens.get().await?;
-        let admitted = auth::admit(
+        auth::admit(
             &parts.headers,
             parts.uri.query(),
             &tokens,
             inner.anonymous,
             now,
-        )?;
-        let key = match (&admitted.upstream_key, &inner.upstream_key) {
-            (Some(own), _) => Some(own.clone()),
-            (None, Some(global)) => Some(ApiKey::clone(&*global.get().await?)),
-            (None, None) => None,
-        };
-        Ok((admitted, key))
+        )
     }
 
     /// Runs every policy in order; the first refusal, or the first answer
@@ -358,10 +500,11 @@ impl Gateway {
         body: &mut RequestBody,
         notes: &mut http::Extensions,
         now: DateTime<Utc>,
-    ) -> Result<(Vec<ResponseEdit>, Option<Response<Bytes>>), GatewayError> {
+    ) -> Result<Checked, GatewayError> {
         let policies = &self.inner.options.policies;
-        if policies.is_empty() {
-            return Ok((Vec::new(), None));
+        let needs_model = self.upstreams.needs_model();
+        if policies.is_empty() && !needs_model {
+            return Ok(Checked::default());
         }
         let mut inspect = Inspect::new(
             &parts.method,
@@ -382,7 +525,17 @@ impl Gateway {
                 break;
             }
         }
-        Ok((inspect.edits, inspect.reply))
+        // Routing reads the model from the same view (parsed already when
+        // a rule asked); a body it cannot read names none.
+        let model = match needs_model && inspect.reply.is_none() {
+            true => inspect.try_view().await?.and_then(|v| v.model.clone()),
+            false => None,
+        };
+        Ok(Checked {
+            edits: inspect.edits,
+            reply: inspect.reply,
+            model,
+        })
     }
 
     /// The upstream's response as the client gets it: cut when silent,
@@ -445,6 +598,37 @@ impl Gateway {
         )
     }
 }
+
+/// What the policy phase decided.
+#[derive(Default)]
+struct Checked {
+    /// Changes to a successful response, in pipeline order.
+    edits: Vec<ResponseEdit>,
+    /// An answer the gateway gives itself instead of forwarding.
+    reply: Option<Response<Bytes>>,
+    /// The request's model, when routing needs it.
+    model: Option<String>,
+}
+
+/// A request as every attempt sends it.
+struct Outgoing<'a> {
+    method: Method,
+    path: &'a str,
+    query: Option<&'a str>,
+    model: Option<&'a str>,
+    /// A multipart upload: sent once, never held for a retry.
+    upload: bool,
+    /// The client's headers, less the gateway's own; each upstream's key is
+    /// added per attempt.
+    headers: http::HeaderMap,
+    /// The token's own upstream key, if it has one.
+    own_key: Option<&'a ApiKey>,
+    /// The token's `upstreams`, if it names them.
+    allowed: Option<&'a [String]>,
+}
+
+/// The largest body a retry replays from memory; a larger one is sent once.
+pub const MAX_REPLAYED_BODY: u64 = 16 << 20;
 
 /// A request's record until its response exists. Dropped with the record
 /// still in it (the request's future was dropped: the client closed the

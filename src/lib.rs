@@ -13,9 +13,11 @@
 //!    allowlists, what it may spend on ([`openai`] says how each endpoint
 //!    is metered), and its [`limits`], which [`spend`] enforces (admission
 //!    and reservation in a usage store, SQLite or DynamoDB);
-//! 5. [`proxy`] maps the path onto the upstream and sends the request, with
-//!    the headers [`headers`] cleaned and the upstream key injected, on a
-//!    connection from the [`pool`];
+//! 5. [`upstreams`] picks the upstreams that serve the request, in order
+//!    (priority, weight, health), and the gateway tries them until one
+//!    answers; [`proxy`] maps the path onto each and sends the request, with
+//!    the headers [`headers`] cleaned and its key injected, on a connection
+//!    from its [`pool`];
 //! 6. [`body`] layers stream the upstream's body back, cutting silent
 //!    streams, [`usage`] taps read the usage it carries, and one completion
 //!    point ([`completion`]) hands the request's [`record`] to the completion hooks (the
@@ -57,6 +59,7 @@ pub mod spend;
 pub mod startup;
 pub mod stats;
 pub mod tokens;
+pub mod upstreams;
 pub mod usage;
 
 pub use error::{ConfigError, GatewayError};

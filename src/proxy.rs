@@ -276,7 +276,7 @@ impl Proxy {
 /// Refuses paths the URL parser would rewrite into another path: dot
 /// segments (also percent-encoded) and backslashes, and anything that is not
 /// origin-form.
-fn check_path(path: &str) -> Result<(), GatewayError> {
+pub fn check_path(path: &str) -> Result<(), GatewayError> {
     if !path.starts_with('/') {
         return Err(GatewayError::InvalidPath("the path must start with /"));
     }

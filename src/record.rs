@@ -76,6 +76,11 @@ pub struct Record {
     pub sent: bool,
     /// Milliseconds from sending upstream to the upstream's response head.
     pub upstream_ms: Option<f64>,
+    /// The upstream whose answer the client got.
+    pub upstream: Option<Arc<str>>,
+    /// Every attempt, in order, when there was more than one upstream to
+    /// try (empty for a gateway of one upstream: `upstream` says it all).
+    pub attempts: Vec<Attempt>,
     /// Request body bytes read.
     pub bytes_in: ByteCount,
     /// Response body bytes sent.
@@ -88,6 +93,18 @@ pub struct Record {
     pub notes: http::Extensions,
     /// What the request is charged, worked out once (see [`Record::charge`]).
     charge: OnceLock<Charge>,
+}
+
+/// One try of one upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    /// Which.
+    pub upstream: Arc<str>,
+    /// Its answer's status, or the gateway's code for why there was none
+    /// (`upstream_unreachable`, `upstream_timeout`, `upstream_error`).
+    pub result: Result<u16, &'static str>,
+    /// Milliseconds from sending to the answer's head (or the failure).
+    pub ms: f64,
 }
 
 /// What a request asked for (read from its body by the policy that needed
@@ -191,6 +208,8 @@ impl Record {
             code: None,
             sent: false,
             upstream_ms: None,
+            upstream: None,
+            attempts: Vec::new(),
             bytes_in: ByteCount::default(),
             bytes_out: 0,
             outcome: Outcome::ClientClosed,

@@ -37,7 +37,10 @@ impl fmt::Display for Secret {
 /// value (`Bearer <key>`, marked sensitive), so a request never rebuilds it
 /// and a key that no header could carry is refused where it is configured.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ApiKey(HeaderValue);
+pub struct ApiKey {
+    bearer: HeaderValue,
+    bare: HeaderValue,
+}
 
 /// The key is empty or holds characters a header value cannot carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -51,14 +54,21 @@ impl ApiKey {
         if key.is_empty() {
             return Err(InvalidKey);
         }
-        let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| InvalidKey)?;
-        value.set_sensitive(true);
-        Ok(Self(value))
+        let mut bearer = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| InvalidKey)?;
+        bearer.set_sensitive(true);
+        let mut bare = HeaderValue::from_str(key).map_err(|_| InvalidKey)?;
+        bare.set_sensitive(true);
+        Ok(Self { bearer, bare })
     }
 
     /// The `Authorization` value to send upstream.
     pub fn authorization(&self) -> &HeaderValue {
-        &self.0
+        &self.bearer
+    }
+
+    /// The key alone, for an `api-key` header (Azure).
+    pub fn bare(&self) -> &HeaderValue {
+        &self.bare
     }
 }
 

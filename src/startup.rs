@@ -12,7 +12,8 @@ use crate::access_log::AccessLog;
 use crate::clock::Clock;
 use crate::config::{
     Settings, Switch, DEFAULT_LOCAL_STORE, DEFAULT_TOKENS_FILES, DEFAULT_UPSTREAM, TOKENS_FILE,
-    TOKENS_SSM_PARAMETER, UPSTREAM_API_KEY, UPSTREAM_API_KEY_SSM_PARAMETER, USAGE_STORE,
+    TOKENS_SSM_PARAMETER, UPSTREAMS_FILE, UPSTREAM_API_KEY, UPSTREAM_API_KEY_SSM_PARAMETER,
+    UPSTREAM_URL, USAGE_STORE,
 };
 use crate::cors::Cors;
 use crate::error::ConfigError;
@@ -30,6 +31,8 @@ use crate::spend::store::Store;
 use crate::stats::{self, emf::Emf, prometheus::Prometheus};
 use crate::tokens::format::{self, TokenList};
 use crate::tokens::{bundled, TokenSet};
+use crate::upstreams::file::{self, KeySource};
+use crate::upstreams::{Breaker, Health, Member, Upstreams};
 use crate::usage::prices::Prices;
 use crate::usage::stream_usage::StreamUsage;
 
@@ -168,9 +171,21 @@ pub async fn options_at(
             UPSTREAM_API_KEY_SSM_PARAMETER,
         ));
     }
+    if settings.upstreams_file.is_some() {
+        if settings.upstream.is_some() {
+            return Err(ConfigError::Conflict(UPSTREAMS_FILE, UPSTREAM_URL));
+        }
+        if settings.upstream_api_key_ssm_parameter.is_some() {
+            return Err(ConfigError::Conflict(
+                UPSTREAMS_FILE,
+                UPSTREAM_API_KEY_SSM_PARAMETER,
+            ));
+        }
+    }
     let source = token_source(settings)?;
-    let needs_ssm =
-        matches!(source, TokenSource::Ssm(_)) || settings.upstream_api_key_ssm_parameter.is_some();
+    let needs_ssm = matches!(source, TokenSource::Ssm(_))
+        || settings.upstream_api_key_ssm_parameter.is_some()
+        || settings.upstreams_file.is_some();
     let ssm = if needs_ssm {
         Some(Ssm::from_env().await)
     } else {
@@ -216,6 +231,7 @@ pub async fn options_at(
         }
         TokenSource::None => (Cached::fixed(TokenSet::default()), None, true),
     };
+    let from_file = file_upstream.is_some();
     let upstream_text = settings
         .upstream
         .clone()
@@ -244,16 +260,34 @@ pub async fn options_at(
         (None, None) => None,
     };
     if anonymous {
-        check_anonymous(settings, mode, upstream_key.is_some())?;
+        let keyed = upstream_key.is_some()
+            || settings.upstreams_file.is_some() && settings.upstream_api_key.is_some();
+        check_anonymous(settings, mode, keyed)?;
         tracing::warn!("no gateway tokens configured: anonymous pass-through is on");
     }
-    tracing::info!(%upstream, "upstream");
-    let proxy = Proxy::trusting(
-        upstream,
-        settings.upstream_timeout(),
-        settings.connect_timeout(),
-        settings.upstream_ca_file.as_deref(),
-    )?;
+    let upstreams = match &settings.upstreams_file {
+        None => {
+            tracing::info!(%upstream, "upstream");
+            let proxy = Proxy::trusting(
+                upstream,
+                settings.upstream_timeout(),
+                settings.connect_timeout(),
+                settings.upstream_ca_file.as_deref(),
+            )?;
+            Upstreams::single(proxy, upstream_key)
+        }
+        Some(path) => {
+            if from_file {
+                tracing::warn!(
+                    "the token file names an upstream address; UPSTREAMS_FILE is used instead"
+                );
+            }
+            pool(settings, path, ssm.as_ref()).await?
+        }
+    };
+    if let Some(initial) = tokens.peek() {
+        check_token_upstreams(&initial, &upstreams)?;
+    }
     let initial = tokens.peek();
     let store = usage_store(settings, mode, initial.as_deref(), &clock).await?;
     let prices = Arc::new(Prices::load(settings.prices_file.as_deref())?);
@@ -299,7 +333,7 @@ pub async fn options_at(
             Arc::new(StreamUsage),
         ],
         max_body: settings.max_inspected_body_bytes,
-        upstream_key,
+        upstreams,
         anonymous,
         idle_timeout: settings.idle_timeout(),
         client_idle_timeout: settings.client_idle_timeout(),
@@ -307,8 +341,92 @@ pub async fn options_at(
         hooks,
         store,
         clock,
-        ..GatewayOptions::new(proxy, tokens)
+        tokens,
     })
+}
+
+/// The pool of upstreams `UPSTREAMS_FILE` names, each with its own
+/// connections and key; keys named by `key_env` are read from the
+/// environment (`UPSTREAM_API_KEY` too, if an entry names it).
+async fn pool(
+    settings: &Settings,
+    path: &Path,
+    ssm: Option<&Ssm>,
+) -> Result<Upstreams, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::UpstreamsUnreadable {
+            path: path.to_owned(),
+            source,
+        })?;
+    let env = |name: &str| match (name, &settings.upstream_api_key) {
+        (UPSTREAM_API_KEY, Some(key)) => Some(key.expose().to_owned()),
+        _ => std::env::var(name).ok(),
+    };
+    let specs = file::parse(&text, env).map_err(|error| ConfigError::Upstreams {
+        path: path.to_owned(),
+        problem: error.to_string(),
+    })?;
+    let mut members = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let proxy = Proxy::trusting(
+            spec.base_url.clone(),
+            settings.upstream_timeout(),
+            settings.connect_timeout(),
+            settings.upstream_ca_file.as_deref(),
+        )?;
+        let key = match spec.key {
+            KeySource::None => None,
+            KeySource::Fixed(key) => Some(Cached::fixed(key)),
+            KeySource::Ssm(name) => {
+                let ssm = ssm.expect("client made for the upstreams file");
+                let cache = ssm::key_cache(ssm, &name, settings.tokens_refresh());
+                let _ = cache.load_now().await;
+                Some(cache)
+            }
+        };
+        tracing::info!(
+            upstream = spec.name,
+            url = %spec.base_url,
+            kind = spec.kind.as_str(),
+            priority = spec.priority,
+            weight = spec.weight,
+            keyed = key.is_some(),
+            "upstream"
+        );
+        members.push(Member {
+            name: spec.name.into(),
+            kind: spec.kind,
+            proxy,
+            key,
+            models: spec.models.into(),
+            priority: spec.priority,
+            weight: spec.weight,
+            api_version: spec.api_version.map(Into::into),
+            health: Arc::new(Health::new(Breaker::default())),
+        });
+    }
+    let attempts = usize::try_from(settings.upstream_max_attempts).unwrap_or(1);
+    Ok(Upstreams::new(members, attempts))
+}
+
+/// Refuses a token whose `upstreams` names one the pool does not have (a
+/// typo would leave the token with fewer upstreams than meant, or none).
+fn check_token_upstreams(tokens: &TokenSet, upstreams: &Upstreams) -> Result<(), ConfigError> {
+    for entry in tokens.entries() {
+        let named = entry.rules.as_ref().and_then(|r| r.upstreams.as_ref());
+        for name in named.into_iter().flatten() {
+            if !upstreams.members().iter().any(|m| *m.name == **name) {
+                return Err(ConfigError::Invalid {
+                    setting: UPSTREAMS_FILE,
+                    problem: format!(
+                        "the token `{}` names the upstream `{name}`, which is not among the upstreams ({:?})",
+                        entry.name, upstreams
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Refuses anonymous mode where it would expose the upstream or a key.

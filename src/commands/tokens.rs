@@ -255,6 +255,7 @@ fn new(
         models: list(&rules.models),
         endpoints: list(&endpoints),
         limits,
+        upstreams: None,
     };
     let entry = format::entry_json(
         name,

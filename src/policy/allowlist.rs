@@ -120,6 +120,7 @@ mod tests {
             models: Some(vec!["gpt-4o-mini*".into()]),
             endpoints: None,
             limits: None,
+            upstreams: None,
         };
         let list = br#"{"object":"list","data":[{"id":"gpt-4o"},{"id":"gpt-4o-mini"},{"id":"gpt-4o-mini-tts"}]}"#;
         let out: serde_json::Value = serde_json::from_slice(&filter_models(list, &rules)).unwrap();

@@ -97,7 +97,6 @@ enum Parsed {
 
 impl<'r> Inspect<'r> {
     /// What the policies see of a request whose body has not been read.
-    #[allow(clippy::too_many_arguments)]
     #[allow(clippy::too_many_arguments)] // one per field the pipeline fills in
     pub fn new(
         method: &'r Method,
@@ -255,6 +254,17 @@ impl RequestBody {
     }
 
     /// The body for the upstream request.
+    /// The whole body, if it is held (read by a rule, or empty) and at most
+    /// `limit` bytes: what a retry can send again.
+    pub fn replayable(&self, limit: u64) -> Option<Bytes> {
+        match &self.0 {
+            State::Empty => Some(Bytes::new()),
+            State::Read(bytes) if bytes.len() as u64 <= limit => Some(bytes.clone()),
+            _ => None,
+        }
+    }
+
+    /// The body for the upstream: what was read of it, then the rest.
     pub fn into_upstream(self) -> UpstreamBody {
         match self.0 {
             State::Empty => UpstreamBody::default(),
@@ -267,6 +277,14 @@ impl RequestBody {
             }
         }
     }
+}
+
+/// A held body sent again ([`RequestBody::replayable`]).
+pub fn replay(bytes: Bytes) -> UpstreamBody {
+    if bytes.is_empty() {
+        return UpstreamBody::default();
+    }
+    Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
 #[cfg(test)]

@@ -100,8 +100,10 @@ pub mod keys {
     pub const ENDPOINTS: &str = "endpoints";
     /// Rate limits and budgets.
     pub const LIMITS: &str = "limits";
+    /// The upstreams the token may use.
+    pub const UPSTREAMS: &str = "upstreams";
     /// All of them.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         NAME,
         TOKEN,
         SHA256,
@@ -111,6 +113,7 @@ pub mod keys {
         MODELS,
         ENDPOINTS,
         LIMITS,
+        UPSTREAMS,
     ];
 }
 
@@ -155,6 +158,9 @@ pub fn entry_json(
     }
     if let Some(limits) = &rules.limits {
         entry.insert(keys::LIMITS.into(), limits.to_json());
+    }
+    if let Some(upstreams) = &rules.upstreams {
+        entry.insert(keys::UPSTREAMS.into(), upstreams.clone().into());
     }
     Value::Object(entry)
 }
@@ -266,7 +272,7 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
             // An unknown key is most likely a typo of `expires`; ignoring it
             // would silently make the token immortal.
             return Err(fail(format!(
-                "unknown key {} (expected one of: name, token, sha256, expires, upstream_key, models, endpoints, limits)",
+                "unknown key {} (expected one of: name, token, sha256, expires, upstream_key, models, endpoints, limits, upstreams)",
                 shown_key(key)
             )));
         }
@@ -333,14 +339,18 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
         None | Some(Value::Null) => None,
         Some(value) => Some(Limits::parse(value).map_err(fail)?).filter(|l| !l.is_empty()),
     };
-    let rules = (models.is_some() || endpoints.is_some() || limits.is_some()).then_some(Rules {
-        models,
-        endpoints,
-        limits,
-    });
+    let upstreams = list(keys::UPSTREAMS)?;
+    let rules =
+        (models.is_some() || endpoints.is_some() || limits.is_some() || upstreams.is_some())
+            .then_some(Rules {
+                models,
+                endpoints,
+                limits,
+                upstreams,
+            });
     if rules.is_some() && !named {
         return Err(fail(
-            "an entry with `models`, `endpoints` or `limits` needs a `name` (its usage is kept by name)"
+            "an entry with `models`, `endpoints`, `limits` or `upstreams` needs a `name` (its usage is kept by name)"
                 .into(),
         ));
     }
@@ -659,6 +669,7 @@ mod tests {
                 models: Some(vec!["gpt-4o-mini*".into()]),
                 endpoints: None,
                 limits: None,
+                upstreams: None,
             };
             let entry = entry_json("n", credential, Some(at), Some("sk-1"), &rules);
             let list = parse(&format!("[{entry}]"), utc()).unwrap();

@@ -73,17 +73,25 @@ pub struct Rules {
     pub endpoints: Option<Vec<String>>,
     /// Rate limits and budgets.
     pub limits: Option<Limits>,
+    /// The upstreams (by name) it may be sent to; `None`: every one.
+    pub upstreams: Option<Vec<String>>,
+}
+
+/// Whether a model `pattern` (a name, or a prefix ending in `*`) matches
+/// `model`: the one rule of token allowlists and upstreams' `models`.
+pub fn model_matches(pattern: &str, model: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => model.starts_with(prefix),
+        None => pattern == model,
+    }
 }
 
 impl Rules {
     /// Whether `model` is allowed.
     pub fn allows_model(&self, model: &str) -> bool {
-        self.models.as_ref().is_none_or(|models| {
-            models.iter().any(|m| match m.strip_suffix('*') {
-                Some(prefix) => model.starts_with(prefix),
-                None => m == model,
-            })
-        })
+        self.models
+            .as_ref()
+            .is_none_or(|models| models.iter().any(|m| model_matches(m, model)))
     }
 
     /// Whether a request with `method` to `path` is allowed by `endpoints`
@@ -306,6 +314,7 @@ mod tests {
             models: Some(vec!["gpt-4o-mini*".into(), "text-embedding-3-small".into()]),
             endpoints: Some(vec!["/v1/chat/".into(), "/v1/embeddings".into()]),
             limits: None,
+            upstreams: None,
         };
         assert!(rules.allows_model("gpt-4o-mini"));
         assert!(rules.allows_model("gpt-4o-mini-2024-07-18"));

@@ -6,6 +6,7 @@
 mod common;
 
 mod dynamodb;
+mod failover;
 mod gateway;
 mod hardening;
 mod lambda_events;

@@ -117,6 +117,11 @@ impl Finish for Collect {
             "token": r.token.as_deref().unwrap_or("-"),
             "error_code": r.code.unwrap_or("-"),
             "upstream_ms": r.upstream_ms,
+            "upstream": r.upstream.as_deref(),
+            "attempts": (!r.attempts.is_empty()).then(|| r.attempts.iter().map(|a| match a.result {
+                Ok(status) => serde_json::json!({"upstream": &*a.upstream, "status": status, "ms": a.ms}),
+                Err(code) => serde_json::json!({"upstream": &*a.upstream, "error": code, "ms": a.ms}),
+            }).collect::<Vec<_>>()),
             "bytes_in": r.bytes_in.get(),
             "bytes_out": r.bytes_out,
             "outcome": r.outcome.as_str(),

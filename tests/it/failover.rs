@@ -1,0 +1,522 @@
+//! A pool of upstreams (`UPSTREAMS_FILE`): each request tries them in
+//! order until one answers, before anything reaches the client; an
+//! upstream that fails is rested, cooled down or dropped, and the access
+//! line says which answered and what each attempt got. The upstreams here
+//! are scripted to fail in each way a real one does.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use chatgpt_gateway::clock::Clock;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::common::*;
+
+/// What a scripted upstream does with one request.
+#[derive(Clone, Debug)]
+enum Act {
+    /// A chat completion with usage.
+    Answer,
+    /// This status, with these headers, and an OpenAI-shaped error body.
+    Status(u16, Vec<(&'static str, &'static str)>),
+    /// Drops the connection without an answer.
+    Reset,
+    /// Never answers.
+    Silent,
+}
+
+/// One request as a scripted upstream saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    target: String,
+    authorization: Option<String>,
+    api_key: Option<String>,
+    body: Bytes,
+}
+
+/// An upstream that acts out `script`, one act per request, the last one
+/// for every request after.
+struct Scripted {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Scripted {
+    async fn start(script: Vec<Act>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(VecDeque::from(script)));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (log, script) = (log.clone(), script.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (log, script) = (log.clone(), script.clone());
+                        async move {
+                            let header = |name: &str| {
+                                req.headers()
+                                    .get(name)
+                                    .map(|v| v.to_str().unwrap().to_owned())
+                            };
+                            let mut seen = Seen {
+                                target: req.uri().to_string(),
+                                authorization: header("authorization"),
+                                api_key: header("api-key"),
+                                body: Bytes::new(),
+                            };
+                            seen.body = req.into_body().collect().await.unwrap().to_bytes();
+                            log.lock().unwrap().push(seen);
+                            let act = {
+                                let mut script = script.lock().unwrap();
+                                if script.len() > 1 {
+                                    script.pop_front().unwrap()
+                                } else {
+                                    script[0].clone()
+                                }
+                            };
+                            respond(act).await
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+async fn respond(act: Act) -> Result<hyper::Response<Full<Bytes>>, std::io::Error> {
+    let json_body = |value: Value| Full::new(Bytes::from(value.to_string()));
+    match act {
+        Act::Answer => Ok(hyper::Response::builder()
+            .header("content-type", "application/json")
+            .body(json_body(json!({
+                "id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+            })))
+            .unwrap()),
+        Act::Status(status, headers) => {
+            let mut response = hyper::Response::builder()
+                .status(status)
+                .header("content-type", "application/json");
+            for (k, v) in headers {
+                response = response.header(k, v);
+            }
+            Ok(response
+                .body(json_body(json!({"error": {
+                    "message": format!("scripted {status}"), "type": "server_error",
+                    "param": null, "code": null}})))
+                .unwrap())
+        }
+        Act::Reset => Err(std::io::Error::other("scripted reset")),
+        Act::Silent => std::future::pending().await,
+    }
+}
+
+const TOKENS: &str = r#"[
+  {"name": "friend", "token": "gw-friend-Tok1"},
+  {"name": "own-key", "token": "gw-own-Tok2", "upstream_key": "sk-holders-own"},
+  {"name": "only-b", "token": "gw-onlyb-Tok3", "upstreams": ["b"]}
+]"#;
+
+/// Tokens for a gateway whose upstreams have other names.
+const PLAIN_TOKENS: &str = r#"[{"name": "friend", "token": "gw-friend-Tok1"}]"#;
+
+/// A pool file of upstreams `(name, url, priority, extra fields)`.
+fn pool(entries: &[(&str, String, u32, Value)]) -> String {
+    let list: Vec<Value> = entries
+        .iter()
+        .map(|(name, url, priority, extra)| {
+            let mut entry = json!({"name": name, "base_url": url, "priority": priority,
+                                   "key": format!("sk-pool-{name}")});
+            if let (Some(entry), Some(extra)) = (entry.as_object_mut(), extra.as_object()) {
+                entry.extend(extra.clone());
+            }
+            entry
+        })
+        .collect();
+    json!({ "upstreams": list }).to_string()
+}
+
+/// The gateway in front of `file`, by `clock`.
+async fn gateway(dir: &TempDir, file: &str, clock: &Clock) -> Served {
+    let tokens = if file.contains(r#""name":"b""#) {
+        TOKENS
+    } else {
+        PLAIN_TOKENS
+    };
+    let path = dir.write("upstreams.json", file);
+    let mut launch = Launch::new("unused").tokens(tokens).clock(clock);
+    launch.env = vec![
+        ("UPSTREAMS_FILE".into(), path.display().to_string()),
+        ("UPSTREAM_TIMEOUT_SECS".into(), "1".into()),
+    ];
+    launch.serve().await
+}
+
+async fn chat(gw: &Served, token: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(token)
+        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.json().await.unwrap_or(Value::Null))
+}
+
+fn attempts(line: &Value) -> Vec<(String, Value)> {
+    line["attempts"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|a| {
+                    let result = if a["status"].is_null() {
+                        a["error"].clone()
+                    } else {
+                        a["status"].clone()
+                    };
+                    (a["upstream"].as_str().unwrap().to_owned(), result)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_upstream_is_failed_over_before_the_client_sees_anything() {
+    for (failure, says) in [
+        (Act::Status(500, vec![]), json!(500)),
+        (Act::Status(502, vec![]), json!(502)),
+        (Act::Status(503, vec![]), json!(503)),
+        (Act::Reset, json!("upstream_error")),
+        (Act::Silent, json!("upstream_timeout")),
+    ] {
+        let a = Scripted::start(vec![failure.clone()]).await;
+        let b = Scripted::start(vec![Act::Answer]).await;
+        let dir = TempDir::new();
+        let file = pool(&[("a", a.url(), 0, json!({})), ("b", b.url(), 1, json!({}))]);
+        let gw = gateway(&dir, &file, &Clock::system()).await;
+        let (status, _, body) = chat(&gw, "gw-friend-Tok1").await;
+        assert_eq!(status, 200, "{failure:?}: {body}");
+        assert_eq!(body["choices"][0]["message"]["content"], "hi");
+        let line = &gw.wait_access_lines(1).await[0];
+        assert_eq!(line["upstream"], "b", "{line}");
+        assert_eq!(
+            attempts(line),
+            [("a".to_owned(), says.clone()), ("b".to_owned(), json!(200))],
+            "{failure:?}"
+        );
+        assert_eq!(
+            line["usage"]["input"], 3,
+            "the answer that came back is metered"
+        );
+        // Each upstream got its own key and the same body; never the token.
+        let (sent_a, sent_b) = (a.seen(), b.seen());
+        assert_eq!(sent_a[0].authorization.as_deref(), Some("Bearer sk-pool-a"));
+        assert_eq!(sent_b[0].authorization.as_deref(), Some("Bearer sk-pool-b"));
+        assert_eq!(sent_a[0].body, sent_b[0].body);
+        assert!(!sent_b[0].body.is_empty());
+        assert_eq!(sent_b[0].target, "/v1/chat/completions");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_mistake_is_its_answer_and_is_not_retried() {
+    let a = Scripted::start(vec![Act::Status(400, vec![])]).await;
+    let b = Scripted::start(vec![Act::Answer]).await;
+    let dir = TempDir::new();
+    let file = pool(&[("a", a.url(), 0, json!({})), ("b", b.url(), 1, json!({}))]);
+    let gw = gateway(&dir, &file, &Clock::system()).await;
+    let (status, _, body) = chat(&gw, "gw-friend-Tok1").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["message"], "scripted 400");
+    assert_eq!(b.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_upstream_rests_as_long_as_it_asked() {
+    let a = Scripted::start(vec![
+        Act::Status(429, vec![("retry-after", "20")]),
+        Act::Answer,
+    ])
+    .await;
+    let b = Scripted::start(vec![Act::Answer]).await;
+    let dir = TempDir::new();
+    let clock = Clock::manual(chrono::Utc::now());
+    let file = pool(&[("a", a.url(), 0, json!({})), ("b", b.url(), 1, json!({}))]);
+    let gw = gateway(&dir, &file, &clock).await;
+    assert_eq!(chat(&gw, "gw-friend-Tok1").await.0, 200);
+    assert_eq!((a.count(), b.count()), (1, 1));
+    // Resting: straight to b, a not even asked.
+    clock.advance(chrono::Duration::seconds(19));
+    assert_eq!(chat(&gw, "gw-friend-Tok1").await.0, 200);
+    assert_eq!((a.count(), b.count()), (1, 2));
+    let line = &gw.wait_access_lines(2).await[1];
+    assert_eq!(attempts(line), [("b".to_owned(), json!(200))], "{line}");
+    // Rested: a again.
+    clock.advance(chrono::Duration::seconds(1));
+    assert_eq!(chat(&gw, "gw-friend-Tok1").await.0, 200);
+    assert_eq!((a.count(), b.count()), (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_is_never_tried_again_and_never_shown() {
+    let a = Scripted::start(vec![Act::Status(401, vec![])]).await;
+    let b = Scripted::start(vec![Act::Answer]).await;
+    let dir = TempDir::new();
+    let file = pool(&[("a", a.url(), 0, json!({})), ("b", b.url(), 1, json!({}))]);
+    let clock = Clock::manual(chrono::Utc::now());
+    let gw = gateway(&dir, &file, &clock).await;
+    for _ in 0..3 {
+        assert_eq!(chat(&gw, "gw-friend-Tok1").await.0, 200);
+        clock.advance(chrono::Duration::hours(2));
+    }
+    assert_eq!(a.count(), 1, "a dead key is not tried again");
+    assert_eq!(b.count(), 3);
+    let lines = gw.wait_access_lines(3).await;
+    assert!(!format!("{lines:?}").contains("sk-pool"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_holders_own_key_gets_its_own_rate_limit_and_refusal() {
+    // The token's own key: its 429 and 401 are its holder's, passed on as
+    // they came, and do not rest or kill the upstream for anyone else.
+    for failure in [
+        Act::Status(429, vec![("retry-after", "20")]),
+        Act::Status(401, vec![]),
+    ] {
+        let a = Scripted::start(vec![failure.clone(), Act::Answer]).await;
+        let b = Scripted::start(vec![Act::Answer]).await;
+        let dir = TempDir::new();
+        let file = pool(&[("a", a.url(), 0, json!({})), ("b", b.url(), 1, json!({}))]);
+        let gw = gateway(&dir, &file, &Clock::system()).await;
+        let (status, _, body) = chat(&gw, "gw-own-Tok2").await;
+        assert!(
+            status == 429 || status == 401,
+            "{failure:?}: {status} {body}"
+        );
+        assert_eq!(b.count(), 0, "{failure:?}");
+        assert_eq!(
+            a.seen()[0].authorization.as_deref(),
+            Some("Bearer sk-holders-own")
+        );
+        // Everyone else still gets a.
+        assert_eq!(chat(&gw, "gw-friend-Tok1").await.0, 200);
+        assert_eq!((a.count(), b.count()), (2, 0), "{failure:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_skips_a_failing_upstream_then_lets_one_probe_through() {
+    let a = Scripted::start(vec![Act::Status(500, vec![])]).await;
+    let b = Scripted::start(vec![Act::Answer]).await;
+    let dir = TempDir::new();
+    let file = pool(&[("a", a.url(), 0, json!({})), ("b", b.url(), 1, json!({}))]);
+    let clock = Clock::manual(chrono::Utc::now());
+    let gw = gateway(&dir, &file, &clock).await;
+    // Five failures within 30 s open it (the documented defaults).
+    for _ in 0..5 {
+        assert_eq!(chat(&gw, "gw-friend-Tok1").await.0, 200);
+    }
+    assert_eq!(a.count(), 5);
+    for _ in 0..3 {
+        assert_eq!(chat(&gw, "gw-friend-Tok1").await.0, 200);
+    }
+    assert_eq!(a.count(), 5, "open: a is skipped");
+    // After the 30 s cool-down, one probe; it fails, and a is skipped again.
+    clock.advance(chrono::Duration::seconds(30));
+    assert_eq!(chat(&gw, "gw-friend-Tok1").await.0, 200);
+    assert_eq!(chat(&gw, "gw-friend-Tok1").await.0, 200);
+    assert_eq!(a.count(), 6);
+    assert_eq!(b.count(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_upstream_is_out_the_client_gets_503_with_the_soonest_retry() {
+    let a = Scripted::start(vec![Act::Status(429, vec![("retry-after", "40")])]).await;
+    let b = Scripted::start(vec![Act::Status(429, vec![("retry-after", "25")])]).await;
+    let dir = TempDir::new();
+    let file = pool(&[("a", a.url(), 0, json!({})), ("b", b.url(), 1, json!({}))]);
+    let clock = Clock::manual(chrono::Utc::now());
+    let gw = gateway(&dir, &file, &clock).await;
+    // Both rate-limit the first request: it gets the last answer, as sent.
+    let (status, headers, body) = chat(&gw, "gw-friend-Tok1").await;
+    assert_eq!(
+        (status, body["error"]["message"].as_str()),
+        (429, Some("scripted 429"))
+    );
+    assert_eq!(headers["retry-after"], "25");
+    // Both resting: the gateway answers itself.
+    clock.advance(chrono::Duration::seconds(5));
+    let (status, headers, body) = chat(&gw, "gw-friend-Tok1").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "upstreams_unavailable");
+    assert_eq!(headers["retry-after"], "20", "b rests the least");
+    assert_eq!((a.count(), b.count()), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_are_bounded_and_the_last_answer_is_the_clients() {
+    let scripted = futures_util::future::join_all(
+        (0..4).map(|_| Scripted::start(vec![Act::Status(503, vec![])])),
+    )
+    .await;
+    let dir = TempDir::new();
+    let names = ["a", "b", "c", "d"];
+    let entries: Vec<_> = names
+        .iter()
+        .zip(&scripted)
+        .enumerate()
+        .map(|(i, (n, s))| (*n, s.url(), i as u32, json!({})))
+        .collect();
+    let gw = gateway(&dir, &pool(&entries), &Clock::system()).await;
+    let (status, _, body) = chat(&gw, "gw-friend-Tok1").await;
+    assert_eq!(
+        (status, body["error"]["message"].as_str()),
+        (503, Some("scripted 503"))
+    );
+    let counts: Vec<usize> = scripted.iter().map(Scripted::count).collect();
+    assert_eq!(counts, [1, 1, 1, 0], "UPSTREAM_MAX_ATTEMPTS defaults to 3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_and_a_tokens_upstreams_choose_where_a_request_may_go() {
+    let a = Scripted::start(vec![Act::Answer]).await;
+    let b = Scripted::start(vec![Act::Answer]).await;
+    let dir = TempDir::new();
+    let file = pool(&[
+        ("a", a.url(), 0, json!({"models": ["gpt-4o-mini"]})),
+        ("b", b.url(), 1, json!({"models": ["gpt-4o*", "o3"]})),
+    ]);
+    let gw = gateway(&dir, &file, &Clock::system()).await;
+    assert_eq!(chat(&gw, "gw-friend-Tok1").await.0, 200);
+    assert_eq!((a.count(), b.count()), (1, 0));
+    // A token limited to b goes to b.
+    assert_eq!(chat(&gw, "gw-onlyb-Tok3").await.0, 200);
+    assert_eq!((a.count(), b.count()), (1, 1));
+    // A model nobody serves: 404, as OpenAI answers an unknown model.
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("gw-friend-Tok1")
+        .json(&json!({"model": "llama-3", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "model_not_found");
+    assert_eq!(body["error"]["param"], "model");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_azure_upstream_gets_its_deployment_path_version_and_api_key() {
+    let az = Scripted::start(vec![Act::Answer]).await;
+    let dir = TempDir::new();
+    let file = pool(&[(
+        "az",
+        format!("{}/tenant", az.url()),
+        0,
+        json!({"kind": "azure", "api_version": "2024-10-21",
+               "models": [{"model": "gpt-4o-mini", "as": "mini-prod"}]}),
+    )]);
+    let gw = gateway(&dir, &file, &Clock::system()).await;
+    assert_eq!(chat(&gw, "gw-friend-Tok1").await.0, 200);
+    let seen = &az.seen()[0];
+    assert_eq!(
+        seen.target,
+        "/tenant/openai/deployments/mini-prod/chat/completions?api-version=2024-10-21"
+    );
+    assert_eq!(seen.api_key.as_deref(), Some("sk-pool-az"));
+    assert_eq!(
+        seen.authorization, None,
+        "Azure takes the key in api-key only"
+    );
+}
+
+#[tokio::test]
+async fn start_up_refuses_a_bad_pool_naming_what_is_wrong() {
+    let dir = TempDir::new();
+    let refused = |env: Vec<(&str, String)>, tokens: &str| {
+        let mut launch = Launch::new("unused").tokens(tokens);
+        launch.env = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        async move {
+            match launch.try_serve().await {
+                Ok(_) => panic!("started"),
+                Err(error) => error.to_string(),
+            }
+        }
+    };
+    let good = dir.write(
+        "good.json",
+        r#"[{"name": "a", "base_url": "http://127.0.0.1:9", "key": "sk-never-printed"}]"#,
+    );
+    let both = refused(
+        vec![
+            ("UPSTREAMS_FILE", good.display().to_string()),
+            ("UPSTREAM_URL", "http://127.0.0.1:9".into()),
+        ],
+        TOKENS,
+    )
+    .await;
+    assert!(
+        both.contains("UPSTREAMS_FILE") && both.contains("UPSTREAM_URL"),
+        "{both}"
+    );
+    let bad = dir.write(
+        "bad.json",
+        r#"[{"name": "a", "base_url": "http://127.0.0.1:9", "key": "sk-never-printed", "wieght": 2}]"#,
+    );
+    let message = refused(vec![("UPSTREAMS_FILE", bad.display().to_string())], TOKENS).await;
+    assert!(
+        message.contains("entry 0 (a)") && message.contains("wieght"),
+        "{message}"
+    );
+    assert!(!message.contains("sk-never"), "{message}");
+    let unknown = refused(
+        vec![("UPSTREAMS_FILE", good.display().to_string())],
+        r#"[{"name": "n", "token": "t", "upstreams": ["nope"]}]"#,
+    )
+    .await;
+    assert!(unknown.contains("`nope`"), "{unknown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_without_a_pool_names_its_one_upstream_and_lists_no_attempts() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(PLAIN_TOKENS).serve().await;
+    let r = fetch(&gw, "/v1/models?token=gw-friend-Tok1").await;
+    assert_eq!(r.status(), 200);
+    let line = &gw.wait_access_lines(1).await[0];
+    assert_eq!(line["upstream"], "default");
+    assert!(line["attempts"].is_null(), "{line}");
+}
