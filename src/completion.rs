@@ -72,7 +72,15 @@ pub struct Completion<B> {
     running: Option<BoxFuture<()>>,
     ending: Option<Option<Result<Frame<Bytes>, BoxError>>>,
     saw_end: bool,
+    /// An event stream: a cut upstream ends it with an error event.
+    events: bool,
 }
+
+/// The last event of a stream whose upstream broke off (reset, or silent
+/// past `UPSTREAM_IDLE_TIMEOUT_SECS`): an OpenAI-shaped error, and no
+/// `[DONE]`, so that the official SDKs raise instead of handing back a
+/// truncated answer as if it were whole.
+pub const CUT_STREAM_EVENT: &[u8] = b"data: {\"error\":{\"message\":\"the upstream's stream broke off before it ended; the answer is incomplete\",\"type\":\"server_error\",\"param\":null,\"code\":\"upstream_stream_error\"}}\n\n";
 
 struct Finishing {
     record: Record,
@@ -103,7 +111,15 @@ impl<B> Completion<B> {
             running: None,
             ending: None,
             saw_end: false,
+            events: false,
         }
+    }
+
+    /// For an event stream (`text/event-stream`) that has started: a cut
+    /// upstream ends it with [`CUT_STREAM_EVENT`] instead of a broken body.
+    pub fn ending_cuts_with_an_event(mut self) -> Self {
+        self.events = true;
+        self
     }
 
     /// Ends the record with `outcome` and starts the hooks.
@@ -179,8 +195,17 @@ where
                     } else {
                         Outcome::UpstreamStreamError
                     };
+                    let committed = this.state.as_ref().is_some_and(|s| s.committed);
+                    if let Some(state) = this.state.as_mut().filter(|_| this.events) {
+                        state.record.bytes_out += CUT_STREAM_EVENT.len() as u64;
+                    }
                     this.running = this.start_hooks(outcome, Some(&error));
-                    this.ending = Some(Some(Err(error)));
+                    this.ending = Some(Some(
+                        match this.events && committed && outcome == Outcome::UpstreamStreamError {
+                            true => Ok(Frame::data(Bytes::from_static(CUT_STREAM_EVENT))),
+                            false => Err(error),
+                        },
+                    ));
                 }
             }
         }

@@ -582,6 +582,12 @@ impl Gateway {
                 let capped = Layer::new(body, b.cap(&parts.headers).tap());
                 GatewayBody::new(self.completion(capped, record, false))
             }
+            None if parts.status.is_success() && usage::is_event_stream(&parts.headers) => {
+                GatewayBody::new(
+                    self.completion(body, record, true)
+                        .ending_cuts_with_an_event(),
+                )
+            }
             None => GatewayBody::new(self.completion(body, record, true)),
         };
         Response::from_parts(parts, body)

@@ -157,3 +157,61 @@ def test_logs_hold_no_secret(target):
     assert '"message":"request"' in text
     for secret in (GW_TOKEN, KEYED_TOKEN, EXPIRED_TOKEN, UPSTREAM_KEY, CLIENT_KEY):
         assert secret not in text, secret
+
+
+def test_a_stream_cut_midway_raises_instead_of_looking_complete(target):
+    # The upstream drops the connection after two events: the gateway ends
+    # the stream with an OpenAI-shaped error event (no [DONE]), which the
+    # SDK raises, rather than handing back half an answer as a whole one.
+    stream = client(target).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
+        metadata={"gap": "0.01", "cut": "2"},
+    )
+    text = ""
+    with pytest.raises(openai.APIError) as raised:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                text += chunk.choices[0].delta.content
+    assert text == "Hello from", text
+    assert "broke off" in str(raised.value), raised.value
+
+
+def test_a_pool_fails_over_from_a_dead_upstream_without_the_sdk_noticing(mock, tokens_file, tmp_path):
+    import json
+    import os
+    import subprocess
+
+    from conftest import BINARY, free_port, wait_port
+
+    dead = free_port()  # nothing listens there
+    pool = tmp_path / "upstreams.json"
+    pool.write_text(json.dumps({"upstreams": [
+        {"name": "down", "base_url": "http://127.0.0.1:%d" % dead, "key": "sk-pool-down"},
+        {"name": "mock", "base_url": mock.url, "key": "sk-pool-mock", "priority": 1},
+    ]}))
+    port = free_port()
+    log_path = tmp_path / "gateway.log"
+    env = dict(os.environ, GATEWAY_LISTEN="127.0.0.1:%d" % port, UPSTREAMS_FILE=str(pool),
+               TOKENS_FILE=tokens_file, LOG_FORMAT="json", USAGE_STORE="off")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([BINARY], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        wait_port(port, proc, "the pool's gateway")
+        sdk = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % port, api_key=GW_TOKEN, max_retries=0)
+        r = sdk.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert r.choices[0].message.content == "Hello from the mock!"
+        assert headers_of(mock.last())["authorization"] == "Bearer sk-pool-mock"
+        deadline = time.time() + 10
+        while True:
+            lines = [json.loads(l) for l in open(log_path) if l.endswith("}\n") and '"message":"request"' in l]
+            if lines or time.time() > deadline:
+                break
+            time.sleep(0.02)
+        line = lines[-1]
+        assert line["upstream"] == "mock", line
+        assert [(a["upstream"], a.get("status", a.get("error"))) for a in line["attempts"]] == [
+            ("down", "upstream_unreachable"), ("mock", 200)], line
+        assert "sk-pool" not in open(log_path).read()
+    finally:
+        proc.terminate()
+        proc.wait()

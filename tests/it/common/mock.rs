@@ -604,6 +604,11 @@ async fn answer(
                     events.push(Ok(sse_event(None, &last)));
                 }
                 events.push(Ok(sse_event(None, &json!("[DONE]"))));
+                // `metadata.cut`: that many events, then the connection drops.
+                if let Some(n) = meta("cut").and_then(|n| n.parse::<usize>().ok()) {
+                    events.truncate(n);
+                    events.push(Err("mock upstream cuts the stream"));
+                }
                 if meta("length").as_deref() == Some("true") {
                     let whole: Vec<u8> = events
                         .into_iter()
