@@ -344,7 +344,10 @@ def llm_setup(helper_port):
     return {"direct": up, "nginx": proxy, "gateway": gw_port, "helper": helper_port, "nginx_big": big}, gw, env
 
 
-def limited_gateway(up_port, port, name):
+def limited_gateway(up_port, port, name, pool=0):
+    """A gateway in front of `up_port` whose token has `models` and limits;
+    with `pool`, an UPSTREAMS_FILE of that many upstreams (all the same
+    server, one priority, equal weights) instead of UPSTREAM_URL."""
     tokens = os.path.join(WORK, "tokens-%s.json" % name)
     with open(tokens, "w") as f:
         json.dump({"tokens": [{"name": "limited", "token": LIMITED, "models": ["gpt-4o-mini*"],
@@ -353,6 +356,13 @@ def limited_gateway(up_port, port, name):
     os.makedirs(work, exist_ok=True)
     env = dict(os.environ, GATEWAY_LISTEN="127.0.0.1:%d" % port, UPSTREAM_URL="http://127.0.0.1:%d" % up_port,
                TOKENS_FILE=tokens, RUST_LOG="info", LOG_FORMAT="json")
+    if pool:
+        upstreams = os.path.join(WORK, "upstreams-%s.json" % name)
+        with open(upstreams, "w") as f:
+            json.dump({"upstreams": [{"name": "u%d" % i, "base_url": "http://127.0.0.1:%d" % up_port,
+                                      "key": "sk-bench-%d" % i} for i in range(pool)]}, f)
+        del env["UPSTREAM_URL"]
+        env["UPSTREAMS_FILE"] = upstreams
     gw = start([GATEWAY], env=env, cwd=work)
     wait_port(port)
     return gw, env
@@ -399,6 +409,18 @@ def llm(helper_port):
     out["vision_cpu"] = {"nginx": cpu_per_request(vports["nginx"], nginx_workers("llm-proxy"), connections=4, path="/v1/chat/completions", script=vision, token=T),
                          "gateway": cpu_per_request(big_port, [big_gw.pid], connections=4, path="/v1/chat/completions", script=vision, token=T)}
     print("llm vision", out["vision4"], out["vision_cpu"], out["vision_rss_mib"], flush=True)
+    # The happy path through a pool of two upstreams against one: the same
+    # limited token and chat body, interleaved rounds, the median of each.
+    pool_port = free_port()
+    pool_gw, _ = limited_gateway(ports["direct"], pool_port, "pool", pool=2)
+    wrk(pool_port, 8, 2, "/v1/chat/completions", chat, T)
+    pooled = {"one": [], "two": []}
+    for _ in range(3):
+        pooled["one"].append(wrk(ports["gateway"], 64, max(2, SECONDS // 2), "/v1/chat/completions", chat, T))
+        pooled["two"].append(wrk(pool_port, 64, max(2, SECONDS // 2), "/v1/chat/completions", chat, T))
+    out["pool64"] = {k: {q: statistics.median(r[q] for r in v) for q in v[0]} for k, v in pooled.items()}
+    print("llm pool", out["pool64"], flush=True)
+    pool_gw.terminate()
     return out
 
 
@@ -428,7 +450,15 @@ def llm_targets(out):
         ("LLM, 8 MiB chat body with limits: CPU per request ≤ 2 × nginx's", "%.2f ms vs %.2f ms (%.1f×)" % (out["vision_cpu"]["gateway"] / 1e3, out["vision_cpu"]["nginx"] / 1e3, v_cpu), v_cpu <= 2),
         ("LLM, 8 MiB chat body: p50 added at 4 connections ≤ 2 × nginx's", "%+.1f ms vs %+.1f ms" % (v_gw / 1e3, v_ngx / 1e3), None if v_ngx <= 0 else v_gw <= 2 * v_ngx),
         ("LLM, 8 MiB chat bodies, 4 at once: peak RSS < 100 MiB", "%.0f MiB" % out["vision_rss_mib"], out["vision_rss_mib"] < 100),
+        ("Upstreams: chat req/s at 64 connections through a pool of two within 5% of one upstream",
+         "%.0f vs %.0f (%+.1f%%)" % (out["pool64"]["two"]["rps"], out["pool64"]["one"]["rps"], pool_change(out)),
+         pool_change(out) >= -5),
     ]
+
+
+def pool_change(out):
+    one, two = out["pool64"]["one"]["rps"], out["pool64"]["two"]["rps"]
+    return (two / one - 1) * 100 if one else float("-inf")
 
 
 def llm_tables(out):
@@ -458,6 +488,12 @@ def llm_tables(out):
         "| 8 MiB JSON body (an inline image), 4 connections | %.2f ms | %.2f ms |" % (out["vision_cpu"]["nginx"] / 1e3, out["vision_cpu"]["gateway"] / 1e3),
         "",
         "Peak RSS of a fresh gateway serving the 8 MiB bodies, 4 at once: %.0f MiB." % out["vision_rss_mib"],
+        "",
+        "The same chat through a pool of two upstreams (`UPSTREAMS_FILE`, one priority, equal weights; both the same",
+        "nginx) against one (`UPSTREAM_URL`), at 64 connections, the median of three interleaved rounds: %.0f req/s"
+        % out["pool64"]["two"]["rps"],
+        "against %.0f (%+.1f%%); p50 %.0f µs against %.0f µs." % (
+            out["pool64"]["one"]["rps"], pool_change(out), out["pool64"]["two"]["p50_us"], out["pool64"]["one"]["p50_us"]),
         "",
     ]
     return lines

@@ -77,6 +77,62 @@ impl Body for GatewayBody {
     }
 }
 
+/// A body with bytes already read from it (a stream held until its first
+/// output) going out first.
+pub struct Prefixed<B> {
+    prefix: Option<Bytes>,
+    inner: B,
+}
+
+impl<B> Prefixed<B> {
+    /// `inner` as it is.
+    pub fn plain(inner: B) -> Self {
+        Self {
+            prefix: None,
+            inner,
+        }
+    }
+
+    /// `prefix`, then the rest of `inner`.
+    pub fn new(prefix: Bytes, inner: B) -> Self {
+        Self {
+            prefix: (!prefix.is_empty()).then_some(prefix),
+            inner,
+        }
+    }
+}
+
+impl<B> Body for Prefixed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        let held = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(held));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(held));
+        }
+        hint
+    }
+}
+
 /// The upstream went silent for longer than the idle timeout.
 #[derive(Debug, thiserror::Error)]
 #[error("the upstream sent nothing for {0:?}; stream cut")]

@@ -30,6 +30,8 @@ pub const TOKENS_REFRESH_SECS: &str = "TOKENS_REFRESH_SECS";
 pub const UPSTREAMS_FILE: &str = "UPSTREAMS_FILE";
 /// `UPSTREAM_MAX_ATTEMPTS`: the most upstreams one request tries.
 pub const UPSTREAM_MAX_ATTEMPTS: &str = "UPSTREAM_MAX_ATTEMPTS";
+/// `UPSTREAM_FIRST_TOKEN_TIMEOUT_SECS`: how long a pooled stream is held for its first output.
+pub const UPSTREAM_FIRST_TOKEN_TIMEOUT_SECS: &str = "UPSTREAM_FIRST_TOKEN_TIMEOUT_SECS";
 /// `UPSTREAM_API_KEY`: the injected upstream key.
 pub const UPSTREAM_API_KEY: &str = "UPSTREAM_API_KEY";
 /// `UPSTREAM_API_KEY_SSM_PARAMETER`: the SSM parameter holding the injected key.
@@ -172,6 +174,12 @@ pub const SETTINGS: &[Setting] = &[
         UPSTREAM_MAX_ATTEMPTS,
         "3",
         "the most upstreams of the pool one request tries before the client gets the last answer",
+    ),
+    flag(
+        "--upstream-first-token-timeout-secs",
+        UPSTREAM_FIRST_TOKEN_TIMEOUT_SECS,
+        "30",
+        "with a pool: how long a stream's `200` is held for its first output, so that a stream failing before it fails over",
     ),
     flag(
         "--tokens-file",
@@ -411,6 +419,10 @@ pub struct Settings {
     /// The most upstreams of the pool one request tries.
     #[arg(long, env = UPSTREAM_MAX_ATTEMPTS, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=16))]
     pub upstream_max_attempts: u64,
+
+    /// Seconds a pooled stream is held for its first output.
+    #[arg(long, env = UPSTREAM_FIRST_TOKEN_TIMEOUT_SECS, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub upstream_first_token_timeout_secs: u64,
 
     /// Token list file [default: ./tokens.json when present].
     #[arg(long, env = TOKENS_FILE)]

@@ -28,7 +28,7 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use crate::auth::{self, Admitted};
-use crate::body::{BoxError, Buffered, GatewayBody, IdleTimeout, Layer};
+use crate::body::{BoxError, Buffered, GatewayBody, IdleTimeout, Layer, Prefixed};
 use crate::clock::Clock;
 use crate::completion::{Completion, Pending};
 use crate::cors::Cors;
@@ -42,7 +42,7 @@ use crate::secret::ApiKey;
 use crate::sources::cached::Cached;
 use crate::spend::store::Store;
 use crate::tokens::TokenSet;
-use crate::upstreams::{Admission, Upstreams};
+use crate::upstreams::{hold, Admission, Upstreams};
 use crate::usage::stream_usage::HideUsageChunk;
 use crate::usage::tap::UsageTap;
 use crate::usage::{self, Meter};
@@ -342,7 +342,7 @@ impl Gateway {
         request: Outgoing<'_>,
         body: RequestBody,
         record: &mut Record,
-    ) -> Result<http::Response<crate::pool::ResponseBody>, GatewayError> {
+    ) -> Result<http::Response<Prefixed<crate::pool::ResponseBody>>, GatewayError> {
         let upstreams = &self.upstreams;
         let plan = upstreams.plan(request.model, request.allowed);
         if plan.is_empty() {
@@ -362,11 +362,13 @@ impl Gateway {
         let mut once = Some(body);
         let clock = &self.inner.options.clock;
         let mut soonest: Option<DateTime<Utc>> = None;
-        let mut last: Option<Result<http::Response<crate::pool::ResponseBody>, GatewayError>> =
-            None;
+        let mut last: Option<
+            Result<http::Response<Prefixed<crate::pool::ResponseBody>>, GatewayError>,
+        > = None;
         let mut tries = 0;
         let mut reached = false;
-        for index in plan {
+        let planned = plan.len();
+        for (place, index) in plan.into_iter().enumerate() {
             if tries >= upstreams.max_attempts {
                 break;
             }
@@ -397,7 +399,7 @@ impl Gateway {
             let asked = Instant::now();
             // Sent: from here the upstream may bill it, whatever happens next.
             record.sent = true;
-            let result = member
+            let mut result = member
                 .proxy
                 .send(request.method.clone(), target, headers, body)
                 .await;
@@ -407,7 +409,7 @@ impl Gateway {
             reached |= !matches!(result, Err(GatewayError::UpstreamUnreachable));
             record.sent = reached;
             let now = clock.now();
-            let (retry, outcome) = match &result {
+            let (mut retry, mut outcome) = match &result {
                 Err(
                     error @ (GatewayError::UpstreamUnreachable
                     | GatewayError::UpstreamTimeout(_)
@@ -442,14 +444,34 @@ impl Gateway {
                             member.health.failed(now);
                             true
                         }
-                        _ => {
-                            member.health.succeeded();
-                            false
-                        }
+                        _ => false,
                     };
                     (retry, Ok(status.as_u16()))
                 }
             };
+            // A stream that another upstream could still serve is held
+            // until its first output: one that fails before it is failed
+            // over like a 5xx, and the client never knows.
+            let mut held = Bytes::new();
+            let another = tries < upstreams.max_attempts && replay.is_some() && place + 1 < planned;
+            if let (false, true, Ok(response)) = (retry, another, &mut result) {
+                if response.status() == http::StatusCode::OK
+                    && usage::is_event_stream(response.headers())
+                {
+                    let timeout = upstreams.first_output_timeout;
+                    match hold::first_output(response.body_mut(), timeout).await {
+                        Ok(bytes) => held = bytes,
+                        Err(failed) => {
+                            member.health.failed(clock.now());
+                            (retry, outcome) = (true, Err(failed.code()));
+                        }
+                    }
+                }
+            }
+            if !retry && result.is_ok() {
+                member.health.succeeded();
+            }
+            let result = result.map(|r| r.map(|body| Prefixed::new(held, body)));
             if many {
                 record.attempts.push(Attempt {
                     upstream: member.name.clone(),
@@ -543,7 +565,7 @@ impl Gateway {
     /// their order (each edit wraps the body the one before made).
     fn shape(
         &self,
-        response: http::Response<crate::pool::ResponseBody>,
+        response: http::Response<Prefixed<crate::pool::ResponseBody>>,
         edits: Vec<ResponseEdit>,
         metered: Option<(u64, bool)>,
         text_body: bool,
@@ -691,7 +713,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 /// silent, as it is (most responses: nothing else to layer, so nothing
 /// boxed before the completion point), or any other body, boxed.
 enum Shaped {
-    Upstream(Layer<crate::pool::ResponseBody, IdleTimeout>),
+    Upstream(Layer<Prefixed<crate::pool::ResponseBody>, IdleTimeout>),
     Other(GatewayBody),
 }
 

@@ -406,7 +406,10 @@ async fn pool(
         });
     }
     let attempts = usize::try_from(settings.upstream_max_attempts).unwrap_or(1);
-    Ok(Upstreams::new(members, attempts))
+    let mut upstreams = Upstreams::new(members, attempts);
+    upstreams.first_output_timeout =
+        std::time::Duration::from_secs(settings.upstream_first_token_timeout_secs);
+    Ok(upstreams)
 }
 
 /// Refuses a token whose `upstreams` names one the pool does not have (a

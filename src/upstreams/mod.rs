@@ -16,6 +16,7 @@ use http::{header, HeaderMap};
 
 pub mod file;
 pub mod health;
+pub mod hold;
 
 pub use file::{Kind, ModelRoute};
 pub use health::{Admission, Breaker, Health, Status};
@@ -149,6 +150,9 @@ pub struct Upstreams {
     members: Arc<[Member]>,
     /// The most attempts per request (`UPSTREAM_MAX_ATTEMPTS`).
     pub max_attempts: usize,
+    /// How long a stream that another upstream could serve is held for its
+    /// first output (`UPSTREAM_FIRST_TOKEN_TIMEOUT_SECS`).
+    pub first_output_timeout: std::time::Duration,
     /// Whether any upstream serves only some models (then routing needs
     /// the request's model).
     needs_model: bool,
@@ -175,6 +179,7 @@ impl Upstreams {
         Self {
             members: members.into(),
             max_attempts: max_attempts.max(1),
+            first_output_timeout: std::time::Duration::from_secs(30),
             needs_model,
         }
     }

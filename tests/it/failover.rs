@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use chatgpt_gateway::clock::Clock;
-use http_body_util::{BodyExt, Full};
+use futures_util::StreamExt;
+use http_body::Frame;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
@@ -29,7 +32,25 @@ enum Act {
     Reset,
     /// Never answers.
     Silent,
+    /// A `200` event stream of these events, then `then`.
+    Stream(Vec<&'static str>, Then),
 }
+
+/// How a scripted stream goes on after its events.
+#[derive(Clone, Copy, Debug)]
+enum Then {
+    /// It ends.
+    End,
+    /// The connection drops.
+    Reset,
+    /// Nothing more, ever.
+    Silent,
+}
+
+const ROLE: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n";
+const TOKEN: &str =
+    "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n";
+const DONE: &str = "data: [DONE]\n\n";
 
 /// One request as a scripted upstream saw it.
 #[derive(Clone, Debug)]
@@ -110,8 +131,14 @@ impl Scripted {
     }
 }
 
-async fn respond(act: Act) -> Result<hyper::Response<Full<Bytes>>, std::io::Error> {
-    let json_body = |value: Value| Full::new(Bytes::from(value.to_string()));
+type Reply = hyper::Response<BoxBody<Bytes, std::io::Error>>;
+
+async fn respond(act: Act) -> Result<Reply, std::io::Error> {
+    let json_body = |value: Value| {
+        Full::new(Bytes::from(value.to_string()))
+            .map_err(|never| match never {})
+            .boxed()
+    };
     match act {
         Act::Answer => Ok(hyper::Response::builder()
             .header("content-type", "application/json")
@@ -137,6 +164,30 @@ async fn respond(act: Act) -> Result<hyper::Response<Full<Bytes>>, std::io::Erro
         }
         Act::Reset => Err(std::io::Error::other("scripted reset")),
         Act::Silent => std::future::pending().await,
+        Act::Stream(events, then) => {
+            let frames = futures_util::stream::iter(
+                events
+                    .into_iter()
+                    .map(|e| Ok(Frame::data(Bytes::from_static(e.as_bytes())))),
+            );
+            let tail = futures_util::stream::once(async move {
+                match then {
+                    Then::End => None,
+                    Then::Reset => {
+                        // After the head and events have gone out (hyper
+                        // would otherwise drop the connection before them).
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        Some(Err(std::io::Error::other("scripted reset")))
+                    }
+                    Then::Silent => std::future::pending().await,
+                }
+            })
+            .filter_map(|x| async move { x });
+            Ok(hyper::Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(BodyExt::boxed(StreamBody::new(frames.chain(tail))))
+                .unwrap())
+        }
     }
 }
 
@@ -519,4 +570,65 @@ async fn a_gateway_without_a_pool_names_its_one_upstream_and_lists_no_attempts()
     let line = &gw.wait_access_lines(1).await[0];
     assert_eq!(line["upstream"], "default");
     assert!(line["attempts"].is_null(), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_fails_before_its_first_token_fails_over_unseen() {
+    for (then, says) in [
+        (Then::Reset, "stream_broke_before_output"),
+        (Then::End, "stream_ended_before_output"),
+        (Then::Silent, "stream_stalled_before_output"),
+    ] {
+        // a: `200`, a role-only chunk, then the failure; b: a whole stream.
+        let a = Scripted::start(vec![Act::Stream(vec![ROLE], then)]).await;
+        let b = Scripted::start(vec![Act::Stream(vec![ROLE, TOKEN, DONE], Then::End)]).await;
+        let dir = TempDir::new();
+        let file = pool(&[("a", a.url(), 0, json!({})), ("b", b.url(), 1, json!({}))]);
+        let path = dir.write("upstreams.json", &file);
+        let mut launch = Launch::new("unused").tokens(TOKENS);
+        launch.env = vec![
+            ("UPSTREAMS_FILE".into(), path.display().to_string()),
+            ("UPSTREAM_FIRST_TOKEN_TIMEOUT_SECS".into(), "1".into()),
+        ];
+        let gw = launch.serve().await;
+        let r = client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth("gw-friend-Tok1")
+            .json(&json!({"model": "gpt-4o-mini", "stream": true, "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body = r.text().await.unwrap();
+        // b's stream, whole, and only b's (the gateway's usage request
+        // added, its usage chunk hidden: nothing of a's).
+        assert_eq!(body, [ROLE, TOKEN, DONE].concat(), "{then:?}");
+        let line = &gw.wait_access_lines(1).await[0];
+        assert_eq!(
+            attempts(line),
+            [("a".to_owned(), json!(says)), ("b".to_owned(), json!(200))],
+            "{then:?}: {line}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_a_token_went_out_nothing_is_retried_and_the_cut_is_told() {
+    let a = Scripted::start(vec![Act::Stream(vec![ROLE, TOKEN], Then::Reset)]).await;
+    let b = Scripted::start(vec![Act::Stream(vec![ROLE, TOKEN, DONE], Then::End)]).await;
+    let dir = TempDir::new();
+    let file = pool(&[("a", a.url(), 0, json!({})), ("b", b.url(), 1, json!({}))]);
+    let gw = gateway(&dir, &file, &Clock::system()).await;
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("gw-friend-Tok1")
+        .json(&json!({"model": "gpt-4o-mini", "stream": true, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    let cut = std::str::from_utf8(chatgpt_gateway::completion::CUT_STREAM_EVENT).unwrap();
+    assert_eq!(body, [ROLE, TOKEN, cut].concat());
+    assert_eq!(b.count(), 0, "a byte reached the client: no retry");
 }
