@@ -37,6 +37,11 @@ pub struct Admitted {
     pub rules: Option<Arc<Rules>>,
     /// When the token expires.
     pub expires: Option<chrono::DateTime<chrono::Utc>>,
+    /// The entry is an operator's (`admin: true`).
+    pub admin: bool,
+    /// The request carried a `token` in its query (which an admin request
+    /// may not: it lands in browser history and access logs).
+    pub in_query: bool,
 }
 
 impl From<Refused> for GatewayError {
@@ -53,6 +58,8 @@ struct Presented<'a> {
     query: Option<String>,
     explicit: Vec<Cow<'a, [u8]>>,
     authorization: Option<Authorization<'a>>,
+    /// A `token` parameter was in the query.
+    in_query: bool,
 }
 
 /// The one `Authorization` value: its scheme word, if any, and the credential.
@@ -80,6 +87,7 @@ pub fn admit(
         query,
         explicit,
         authorization,
+        in_query,
     } = Presented::find(headers, query)?;
     let mut strip = Strip::default();
 
@@ -91,6 +99,8 @@ pub fn admit(
             strip,
             rules: None,
             expires: None,
+            admin: false,
+            in_query,
         });
     }
 
@@ -131,6 +141,8 @@ pub fn admit(
         strip,
         rules: entry.rules.clone(),
         expires: entry.expires,
+        admin: entry.admin,
+        in_query,
     })
 }
 
@@ -138,6 +150,7 @@ impl<'a> Presented<'a> {
     fn find(headers: &'a HeaderMap, query: Option<&'a str>) -> Result<Self, GatewayError> {
         let mut explicit = Vec::new();
         let query = query.and_then(|q| strip_token_params(q, &mut explicit));
+        let in_query = !explicit.is_empty();
         explicit.extend(
             headers
                 .get_all(&X_TOKEN)
@@ -155,6 +168,7 @@ impl<'a> Presented<'a> {
             query,
             explicit,
             authorization,
+            in_query,
         })
     }
 }
@@ -230,6 +244,7 @@ mod tests {
             expires: None,
             upstream_key: key.map(|k| ApiKey::new(k).unwrap()),
             rules: None,
+            admin: false,
         };
         TokenSet::new(vec![
             entry("alice", "tok-a", Some("sk-alice")),

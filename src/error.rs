@@ -121,6 +121,12 @@ pub enum GatewayError {
     /// The upstream sent no response headers within the configured timeout.
     #[error("the upstream API did not answer within {0} seconds")]
     UpstreamTimeout(u64),
+    /// The gateway's own state is for admin tokens only.
+    #[error("this endpoint is for the gateway's admin tokens only")]
+    AdminOnly,
+    /// An admin token came in the query, where it would be logged and kept.
+    #[error("an admin token is never accepted in the query (it would land in browser history and access logs); send it as Authorization: Bearer")]
+    AdminTokenInQuery,
     /// No configured upstream serves the request's model.
     #[error("no upstream of this gateway serves the model `{0}`")]
     NoUpstreamForModel(String),
@@ -137,9 +143,10 @@ impl GatewayError {
     /// The HTTP status the client receives.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingToken | Self::InvalidToken | Self::TokenExpired => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::MissingToken
+            | Self::InvalidToken
+            | Self::TokenExpired
+            | Self::AdminTokenInQuery => StatusCode::UNAUTHORIZED,
             Self::ConflictingTokens
             | Self::MultipleAuthorization
             | Self::InvalidPath(_)
@@ -149,6 +156,7 @@ impl GatewayError {
             Self::Internal | Self::UsageStoreRejected => StatusCode::INTERNAL_SERVER_ERROR,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::EndpointNotAllowed
+            | Self::AdminOnly
             | Self::ModelNotAllowed(_)
             | Self::ModelUnknown
             | Self::EndpointNotMetered(_)
@@ -201,6 +209,8 @@ impl GatewayError {
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::ResponseTooLarge(_) => "response_too_large",
             Self::NoUpstreamForModel(_) => "model_not_found",
+            Self::AdminOnly => "admin_only",
+            Self::AdminTokenInQuery => "admin_token_in_query",
             Self::UpstreamsUnavailable(_) => "upstreams_unavailable",
         }
     }

@@ -352,6 +352,9 @@ impl Gateway {
             });
         }
         let many = plan.len() > 1;
+        // Health is a pool's: with one upstream there is nothing to skip
+        // to, and every answer is passed on as it came.
+        let pooled = upstreams.members().len() > 1;
         let mut body = body;
         if many && !request.upload {
             // Held, so that a retry can send it again (a larger one goes
@@ -373,13 +376,29 @@ impl Gateway {
                 break;
             }
             let member = &upstreams.members()[index];
-            if let Admission::Skip { until } = member.health.admit(clock.now()) {
-                soonest = match (soonest, until) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                continue;
+            if pooled {
+                if let Admission::Skip { until } = member.health.admit(clock.now()) {
+                    soonest = match (soonest, until) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    continue;
+                }
             }
+            // The gateway's key, unless the token brings its own (whose
+            // refusals and rate limits are its holder's, not the upstream's).
+            let (key, owned) = match (request.own_key, &member.key) {
+                (Some(own), _) => (Some(own.clone()), false),
+                (None, Some(key)) => match key.get().await {
+                    Ok(key) => (Some(ApiKey::clone(&key)), pooled),
+                    // Its key (SSM) is not loaded yet: the next upstream.
+                    Err(error) => {
+                        last = Some(Err(error));
+                        continue;
+                    }
+                },
+                (None, None) => (None, false),
+            };
             let body = match (&replay, once.take()) {
                 (Some(bytes), _) => crate::policy::replay(bytes.clone()),
                 (None, Some(body)) => body.into_upstream(),
@@ -387,13 +406,6 @@ impl Gateway {
                 (None, None) => break,
             };
             tries += 1;
-            // The gateway's key, unless the token brings its own (whose
-            // refusals and rate limits are its holder's, not the upstream's).
-            let (key, owned) = match (request.own_key, &member.key) {
-                (Some(own), _) => (Some(own.clone()), false),
-                (None, Some(key)) => (Some(ApiKey::clone(&*key.get().await?)), true),
-                (None, None) => (None, false),
-            };
             let target = member.target(request.path, request.query, request.model)?;
             let headers = member.headers(&request.headers, key.as_ref());
             let asked = Instant::now();
@@ -415,7 +427,9 @@ impl Gateway {
                     | GatewayError::UpstreamTimeout(_)
                     | GatewayError::UpstreamFailed),
                 ) => {
-                    member.health.failed(now);
+                    if pooled {
+                        member.health.failed(now);
+                    }
                     (true, Err(error.code()))
                 }
                 // The client's own fault, or an answer no upstream would
@@ -431,17 +445,27 @@ impl Gateway {
                             }
                             true
                         }
-                        401 | 403 if owned => {
+                        401 if owned => {
                             member.health.kill();
                             tracing::error!(
                                 upstream = &*member.name,
-                                status = status.as_u16(),
+                                status = 401,
                                 "the upstream refused the gateway's key: it is not tried again until the gateway restarts"
                             );
                             true
                         }
-                        500 | 502 | 503 | 504 => {
+                        // OpenAI's 403 is also one model's or one region's
+                        // (`model_not_found`-like permissions,
+                        // `unsupported_country_region_territory`): another
+                        // upstream may serve it, but the key is not dead.
+                        403 if owned => {
                             member.health.failed(now);
+                            true
+                        }
+                        500 | 502 | 503 | 504 => {
+                            if pooled {
+                                member.health.failed(now);
+                            }
                             true
                         }
                         _ => false,
@@ -468,7 +492,7 @@ impl Gateway {
                     }
                 }
             }
-            if !retry && result.is_ok() {
+            if pooled && !retry && result.is_ok() {
                 member.health.succeeded();
             }
             let result = result.map(|r| r.map(|body| Prefixed::new(held, body)));
@@ -477,6 +501,7 @@ impl Gateway {
                     upstream: member.name.clone(),
                     result: outcome,
                     ms,
+                    state: member.health.status(clock.now()).0.as_str(),
                 });
             }
             record.upstream = Some(member.name.clone());

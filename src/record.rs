@@ -105,6 +105,9 @@ pub struct Attempt {
     pub result: Result<u16, &'static str>,
     /// Milliseconds from sending to the answer's head (or the failure).
     pub ms: f64,
+    /// What the upstream was after it ([`crate::upstreams::Status`]'s name:
+    /// `ok`, `open`, `resting`, `dead`).
+    pub state: &'static str,
 }
 
 /// What a request asked for (read from its body by the policy that needed

@@ -32,6 +32,7 @@ use crate::stats::{self, emf::Emf, prometheus::Prometheus};
 use crate::tokens::format::{self, TokenList};
 use crate::tokens::{bundled, TokenSet};
 use crate::upstreams::file::{self, KeySource};
+use crate::upstreams::report::UpstreamsReport;
 use crate::upstreams::{Breaker, Health, Member, Upstreams};
 use crate::usage::prices::Prices;
 use crate::usage::stream_usage::StreamUsage;
@@ -318,6 +319,10 @@ pub async fn options_at(
     }
     Ok(GatewayOptions {
         policies: vec![
+            Arc::new(UpstreamsReport {
+                upstreams: upstreams.clone(),
+                clock: clock.clone(),
+            }),
             Arc::new(Account {
                 store: store.clone(),
             }),

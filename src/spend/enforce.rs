@@ -584,6 +584,8 @@ mod tests {
                 ..Rules::default()
             })),
             expires: None,
+            admin: false,
+            in_query: false,
         };
         let mut headers = http::HeaderMap::new();
         headers.insert("content-type", "application/json".parse().unwrap());

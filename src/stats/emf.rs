@@ -6,14 +6,15 @@
 //! `METRICS_NAMESPACE`:
 //!
 //! - request metrics (`Requests`, `Rejected`, `GatewayErrors`,
-//!   `UpstreamErrors`, `Latency`, `TimeToFirstByte`) with the dimensionless
-//!   set only, so totals exist;
+//!   `UpstreamErrors`, `Latency`, `TimeToFirstByte`, and with a pool of
+//!   upstreams `Failovers`) with the dimensionless set only, so totals exist;
 //! - usage metrics (`InputTokens`, `OutputTokens`, `CachedInputTokens`,
 //!   `CostUSD`), when the response carried usage, with the dimensionless set
 //!   and `["Model"]`.
 //!
 //! Every metric and dimension a directive names has its value at the root.
-//! The token's name, the status, the error code and the request id are plain
+//! The token's name, the status, the error code, the upstream that answered
+//! and the request id are plain
 //! properties, not dimensions: each distinct dimension value is a metric of
 //! its own, which CloudWatch bills. A metric without a value (no time to
 //! first byte for a request the gateway refused) is left out, not sent as 0.
@@ -76,6 +77,9 @@ pub fn document(namespace: &str, figures: &Figures, timestamp_ms: i64) -> Value 
             json!(round(ms)),
         );
     }
+    if let Some(failovers) = figures.failovers {
+        metric(&mut request, "Failovers", "Count", json!(failovers));
+    }
     let mut directives = vec![json!({
         "Namespace": namespace,
         "Dimensions": [[]],
@@ -107,6 +111,9 @@ pub fn document(namespace: &str, figures: &Figures, timestamp_ms: i64) -> Value 
     root.insert("code".into(), json!(figures.code));
     root.insert("token".into(), json!(figures.token));
     root.insert("request_id".into(), json!(figures.request_id));
+    if let Some(upstream) = &figures.upstream {
+        root.insert("upstream".into(), json!(&**upstream));
+    }
     Value::Object(root)
 }
 
@@ -144,6 +151,8 @@ mod tests {
             code: None,
             token: Some("alice".into()),
             request_id: Some("req-1".into()),
+            upstream: Some("default".into()),
+            failovers: None,
         }
     }
 

@@ -45,6 +45,11 @@ pub struct Figures {
     pub token: Option<Arc<str>>,
     /// The Lambda request id.
     pub request_id: Option<String>,
+    /// The upstream that answered.
+    pub upstream: Option<Arc<str>>,
+    /// With a pool: how many times the request failed over (its attempts
+    /// less one); `None` without one.
+    pub failovers: Option<u64>,
 }
 
 impl Figures {
@@ -68,6 +73,9 @@ impl Figures {
             code: record.code,
             token: record.token.clone(),
             request_id: record.request_id.clone(),
+            upstream: record.upstream.clone(),
+            failovers: (!record.attempts.is_empty())
+                .then(|| record.attempts.len().saturating_sub(1) as u64),
         }
     }
 }

@@ -11,6 +11,10 @@
 //! | `chatgpt_gateway_requests_in_flight` | gauge | |
 //! | `chatgpt_gateway_usage_store_errors_total` | counter | |
 //! | `chatgpt_gateway_token_list_loaded_timestamp_seconds` | gauge | |
+//! | `chatgpt_gateway_upstream_attempts_total` | counter | `upstream`, `result` (the status, or why there was none) — with `UPSTREAMS_FILE` |
+//! | `chatgpt_gateway_upstream_attempt_seconds` | histogram | `upstream` — time to the answer's head (or the failure) |
+//! | `chatgpt_gateway_upstream_failovers_total` | counter | `upstream` (the one failed over from) |
+//! | `chatgpt_gateway_upstream_up` | gauge | `upstream`: 1 when taking requests, 0 while open, resting or dead (as of its last attempt) |
 
 use std::sync::Arc;
 
@@ -36,6 +40,14 @@ pub const IN_FLIGHT: &str = "chatgpt_gateway_requests_in_flight";
 pub const STORE_ERRORS: &str = "chatgpt_gateway_usage_store_errors_total";
 /// When the token list was last loaded.
 pub const TOKEN_LIST_LOADED: &str = "chatgpt_gateway_token_list_loaded_timestamp_seconds";
+/// Attempts per upstream, by result.
+pub const UPSTREAM_ATTEMPTS: &str = "chatgpt_gateway_upstream_attempts_total";
+/// Each attempt's time to its answer's head, per upstream.
+pub const UPSTREAM_ATTEMPT_SECONDS: &str = "chatgpt_gateway_upstream_attempt_seconds";
+/// Failovers away from each upstream.
+pub const UPSTREAM_FAILOVERS: &str = "chatgpt_gateway_upstream_failovers_total";
+/// Whether each upstream takes requests.
+pub const UPSTREAM_UP: &str = "chatgpt_gateway_upstream_up";
 
 /// Histogram buckets, in seconds: from a cached reply to a long stream.
 const BUCKETS: [f64; 16] = [
@@ -109,6 +121,29 @@ impl Finish for Prometheus {
                 metrics::gauge!(COST, "model" => model).increment(cost);
             }
         }
+        upstream_attempts(record);
         None
+    }
+}
+
+/// A pool's attempts: per upstream, each result and time, the failovers
+/// away from it (every attempt but the last), and its state after.
+fn upstream_attempts(record: &Record) {
+    let last = record.attempts.len().saturating_sub(1);
+    for (i, attempt) in record.attempts.iter().enumerate() {
+        let upstream = attempt.upstream.to_string();
+        let result = match attempt.result {
+            Ok(status) => std::borrow::Cow::Owned(status.to_string()),
+            Err(code) => std::borrow::Cow::Borrowed(code),
+        };
+        metrics::counter!(UPSTREAM_ATTEMPTS, "upstream" => upstream.clone(), "result" => result)
+            .increment(1);
+        metrics::histogram!(UPSTREAM_ATTEMPT_SECONDS, "upstream" => upstream.clone())
+            .record(attempt.ms / 1e3);
+        if i < last {
+            metrics::counter!(UPSTREAM_FAILOVERS, "upstream" => upstream.clone()).increment(1);
+        }
+        let up = if attempt.state == "ok" { 1.0 } else { 0.0 };
+        metrics::gauge!(UPSTREAM_UP, "upstream" => upstream).set(up);
     }
 }

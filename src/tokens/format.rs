@@ -102,8 +102,10 @@ pub mod keys {
     pub const LIMITS: &str = "limits";
     /// The upstreams the token may use.
     pub const UPSTREAMS: &str = "upstreams";
+    /// An operator's token.
+    pub const ADMIN: &str = "admin";
     /// All of them.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         NAME,
         TOKEN,
         SHA256,
@@ -114,6 +116,7 @@ pub mod keys {
         ENDPOINTS,
         LIMITS,
         UPSTREAMS,
+        ADMIN,
     ];
 }
 
@@ -272,7 +275,7 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
             // An unknown key is most likely a typo of `expires`; ignoring it
             // would silently make the token immortal.
             return Err(fail(format!(
-                "unknown key {} (expected one of: name, token, sha256, expires, upstream_key, models, endpoints, limits, upstreams)",
+                "unknown key {} (expected one of: name, token, sha256, expires, upstream_key, models, endpoints, limits, upstreams, admin)",
                 shown_key(key)
             )));
         }
@@ -340,6 +343,14 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
         Some(value) => Some(Limits::parse(value).map_err(fail)?).filter(|l| !l.is_empty()),
     };
     let upstreams = list(keys::UPSTREAMS)?;
+    let admin = match get(map, keys::ADMIN).map_err(|k| fail(repeated(k)))? {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(_) => return Err(fail("`admin` must be true or false".into())),
+    };
+    if admin && !named {
+        return Err(fail("an `admin` entry needs a `name`".into()));
+    }
     let rules =
         (models.is_some() || endpoints.is_some() || limits.is_some() || upstreams.is_some())
             .then_some(Rules {
@@ -367,6 +378,7 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
         expires,
         upstream_key,
         rules: rules.map(std::sync::Arc::new),
+        admin,
     })
 }
 

@@ -62,6 +62,9 @@ pub struct TokenEntry {
     pub upstream_key: Option<ApiKey>,
     /// What the token may reach (`models`, `endpoints`); `None`: everything.
     pub rules: Option<Arc<Rules>>,
+    /// An operator's token (`admin: true`): it may also read the gateway's
+    /// own state (`GET /v1/gateway/upstreams`).
+    pub admin: bool,
 }
 
 /// A token's allowlists. Each is `None` when the entry does not restrict it.
@@ -305,6 +308,7 @@ mod tests {
             expires,
             upstream_key: None,
             rules: None,
+            admin: false,
         }
     }
 

@@ -17,6 +17,7 @@ use http::{header, HeaderMap};
 pub mod file;
 pub mod health;
 pub mod hold;
+pub mod report;
 
 pub use file::{Kind, ModelRoute};
 pub use health::{Admission, Breaker, Health, Status};

@@ -216,6 +216,16 @@ fn pool(entries: &[(&str, String, u32, Value)]) -> String {
     json!({ "upstreams": list }).to_string()
 }
 
+/// Two scripted upstreams, `a` first and `b` after it, and a gateway in
+/// front of them by `clock` (the directory holds its upstreams file).
+async fn two(a: Vec<Act>, b: Vec<Act>, clock: &Clock) -> (Scripted, Scripted, Served, TempDir) {
+    let (a, b) = (Scripted::start(a).await, Scripted::start(b).await);
+    let dir = TempDir::new();
+    let file = pool(&[("a", a.url(), 0, json!({})), ("b", b.url(), 1, json!({}))]);
+    let gw = gateway(&dir, &file, clock).await;
+    (a, b, gw, dir)
+}
+
 /// The gateway in front of `file`, by `clock`.
 async fn gateway(dir: &TempDir, file: &str, clock: &Clock) -> Served {
     let tokens = if file.contains(r#""name":"b""#) {
@@ -243,6 +253,19 @@ async fn chat(gw: &Served, token: &str) -> (u16, reqwest::header::HeaderMap, Val
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     (status, headers, r.json().await.unwrap_or(Value::Null))
+}
+
+/// A streamed chat as the friend's token: its `200` body, whole.
+async fn stream_chat(gw: &Served) -> String {
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("gw-friend-Tok1")
+        .json(&json!({"model": "gpt-4o-mini", "stream": true, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
 }
 
 fn attempts(line: &Value) -> Vec<(String, Value)> {
@@ -303,11 +326,12 @@ async fn a_failing_upstream_is_failed_over_before_the_client_sees_anything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_mistake_is_its_answer_and_is_not_retried() {
-    let a = Scripted::start(vec![Act::Status(400, vec![])]).await;
-    let b = Scripted::start(vec![Act::Answer]).await;
-    let dir = TempDir::new();
-    let file = pool(&[("a", a.url(), 0, json!({})), ("b", b.url(), 1, json!({}))]);
-    let gw = gateway(&dir, &file, &Clock::system()).await;
+    let (_a, b, gw, _dir) = two(
+        vec![Act::Status(400, vec![])],
+        vec![Act::Answer],
+        &Clock::system(),
+    )
+    .await;
     let (status, _, body) = chat(&gw, "gw-friend-Tok1").await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["message"], "scripted 400");
@@ -342,12 +366,8 @@ async fn a_rate_limited_upstream_rests_as_long_as_it_asked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_key_is_never_tried_again_and_never_shown() {
-    let a = Scripted::start(vec![Act::Status(401, vec![])]).await;
-    let b = Scripted::start(vec![Act::Answer]).await;
-    let dir = TempDir::new();
-    let file = pool(&[("a", a.url(), 0, json!({})), ("b", b.url(), 1, json!({}))]);
     let clock = Clock::manual(chrono::Utc::now());
-    let gw = gateway(&dir, &file, &clock).await;
+    let (a, b, gw, _dir) = two(vec![Act::Status(401, vec![])], vec![Act::Answer], &clock).await;
     for _ in 0..3 {
         assert_eq!(chat(&gw, "gw-friend-Tok1").await.0, 200);
         clock.advance(chrono::Duration::hours(2));
@@ -389,12 +409,8 @@ async fn the_holders_own_key_gets_its_own_rate_limit_and_refusal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_breaker_skips_a_failing_upstream_then_lets_one_probe_through() {
-    let a = Scripted::start(vec![Act::Status(500, vec![])]).await;
-    let b = Scripted::start(vec![Act::Answer]).await;
-    let dir = TempDir::new();
-    let file = pool(&[("a", a.url(), 0, json!({})), ("b", b.url(), 1, json!({}))]);
     let clock = Clock::manual(chrono::Utc::now());
-    let gw = gateway(&dir, &file, &clock).await;
+    let (a, b, gw, _dir) = two(vec![Act::Status(500, vec![])], vec![Act::Answer], &clock).await;
     // Five failures within 30 s open it (the documented defaults).
     for _ in 0..5 {
         assert_eq!(chat(&gw, "gw-friend-Tok1").await.0, 200);
@@ -591,15 +607,7 @@ async fn a_stream_that_fails_before_its_first_token_fails_over_unseen() {
             ("UPSTREAM_FIRST_TOKEN_TIMEOUT_SECS".into(), "1".into()),
         ];
         let gw = launch.serve().await;
-        let r = client()
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth("gw-friend-Tok1")
-            .json(&json!({"model": "gpt-4o-mini", "stream": true, "messages": []}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let body = r.text().await.unwrap();
+        let body = stream_chat(&gw).await;
         // b's stream, whole, and only b's (the gateway's usage request
         // added, its usage chunk hidden: nothing of a's).
         assert_eq!(body, [ROLE, TOKEN, DONE].concat(), "{then:?}");
@@ -619,16 +627,162 @@ async fn once_a_token_went_out_nothing_is_retried_and_the_cut_is_told() {
     let dir = TempDir::new();
     let file = pool(&[("a", a.url(), 0, json!({})), ("b", b.url(), 1, json!({}))]);
     let gw = gateway(&dir, &file, &Clock::system()).await;
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth("gw-friend-Tok1")
-        .json(&json!({"model": "gpt-4o-mini", "stream": true, "messages": []}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body = r.text().await.unwrap();
+    let body = stream_chat(&gw).await;
     let cut = std::str::from_utf8(chatgpt_gateway::completion::CUT_STREAM_EVENT).unwrap();
     assert_eq!(body, [ROLE, TOKEN, cut].concat());
     assert_eq!(b.count(), 0, "a byte reached the client: no retry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_counts_each_upstreams_attempts_and_failovers() {
+    let up = MockUpstream::start().await;
+    let dead = unused_port();
+    let file = pool(&[
+        ("down", format!("http://127.0.0.1:{dead}"), 0, json!({})),
+        ("mock", up.url(), 1, json!({})),
+    ]);
+    let port = unused_port();
+    let mut launch = Launch::new("unused")
+        .tokens(PLAIN_TOKENS)
+        .file("upstreams.json", &file);
+    launch.env = vec![
+        ("UPSTREAMS_FILE".into(), "upstreams.json".into()),
+        ("METRICS_LISTEN".into(), format!("127.0.0.1:{port}")),
+    ];
+    let gw = launch.start();
+    for _ in 0..2 {
+        let r = client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth("gw-friend-Tok1")
+            .json(&json!({"model": "gpt-4o-mini", "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    gw.wait_access_lines(2);
+    let text = client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "chatgpt_gateway_upstream_attempts_total{upstream=\"down\",result=\"upstream_unreachable\"} 2",
+        "chatgpt_gateway_upstream_attempts_total{upstream=\"mock\",result=\"200\"} 2",
+        "chatgpt_gateway_upstream_failovers_total{upstream=\"down\"} 2",
+        "chatgpt_gateway_upstream_up{upstream=\"mock\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
+    assert!(!text.contains("sk-pool"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_sees_each_upstreams_state_and_nobody_else_does() {
+    let a = Scripted::start(vec![Act::Status(429, vec![("retry-after", "20")])]).await;
+    let b = Scripted::start(vec![Act::Answer]).await;
+    let dir = TempDir::new();
+    let file = pool(&[
+        ("a", a.url(), 0, json!({})),
+        ("b", b.url(), 1, json!({"models": ["gpt-4o*"]})),
+    ]);
+    let path = dir.write("upstreams.json", &file);
+    let clock = Clock::manual(chrono::Utc::now());
+    let mut launch = Launch::new("unused")
+        .tokens(
+            r#"[{"name": "friend", "token": "gw-friend-Tok1"},
+                {"name": "ops", "token": "gw-ops-Tok9", "admin": true}]"#,
+        )
+        .clock(&clock);
+    launch.env = vec![("UPSTREAMS_FILE".into(), path.display().to_string())];
+    let gw = launch.serve().await;
+    assert_eq!(chat(&gw, "gw-friend-Tok1").await.0, 200);
+    let report = |auth: Option<&'static str>, query: &'static str| {
+        let request = client().get(gw.url(&format!("/v1/gateway/upstreams{query}")));
+        let request = match auth {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+    let (status, body) = report(Some("gw-ops-Tok9"), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("sk-"), "never a key: {body}");
+    let shown: Value = serde_json::from_str(&body).unwrap();
+    let data = shown["data"].as_array().unwrap();
+    assert_eq!(data[0]["name"], "a");
+    assert_eq!(data[0]["state"], "resting");
+    assert_eq!(data[0]["failures"], 1);
+    assert!(data[0]["until"].is_string());
+    assert_eq!(
+        (data[1]["name"].as_str(), data[1]["state"].as_str()),
+        (Some("b"), Some("ok"))
+    );
+    assert_eq!(data[1]["models"], json!(["gpt-4o*"]));
+    // Rested: ok again.
+    clock.advance(chrono::Duration::seconds(21));
+    let (_, body) = report(Some("gw-ops-Tok9"), "").await;
+    assert!(
+        body.contains(r#""name":"a""#) && !body.contains("resting"),
+        "{body}"
+    );
+    // Not an admin: 403; an admin token in the query: 401.
+    let (status, body) = report(Some("gw-friend-Tok1"), "").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("admin_only"));
+    let (status, body) = report(None, "?token=gw-ops-Tok9").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("admin_token_in_query"));
+    // Answered by the gateway: neither upstream saw any of it.
+    assert_eq!((a.count(), b.count()), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_fails_over_but_does_not_kill_the_key() {
+    // OpenAI's 403 may be one model's or one region's, not the key's.
+    let (a, b, gw, _dir) = two(
+        vec![Act::Status(403, vec![])],
+        vec![Act::Answer],
+        &Clock::system(),
+    )
+    .await;
+    for _ in 0..2 {
+        assert_eq!(chat(&gw, "gw-friend-Tok1").await.0, 200);
+    }
+    assert_eq!((a.count(), b.count()), (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_upstream_is_always_tried_and_its_answers_passed_on() {
+    // Nothing to fail over to: no breaker, no rest, the upstream's own
+    // answers (as before pools existed).
+    let up = Scripted::start(vec![
+        Act::Status(500, vec![]),
+        Act::Status(500, vec![]),
+        Act::Status(500, vec![]),
+        Act::Status(500, vec![]),
+        Act::Status(500, vec![]),
+        Act::Status(429, vec![("retry-after", "60")]),
+        Act::Status(401, vec![]),
+        Act::Answer,
+    ])
+    .await;
+    let gw = Launch::new(&up.url())
+        .tokens(PLAIN_TOKENS)
+        .env("UPSTREAM_API_KEY", "sk-the-one")
+        .serve()
+        .await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(chat(&gw, "gw-friend-Tok1").await.0);
+    }
+    assert_eq!(statuses, [500, 500, 500, 500, 500, 429, 401, 200]);
+    assert_eq!(up.count(), 8);
 }
