@@ -20,13 +20,17 @@ pub enum Found {
 
 /// Reads the usage of a response body or stream event.
 pub fn usage(document: &Value) -> Found {
-    // Responses API stream events carry the response object.
-    let holder = match document.get("response") {
-        Some(response) if response.get("usage").is_some() => response,
+    let has_usage = |v: &Value| v.get("usage").is_some_and(|u| !u.is_null());
+    // Responses API stream events carry the response object; Groq's
+    // OpenAI-compatible streams put the last chunk's usage in `x_groq`.
+    let holder = match (document.get("response"), document.get("x_groq")) {
+        (Some(response), _) if response.get("usage").is_some() => response,
+        (_, Some(groq)) if has_usage(groq) && !has_usage(document) => groq,
         _ => document,
     };
     let model = holder
         .get("model")
+        .or_else(|| document.get("model"))
         .and_then(Value::as_str)
         .map(str::to_owned);
     let Some(usage) = holder.get("usage") else {
@@ -78,6 +82,23 @@ mod tests {
 
     fn found(model: &str, input: u64, cached: u64, output: u64) -> Found {
         Found::Usage(Usage::reported(Some(model), input, cached, output))
+    }
+
+    #[test]
+    fn groqs_stream_carries_its_usage_in_x_groq() {
+        let last = json!({"id": "chatcmpl-1", "model": "llama-3.1-8b-instant",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "x_groq": {"id": "req_1", "usage": {"prompt_tokens": 12, "completion_tokens": 7,
+                                                "total_tokens": 19}}});
+        assert_eq!(read(last), found("llama-3.1-8b-instant", 12, 0, 7));
+        // A top-level usage wins.
+        let both = json!({"model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+            "x_groq": {"usage": {"prompt_tokens": 9, "completion_tokens": 9}}});
+        assert_eq!(read(both), found("m", 1, 0, 1));
+        assert_eq!(
+            read(json!({"model": "m", "x_groq": {"id": "r"}})),
+            Found::Nothing
+        );
     }
 
     #[test]

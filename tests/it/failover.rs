@@ -51,6 +51,7 @@ const ROLE: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assis
 const TOKEN: &str =
     "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n";
 const DONE: &str = "data: [DONE]\n\n";
+const COMMENT: &str = ": OPENROUTER PROCESSING\n\n";
 
 /// One request as a scripted upstream saw it.
 #[derive(Clone, Debug)]
@@ -597,7 +598,12 @@ async fn a_stream_that_fails_before_its_first_token_fails_over_unseen() {
     ] {
         // a: `200`, a role-only chunk, then the failure; b: a whole stream.
         let a = Scripted::start(vec![Act::Stream(vec![ROLE], then)]).await;
-        let b = Scripted::start(vec![Act::Stream(vec![ROLE, TOKEN, DONE], Then::End)]).await;
+        // (b's keep-alive comment, as OpenRouter sends, goes through untouched.)
+        let b = Scripted::start(vec![Act::Stream(
+            vec![COMMENT, ROLE, TOKEN, DONE],
+            Then::End,
+        )])
+        .await;
         let dir = TempDir::new();
         let file = pool(&[("a", a.url(), 0, json!({})), ("b", b.url(), 1, json!({}))]);
         let path = dir.write("upstreams.json", &file);
@@ -610,7 +616,7 @@ async fn a_stream_that_fails_before_its_first_token_fails_over_unseen() {
         let body = stream_chat(&gw).await;
         // b's stream, whole, and only b's (the gateway's usage request
         // added, its usage chunk hidden: nothing of a's).
-        assert_eq!(body, [ROLE, TOKEN, DONE].concat(), "{then:?}");
+        assert_eq!(body, [COMMENT, ROLE, TOKEN, DONE].concat(), "{then:?}");
         let line = &gw.wait_access_lines(1).await[0];
         assert_eq!(
             attempts(line),
