@@ -339,7 +339,7 @@ impl Gateway {
     /// Nothing has reached the client yet: a retry is invisible to it.
     async fn attempt(
         &self,
-        request: Outgoing<'_>,
+        mut request: Outgoing<'_>,
         body: RequestBody,
         record: &mut Record,
     ) -> Result<http::Response<Prefixed<crate::pool::ResponseBody>>, GatewayError> {
@@ -407,7 +407,13 @@ impl Gateway {
             };
             tries += 1;
             let target = member.target(request.path, request.query, request.model)?;
-            let headers = member.headers(&request.headers, key.as_ref());
+            // The last upstream of the plan takes the headers themselves.
+            let cleaned = if place + 1 == planned {
+                std::mem::take(&mut request.headers)
+            } else {
+                request.headers.clone()
+            };
+            let headers = member.headers(cleaned, key.as_ref());
             let asked = Instant::now();
             // Sent: from here the upstream may bill it, whatever happens next.
             record.sent = true;

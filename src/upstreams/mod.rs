@@ -117,8 +117,8 @@ impl Member {
 
     /// The headers to send this upstream: `cleaned` (the client's, less
     /// the gateway's own), with `key` as this kind takes it.
-    pub fn headers(&self, cleaned: &HeaderMap, key: Option<&ApiKey>) -> HeaderMap {
-        let mut headers = cleaned.clone();
+    pub fn headers(&self, cleaned: HeaderMap, key: Option<&ApiKey>) -> HeaderMap {
+        let mut headers = cleaned;
         if let Some(key) = key {
             match self.kind {
                 Kind::Azure => {
@@ -411,13 +411,13 @@ mod tests {
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer sk-client"),
         );
-        let az = member("az", Kind::Azure, &[], 0, 1).headers(&cleaned, Some(&key));
+        let az = member("az", Kind::Azure, &[], 0, 1).headers(cleaned.clone(), Some(&key));
         assert!(az.get(header::AUTHORIZATION).is_none());
         assert_eq!(az.get("api-key"), Some(key.bare()));
-        let openai = member("o", Kind::Openai, &[], 0, 1).headers(&cleaned, Some(&key));
+        let openai = member("o", Kind::Openai, &[], 0, 1).headers(cleaned.clone(), Some(&key));
         assert_eq!(openai[header::AUTHORIZATION], key.authorization());
         // No key of the gateway's: the client's goes on.
-        let passed = member("o", Kind::Openai, &[], 0, 1).headers(&cleaned, None);
+        let passed = member("o", Kind::Openai, &[], 0, 1).headers(cleaned, None);
         assert_eq!(passed[header::AUTHORIZATION], "Bearer sk-client");
     }
 }
