@@ -43,7 +43,7 @@ use crate::sources::cached::Cached;
 use crate::spend::store::Store;
 use crate::tokens::TokenSet;
 use crate::upstreams::{hold, Admission, Upstreams};
-use crate::usage::stream_usage::HideUsageChunk;
+use crate::usage::stream_usage::{AsSent, HideUsageChunk};
 use crate::usage::tap::UsageTap;
 use crate::usage::{self, Meter};
 
@@ -399,11 +399,20 @@ impl Gateway {
                 },
                 (None, None) => (None, false),
             };
-            let body = match (&replay, once.take()) {
-                (Some(bytes), _) => crate::policy::replay(bytes.clone()),
-                (None, Some(body)) => body.into_upstream(),
-                // Sent once already, and it cannot be sent again.
-                (None, None) => break,
+            // An upstream that refuses `stream_options` gets the body as
+            // the client sent it (its usage is then estimated).
+            let as_sent = match member.inject_include_usage {
+                true => None,
+                false => record.notes.get::<AsSent>().map(|b| b.0.clone()),
+            };
+            let body = match (as_sent, &replay) {
+                (Some(bytes), _) => crate::policy::replay(bytes),
+                (None, Some(bytes)) => crate::policy::replay(bytes.clone()),
+                (None, None) => match once.take() {
+                    Some(body) => body.into_upstream(),
+                    // Sent once already, and it cannot be sent again.
+                    None => break,
+                },
             };
             tries += 1;
             let target = member.target(request.path, request.query, request.model)?;

@@ -407,6 +407,7 @@ async fn pool(
             priority: spec.priority,
             weight: spec.weight,
             api_version: spec.api_version.map(Into::into),
+            inject_include_usage: spec.inject_include_usage,
             health: Arc::new(Health::new(Breaker::default())),
         });
     }

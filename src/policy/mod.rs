@@ -253,7 +253,6 @@ impl RequestBody {
         self.0 = State::Read(bytes);
     }
 
-    /// The body for the upstream request.
     /// The whole body, if it is held (read by a rule, or empty) and at most
     /// `limit` bytes: what a retry can send again.
     pub fn replayable(&self, limit: u64) -> Option<Bytes> {

@@ -96,6 +96,9 @@ pub struct Spec {
     pub weight: u32,
     /// Azure's `api-version`.
     pub api_version: Option<String>,
+    /// Whether the gateway may add `stream_options.include_usage` to a
+    /// streamed chat sent here (a server that refuses it: `false`).
+    pub inject_include_usage: bool,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +118,12 @@ struct Entry {
     #[serde(default = "one")]
     weight: u32,
     api_version: Option<String>,
+    #[serde(default = "yes")]
+    inject_include_usage: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one() -> u32 {
@@ -321,6 +330,7 @@ fn check(entry: Entry, env: &impl Fn(&str) -> Option<String>) -> Result<Spec, St
         priority: entry.priority,
         weight: entry.weight,
         api_version: entry.api_version,
+        inject_include_usage: entry.inject_include_usage,
     })
 }
 

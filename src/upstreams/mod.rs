@@ -46,6 +46,9 @@ pub struct Member {
     pub weight: u32,
     /// Azure's `api-version`.
     pub api_version: Option<Arc<str>>,
+    /// Whether a streamed chat may be sent here with the gateway's
+    /// `stream_options.include_usage` (else as the client sent it).
+    pub inject_include_usage: bool,
     /// Whether it is worth an attempt now (shared by every server thread).
     pub health: Arc<Health>,
 }
@@ -197,6 +200,7 @@ impl Upstreams {
                 priority: 0,
                 weight: 1,
                 api_version: None,
+                inject_include_usage: true,
                 health: Arc::default(),
             }],
             1,
@@ -331,6 +335,7 @@ mod tests {
             priority,
             weight,
             api_version: (kind == Kind::Azure).then(|| "2024-10-21".into()),
+            inject_include_usage: true,
             health: Arc::default(),
         }
     }

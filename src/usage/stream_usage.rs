@@ -27,6 +27,12 @@ use crate::policy::{Inspect, Policy, ResponseEdit, Verdict};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StreamUsage;
 
+/// A streamed chat's body as the client sent it, before the gateway added
+/// `stream_options.include_usage` (left in the request's notes): what an
+/// upstream that refuses `stream_options` is sent instead.
+#[derive(Debug, Clone)]
+pub struct AsSent(pub Bytes);
+
 /// The longest event that can be the usage chunk the gateway asked for
 /// (they are a few hundred bytes): a longer one is passed on at once.
 const MAX_USAGE_CHUNK: usize = 64 << 10;
@@ -64,7 +70,9 @@ impl Policy for StreamUsage {
             let Some(rewritten) = with_usage(body, options) else {
                 return Ok(());
             };
+            let as_sent = AsSent(body.clone());
             request.body.replace(rewritten);
+            request.notes.insert(as_sent);
             request.edits.push(ResponseEdit::HideUsageChunk);
             Ok::<(), GatewayError>(())
         })

@@ -792,3 +792,38 @@ async fn one_upstream_is_always_tried_and_its_answers_passed_on() {
     assert_eq!(statuses, [500, 500, 500, 500, 500, 429, 401, 200]);
     assert_eq!(up.count(), 8);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_refuses_stream_options_gets_the_body_as_sent() {
+    // a refuses `stream_options` (and fails this time); b takes the
+    // gateway's `include_usage`. Each gets the body its entry says.
+    let a = Scripted::start(vec![
+        Act::Status(503, vec![]),
+        Act::Stream(vec![ROLE, TOKEN, DONE], Then::End),
+    ])
+    .await;
+    let b = Scripted::start(vec![Act::Stream(vec![ROLE, TOKEN, DONE], Then::End)]).await;
+    let dir = TempDir::new();
+    let file = pool(&[
+        (
+            "a",
+            a.url(),
+            0,
+            json!({"kind": "openai-compatible", "inject_include_usage": false}),
+        ),
+        ("b", b.url(), 1, json!({})),
+    ]);
+    let gw = gateway(&dir, &file, &Clock::system()).await;
+    assert_eq!(stream_chat(&gw).await, [ROLE, TOKEN, DONE].concat());
+    let (to_a, to_b) = (a.seen()[0].body.clone(), b.seen()[0].body.clone());
+    assert!(
+        !String::from_utf8_lossy(&to_a).contains("stream_options"),
+        "{to_a:?}"
+    );
+    assert!(String::from_utf8_lossy(&to_b).contains(r#""stream_options":{"include_usage":true}"#));
+    // Served by a: no usage came back, so it is estimated, and said so.
+    assert_eq!(stream_chat(&gw).await, [ROLE, TOKEN, DONE].concat());
+    let lines = gw.wait_access_lines(2).await;
+    assert_eq!(lines[1]["upstream"], "a", "{lines:?}");
+    assert_eq!(lines[1]["usage"]["estimated"], true, "{lines:?}");
+}
