@@ -24,4 +24,4 @@ def test_node_sdk_suite(target, mock):
     run = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     print(run.stdout[-4000:])
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
-    assert "ℹ pass 13" in run.stdout and "ℹ fail 0" in run.stdout, run.stdout[-2000:]
+    assert "ℹ pass 14" in run.stdout and "ℹ fail 0" in run.stdout, run.stdout[-2000:]

@@ -85,6 +85,21 @@ test("image generation", async () => {
   assert.equal(Buffer.from(r.data[0].b64_json, "base64").toString(), "hello");
 });
 
+test("a stream cut mid-way throws instead of ending as if complete", async () => {
+  const stream = await client().chat.completions.create({
+    model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }], stream: true,
+    metadata: { gap: "0.01", cut: "2" },
+  });
+  let text = "";
+  await assert.rejects(
+    async () => {
+      for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? "";
+    },
+    (e) => e instanceof OpenAI.APIError && /broke off/.test(e.message),
+  );
+  assert.equal(text, "Hello from");
+});
+
 test("gateway 401 is an AuthenticationError carrying our message", async () => {
   const c = client({ defaultQuery: { token: env.EXPIRED_TOKEN }, maxRetries: 0 });
   await assert.rejects(c.models.list(), (err) => {
