@@ -68,6 +68,12 @@ class Mock:
     def last(self):
         return self.requests()[-1]
 
+    def step(self):
+        """Lets a `?step=1` stream send its next event."""
+        request = urllib.request.Request(self.url + "/_mock/step", data=b"", method="POST")
+        with urllib.request.urlopen(request) as r:
+            r.read()
+
 
 @pytest.fixture(scope="session")
 def mock():

@@ -23,6 +23,8 @@
 //! - a `model` of `force-500`: a 500; `force-429`: a 429 with `retry-after: 0`
 //!   the first time per `x-mock-attempt-key` (an SDK's retry then succeeds);
 //! - `GET /_mock/requests`: what it received, as JSON (`DELETE` clears it);
+//! - `POST /_mock/step`: lets a `?step=1` stream (`/sse`, or a streamed
+//!   chat) send its next event, as [`MockUpstream::step`] does in-process;
 //! - anything else: a model list (`?mock_models=a,b` names its models).
 
 use std::collections::{HashMap, HashSet};
@@ -485,6 +487,11 @@ async fn answer(
             }
         }
     }
+    if path == "/_mock/step" && parts.method == "POST" {
+        // What MockUpstream::step does, for a test in another process.
+        state.steps.0.add_permits(1);
+        return json_response(200, &json!({"stepped": true}), 0);
+    }
     if path == "/_mock/requests" {
         let mut requests = log.lock().unwrap();
         if parts.method == "DELETE" {
@@ -575,14 +582,15 @@ async fn answer(
             let completion_tokens: u64 = meta("completion_tokens")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(5);
-            if request["stream"] == true && q.contains_key("gap_ms") {
+            if request["stream"] == true && (q.contains_key("gap_ms") || num("step", 0) == 1) {
                 // The stamped stream of `/sse`, as a chat (metered by the gateway).
                 let usage = request["stream_options"]["include_usage"] == true;
-                return stamped(
-                    num("n", 5),
-                    Pace::Gap(Duration::from_millis(num("gap_ms", 200))),
-                    usage,
-                );
+                let pace = if num("step", 0) == 1 {
+                    Pace::Steps(state.steps.clone())
+                } else {
+                    Pace::Gap(Duration::from_millis(num("gap_ms", 200)))
+                };
+                return stamped(num("n", 5), pace, usage);
             }
             if request["stream"] == true {
                 let gap = request["metadata"]["gap"]
