@@ -343,6 +343,13 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
         Some(value) => Some(Limits::parse(value).map_err(fail)?).filter(|l| !l.is_empty()),
     };
     let upstreams = list(keys::UPSTREAMS)?;
+    if upstreams.as_ref().is_some_and(Vec::is_empty) {
+        // It would leave the token no upstream at all; leaving the key out
+        // allows every one.
+        return Err(fail(
+            "`upstreams` must name at least one upstream (leave it out for all of them)".into(),
+        ));
+    }
     let admin = match get(map, keys::ADMIN).map_err(|k| fail(repeated(k)))? {
         None | Some(Value::Null) | Some(Value::Bool(false)) => false,
         Some(Value::Bool(true)) => true,
@@ -617,6 +624,24 @@ mod tests {
     }
 
     #[test]
+    fn an_admin_entry_and_a_tokens_upstreams_are_read() {
+        let list = parse(
+            r#"[{"name": "ops", "token": "t", "admin": true, "upstreams": ["a", "b"]},
+                {"name": "friend", "token": "u"}]"#,
+            utc(),
+        )
+        .unwrap();
+        let ops = list.tokens.find(b"t").unwrap();
+        assert!(ops.admin);
+        assert_eq!(
+            ops.rules.as_ref().unwrap().upstreams.as_deref(),
+            Some(&["a".to_owned(), "b".to_owned()][..])
+        );
+        let friend = list.tokens.find(b"u").unwrap();
+        assert!(!friend.admin && friend.rules.is_none());
+    }
+
+    #[test]
     fn rules_are_read_and_checked() {
         let list = parse(
             r#"[{"name": "friend", "token": "t", "Models": ["gpt-4o-mini*"], "endpoints": ["/v1/chat"]}]"#,
@@ -634,6 +659,15 @@ mod tests {
         );
         for (text, want) in [
             (r#"[{"token": "t", "models": ["x"]}]"#, "needs a `name`"),
+            (
+                r#"[{"name": "n", "token": "t", "upstreams": []}]"#,
+                "at least one upstream",
+            ),
+            (
+                r#"[{"name": "n", "token": "t", "admin": "yes"}]"#,
+                "`admin` must be true or false",
+            ),
+            (r#"[{"token": "t", "admin": true}]"#, "needs a `name`"),
             (
                 r#"[{"name": "n", "token": "t", "models": "x"}]"#,
                 "array of non-empty strings",
