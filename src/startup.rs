@@ -184,9 +184,8 @@ pub async fn options_at(
         }
     }
     let source = token_source(settings)?;
-    let needs_ssm = matches!(source, TokenSource::Ssm(_))
-        || settings.upstream_api_key_ssm_parameter.is_some()
-        || settings.upstreams_file.is_some();
+    let needs_ssm =
+        matches!(source, TokenSource::Ssm(_)) || settings.upstream_api_key_ssm_parameter.is_some();
     let ssm = if needs_ssm {
         Some(Ssm::from_env().await)
     } else {
@@ -352,7 +351,9 @@ pub async fn options_at(
 
 /// The pool of upstreams `UPSTREAMS_FILE` names, each with its own
 /// connections and key; keys named by `key_env` are read from the
-/// environment (`UPSTREAM_API_KEY` too, if an entry names it).
+/// environment (`UPSTREAM_API_KEY` too, if an entry names it). An SSM
+/// client is made only if an entry's key is in SSM (`ssm`, when the token
+/// list made one already).
 async fn pool(
     settings: &Settings,
     path: &Path,
@@ -371,6 +372,16 @@ async fn pool(
         path: path.to_owned(),
         problem: error.to_string(),
     })?;
+    let needs_ssm = specs.iter().any(|s| matches!(s.key, KeySource::Ssm(_)));
+    let made;
+    let ssm = match ssm {
+        Some(ssm) => Some(ssm),
+        None if needs_ssm => {
+            made = Ssm::from_env().await;
+            Some(&made)
+        }
+        None => None,
+    };
     let mut members = Vec::with_capacity(specs.len());
     for spec in specs {
         let proxy = Proxy::trusting(
@@ -383,7 +394,7 @@ async fn pool(
             KeySource::None => None,
             KeySource::Fixed(key) => Some(Cached::fixed(key)),
             KeySource::Ssm(name) => {
-                let ssm = ssm.expect("client made for the upstreams file");
+                let ssm = ssm.expect("client made for an entry's key");
                 let cache = ssm::key_cache(ssm, &name, settings.tokens_refresh());
                 let _ = cache.load_now().await;
                 Some(cache)

@@ -527,3 +527,39 @@ async fn healthz_says_503_until_the_token_list_is_loaded() {
     assert_eq!((status, body["tokens"].as_u64()), (200, Some(1)), "{body}");
     assert_eq!(body["status"], "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_upstreams_key_comes_from_ssm_with_a_token_file() {
+    // The token list is a file: the SSM client is made for the pool's entry.
+    if !needs(Tool::Moto) {
+        return;
+    }
+    let key = param("pool-key");
+    put(&key, "sk-pool-from-ssm-1").await;
+    let up = MockUpstream::start().await;
+    let file = serde_json::json!({"upstreams": [
+        {"name": "ssm-keyed", "base_url": up.url(), "key_ssm_parameter": key},
+        {"name": "spare", "base_url": "http://127.0.0.1:9", "priority": 1},
+    ]})
+    .to_string();
+    let mut launch = Launch::new("unused")
+        .tokens(r#"[{"name":"k","token":"pool-user-Tok"}]"#)
+        .file("upstreams.json", &file);
+    launch.env.clear();
+    let gw = aws_env(launch, &moto().url)
+        .env("UPSTREAMS_FILE", "upstreams.json")
+        .start();
+    let r = client()
+        .get(gw.url("/v1/models"))
+        .bearer_auth("pool-user-Tok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        up.last().header("authorization").as_deref(),
+        Some("Bearer sk-pool-from-ssm-1")
+    );
+    let text = gw.log_text();
+    assert!(!text.contains("sk-pool-from-ssm"), "{text}");
+}
