@@ -241,8 +241,14 @@ pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Vec<Spe
 }
 
 fn valid_name(name: &str) -> bool {
+    is_token(name, 64)
+}
+
+/// 1 to `max` letters, digits, `-`, `_` or `.`: a name that is safe as a
+/// path segment, a metric label and a log field as it is.
+pub fn is_token(name: &str, max: usize) -> bool {
     !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= max
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))

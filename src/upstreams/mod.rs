@@ -137,15 +137,9 @@ impl Member {
     }
 }
 
-/// An Azure deployment name as a path segment takes it.
+/// An Azure deployment name as a path segment takes it (no dot segment).
 fn deployment_safe(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 256
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && name != "."
-        && name != ".."
+    file::is_token(name, 256) && name != "." && name != ".."
 }
 
 /// Every upstream, and how many attempts a request may make.
