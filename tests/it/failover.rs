@@ -227,20 +227,22 @@ async fn two(a: Vec<Act>, b: Vec<Act>, clock: &Clock) -> (Scripted, Scripted, Se
     (a, b, gw, dir)
 }
 
-/// The gateway in front of `file`, by `clock`.
-async fn gateway(dir: &TempDir, file: &str, clock: &Clock) -> Served {
-    let tokens = if file.contains(r#""name":"b""#) {
-        TOKENS
-    } else {
-        PLAIN_TOKENS
-    };
+/// A gateway of the pool `file` (written to `dir`) and `tokens`, without
+/// `UPSTREAM_URL`; more settings, a clock, and how to run it are the caller's.
+fn pooled(dir: &TempDir, file: &str, tokens: &str) -> Launch {
     let path = dir.write("upstreams.json", file);
-    let mut launch = Launch::new("unused").tokens(tokens).clock(clock);
-    launch.env = vec![
-        ("UPSTREAMS_FILE".into(), path.display().to_string()),
-        ("UPSTREAM_TIMEOUT_SECS".into(), "1".into()),
-    ];
-    launch.serve().await
+    let mut launch = Launch::new("unused").tokens(tokens);
+    launch.env = vec![("UPSTREAMS_FILE".into(), path.display().to_string())];
+    launch
+}
+
+/// The gateway in front of `file` (upstreams `a`, `b`, …; `TOKENS`), by `clock`.
+async fn gateway(dir: &TempDir, file: &str, clock: &Clock) -> Served {
+    pooled(dir, file, TOKENS)
+        .clock(clock)
+        .env("UPSTREAM_TIMEOUT_SECS", "1")
+        .serve()
+        .await
 }
 
 async fn chat(gw: &Served, token: &str) -> (u16, reqwest::header::HeaderMap, Value) {
@@ -517,7 +519,7 @@ async fn an_azure_upstream_gets_its_deployment_path_version_and_api_key() {
         json!({"kind": "azure", "api_version": "2024-10-21",
                "models": [{"model": "gpt-4o-mini", "as": "mini-prod"}]}),
     )]);
-    let gw = gateway(&dir, &file, &Clock::system()).await;
+    let gw = pooled(&dir, &file, PLAIN_TOKENS).serve().await;
     assert_eq!(chat(&gw, "gw-friend-Tok1").await.0, 200);
     let seen = &az.seen()[0];
     assert_eq!(
@@ -606,13 +608,10 @@ async fn a_stream_that_fails_before_its_first_token_fails_over_unseen() {
         .await;
         let dir = TempDir::new();
         let file = pool(&[("a", a.url(), 0, json!({})), ("b", b.url(), 1, json!({}))]);
-        let path = dir.write("upstreams.json", &file);
-        let mut launch = Launch::new("unused").tokens(TOKENS);
-        launch.env = vec![
-            ("UPSTREAMS_FILE".into(), path.display().to_string()),
-            ("UPSTREAM_FIRST_TOKEN_TIMEOUT_SECS".into(), "1".into()),
-        ];
-        let gw = launch.serve().await;
+        let gw = pooled(&dir, &file, TOKENS)
+            .env("UPSTREAM_FIRST_TOKEN_TIMEOUT_SECS", "1")
+            .serve()
+            .await;
         let body = stream_chat(&gw).await;
         // b's stream, whole, and only b's (the gateway's usage request
         // added, its usage chunk hidden: nothing of a's).
@@ -648,14 +647,10 @@ async fn prometheus_counts_each_upstreams_attempts_and_failovers() {
         ("mock", up.url(), 1, json!({})),
     ]);
     let port = unused_port();
-    let mut launch = Launch::new("unused")
-        .tokens(PLAIN_TOKENS)
-        .file("upstreams.json", &file);
-    launch.env = vec![
-        ("UPSTREAMS_FILE".into(), "upstreams.json".into()),
-        ("METRICS_LISTEN".into(), format!("127.0.0.1:{port}")),
-    ];
-    let gw = launch.start();
+    let dir = TempDir::new();
+    let gw = pooled(&dir, &file, PLAIN_TOKENS)
+        .env("METRICS_LISTEN", &format!("127.0.0.1:{port}"))
+        .start();
     for _ in 0..2 {
         let r = client()
             .post(gw.url("/v1/chat/completions"))
@@ -695,16 +690,10 @@ async fn an_admin_sees_each_upstreams_state_and_nobody_else_does() {
         ("a", a.url(), 0, json!({})),
         ("b", b.url(), 1, json!({"models": ["gpt-4o*"]})),
     ]);
-    let path = dir.write("upstreams.json", &file);
     let clock = Clock::manual(chrono::Utc::now());
-    let mut launch = Launch::new("unused")
-        .tokens(
-            r#"[{"name": "friend", "token": "gw-friend-Tok1"},
-                {"name": "ops", "token": "gw-ops-Tok9", "admin": true}]"#,
-        )
-        .clock(&clock);
-    launch.env = vec![("UPSTREAMS_FILE".into(), path.display().to_string())];
-    let gw = launch.serve().await;
+    let tokens = r#"[{"name": "friend", "token": "gw-friend-Tok1"},
+                     {"name": "ops", "token": "gw-ops-Tok9", "admin": true}]"#;
+    let gw = pooled(&dir, &file, tokens).clock(&clock).serve().await;
     assert_eq!(chat(&gw, "gw-friend-Tok1").await.0, 200);
     let report = |auth: Option<&'static str>, query: &'static str| {
         let request = client().get(gw.url(&format!("/v1/gateway/upstreams{query}")));
