@@ -169,14 +169,23 @@ fn print_table(period: &Period, rows: &[Row]) {
     };
     println!("usage for {label} (UTC)");
     println!(
-        "{:<20} {:<28} {:>8} {:>12} {:>10} {:>12} {:>12} {:>9}",
-        "token", "model", "requests", "input", "cached", "output", "cost_usd", "estimated"
+        "{:<20} {:<28} {:<16} {:>8} {:>12} {:>10} {:>12} {:>12} {:>9}",
+        "token",
+        "model",
+        "upstream",
+        "requests",
+        "input",
+        "cached",
+        "output",
+        "cost_usd",
+        "estimated"
     );
     for r in rows {
         println!(
-            "{:<20} {:<28} {:>8} {:>12} {:>10} {:>12} {:>12.6} {:>9}",
+            "{:<20} {:<28} {:<16} {:>8} {:>12} {:>10} {:>12} {:>12.6} {:>9}",
             printable(&r.token),
             printable(&r.model),
+            printable(&r.upstream),
             r.requests,
             r.input_tokens,
             r.cached_tokens,

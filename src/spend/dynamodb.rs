@@ -8,8 +8,10 @@
 //!   `day:2026-12-01`): `c_req`, `c_tok`, `c_usd`, what is *committed*
 //!   (used plus reserved); `u_req`, `u_tok`, `u_usd`, what is used; and one
 //!   map attribute `r_ID` per live reservation (`req`, `tok`, `usd`, `exp`);
-//! - a **usage row** (`pk = u#TOKEN`, `sk = DAY#MODEL`): the day's counts
-//!   for a token and model, for reports and billing.
+//! - a **usage row** (`pk = u#TOKEN`, `sk = DAY@UPSTREAM#MODEL`): the
+//!   day's counts for a token, model and upstream, for reports and billing
+//!   (rows written before upstreams were kept are `DAY#MODEL`, read as the
+//!   upstream `-`).
 //!
 //! Admission is one conditional `UpdateItem` per limited window, sent
 //! together (one round trip): the condition is that each limited measure's
@@ -54,6 +56,24 @@ pub const PARTITION_KEY: &str = "pk";
 pub const SORT_KEY: &str = "sk";
 /// The TTL attribute.
 pub const TTL_ATTRIBUTE: &str = "ttl";
+
+/// A usage row's sort key: `DAY@UPSTREAM#MODEL` (an upstream's name has
+/// neither `@` nor `#`; a model may have anything).
+fn usage_sort_key(s: &Settlement) -> String {
+    format!("{}@{}#{}", s.at.format("%Y-%m-%d"), s.upstream, s.model)
+}
+
+/// The day, upstream and model of a usage row's sort key; a row written
+/// before rows named their upstream (`DAY#MODEL`) has the upstream `-`.
+fn parse_usage_sort_key(sk: &str) -> Option<(&str, &str, &str)> {
+    let day = sk.get(..10)?;
+    let rest = sk.get(10..)?;
+    if let Some(model) = rest.strip_prefix('#') {
+        return Some((day, super::store::UNKNOWN_UPSTREAM, model));
+    }
+    let (upstream, model) = rest.strip_prefix('@')?.split_once('#')?;
+    Some((day, upstream, model))
+}
 
 /// How often an admission refused while the windows had room (requests
 /// settled in between) is tried again.
@@ -404,7 +424,7 @@ impl Dynamo {
         Update::builder()
             .table_name(&self.table)
             .key(PARTITION_KEY, self::s(format!("u#{}", s.token)))
-            .key(SORT_KEY, self::s(format!("{}#{}", s.at.format("%Y-%m-%d"), s.model)))
+            .key(SORT_KEY, self::s(usage_sort_key(s)))
             .update_expression(
                 "ADD requests :one, input_tokens :in, cached_tokens :cached, output_tokens :out, usd_micros :usd, estimated_requests :est",
             )
@@ -648,8 +668,8 @@ impl Store for Dynamo {
                             .key_condition_expression("pk = :u AND sk BETWEEN :from AND :to")
                             .expression_attribute_values(":u", s(format!("u#{t}")))
                             .expression_attribute_values(":from", s(format!("{from}#")))
-                            // '$' sorts right after '#': every model of the last day.
-                            .expression_attribute_values(":to", s(format!("{to}$")))
+                            // '~' sorts after '#' and '@': every row of the last day.
+                            .expression_attribute_values(":to", s(format!("{to}~")))
                             .set_exclusive_start_key(start.take())
                             .send()
                             .await
@@ -677,7 +697,7 @@ impl Store for Dynamo {
                     let (Some(pk), Some(sk)) = (pk, sk) else {
                         continue;
                     };
-                    let Some((day, model)) = sk.split_once('#') else {
+                    let Some((day, upstream, model)) = parse_usage_sort_key(sk) else {
                         continue;
                     };
                     if !period.holds(day) {
@@ -686,13 +706,14 @@ impl Store for Dynamo {
                     let name = pk.trim_start_matches("u#");
                     let at = match rows
                         .iter()
-                        .position(|r| r.token == name && r.model == model)
+                        .position(|r| r.token == name && r.model == model && r.upstream == upstream)
                     {
                         Some(i) => i,
                         None => {
                             rows.push(Row {
                                 token: name.to_owned(),
                                 model: model.to_owned(),
+                                upstream: upstream.to_owned(),
                                 ..Row::default()
                             });
                             rows.len() - 1
@@ -753,5 +774,38 @@ mod tests {
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].0, "r_a");
         assert_eq!(amount_of(&item, "u_").tokens, 50);
+    }
+
+    #[test]
+    fn usage_rows_name_their_upstream_and_old_rows_read_as_unknown() {
+        let s = Settlement {
+            token: "alice".into(),
+            at: "2026-12-01T10:00:00Z".parse().unwrap(),
+            reservation: None,
+            used: true,
+            model: "org/model#v2@x".into(),
+            upstream: "azure-eu".into(),
+            input: 1,
+            cached: 0,
+            output: 1,
+            usd_micros: 1,
+            estimated: false,
+            windows: Vec::new(),
+            row: true,
+        };
+        let sk = usage_sort_key(&s);
+        assert_eq!(sk, "2026-12-01@azure-eu#org/model#v2@x");
+        assert_eq!(
+            parse_usage_sort_key(&sk),
+            Some(("2026-12-01", "azure-eu", "org/model#v2@x"))
+        );
+        assert_eq!(
+            parse_usage_sort_key("2026-12-01#gpt-4o#x"),
+            Some(("2026-12-01", "-", "gpt-4o#x"))
+        );
+        assert_eq!(parse_usage_sort_key("2026-12-01"), None);
+        assert_eq!(parse_usage_sort_key("2026-12-01@nomodel"), None);
+        // The query's bounds take both shapes of a day's rows.
+        assert!("2026-12-01#" < "2026-12-01#a" && "2026-12-01@z#m" < "2026-12-01~");
     }
 }

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use http::Method;
 
-use super::store::{window_keys, Admission, Ask, Reservation, Settlement, Store, StoreError};
+use super::store::{
+    window_keys, Admission, Ask, Reservation, Settlement, Store, StoreError, UNKNOWN_UPSTREAM,
+};
 use super::{Amount, Limits};
 use crate::config::FailMode;
 use crate::error::GatewayError;
@@ -309,6 +311,10 @@ impl Settle {
             reservation,
             used,
             model,
+            upstream: record
+                .upstream
+                .clone()
+                .unwrap_or_else(|| Arc::from(UNKNOWN_UPSTREAM)),
             input: usage.as_ref().map_or(0, |u| count(u.input)),
             cached: usage.as_ref().map_or(0, |u| count(u.cached_input)),
             output: usage.as_ref().map_or(0, |u| count(u.output)),

@@ -43,13 +43,16 @@ pub struct Held {
     pub expires: i64,
 }
 
+/// A report row's key: token, day, model and upstream.
+pub type RowKey = (Arc<str>, NaiveDate, String, Arc<str>);
+
 /// What is still to be written, summed by key.
 #[derive(Debug, Default)]
 pub struct Pending {
     /// Usage to add to each (token, window) row, with the row's expiry.
     pub windows: HashMap<(Arc<str>, String), (Amount, Option<i64>)>,
-    /// Usage to add to each (token, day, model) report row.
-    pub rows: HashMap<(Arc<str>, NaiveDate, String), Row>,
+    /// Usage to add to each (token, day, model, upstream) report row.
+    pub rows: HashMap<RowKey, Row>,
     /// Reservations to insert (those released before being written never are).
     pub reserve: HashMap<String, Held>,
     /// Reservations to delete.
@@ -248,7 +251,12 @@ impl Ledger {
         if s.row {
             self.pending
                 .rows
-                .entry((s.token.clone(), s.at.date_naive(), s.model.to_string()))
+                .entry((
+                    s.token.clone(),
+                    s.at.date_naive(),
+                    s.model.to_string(),
+                    s.upstream.clone(),
+                ))
                 .or_default()
                 .add(s);
         }
@@ -396,6 +404,7 @@ mod tests {
             reservation: Some(r),
             used: true,
             model: "gpt-4o-mini".into(),
+            upstream: "default".into(),
             input: 3,
             cached: 0,
             output: 4,
@@ -459,6 +468,7 @@ mod tests {
                 reservation: Some(r),
                 used: true,
                 model: "m".into(),
+                upstream: "default".into(),
                 input: 1,
                 cached: 0,
                 output: 1,
@@ -485,6 +495,7 @@ mod tests {
                 reservation: None,
                 used: true,
                 model: if i % 2 == 0 { "gpt-4o-mini" } else { "gpt-4o" }.into(),
+                upstream: "default".into(),
                 input: 2,
                 cached: 0,
                 output: 3,

@@ -56,8 +56,40 @@ CREATE TABLE IF NOT EXISTS usage (
     input_tokens INTEGER NOT NULL DEFAULT 0, cached_tokens INTEGER NOT NULL DEFAULT 0,
     output_tokens INTEGER NOT NULL DEFAULT 0, usd_micros INTEGER NOT NULL DEFAULT 0,
     estimated_requests INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (token, day, model));
+    upstream TEXT NOT NULL DEFAULT '-',
+    PRIMARY KEY (token, day, model, upstream));
 ";
+
+/// A file made before usage rows named their upstream gets the column (and
+/// it joins the key), its rows kept with the upstream `-`: one
+/// transaction, run by the gateway (never by a reader) when it opens the file.
+const ADD_UPSTREAM: &str = "
+ALTER TABLE usage RENAME TO usage_before_upstreams;
+CREATE TABLE usage (
+    token TEXT NOT NULL, day TEXT NOT NULL, model TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    input_tokens INTEGER NOT NULL DEFAULT 0, cached_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0, usd_micros INTEGER NOT NULL DEFAULT 0,
+    estimated_requests INTEGER NOT NULL DEFAULT 0,
+    upstream TEXT NOT NULL DEFAULT '-',
+    PRIMARY KEY (token, day, model, upstream));
+INSERT INTO usage (token, day, model, requests, input_tokens, cached_tokens,
+                   output_tokens, usd_micros, estimated_requests)
+    SELECT token, day, model, requests, input_tokens, cached_tokens,
+           output_tokens, usd_micros, estimated_requests
+    FROM usage_before_upstreams;
+DROP TABLE usage_before_upstreams;
+";
+
+/// Whether the file's usage rows name their upstream (see [`ADD_UPSTREAM`]).
+fn rows_name_upstreams(c: &Connection) -> rusqlite::Result<bool> {
+    c.query_row(
+        "SELECT count(*) FROM pragma_table_info('usage') WHERE name = 'upstream'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
 
 /// What the writer prunes from the file once a minute: reservations and
 /// window rows that have expired, looked up by their expiry index (so the
@@ -209,7 +241,17 @@ impl Sqlite {
             let _ = file.rewind();
             let _ = write!(file, "{}", std::process::id());
         }
-        let reads = connect(&name, path)?;
+        let mut reads = connect(&name, path)?;
+        if !rows_name_upstreams(&reads).map_err(|e| format!("{name}: {e}"))? {
+            let fail =
+                |e: rusqlite::Error| format!("{name}: adding the upstream to usage rows: {e}");
+            let tx = reads
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(fail)?;
+            tx.execute_batch(ADD_UPSTREAM).map_err(fail)?;
+            tx.commit().map_err(fail)?;
+            tracing::info!(store = %name, "usage rows now name their upstream (rows before are `-`)");
+        }
         let mut ledger = Ledger::default();
         orphans(&reads, &mut ledger, clock.now().timestamp())
             .map_err(|e| format!("{name}: {e}"))?;
@@ -571,10 +613,10 @@ fn write(tx: &rusqlite::Transaction<'_>, batch: &Pending) -> rusqlite::Result<()
         ])?;
     }
     let mut usage = tx.prepare_cached(
-        "INSERT INTO usage (token, day, model, requests, input_tokens, cached_tokens,
+        "INSERT INTO usage (token, day, model, upstream, requests, input_tokens, cached_tokens,
                             output_tokens, usd_micros, estimated_requests)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-         ON CONFLICT (token, day, model) DO UPDATE SET
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (token, day, model, upstream) DO UPDATE SET
            requests = MIN(requests + excluded.requests, 9007199254740992),
            input_tokens = MIN(input_tokens + excluded.input_tokens, 9007199254740992),
            cached_tokens = MIN(cached_tokens + excluded.cached_tokens, 9007199254740992),
@@ -582,11 +624,12 @@ fn write(tx: &rusqlite::Transaction<'_>, batch: &Pending) -> rusqlite::Result<()
            usd_micros = MIN(usd_micros + excluded.usd_micros, 9007199254740992),
            estimated_requests = MIN(estimated_requests + excluded.estimated_requests, 9007199254740992)",
     )?;
-    for ((token, day, model), row) in &batch.rows {
+    for ((token, day, model, upstream), row) in &batch.rows {
         usage.execute(params![
             &**token,
             day.format("%Y-%m-%d").to_string(),
             model,
+            &**upstream,
             row.requests,
             row.input_tokens,
             row.cached_tokens,
@@ -857,21 +900,29 @@ impl Sqlite {
     ) -> BoxFuture<Result<Vec<Row>, StoreError>> {
         self.run(move |c| {
             let (from, to) = period.day_range();
-            let mut statement = c.prepare(
-                "SELECT token, model, CAST(MIN(TOTAL(requests), 9007199254740992.0) AS INTEGER), CAST(MIN(TOTAL(input_tokens), 9007199254740992.0) AS INTEGER), CAST(MIN(TOTAL(cached_tokens), 9007199254740992.0) AS INTEGER), CAST(MIN(TOTAL(output_tokens), 9007199254740992.0) AS INTEGER), CAST(MIN(TOTAL(usd_micros), 9007199254740992.0) AS INTEGER), CAST(MIN(TOTAL(estimated_requests), 9007199254740992.0) AS INTEGER)
+            // A reader of a file the gateway has not brought up to date
+            // yet reads its rows as of no known upstream.
+            let upstream = if rows_name_upstreams(c)? {
+                "upstream"
+            } else {
+                "'-'"
+            };
+            let mut statement = c.prepare(&format!(
+                "SELECT token, model, {upstream}, CAST(MIN(TOTAL(requests), 9007199254740992.0) AS INTEGER), CAST(MIN(TOTAL(input_tokens), 9007199254740992.0) AS INTEGER), CAST(MIN(TOTAL(cached_tokens), 9007199254740992.0) AS INTEGER), CAST(MIN(TOTAL(output_tokens), 9007199254740992.0) AS INTEGER), CAST(MIN(TOTAL(usd_micros), 9007199254740992.0) AS INTEGER), CAST(MIN(TOTAL(estimated_requests), 9007199254740992.0) AS INTEGER)
                  FROM usage WHERE day >= ?1 AND day <= ?2 AND (?3 IS NULL OR token = ?3)
-                 GROUP BY token, model ORDER BY token, model",
-            )?;
+                 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+            ))?;
             let rows = statement.query_map(params![from, to, token], |r| {
                 Ok(Row {
                     token: r.get(0)?,
                     model: r.get(1)?,
-                    requests: r.get(2)?,
-                    input_tokens: r.get(3)?,
-                    cached_tokens: r.get(4)?,
-                    output_tokens: r.get(5)?,
-                    cost_usd: r.get(6)?,
-                    estimated_requests: r.get(7)?,
+                    upstream: r.get(2)?,
+                    requests: r.get(3)?,
+                    input_tokens: r.get(4)?,
+                    cached_tokens: r.get(5)?,
+                    output_tokens: r.get(6)?,
+                    cost_usd: r.get(7)?,
+                    estimated_requests: r.get(8)?,
                 })
             })?;
             rows.collect()
@@ -907,6 +958,7 @@ mod tests {
             reservation,
             used: true,
             model: "gpt-4o-mini".into(),
+            upstream: "default".into(),
             input: tokens / 2,
             cached: 0,
             output: tokens - tokens / 2,
@@ -1141,6 +1193,53 @@ mod tests {
         else {
             panic!("the expired reservation still counts")
         };
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_file_from_before_upstreams_keeps_its_rows_and_gains_the_column() {
+        let dir = std::env::temp_dir().join(format!("gw-sqlite-up-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("old.db");
+        let _ = std::fs::remove_file(&path);
+        let path = path.to_str().unwrap().to_owned();
+        {
+            // The usage table as it was: keyed by token, day and model.
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE usage (
+                    token TEXT NOT NULL, day TEXT NOT NULL, model TEXT NOT NULL,
+                    requests INTEGER NOT NULL DEFAULT 0,
+                    input_tokens INTEGER NOT NULL DEFAULT 0, cached_tokens INTEGER NOT NULL DEFAULT 0,
+                    output_tokens INTEGER NOT NULL DEFAULT 0, usd_micros INTEGER NOT NULL DEFAULT 0,
+                    estimated_requests INTEGER NOT NULL DEFAULT 0,
+                    PRIMARY KEY (token, day, model));
+                 INSERT INTO usage VALUES ('alice', '2026-12-01', 'gpt-4o-mini', 7, 70, 0, 35, 700, 1);",
+            )
+            .unwrap();
+        }
+        // A reader of the old file reads its rows as of no known upstream,
+        // and changes nothing.
+        let reader = Sqlite::reader(&path).unwrap();
+        let day = Period::Day("2026-12-01".into());
+        let rows = reader.report(day.clone(), None).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].upstream.as_str(), rows[0].requests), ("-", 7));
+        drop(reader);
+        let store = Sqlite::open(&path).unwrap();
+        let at: DateTime<Utc> = "2026-12-01T10:00:00Z".parse().unwrap();
+        let mut other = settlement(None, at, 10);
+        other.upstream = "backup".into();
+        store.settle(settlement(None, at, 10).into()).await.unwrap();
+        store.settle(other.into()).await.unwrap();
+        store.settle(settlement(None, at, 4).into()).await.unwrap();
+        let rows = store.report(day, None).await.unwrap();
+        let seen: Vec<(&str, i64, i64)> = rows
+            .iter()
+            .map(|r| (r.upstream.as_str(), r.requests, r.cost_usd))
+            .collect();
+        assert_eq!(seen, [("-", 7, 700), ("backup", 1, 10), ("default", 2, 14)]);
+        drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

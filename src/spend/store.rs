@@ -18,6 +18,10 @@ use super::{Amount, Limit, Limits, Window};
 use crate::limits::counter_add;
 use crate::record::BoxFuture;
 
+/// The upstream of usage whose upstream is not known: a row written before
+/// the store kept upstreams, or a request no upstream answered.
+pub const UNKNOWN_UPSTREAM: &str = "-";
+
 /// A store's failure (unreachable, throttled past its retries, corrupt).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("usage store {store}: {}{problem}", if *.rejected { "refused the request's values: " } else { "" })]
@@ -125,6 +129,8 @@ pub struct Settlement {
     /// The model (as the upstream answered, else as asked; `-` when unknown,
     /// which is not allocated).
     pub model: std::borrow::Cow<'static, str>,
+    /// The upstream that answered (`-` when none is known).
+    pub upstream: Arc<str>,
     /// Input tokens, cached included.
     pub input: i64,
     /// Cached input tokens.
@@ -197,13 +203,16 @@ impl Period {
     }
 }
 
-/// One row of a report: a token and model's usage in a period.
+/// One row of a report: a token, model and upstream's usage in a period.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Row {
     /// The token's name.
     pub token: String,
     /// The model.
     pub model: String,
+    /// The upstream that served it (`-` for usage recorded before the store
+    /// kept upstreams, or when none answered).
+    pub upstream: String,
     /// Requests.
     pub requests: i64,
     /// Input tokens, cached included.
@@ -275,7 +284,7 @@ pub trait Store: Send + Sync + fmt::Debug {
         now: DateTime<Utc>,
     ) -> BoxFuture<Result<Vec<WindowState>, StoreError>>;
 
-    /// Usage per token and model over `period` (one token's when named).
+    /// Usage per token, model and upstream over `period` (one token's when named).
     fn report(
         &self,
         period: Period,

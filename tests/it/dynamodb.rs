@@ -320,6 +320,7 @@ async fn a_budget_storm_stays_within_its_bound_and_settles_exactly() {
     let row = rows.iter().find(|r| r["token"] == "storm").unwrap();
     assert_eq!(row["requests"].as_i64(), Some(ok), "{rows:?}");
     assert_eq!(row["input_tokens"].as_i64(), Some(3 * ok));
+    assert_eq!(row["upstream"], "default", "{rows:?}");
 }
 
 #[tokio::test]

@@ -816,3 +816,46 @@ async fn an_upstream_that_refuses_stream_options_gets_the_body_as_sent() {
     assert_eq!(lines[1]["upstream"], "a", "{lines:?}");
     assert_eq!(lines[1]["usage"]["estimated"], true, "{lines:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_store_names_the_upstream_that_answered() {
+    use chatgpt_gateway::spend::sqlite::Sqlite;
+    use chatgpt_gateway::spend::store::{Period, Store};
+    // The first request fails over from a to b; the second is a's.
+    let (_a, _b, gw, _dir) = two(
+        vec![Act::Status(500, vec![]), Act::Answer],
+        vec![Act::Answer],
+        &Clock::system(),
+    )
+    .await;
+    for _ in 0..2 {
+        assert_eq!(chat(&gw, "gw-friend-Tok1").await.0, 200);
+    }
+    // The gateway's own report waits for what it has yet to write.
+    let billing = client()
+        .get(gw.url("/v1/dashboard/billing/usage"))
+        .bearer_auth("gw-friend-Tok1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(billing.status(), 200);
+    let store = Sqlite::reader(gw.dir.0.join("usage.db").to_str().unwrap()).unwrap();
+    let all = Period::Days("0001-01-01".into(), "9999-12-31".into());
+    let rows = store.report(all, Some("friend".into())).await.unwrap();
+    let seen: Vec<(&str, &str, i64, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.model.as_str(),
+                r.upstream.as_str(),
+                r.requests,
+                r.input_tokens,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("gpt-4o-mini", "a", 1, 3), ("gpt-4o-mini", "b", 1, 3)],
+        "the failed attempt on a is not a's usage; each answer is its upstream's"
+    );
+}
