@@ -28,6 +28,8 @@ pub const TOKENS_SSM_PARAMETER: &str = "TOKENS_SSM_PARAMETER";
 pub const TOKENS_REFRESH_SECS: &str = "TOKENS_REFRESH_SECS";
 /// `UPSTREAMS_FILE`: a pool of upstreams (names, keys, models, priorities).
 pub const UPSTREAMS_FILE: &str = "UPSTREAMS_FILE";
+/// `UPSTREAMS_SSM_PARAMETER`: the SSM parameter holding that pool, refreshed.
+pub const UPSTREAMS_SSM_PARAMETER: &str = "UPSTREAMS_SSM_PARAMETER";
 /// `UPSTREAM_MAX_ATTEMPTS`: the most upstreams one request tries.
 pub const UPSTREAM_MAX_ATTEMPTS: &str = "UPSTREAM_MAX_ATTEMPTS";
 /// `UPSTREAM_FIRST_TOKEN_TIMEOUT_SECS`: how long a pooled stream is held for its first output.
@@ -168,6 +170,12 @@ pub const SETTINGS: &[Setting] = &[
         UPSTREAMS_FILE,
         "none",
         "a pool of upstreams with their keys, models, priorities and weights, tried in turn (docs/upstreams.md); excludes `UPSTREAM_URL`",
+    ),
+    flag(
+        "--upstreams-ssm-parameter",
+        UPSTREAMS_SSM_PARAMETER,
+        "none",
+        "that pool from SSM Parameter Store instead, reloaded as the token list is (`TOKENS_REFRESH_SECS`)",
     ),
     flag(
         "--upstream-max-attempts",
@@ -415,6 +423,10 @@ pub struct Settings {
     /// A pool of upstreams (JSON; see docs/upstreams.md).
     #[arg(long, env = UPSTREAMS_FILE)]
     pub upstreams_file: Option<PathBuf>,
+
+    /// The SSM parameter holding the pool of upstreams (read with decryption, refreshed).
+    #[arg(long, env = UPSTREAMS_SSM_PARAMETER)]
+    pub upstreams_ssm_parameter: Option<String>,
 
     /// The most upstreams of the pool one request tries.
     #[arg(long, env = UPSTREAM_MAX_ATTEMPTS, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=16))]

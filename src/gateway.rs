@@ -42,6 +42,7 @@ use crate::secret::ApiKey;
 use crate::sources::cached::Cached;
 use crate::spend::store::Store;
 use crate::tokens::TokenSet;
+use crate::upstreams::live::Live;
 use crate::upstreams::{hold, Admission, Upstreams};
 use crate::usage::stream_usage::{AsSent, HideUsageChunk};
 use crate::usage::tap::UsageTap;
@@ -50,8 +51,8 @@ use crate::usage::{self, Meter};
 /// What a gateway is made of.
 pub struct GatewayOptions {
     /// The upstreams, each with its connections and the key injected for
-    /// tokens without their own.
-    pub upstreams: Upstreams,
+    /// tokens without their own (fixed, or reloaded).
+    pub upstreams: Live,
     /// The token list.
     pub tokens: Cached<TokenSet>,
     /// Pass-through while the token list is empty (the operator allowed it).
@@ -79,7 +80,7 @@ impl GatewayOptions {
     /// A gateway in front of `proxy` with `tokens`, and nothing else on.
     pub fn new(proxy: Proxy, tokens: Cached<TokenSet>) -> Self {
         Self {
-            upstreams: Upstreams::single(proxy, None),
+            upstreams: Upstreams::single(proxy, None).into(),
             tokens,
             anonymous: false,
             idle_timeout: Duration::from_secs(300),
@@ -99,7 +100,7 @@ impl GatewayOptions {
 pub struct Gateway {
     inner: Arc<Inner>,
     /// Outside `inner`, so that a server thread can have pools of its own.
-    upstreams: Upstreams,
+    upstreams: Live,
 }
 
 struct Inner {
@@ -137,7 +138,10 @@ impl Gateway {
     /// Opens a connection to each first-choice upstream (those of the
     /// lowest priority) ahead of the first request.
     pub async fn warm_up(&self) {
-        let members = self.upstreams.members();
+        let Some(upstreams) = self.upstreams.current().await.ok() else {
+            return;
+        };
+        let members = upstreams.members();
         let first = members.iter().map(|m| m.priority).min().unwrap_or(0);
         let warm = members
             .iter()
@@ -270,6 +274,8 @@ impl Gateway {
         }
         let admitted = self.authenticate(&parts, record.arrived).await?;
         record.token.clone_from(&admitted.name);
+        // One view of the upstreams for the whole request, reloads or not.
+        let upstreams = self.upstreams.current().await?;
         crate::proxy::check_path(parts.uri.path())?;
         // Policy and metering read the path as the upstream will route it.
         let path = crate::path::normalise(parts.uri.path());
@@ -285,10 +291,10 @@ impl Gateway {
             .apply_policies(
                 &parts,
                 &path,
+                upstreams.needs_model(),
                 &admitted,
                 &mut body,
-                &mut record.notes,
-                record.arrived,
+                record,
             )
             .await?;
         if let Some(reply) = checked.reply {
@@ -325,7 +331,7 @@ impl Gateway {
             own_key: admitted.upstream_key.as_ref(),
             allowed: admitted.rules.as_ref().and_then(|r| r.upstreams.as_deref()),
         };
-        let response = self.attempt(request, body, record).await?;
+        let response = self.attempt(&upstreams, request, body, record).await?;
         Ok(self.shape(response, edits, metered, text_body, record))
     }
 
@@ -339,11 +345,11 @@ impl Gateway {
     /// Nothing has reached the client yet: a retry is invisible to it.
     async fn attempt(
         &self,
+        upstreams: &Upstreams,
         mut request: Outgoing<'_>,
         body: RequestBody,
         record: &mut Record,
     ) -> Result<http::Response<Prefixed<crate::pool::ResponseBody>>, GatewayError> {
-        let upstreams = &self.upstreams;
         let plan = upstreams.plan(request.model, request.allowed);
         if plan.is_empty() {
             return Err(match request.model {
@@ -376,15 +382,6 @@ impl Gateway {
                 break;
             }
             let member = &upstreams.members()[index];
-            if pooled {
-                if let Admission::Skip { until } = member.health.admit(clock.now()) {
-                    soonest = match (soonest, until) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                    continue;
-                }
-            }
             // The gateway's key, unless the token brings its own (whose
             // refusals and rate limits are its holder's, not the upstream's).
             let (key, owned) = match (request.own_key, &member.key) {
@@ -399,6 +396,18 @@ impl Gateway {
                 },
                 (None, None) => (None, false),
             };
+            if pooled {
+                // Judged with the key it would be sent: a key it refused
+                // is skipped, another one tried.
+                let gateways = key.as_ref().filter(|_| owned).map(ApiKey::fingerprint);
+                if let Admission::Skip { until } = member.health.admit(clock.now(), gateways) {
+                    soonest = match (soonest, until) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    continue;
+                }
+            }
             // An upstream that refuses `stream_options` gets the body as
             // the client sent it (its usage is then estimated).
             let as_sent = match member.inject_include_usage {
@@ -461,11 +470,14 @@ impl Gateway {
                             true
                         }
                         401 if owned => {
-                            member.health.kill();
+                            if let Some(key) = &key {
+                                member.health.kill(key.fingerprint());
+                            }
                             tracing::error!(
                                 upstream = &*member.name,
                                 status = 401,
-                                "the upstream refused the gateway's key: it is not tried again until the gateway restarts"
+                                "the upstream refused the gateway's key: it is not tried with that key again \
+                                 (replace the key: a reload of the upstreams, or its SSM parameter, or a restart)"
                             );
                             true
                         }
@@ -558,13 +570,13 @@ impl Gateway {
         &self,
         parts: &http::request::Parts,
         path: &str,
+        needs_model: bool,
         admitted: &Admitted,
         body: &mut RequestBody,
-        notes: &mut http::Extensions,
-        now: DateTime<Utc>,
+        record: &mut Record,
     ) -> Result<Checked, GatewayError> {
+        let (notes, now) = (&mut record.notes, record.arrived);
         let policies = &self.inner.options.policies;
-        let needs_model = self.upstreams.needs_model();
         if policies.is_empty() && !needs_model {
             return Ok(Checked::default());
         }

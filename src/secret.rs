@@ -40,6 +40,7 @@ impl fmt::Display for Secret {
 pub struct ApiKey {
     bearer: HeaderValue,
     bare: HeaderValue,
+    fingerprint: u64,
 }
 
 /// The key is empty or holds characters a header value cannot carry.
@@ -58,7 +59,23 @@ impl ApiKey {
         bearer.set_sensitive(true);
         let mut bare = HeaderValue::from_str(key).map_err(|_| InvalidKey)?;
         bare.set_sensitive(true);
-        Ok(Self { bearer, bare })
+        let fingerprint = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut hasher);
+            hasher.finish()
+        };
+        Ok(Self {
+            bearer,
+            bare,
+            fingerprint,
+        })
+    }
+
+    /// Tells this key from another without holding it (for the health of
+    /// the upstream that refused it): kept in memory only, never written.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// The `Authorization` value to send upstream.

@@ -12,8 +12,8 @@ use crate::access_log::AccessLog;
 use crate::clock::Clock;
 use crate::config::{
     Settings, Switch, DEFAULT_LOCAL_STORE, DEFAULT_TOKENS_FILES, DEFAULT_UPSTREAM, TOKENS_FILE,
-    TOKENS_SSM_PARAMETER, UPSTREAMS_FILE, UPSTREAM_API_KEY, UPSTREAM_API_KEY_SSM_PARAMETER,
-    UPSTREAM_URL, USAGE_STORE,
+    TOKENS_SSM_PARAMETER, UPSTREAMS_FILE, UPSTREAMS_SSM_PARAMETER, UPSTREAM_API_KEY,
+    UPSTREAM_API_KEY_SSM_PARAMETER, UPSTREAM_URL, USAGE_STORE,
 };
 use crate::cors::Cors;
 use crate::error::ConfigError;
@@ -32,8 +32,9 @@ use crate::stats::{self, emf::Emf, prometheus::Prometheus};
 use crate::tokens::format::{self, TokenList};
 use crate::tokens::{bundled, TokenSet};
 use crate::upstreams::file::{self, KeySource};
+use crate::upstreams::live::{self, Builder, Live};
 use crate::upstreams::report::UpstreamsReport;
-use crate::upstreams::{Breaker, Health, Member, Upstreams};
+use crate::upstreams::Upstreams;
 use crate::usage::prices::Prices;
 use crate::usage::stream_usage::StreamUsage;
 
@@ -172,20 +173,32 @@ pub async fn options_at(
             UPSTREAM_API_KEY_SSM_PARAMETER,
         ));
     }
-    if settings.upstreams_file.is_some() {
+    if settings.upstreams_file.is_some() && settings.upstreams_ssm_parameter.is_some() {
+        return Err(ConfigError::Conflict(
+            UPSTREAMS_FILE,
+            UPSTREAMS_SSM_PARAMETER,
+        ));
+    }
+    let pool_setting = match (&settings.upstreams_file, &settings.upstreams_ssm_parameter) {
+        (Some(_), _) => Some(UPSTREAMS_FILE),
+        (None, Some(_)) => Some(UPSTREAMS_SSM_PARAMETER),
+        (None, None) => None,
+    };
+    if let Some(pool_setting) = pool_setting {
         if settings.upstream.is_some() {
-            return Err(ConfigError::Conflict(UPSTREAMS_FILE, UPSTREAM_URL));
+            return Err(ConfigError::Conflict(pool_setting, UPSTREAM_URL));
         }
         if settings.upstream_api_key_ssm_parameter.is_some() {
             return Err(ConfigError::Conflict(
-                UPSTREAMS_FILE,
+                pool_setting,
                 UPSTREAM_API_KEY_SSM_PARAMETER,
             ));
         }
     }
     let source = token_source(settings)?;
-    let needs_ssm =
-        matches!(source, TokenSource::Ssm(_)) || settings.upstream_api_key_ssm_parameter.is_some();
+    let needs_ssm = matches!(source, TokenSource::Ssm(_))
+        || settings.upstream_api_key_ssm_parameter.is_some()
+        || settings.upstreams_ssm_parameter.is_some();
     let ssm = if needs_ssm {
         Some(Ssm::from_env().await)
     } else {
@@ -260,13 +273,15 @@ pub async fn options_at(
         (None, None) => None,
     };
     if anonymous {
+        // A pool in SSM is taken to hold keys: it can gain one at any reload.
         let keyed = upstream_key.is_some()
-            || settings.upstreams_file.is_some() && settings.upstream_api_key.is_some();
+            || settings.upstreams_file.is_some() && settings.upstream_api_key.is_some()
+            || settings.upstreams_ssm_parameter.is_some();
         check_anonymous(settings, mode, keyed)?;
         tracing::warn!("no gateway tokens configured: anonymous pass-through is on");
     }
-    let upstreams = match &settings.upstreams_file {
-        None => {
+    let upstreams: Live = match (&settings.upstreams_file, &settings.upstreams_ssm_parameter) {
+        (None, None) => {
             tracing::info!(%upstream, "upstream");
             let proxy = Proxy::trusting(
                 upstream,
@@ -274,19 +289,29 @@ pub async fn options_at(
                 settings.connect_timeout(),
                 settings.upstream_ca_file.as_deref(),
             )?;
-            Upstreams::single(proxy, upstream_key)
+            Upstreams::single(proxy, upstream_key).into()
         }
-        Some(path) => {
+        (file, parameter) => {
             if from_file {
                 tracing::warn!(
-                    "the token file names an upstream address; UPSTREAMS_FILE is used instead"
+                    "the token file names an upstream address; the pool of upstreams is used instead"
                 );
             }
-            pool(settings, path, ssm.as_ref()).await?
+            match (file, parameter) {
+                (Some(path), _) => pool(settings, path, ssm.as_ref()).await?.into(),
+                (None, Some(name)) => {
+                    let ssm = ssm.as_ref().expect("client made for SSM sources");
+                    ssm_pool(settings, name, ssm).await
+                }
+                (None, None) => unreachable!("matched above"),
+            }
         }
     };
-    if let Some(initial) = tokens.peek() {
-        check_token_upstreams(&initial, &upstreams)?;
+    // Checked against what is loaded now; a reload (of either) later is
+    // not refused, and a token that names an upstream no longer there
+    // has fewer to go to.
+    if let (Some(initial), Some(pool)) = (tokens.peek(), upstreams.peek()) {
+        check_token_upstreams(&initial, &pool)?;
     }
     let initial = tokens.peek();
     let store = usage_store(settings, mode, initial.as_deref(), &clock).await?;
@@ -349,6 +374,32 @@ pub async fn options_at(
     })
 }
 
+/// How an upstream's `key_env` is read: the environment, where
+/// `UPSTREAM_API_KEY` may also have come from the command line.
+fn key_env(settings: &Settings) -> impl Fn(&str) -> Option<String> + Send + Sync + 'static {
+    let given = settings
+        .upstream_api_key
+        .as_ref()
+        .map(|k| k.expose().to_owned());
+    move |name: &str| match (name, &given) {
+        (UPSTREAM_API_KEY, Some(key)) => Some(key.clone()),
+        _ => std::env::var(name).ok(),
+    }
+}
+
+/// What each upstream of a pool is made with.
+fn builder(settings: &Settings, ssm: Option<Ssm>) -> Builder {
+    Builder::new(
+        settings.upstream_timeout(),
+        settings.connect_timeout(),
+        settings.upstream_ca_file.clone(),
+        usize::try_from(settings.upstream_max_attempts).unwrap_or(1),
+        std::time::Duration::from_secs(settings.upstream_first_token_timeout_secs),
+        settings.tokens_refresh(),
+        ssm,
+    )
+}
+
 /// The pool of upstreams `UPSTREAMS_FILE` names, each with its own
 /// connections and key; keys named by `key_env` are read from the
 /// environment (`UPSTREAM_API_KEY` too, if an entry names it). An SSM
@@ -364,69 +415,50 @@ async fn pool(
             path: path.to_owned(),
             source,
         })?;
-    let env = |name: &str| match (name, &settings.upstream_api_key) {
-        (UPSTREAM_API_KEY, Some(key)) => Some(key.expose().to_owned()),
-        _ => std::env::var(name).ok(),
-    };
-    let specs = file::parse(&text, env).map_err(|error| ConfigError::Upstreams {
+    let specs = file::parse(&text, key_env(settings)).map_err(|error| ConfigError::Upstreams {
         path: path.to_owned(),
         problem: error.to_string(),
     })?;
     let needs_ssm = specs.iter().any(|s| matches!(s.key, KeySource::Ssm(_)));
-    let made;
     let ssm = match ssm {
-        Some(ssm) => Some(ssm),
-        None if needs_ssm => {
-            made = Ssm::from_env().await;
-            Some(&made)
-        }
+        Some(ssm) => Some(ssm.clone()),
+        None if needs_ssm => Some(Ssm::from_env().await),
         None => None,
     };
-    let mut members = Vec::with_capacity(specs.len());
-    for spec in specs {
-        let proxy = Proxy::trusting(
-            spec.base_url.clone(),
-            settings.upstream_timeout(),
-            settings.connect_timeout(),
-            settings.upstream_ca_file.as_deref(),
-        )?;
-        let key = match spec.key {
-            KeySource::None => None,
-            KeySource::Fixed(key) => Some(Cached::fixed(key)),
-            KeySource::Ssm(name) => {
-                let ssm = ssm.expect("client made for an entry's key");
-                let cache = ssm::key_cache(ssm, &name, settings.tokens_refresh());
-                let _ = cache.load_now().await;
-                Some(cache)
-            }
-        };
-        tracing::info!(
-            upstream = spec.name,
-            url = %spec.base_url,
-            kind = spec.kind.as_str(),
-            priority = spec.priority,
-            weight = spec.weight,
-            keyed = key.is_some(),
-            "upstream"
-        );
-        members.push(Member {
-            name: spec.name.into(),
-            kind: spec.kind,
-            proxy,
-            key,
-            models: spec.models.into(),
-            priority: spec.priority,
-            weight: spec.weight,
-            api_version: spec.api_version.map(Into::into),
-            inject_include_usage: spec.inject_include_usage,
-            health: Arc::new(Health::new(Breaker::default())),
-        });
+    let upstreams = builder(settings, ssm).build(specs)?;
+    // Keys in SSM are read before the first request (a failure is logged,
+    // and that upstream's attempts wait for a later read).
+    for member in upstreams.members() {
+        if let Some(key) = member.key.as_ref().filter(|k| k.peek().is_none()) {
+            let _ = key.load_now().await;
+        }
     }
-    let attempts = usize::try_from(settings.upstream_max_attempts).unwrap_or(1);
-    let mut upstreams = Upstreams::new(members, attempts);
-    upstreams.first_output_timeout =
-        std::time::Duration::from_secs(settings.upstream_first_token_timeout_secs);
     Ok(upstreams)
+}
+
+/// The pool of upstreams in the SSM parameter `name`, loaded now and
+/// reloaded every `TOKENS_REFRESH_SECS`. A first load that fails is logged
+/// and is not fatal: requests get `503` until SSM answers with a good pool.
+async fn ssm_pool(settings: &Settings, name: &str, ssm: &Ssm) -> Live {
+    let builder = Arc::new(builder(settings, Some(ssm.clone())));
+    let cache = live::ssm_cache(
+        ssm,
+        name,
+        builder,
+        key_env(settings),
+        settings.tokens_refresh(),
+    );
+    if let Ok(upstreams) = cache.load_now().await {
+        for member in upstreams.members() {
+            if let Some(key) = member.key.as_ref().filter(|k| k.peek().is_none()) {
+                let _ = key.load_now().await;
+            }
+        }
+    }
+    Live::Reloaded {
+        source: cache,
+        local: None,
+    }
 }
 
 /// Refuses a token whose `upstreams` names one the pool does not have (a

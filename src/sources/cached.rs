@@ -53,6 +53,14 @@ pub enum LoadError {
         /// What is wrong, naming the entry.
         error: ParseError,
     },
+    /// The value is a malformed pool of upstreams.
+    #[error("{origin}: {problem}")]
+    InvalidUpstreams {
+        /// The source.
+        origin: String,
+        /// What is wrong, naming the entry (never a value).
+        problem: String,
+    },
     /// The value is not a key an Authorization header can carry.
     #[error("{origin}: the key is empty or holds characters an HTTP header cannot carry")]
     InvalidKey {

@@ -88,8 +88,9 @@ impl Ssm {
         Ok(output.version)
     }
 
-    /// A loader that reads parameter `name` and turns its text into a value.
-    fn loader<T, F>(&self, name: &str, parse: F) -> Loader<T>
+    /// A loader that reads parameter `name` and turns its text into a value
+    /// (`parse` is given the name and the text).
+    pub fn loader<T, F>(&self, name: &str, parse: F) -> Loader<T>
     where
         T: Send + 'static,
         F: Fn(&str, &str) -> Result<T, LoadError> + Send + Sync + 'static,
@@ -132,7 +133,7 @@ impl Ssm {
 }
 
 /// How errors name a parameter.
-fn origin(name: &str) -> String {
+pub fn origin(name: &str) -> String {
     format!("SSM parameter {name}")
 }
 

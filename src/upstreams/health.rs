@@ -10,8 +10,9 @@
 //!   (a probe, itself good for one cool-down), until one succeeds.
 //! - **Rest**: a `429` with `retry-after` (or OpenAI's `x-ratelimit-reset-*`)
 //!   rests the upstream that long (at most [`MAX_REST`]).
-//! - **Dead**: a `401`/`403` to the gateway's own key marks it dead until
-//!   the upstreams are loaded again (a restart).
+//! - **Dead**: a `401` to the gateway's own key marks that key dead: the
+//!   upstream is not tried with it again. Another key (the entry changed
+//!   on a reload, or its SSM parameter now holds another) brings it back.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -98,7 +99,8 @@ struct State {
     /// While a probe is out, no other request may probe (until then).
     probe_until: Option<DateTime<Utc>>,
     resting_until: Option<DateTime<Utc>>,
-    dead: bool,
+    /// The key refused (its [`crate::secret::ApiKey::fingerprint`]).
+    dead: Option<u64>,
     /// Every failure, for the upstreams report.
     failed_total: u64,
 }
@@ -127,11 +129,19 @@ impl Health {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Whether a request may try this upstream at `now`.
-    pub fn admit(&self, now: DateTime<Utc>) -> Admission {
+    /// Whether a request may try this upstream at `now` with the gateway's
+    /// key of that fingerprint (`None`: the request sends a key of its own,
+    /// which a refusal of the gateway's says nothing about).
+    pub fn admit(&self, now: DateTime<Utc>, key: Option<u64>) -> Admission {
         let mut s = self.state();
-        if s.dead {
-            return Admission::Skip { until: None };
+        match (s.dead, key) {
+            (Some(dead), Some(key)) if dead == key => return Admission::Skip { until: None },
+            (Some(_), Some(_)) => {
+                // Its key was replaced: the new one is worth a try.
+                s.dead = None;
+                tracing::info!("an upstream whose key was refused has another now: tried again");
+            }
+            (Some(_), None) | (None, _) => {}
         }
         if let Some(until) = s.resting_until.filter(|t| now < *t) {
             return Admission::Skip { until: Some(until) };
@@ -188,18 +198,18 @@ impl Health {
         s.resting_until = Some(s.resting_until.map_or(until, |t| t.max(until)));
     }
 
-    /// The upstream refused the gateway's key: never tried again until the
-    /// upstreams are loaded again.
-    pub fn kill(&self) {
+    /// The upstream refused the gateway's key (of that fingerprint): not
+    /// tried with it again.
+    pub fn kill(&self, key: u64) {
         let mut s = self.state();
         s.failed_total = s.failed_total.saturating_add(1);
-        s.dead = true;
+        s.dead = Some(key);
     }
 
     /// What it is at `now`, and its failures so far.
     pub fn status(&self, now: DateTime<Utc>) -> (Status, u64) {
         let s = self.state();
-        let status = if s.dead {
+        let status = if s.dead.is_some() {
             Status::Dead
         } else if let Some(until) = s.resting_until.filter(|t| now < *t) {
             Status::Resting(until)
@@ -296,34 +306,34 @@ mod tests {
         let now = t0();
         health.failed(now);
         health.failed(now + secs(1));
-        assert_eq!(health.admit(now + secs(2)), Admission::Try);
+        assert_eq!(health.admit(now + secs(2), Some(1)), Admission::Try);
         health.failed(now + secs(2));
         let until = now + secs(32);
         assert_eq!(
-            health.admit(now + secs(3)),
+            health.admit(now + secs(3), Some(1)),
             Admission::Skip { until: Some(until) }
         );
         assert_eq!(health.status(now + secs(3)), (Status::Open(until), 3));
         // After the cool-down: one probe, and while it is out, no other.
-        assert_eq!(health.admit(until), Admission::Probe);
+        assert_eq!(health.admit(until, Some(1)), Admission::Probe);
         assert!(matches!(
-            health.admit(until + secs(1)),
+            health.admit(until + secs(1), Some(1)),
             Admission::Skip { .. }
         ));
         // The probe fails: open again for a cool-down.
         health.failed(until + secs(1));
         assert_eq!(
-            health.admit(until + secs(2)),
+            health.admit(until + secs(2), Some(1)),
             Admission::Skip {
                 until: Some(until + secs(31))
             }
         );
         // A probe that never reports back frees the next after a cool-down.
-        assert_eq!(health.admit(until + secs(31)), Admission::Probe);
-        assert_eq!(health.admit(until + secs(61)), Admission::Probe);
+        assert_eq!(health.admit(until + secs(31), Some(1)), Admission::Probe);
+        assert_eq!(health.admit(until + secs(61), Some(1)), Admission::Probe);
         // A probe that succeeds closes it.
         health.succeeded();
-        assert_eq!(health.admit(until + secs(62)), Admission::Try);
+        assert_eq!(health.admit(until + secs(62), Some(1)), Admission::Try);
         assert_eq!(health.status(until + secs(62)).0, Status::Ok);
     }
 
@@ -336,10 +346,10 @@ mod tests {
         });
         health.failed(t0());
         health.failed(t0() + secs(11));
-        assert_eq!(health.admit(t0() + secs(12)), Admission::Try);
+        assert_eq!(health.admit(t0() + secs(12), Some(1)), Admission::Try);
         health.failed(t0() + secs(12));
         assert!(matches!(
-            health.admit(t0() + secs(13)),
+            health.admit(t0() + secs(13), Some(1)),
             Admission::Skip { .. }
         ));
     }
@@ -349,21 +359,28 @@ mod tests {
         let health = Health::default();
         health.rest(t0(), Duration::from_secs(20));
         assert_eq!(
-            health.admit(t0() + secs(19)),
+            health.admit(t0() + secs(19), Some(1)),
             Admission::Skip {
                 until: Some(t0() + secs(20))
             }
         );
-        assert_eq!(health.admit(t0() + secs(20)), Admission::Try);
+        assert_eq!(health.admit(t0() + secs(20), Some(1)), Admission::Try);
         // A year's rest is an hour's.
         health.rest(t0(), Duration::from_secs(365 * 86_400));
         assert_eq!(health.status(t0()).0, Status::Resting(t0() + secs(3600)));
-        health.kill();
+        health.kill(1);
         assert_eq!(
-            health.admit(t0() + secs(7200)),
+            health.admit(t0() + secs(7200), Some(1)),
             Admission::Skip { until: None }
         );
         assert_eq!(health.status(t0()).0, Status::Dead);
+        // A token's own key is not the one refused: it may try.
+        assert_eq!(health.admit(t0() + secs(7200), None), Admission::Try);
+        assert_eq!(health.status(t0() + secs(7200)).0, Status::Dead);
+        // Another key of the gateway's (the entry or its SSM parameter
+        // changed): tried again, and no longer dead.
+        assert_eq!(health.admit(t0() + secs(7200), Some(2)), Admission::Try);
+        assert_eq!(health.status(t0() + secs(7200)).0, Status::Ok);
     }
 
     #[test]

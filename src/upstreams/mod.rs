@@ -17,6 +17,7 @@ use http::{header, HeaderMap};
 pub mod file;
 pub mod health;
 pub mod hold;
+pub mod live;
 pub mod report;
 
 pub use file::{Kind, ModelRoute};
@@ -210,6 +211,30 @@ impl Upstreams {
                 .iter()
                 .map(|m| Member {
                     proxy: m.proxy.with_own_pool(),
+                    ..m.clone()
+                })
+                .collect(),
+            ..self.clone()
+        }
+    }
+
+    /// [`Upstreams::with_own_pools`], keeping the pools `before` (this
+    /// thread's copy of the last upstreams) had for the upstreams a reload
+    /// kept (those sharing their health).
+    pub fn with_own_pools_beside(&self, before: Option<&Upstreams>) -> Self {
+        let kept = |m: &Member| {
+            before?
+                .members
+                .iter()
+                .find(|b| Arc::ptr_eq(&b.health, &m.health))
+                .map(|b| b.proxy.clone())
+        };
+        Self {
+            members: self
+                .members
+                .iter()
+                .map(|m| Member {
+                    proxy: kept(m).unwrap_or_else(|| m.proxy.with_own_pool()),
                     ..m.clone()
                 })
                 .collect(),

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use serde_json::json;
 
-use super::{Status, Upstreams};
+use super::live::Live;
+use super::Status;
 use crate::clock::Clock;
 use crate::error::GatewayError;
 use crate::policy::{Inspect, Policy, Verdict};
@@ -24,7 +25,7 @@ pub const PATH: &str = "/gateway/upstreams";
 #[derive(Clone)]
 pub struct UpstreamsReport {
     /// The upstreams (their health is shared with the gateway's).
-    pub upstreams: Upstreams,
+    pub upstreams: Live,
     /// The time their rests and cool-downs are judged by.
     pub clock: Clock,
 }
@@ -51,8 +52,8 @@ impl Policy for UpstreamsReport {
                 return Err(GatewayError::AdminTokenInQuery);
             }
             let now = self.clock.now();
-            let data: Vec<_> = self
-                .upstreams
+            let upstreams = self.upstreams.current().await?;
+            let data: Vec<_> = upstreams
                 .members()
                 .iter()
                 .map(|m| {

@@ -23,7 +23,7 @@ use crate::common::*;
 
 /// What a scripted upstream does with one request.
 #[derive(Clone, Debug)]
-enum Act {
+pub(crate) enum Act {
     /// A chat completion with usage.
     Answer,
     /// This status, with these headers, and an OpenAI-shaped error body.
@@ -38,7 +38,7 @@ enum Act {
 
 /// How a scripted stream goes on after its events.
 #[derive(Clone, Copy, Debug)]
-enum Then {
+pub(crate) enum Then {
     /// It ends.
     End,
     /// The connection drops.
@@ -55,22 +55,22 @@ const COMMENT: &str = ": OPENROUTER PROCESSING\n\n";
 
 /// One request as a scripted upstream saw it.
 #[derive(Clone, Debug)]
-struct Seen {
-    target: String,
-    authorization: Option<String>,
-    api_key: Option<String>,
-    body: Bytes,
+pub(crate) struct Seen {
+    pub(crate) target: String,
+    pub(crate) authorization: Option<String>,
+    pub(crate) api_key: Option<String>,
+    pub(crate) body: Bytes,
 }
 
 /// An upstream that acts out `script`, one act per request, the last one
 /// for every request after.
-struct Scripted {
+pub(crate) struct Scripted {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl Scripted {
-    async fn start(script: Vec<Act>) -> Self {
+    pub(crate) async fn start(script: Vec<Act>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -119,15 +119,15 @@ impl Scripted {
         Self { addr, seen }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
 
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
     }
 }
@@ -562,6 +562,25 @@ async fn start_up_refuses_a_bad_pool_naming_what_is_wrong() {
         both.contains("UPSTREAMS_FILE") && both.contains("UPSTREAM_URL"),
         "{both}"
     );
+    // The pool from SSM excludes the file and the single upstream alike
+    // (refused before any SSM call).
+    for (other, value) in [
+        ("UPSTREAMS_FILE", good.display().to_string()),
+        ("UPSTREAM_URL", "http://127.0.0.1:9".into()),
+    ] {
+        let both = refused(
+            vec![
+                ("UPSTREAMS_SSM_PARAMETER", "/gw/upstreams".into()),
+                (other, value),
+            ],
+            TOKENS,
+        )
+        .await;
+        assert!(
+            both.contains("UPSTREAMS_SSM_PARAMETER") && both.contains(other),
+            "{both}"
+        );
+    }
     let bad = dir.write(
         "bad.json",
         r#"[{"name": "a", "base_url": "http://127.0.0.1:9", "key": "sk-never-printed", "wieght": 2}]"#,

@@ -563,3 +563,171 @@ async fn a_pooled_upstreams_key_comes_from_ssm_with_a_token_file() {
     let text = gw.log_text();
     assert!(!text.contains("sk-pool-from-ssm"), "{text}");
 }
+
+/// A chat as `token` (a header, as an SDK sends it): its status.
+async fn chat_status(gw: &GatewayProc, token: &str) -> u16 {
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"model": "gpt-4o-mini", "messages": []}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstreams_come_from_ssm_and_a_reload_takes_effect_without_a_restart() {
+    if !needs(Tool::Moto) {
+        return;
+    }
+    let (one, two) = (MockUpstream::start().await, MockUpstream::start().await);
+    let pool = param("upstreams");
+    let entry = |name: &str, url: String, key: &str| {
+        serde_json::json!({"upstreams": [{"name": name, "base_url": url, "key": key}]}).to_string()
+    };
+    put(&pool, &entry("first", one.url(), "sk-pool-first-1")).await;
+    let tokens = r#"[{"name":"u","token":"pool-ssm-Tok"},
+                     {"name":"ops","token":"pool-ssm-Admin","admin":true}]"#;
+    let mut launch = Launch::new("unused").tokens(tokens);
+    launch.env.clear();
+    let gw = aws_env(launch, &moto().url)
+        .env("UPSTREAMS_SSM_PARAMETER", &pool)
+        .env("TOKENS_REFRESH_SECS", "1")
+        .start();
+    assert_eq!(
+        chat_status(&gw, "pool-ssm-Tok").await,
+        200,
+        "{}",
+        gw.log_text()
+    );
+    assert_eq!(
+        one.last().header("authorization").as_deref(),
+        Some("Bearer sk-pool-first-1")
+    );
+
+    // Another upstream, another key: served within a refresh or two.
+    put(&pool, &entry("second", two.url(), "sk-pool-second-2")).await;
+    let started = Instant::now();
+    while two.count() == 0 {
+        assert_eq!(chat_status(&gw, "pool-ssm-Tok").await, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "the reload never took effect: {}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        two.last().header("authorization").as_deref(),
+        Some("Bearer sk-pool-second-2")
+    );
+    let served_by_one = one.count();
+
+    // A malformed pool is refused and the last good one kept, the entry named.
+    put(
+        &pool,
+        r#"{"upstreams": [{"name": "bad one", "base_url": "http://x"}]}"#,
+    )
+    .await;
+    let started = Instant::now();
+    while !gw.log_text().contains("`name` must be") {
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{}",
+            gw.log_text()
+        );
+        assert_eq!(chat_status(&gw, "pool-ssm-Tok").await, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(chat_status(&gw, "pool-ssm-Tok").await, 200);
+    assert_eq!(one.count(), served_by_one, "the old pool is not back");
+
+    // The operator sees the pool as loaded now.
+    let report: serde_json::Value = client()
+        .get(gw.url("/v1/gateway/upstreams"))
+        .bearer_auth("pool-ssm-Admin")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<_> = report["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["second"], "{report}");
+    let text = gw.log_text();
+    assert!(!text.contains("sk-pool-"), "a key in the log: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_is_dropped_and_its_replacement_in_ssm_is_tried() {
+    use crate::failover::{Act, Scripted};
+    if !needs(Tool::Moto) {
+        return;
+    }
+    let key = param("refused-key");
+    put(&key, "sk-refused-old").await;
+    // a refuses the first key it is sent, and answers after.
+    let a = Scripted::start(vec![Act::Status(401, vec![]), Act::Answer]).await;
+    let b = Scripted::start(vec![Act::Answer]).await;
+    let file = serde_json::json!({"upstreams": [
+        {"name": "a", "base_url": a.url(), "key_ssm_parameter": key},
+        {"name": "b", "base_url": b.url(), "key": "sk-b-fixed", "priority": 1},
+    ]})
+    .to_string();
+    let mut launch = Launch::new("unused")
+        .tokens(r#"[{"name":"k","token":"dead-key-Tok"}]"#)
+        .file("upstreams.json", &file);
+    launch.env.clear();
+    let gw = aws_env(launch, &moto().url)
+        .env("UPSTREAMS_FILE", "upstreams.json")
+        .env("TOKENS_REFRESH_SECS", "1")
+        .start();
+    // a's 401 fails over to b; a is not tried again with that key.
+    for _ in 0..3 {
+        assert_eq!(
+            chat_status(&gw, "dead-key-Tok").await,
+            200,
+            "{}",
+            gw.log_text()
+        );
+    }
+    assert_eq!((a.count(), b.count()), (1, 3));
+    // The operator puts a new key in a's parameter: a is tried with it.
+    put(&key, "sk-replaced-new").await;
+    let started = Instant::now();
+    while a.count() < 2 {
+        assert_eq!(chat_status(&gw, "dead-key-Tok").await, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "the new key was never tried: {}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = a.seen();
+    assert_eq!(
+        seen[0].authorization.as_deref(),
+        Some("Bearer sk-refused-old")
+    );
+    assert_eq!(
+        seen[1].authorization.as_deref(),
+        Some("Bearer sk-replaced-new")
+    );
+    // And it serves from then on.
+    let before = b.count();
+    assert_eq!(chat_status(&gw, "dead-key-Tok").await, 200);
+    assert_eq!((a.count(), b.count()), (3, before));
+    let text = gw.log_text();
+    assert!(text.contains("refused the gateway's key"), "{text}");
+    assert!(
+        !text.contains("sk-refused") && !text.contains("sk-replaced"),
+        "{text}"
+    );
+}
