@@ -35,7 +35,24 @@ use super::{Amount, Window};
 use crate::clock::Clock;
 use crate::record::BoxFuture;
 
-const SCHEMA: &str = "
+/// The usage rows' table, as [`SCHEMA`] makes it and [`ADD_UPSTREAM`] remakes it.
+macro_rules! usage_table {
+    () => {
+        "
+CREATE TABLE IF NOT EXISTS usage (
+    token TEXT NOT NULL, day TEXT NOT NULL, model TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    input_tokens INTEGER NOT NULL DEFAULT 0, cached_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0, usd_micros INTEGER NOT NULL DEFAULT 0,
+    estimated_requests INTEGER NOT NULL DEFAULT 0,
+    upstream TEXT NOT NULL DEFAULT '-',
+    PRIMARY KEY (token, day, model, upstream));
+"
+    };
+}
+
+const SCHEMA: &str = concat!(
+    "
 CREATE TABLE IF NOT EXISTS windows (
     token TEXT NOT NULL, window TEXT NOT NULL,
     requests INTEGER NOT NULL DEFAULT 0, tokens INTEGER NOT NULL DEFAULT 0,
@@ -50,36 +67,23 @@ CREATE TABLE IF NOT EXISTS reservations (
 CREATE INDEX IF NOT EXISTS reservations_by_window ON reservations (token, window);
 CREATE INDEX IF NOT EXISTS reservations_by_expiry ON reservations (expires);
 CREATE INDEX IF NOT EXISTS windows_by_expiry ON windows (expires);
-CREATE TABLE IF NOT EXISTS usage (
-    token TEXT NOT NULL, day TEXT NOT NULL, model TEXT NOT NULL,
-    requests INTEGER NOT NULL DEFAULT 0,
-    input_tokens INTEGER NOT NULL DEFAULT 0, cached_tokens INTEGER NOT NULL DEFAULT 0,
-    output_tokens INTEGER NOT NULL DEFAULT 0, usd_micros INTEGER NOT NULL DEFAULT 0,
-    estimated_requests INTEGER NOT NULL DEFAULT 0,
-    upstream TEXT NOT NULL DEFAULT '-',
-    PRIMARY KEY (token, day, model, upstream));
-";
+",
+    usage_table!()
+);
 
 /// A file made before usage rows named their upstream gets the column (and
 /// it joins the key), its rows kept with the upstream `-`: one
 /// transaction, run by the gateway (never by a reader) when it opens the file.
-const ADD_UPSTREAM: &str = "
-ALTER TABLE usage RENAME TO usage_before_upstreams;
-CREATE TABLE usage (
-    token TEXT NOT NULL, day TEXT NOT NULL, model TEXT NOT NULL,
-    requests INTEGER NOT NULL DEFAULT 0,
-    input_tokens INTEGER NOT NULL DEFAULT 0, cached_tokens INTEGER NOT NULL DEFAULT 0,
-    output_tokens INTEGER NOT NULL DEFAULT 0, usd_micros INTEGER NOT NULL DEFAULT 0,
-    estimated_requests INTEGER NOT NULL DEFAULT 0,
-    upstream TEXT NOT NULL DEFAULT '-',
-    PRIMARY KEY (token, day, model, upstream));
-INSERT INTO usage (token, day, model, requests, input_tokens, cached_tokens,
+const ADD_UPSTREAM: &str = concat!(
+    "ALTER TABLE usage RENAME TO usage_before_upstreams;",
+    usage_table!(),
+    "INSERT INTO usage (token, day, model, requests, input_tokens, cached_tokens,
                    output_tokens, usd_micros, estimated_requests)
     SELECT token, day, model, requests, input_tokens, cached_tokens,
            output_tokens, usd_micros, estimated_requests
     FROM usage_before_upstreams;
-DROP TABLE usage_before_upstreams;
-";
+DROP TABLE usage_before_upstreams;"
+);
 
 /// Whether the file's usage rows name their upstream (see [`ADD_UPSTREAM`]).
 fn rows_name_upstreams(c: &Connection) -> rusqlite::Result<bool> {

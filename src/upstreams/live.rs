@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::file::{KeySource, Kind, Spec};
-use super::{Breaker, Health, Member, Upstreams};
+use super::{Member, Upstreams};
 use crate::error::{ConfigError, GatewayError};
 use crate::proxy::Proxy;
 use crate::sources::cached::{Cached, LoadError};
@@ -269,18 +269,7 @@ impl Builder {
                 Some(ssm::key_cache(ssm, &parameter, self.key_refresh))
             }
         };
-        Ok(Member {
-            name: name.into(),
-            kind: Kind::Openai,
-            proxy,
-            key,
-            models: Arc::new([]),
-            priority: 0,
-            weight: 1,
-            api_version: None,
-            inject_include_usage: true,
-            health: Arc::new(Health::new(Breaker::default())),
-        })
+        Ok(Member::new(name, proxy, key))
     }
 }
 

@@ -55,6 +55,22 @@ pub struct Member {
 }
 
 impl Member {
+    /// An OpenAI upstream named `name` serving every model, healthy.
+    pub fn new(name: &str, proxy: Proxy, key: Option<Cached<ApiKey>>) -> Self {
+        Self {
+            name: name.into(),
+            kind: Kind::Openai,
+            proxy,
+            key,
+            models: Arc::new([]),
+            priority: 0,
+            weight: 1,
+            api_version: None,
+            inject_include_usage: true,
+            health: Arc::new(Health::new(Breaker::default())),
+        }
+    }
+
     /// The route that serves `model`, if this upstream serves it (`None`
     /// model: a request that names none, which every upstream serves).
     fn route(&self, model: Option<&str>) -> Option<Option<&ModelRoute>> {
@@ -185,21 +201,7 @@ impl Upstreams {
 
     /// One upstream, `default`, with the gateway's key (if any), tried once.
     pub fn single(proxy: Proxy, key: Option<Cached<ApiKey>>) -> Self {
-        Self::new(
-            vec![Member {
-                name: DEFAULT_NAME.into(),
-                kind: Kind::Openai,
-                proxy,
-                key,
-                models: Arc::new([]),
-                priority: 0,
-                weight: 1,
-                api_version: None,
-                inject_include_usage: true,
-                health: Arc::default(),
-            }],
-            1,
-        )
+        Self::new(vec![Member::new(DEFAULT_NAME, proxy, key)], 1)
     }
 
     /// The same upstreams (and health) with keep-alive pools of their own,
