@@ -577,6 +577,21 @@ async fn chat_status(gw: &GatewayProc, token: &str) -> u16 {
         .as_u16()
 }
 
+/// Chats as `token` (each answered `200`) until `done`, up to 8 s (a
+/// refresh period of 1 s, and SSM's answer, several times over).
+async fn chat_until(gw: &GatewayProc, token: &str, what: &str, done: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert_eq!(chat_status(gw, token).await, 200, "{}", gw.log_text());
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{what}: {}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upstreams_come_from_ssm_and_a_reload_takes_effect_without_a_restart() {
     if !needs(Tool::Moto) {
@@ -609,16 +624,10 @@ async fn the_upstreams_come_from_ssm_and_a_reload_takes_effect_without_a_restart
 
     // Another upstream, another key: served within a refresh or two.
     put(&pool, &entry("second", two.url(), "sk-pool-second-2")).await;
-    let started = Instant::now();
-    while two.count() == 0 {
-        assert_eq!(chat_status(&gw, "pool-ssm-Tok").await, 200);
-        assert!(
-            started.elapsed() < Duration::from_secs(8),
-            "the reload never took effect: {}",
-            gw.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    chat_until(&gw, "pool-ssm-Tok", "the reload never took effect", || {
+        two.count() > 0
+    })
+    .await;
     assert_eq!(
         two.last().header("authorization").as_deref(),
         Some("Bearer sk-pool-second-2")
@@ -631,16 +640,13 @@ async fn the_upstreams_come_from_ssm_and_a_reload_takes_effect_without_a_restart
         r#"{"upstreams": [{"name": "bad one", "base_url": "http://x"}]}"#,
     )
     .await;
-    let started = Instant::now();
-    while !gw.log_text().contains("`name` must be") {
-        assert!(
-            started.elapsed() < Duration::from_secs(8),
-            "{}",
-            gw.log_text()
-        );
-        assert_eq!(chat_status(&gw, "pool-ssm-Tok").await, 200);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    chat_until(
+        &gw,
+        "pool-ssm-Tok",
+        "the bad pool was never reported",
+        || gw.log_text().contains("`name` must be"),
+    )
+    .await;
     assert_eq!(chat_status(&gw, "pool-ssm-Tok").await, 200);
     assert_eq!(one.count(), served_by_one, "the old pool is not back");
 
@@ -701,16 +707,10 @@ async fn a_refused_key_is_dropped_and_its_replacement_in_ssm_is_tried() {
     assert_eq!((a.count(), b.count()), (1, 3));
     // The operator puts a new key in a's parameter: a is tried with it.
     put(&key, "sk-replaced-new").await;
-    let started = Instant::now();
-    while a.count() < 2 {
-        assert_eq!(chat_status(&gw, "dead-key-Tok").await, 200);
-        assert!(
-            started.elapsed() < Duration::from_secs(8),
-            "the new key was never tried: {}",
-            gw.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    chat_until(&gw, "dead-key-Tok", "the new key was never tried", || {
+        a.count() >= 2
+    })
+    .await;
     let seen = a.seen();
     assert_eq!(
         seen[0].authorization.as_deref(),
