@@ -177,42 +177,126 @@ def test_a_stream_cut_midway_raises_instead_of_looking_complete(target):
     assert "broke off" in str(raised.value), raised.value
 
 
-def test_a_pool_fails_over_from_a_dead_upstream_without_the_sdk_noticing(mock, tokens_file, tmp_path):
-    import json
-    import os
-    import subprocess
+class PoolGateway:
+    """The gateway in front of a pool of upstreams (`UPSTREAMS_FILE`), its
+    JSON log in a file; `attempts()` reads the access lines' attempts."""
 
-    from conftest import BINARY, free_port, wait_port
+    def __init__(self, entries, tokens_file, tmp_path, **env):
+        import json
+        import os
+        import subprocess
 
-    dead = free_port()  # nothing listens there
-    pool = tmp_path / "upstreams.json"
-    pool.write_text(json.dumps({"upstreams": [
-        {"name": "down", "base_url": "http://127.0.0.1:%d" % dead, "key": "sk-pool-down"},
-        {"name": "mock", "base_url": mock.url, "key": "sk-pool-mock", "priority": 1},
-    ]}))
-    port = free_port()
-    log_path = tmp_path / "gateway.log"
-    env = dict(os.environ, GATEWAY_LISTEN="127.0.0.1:%d" % port, UPSTREAMS_FILE=str(pool),
-               TOKENS_FILE=tokens_file, LOG_FORMAT="json", USAGE_STORE="off")
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([BINARY], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        wait_port(port, proc, "the pool's gateway")
-        sdk = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % port, api_key=GW_TOKEN, max_retries=0)
-        r = sdk.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-        assert r.choices[0].message.content == "Hello from the mock!"
-        assert headers_of(mock.last())["authorization"] == "Bearer sk-pool-mock"
+        from conftest import BINARY, free_port, wait_port
+
+        pool = tmp_path / "upstreams.json"
+        pool.write_text(json.dumps({"upstreams": entries}))
+        port = free_port()
+        self.log_path = tmp_path / "gateway.log"
+        env = dict(os.environ, GATEWAY_LISTEN="127.0.0.1:%d" % port, UPSTREAMS_FILE=str(pool),
+                   TOKENS_FILE=tokens_file, LOG_FORMAT="json", USAGE_STORE="off", **env)
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen([BINARY], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=tmp_path)
+        wait_port(port, self.proc, "the pool's gateway")
+        self.sdk = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % port, api_key=GW_TOKEN, max_retries=0)
+
+    def lines(self, n):
+        """The first `n` access lines (written in order), waiting for them."""
+        import json
+
         deadline = time.time() + 10
         while True:
-            lines = [json.loads(l) for l in open(log_path) if l.endswith("}\n") and '"message":"request"' in l]
-            if lines or time.time() > deadline:
-                break
+            lines = [json.loads(l) for l in open(self.log_path)
+                     if l.endswith("}\n") and '"message":"request"' in l]
+            if len(lines) >= n or time.time() > deadline:
+                return lines
             time.sleep(0.02)
-        line = lines[-1]
+
+    def log(self):
+        return open(self.log_path).read()
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def attempts_of(line):
+    return [(a["upstream"], a.get("status", a.get("error"))) for a in line["attempts"]]
+
+
+def test_a_pool_fails_over_from_a_dead_upstream_without_the_sdk_noticing(mock, tokens_file, tmp_path):
+    from conftest import free_port
+
+    dead = free_port()  # nothing listens there
+    gw = PoolGateway([
+        {"name": "down", "base_url": "http://127.0.0.1:%d" % dead, "key": "sk-pool-down"},
+        {"name": "mock", "base_url": mock.url, "key": "sk-pool-mock", "priority": 1},
+    ], tokens_file, tmp_path)
+    try:
+        r = gw.sdk.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert r.choices[0].message.content == "Hello from the mock!"
+        assert headers_of(mock.last())["authorization"] == "Bearer sk-pool-mock"
+        line = gw.lines(1)[-1]
         assert line["upstream"] == "mock", line
-        assert [(a["upstream"], a.get("status", a.get("error"))) for a in line["attempts"]] == [
-            ("down", "upstream_unreachable"), ("mock", 200)], line
-        assert "sk-pool" not in open(log_path).read()
+        assert attempts_of(line) == [("down", "upstream_unreachable"), ("mock", 200)], line
+        assert "sk-pool" not in gw.log()
     finally:
-        proc.terminate()
-        proc.wait()
+        gw.close()
+
+
+def test_every_way_an_upstream_fails_is_failed_over_and_remembered(mock, tokens_file, tmp_path):
+    # One mock plays six upstreams (`/_fail/MODE` in each base_url), tried in
+    # order before the one that answers. The SDK sees a plain answer.
+    fails = ["429", "500", "reset", "silent", "401"]
+    entries = [{"name": mode, "base_url": mock.url + "/_fail/" + mode, "key": "sk-pool-" + mode,
+                "priority": i} for i, mode in enumerate(fails)]
+    entries.append({"name": "good", "base_url": mock.url, "key": "sk-pool-good", "priority": 9})
+    gw = PoolGateway(entries, tokens_file, tmp_path, UPSTREAM_MAX_ATTEMPTS="8", UPSTREAM_TIMEOUT_SECS="1")
+    try:
+        ask = lambda: gw.sdk.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert ask().choices[0].message.content == "Hello from the mock!"
+        assert headers_of(mock.last())["authorization"] == "Bearer sk-pool-good"
+        first = gw.lines(1)[0]
+        assert attempts_of(first) == [
+            ("429", 429), ("500", 500), ("reset", "upstream_error"), ("silent", "upstream_timeout"),
+            ("401", 401), ("good", 200)], first
+        # The 429 asked for 60 s of rest, and the 401 killed its key: the
+        # next request goes nowhere near either.
+        assert ask().choices[0].message.content == "Hello from the mock!"
+        second = gw.lines(2)[1]
+        assert attempts_of(second) == [
+            ("500", 500), ("reset", "upstream_error"), ("silent", "upstream_timeout"), ("good", 200)], second
+        log = gw.log()
+        assert "refused the gateway's key" in log and "sk-pool-" not in log
+    finally:
+        gw.close()
+
+
+def test_a_stream_that_fails_before_its_first_token_is_failed_over_invisibly(mock, tokens_file, tmp_path):
+    # Each failing upstream answers 200 and a role-only chunk, then closes or
+    # falls silent: nothing was output, so the next upstream serves, and the
+    # SDK reads one whole stream (no role chunk twice, nothing of the others).
+    entries = [
+        {"name": "closes", "base_url": mock.url + "/_fail/close-before-output", "key": "sk-pool-c"},
+        {"name": "stalls", "base_url": mock.url + "/_fail/stall-before-output", "key": "sk-pool-s",
+         "priority": 1},
+        {"name": "good", "base_url": mock.url, "key": "sk-pool-good", "priority": 2},
+    ]
+    gw = PoolGateway(entries, tokens_file, tmp_path, UPSTREAM_FIRST_TOKEN_TIMEOUT_SECS="1")
+    try:
+        stream = gw.sdk.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
+            metadata={"gap": "0.01"})
+        chunks = list(stream)
+        roles = [c for c in chunks if c.choices and c.choices[0].delta.role]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == "Hello from the mock!", text
+        assert len(roles) <= 1, roles
+        line = gw.lines(1)[0]
+        assert attempts_of(line) == [
+            ("closes", "stream_broke_before_output"), ("stalls", "stream_stalled_before_output"),
+            ("good", 200)], line
+        assert line["upstream"] == "good"
+    finally:
+        gw.close()

@@ -22,13 +22,17 @@
 //! - `…/status/CODE`: that status with an OpenAI error body;
 //! - a `model` of `force-500`: a 500; `force-429`: a 429 with `retry-after: 0`
 //!   the first time per `x-mock-attempt-key` (an SDK's retry then succeeds);
+//! - `…/_fail/MODE/…` (a path prefix: a pool entry's `base_url` names it):
+//!   every request fails so: `429` (with `retry-after: 60`), `500`, `401`,
+//!   `reset` (no answer, the connection dropped), `silent` (no answer ever),
+//!   `close-before-output` and `stall-before-output` (a `200` stream of a
+//!   role-only chunk, then a broken connection or silence);
 //! - `GET /_mock/requests`: what it received, as JSON (`DELETE` clears it);
 //! - `POST /_mock/step`: lets a `?step=1` stream (`/sse`, or a streamed
 //!   chat) send its next event, as [`MockUpstream::step`] does in-process;
 //! - anything else: a model list (`?mock_models=a,b` names its models).
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -156,7 +160,13 @@ impl MockUpstream {
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let (log, state) = (log.clone(), state.clone());
-                        async move { Ok::<_, Infallible>(answer(req, log, state).await) }
+                        async move {
+                            if req.uri().path().starts_with("/_fail/reset/") {
+                                // hyper drops the connection without an answer.
+                                return Err(std::io::Error::other("the mock resets on purpose"));
+                            }
+                            Ok(answer(req, log, state).await)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -434,6 +444,53 @@ fn responses_events(model: &str) -> Vec<Event> {
         .collect()
 }
 
+/// An upstream that fails every request in one way (`/_fail/MODE/…`, a
+/// pool entry's `base_url` naming it), for failover from another process.
+async fn fail(mode: &str, n: usize) -> Response<Body> {
+    let role = || {
+        let mut chunk = chat_chunk(None, None);
+        chunk["choices"][0]["delta"] = json!({"role": "assistant", "content": ""});
+        Ok(sse_event(None, &chunk))
+    };
+    match mode {
+        "429" => {
+            let body = error_body(
+                429,
+                "Rate limit reached (mock).",
+                Some("rate_limit_exceeded"),
+            );
+            let mut r = json_response(429, &body, n);
+            r.headers_mut().insert("retry-after", "60".parse().unwrap());
+            r
+        }
+        "401" => json_response(
+            401,
+            &error_body(
+                401,
+                "Incorrect API key provided (mock).",
+                Some("invalid_api_key"),
+            ),
+            n,
+        ),
+        "silent" => std::future::pending().await,
+        "close-before-output" => sse(
+            vec![role(), Err("the mock closes before any output")],
+            Duration::from_millis(20),
+            None,
+        ),
+        "stall-before-output" => sse(
+            vec![role()],
+            Duration::ZERO,
+            Some(Duration::from_secs(3600)),
+        ),
+        _ => json_response(
+            500,
+            &error_body(500, "The mock upstream failed on purpose.", None),
+            n,
+        ),
+    }
+}
+
 /// The digest of a multipart body's `file` part.
 fn file_part_digest(content_type: &str, body: &[u8]) -> Option<String> {
     let boundary = content_type.split("boundary=").nth(1)?.trim_matches('"');
@@ -568,6 +625,9 @@ async fn answer(
             r.headers_mut().insert("retry-after", "0".parse().unwrap());
             return r;
         }
+    }
+    if let Some(rest) = path.strip_prefix("/_fail/") {
+        return fail(rest.split('/').next().unwrap_or(""), n).await;
     }
     match path.as_str() {
         p if p.ends_with("/chat/completions") => {
