@@ -13,6 +13,7 @@
 pub mod account;
 pub mod dynamodb;
 pub mod enforce;
+pub mod journal;
 pub mod ledger;
 pub mod sqlite;
 pub mod store;

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use super::journal::{self, Journal};
 use super::ledger::{window_of, Counter, Held, Ledger, Pending};
 use super::store::{
     window_keys, Admission, Ask, Period, Row, Settlement, Store, StoreError, WindowState,
@@ -67,6 +68,9 @@ CREATE TABLE IF NOT EXISTS reservations (
 CREATE INDEX IF NOT EXISTS reservations_by_window ON reservations (token, window);
 CREATE INDEX IF NOT EXISTS reservations_by_expiry ON reservations (expires);
 CREATE INDEX IF NOT EXISTS windows_by_expiry ON windows (expires);
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    epoch INTEGER NOT NULL, seq INTEGER NOT NULL);
 ",
     usage_table!()
 );
@@ -175,6 +179,11 @@ struct Shared {
 #[derive(Debug, Default)]
 struct State {
     ledger: Ledger,
+    /// Where a limited settlement is made durable before its response ends
+    /// (`None` if it could not be opened: then the request waits for the commit).
+    journal: Option<Journal>,
+    /// The last append failed (said once, until one works again).
+    journal_failing: bool,
     /// Numbers the changes: a request waits until `committed` reaches its.
     seq: u64,
     /// Someone waits for the next commit.
@@ -259,12 +268,14 @@ impl Sqlite {
         let mut ledger = Ledger::default();
         orphans(&reads, &mut ledger, clock.now().timestamp())
             .map_err(|e| format!("{name}: {e}"))?;
+        let journal = recover(&mut reads, &mut ledger, path).map_err(|e| format!("{name}: {e}"))?;
         let writes = connect(&name, path)?;
         let shared = Arc::new(Shared {
             name: name.clone(),
             writes: Mutex::new(writes),
             state: Mutex::new(State {
                 ledger,
+                journal: Some(journal),
                 ..State::default()
             }),
             wake: Condvar::new(),
@@ -533,20 +544,33 @@ fn write_behind(shared: &Shared) {
 /// holds it, so commits land in order), then tells those who wait.
 /// Returns whether the commit failed (what it held is pending again).
 fn land(shared: &Shared, connection: &mut Connection) -> bool {
-    let (batch, seq) = {
+    let (batch, seq, epoch, cut) = {
         let mut state = lock(&shared.state);
         state.urgent = false;
-        (std::mem::take(&mut state.ledger.pending), state.seq)
+        let (epoch, cut) = match state.journal.as_mut() {
+            Some(journal) => (journal.epoch(), journal.cut()),
+            None => (0, None),
+        };
+        (
+            std::mem::take(&mut state.ledger.pending),
+            state.seq,
+            epoch,
+            cut,
+        )
     };
     let mut failed = false;
     if !batch.is_empty() {
-        match commit(connection, &batch) {
+        match commit(connection, &batch, Some((epoch, seq))) {
             Ok(()) => {}
             Err(error) if rejects(&error) => {
                 // Some value spoils the batch: each part is written
-                // alone, and only what the store refuses is dropped (and said).
+                // alone, and only what the store refuses is dropped (and
+                // said). The journal's mark moves only once all is written
+                // (a crash before replays the batch: over-counted, never under).
                 let left = commit_each(connection, batch, &shared.name);
-                if !left.is_empty() {
+                if left.is_empty() {
+                    failed = commit(connection, &Pending::default(), Some((epoch, seq))).is_err();
+                } else {
                     lock(&shared.state).ledger.pending.merge_back(left);
                     failed = true;
                 }
@@ -563,6 +587,11 @@ fn land(shared: &Shared, connection: &mut Connection) -> bool {
     } else {
         shared.failing.store(false, Ordering::Release);
         shared.committed.fetch_max(seq, Ordering::AcqRel);
+        if let Some(cut) = cut {
+            if let Some(journal) = lock(&shared.state).journal.as_mut() {
+                journal.committed(cut);
+            }
+        }
     }
     shared.done.notify_waiters();
     failed
@@ -570,10 +599,55 @@ fn land(shared: &Shared, connection: &mut Connection) -> bool {
 
 /// Writes a batch in one transaction: reservations made, then released,
 /// then the windows' and the reports' sums.
-fn commit(c: &mut Connection, batch: &Pending) -> rusqlite::Result<()> {
+/// With `mark` (the journal's epoch and sequence), the journal's lines up
+/// to it are recorded as in the file, in the same transaction.
+fn commit(c: &mut Connection, batch: &Pending, mark: Option<(u64, u64)>) -> rusqlite::Result<()> {
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
     write(&tx, batch)?;
+    if let Some((epoch, seq)) = mark {
+        mark_journal(&tx, epoch, seq)?;
+    }
     tx.commit()
+}
+
+fn mark_journal(tx: &rusqlite::Transaction<'_>, epoch: u64, seq: u64) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT OR REPLACE INTO journal (id, epoch, seq) VALUES (0, ?1, ?2)")?
+        .execute(params![
+            i64::try_from(epoch).unwrap_or(i64::MAX),
+            i64::try_from(seq).unwrap_or(i64::MAX)
+        ])?;
+    Ok(())
+}
+
+/// Settles again what the journal holds past the file's mark (a process
+/// that died had journaled and not committed it), commits that with the
+/// next epoch, and starts that epoch's journal.
+fn recover(c: &mut Connection, ledger: &mut Ledger, path: &str) -> Result<Journal, String> {
+    let (epoch, seq): (i64, i64) = c
+        .query_row("SELECT epoch, seq FROM journal WHERE id = 0", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()
+        .map_err(|e| e.to_string())?
+        .unwrap_or((0, 0));
+    let (epoch, seq) = (epoch.max(0).unsigned_abs(), seq.max(0).unsigned_abs());
+    let base = PathBuf::from(format!("{path}.journal"));
+    let left = journal::unsettled(&base, epoch, seq)
+        .map_err(|e| format!("reading the usage journal {}: {e}", base.display()))?;
+    if !left.is_empty() {
+        tracing::warn!(
+            settlements = left.len(),
+            "usage journaled by a gateway that stopped is written now"
+        );
+    }
+    for s in &left {
+        ledger.settle(s);
+    }
+    let next = epoch.saturating_add(1);
+    commit(c, &ledger.pending, Some((next, 0))).map_err(|e| e.to_string())?;
+    ledger.pending = Pending::default();
+    Journal::start(base.clone(), next)
+        .map_err(|e| format!("starting the usage journal {}: {e}", base.display()))
 }
 
 fn write(tx: &rusqlite::Transaction<'_>, batch: &Pending) -> rusqlite::Result<()> {
@@ -649,7 +723,7 @@ fn write(tx: &rusqlite::Transaction<'_>, batch: &Pending) -> rusqlite::Result<()
 /// logs) the parts the store refuses; returns those that failed otherwise.
 fn commit_each(c: &mut Connection, batch: Pending, name: &str) -> Pending {
     let mut left = Pending::default();
-    let mut one = |part: Pending, left: &mut Pending| match commit(c, &part) {
+    let mut one = |part: Pending, left: &mut Pending| match commit(c, &part, None) {
         Ok(()) => {}
         Err(error) if rejects(&error) => {
             tracing::error!(store = %name, %error, "the usage store refused a value; it is not kept");
@@ -774,21 +848,44 @@ impl Store for Sqlite {
         let Some(owner) = &self.owner else {
             return self.read_only();
         };
-        // A limited token's settlement is committed before the response's
-        // last bytes go out (the request waits); the rest within GATHER.
+        // A limited token's settlement is durable before the response's
+        // last bytes go out: a line of the journal, written now (the file
+        // gets it within GATHER, as the rest); without a journal, the
+        // request waits for the commit.
         let waits = s.reservation.is_some() || !s.windows.is_empty();
         let (seq, wake) = {
             let mut state = lock(&owner.shared.state);
+            let first = state.ledger.pending.is_empty();
             state.ledger.settle(&s);
             state.seq += 1;
+            let seq = state.seq;
+            let journaled = waits
+                && match state.journal.as_mut().map(|j| j.append(seq, &s)) {
+                    Some(Ok(())) => {
+                        state.journal_failing = false;
+                        true
+                    }
+                    Some(Err(error)) => {
+                        if !std::mem::replace(&mut state.journal_failing, true) {
+                            tracing::error!(store = %owner.shared.name, %error, "the usage journal cannot be written; requests wait for the commit instead");
+                        }
+                        false
+                    }
+                    None => false,
+                };
+            if !waits || journaled {
+                drop(state);
+                if first {
+                    // The writer gathers from now, and commits within GATHER.
+                    owner.shared.wake.notify_one();
+                }
+                return Box::pin(std::future::ready(Ok(())));
+            }
             // Only the first waiter wakes the writer; the others ride along.
-            let wake = waits && !state.urgent;
-            state.urgent |= waits;
-            (state.seq, wake)
+            let wake = !state.urgent;
+            state.urgent = true;
+            (seq, wake)
         };
-        if !waits {
-            return Box::pin(std::future::ready(Ok(())));
-        }
         // Group commit: the writer commits at once when nothing else is in
         // flight, else within GROUP, holding whatever settled meanwhile.
         // (Committing on the request's own thread was tried: a little less
@@ -1095,10 +1192,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_limited_settlement_is_in_the_file_when_it_returns() {
+    // The writer's connection is held across settle on purpose: no commit
+    // can happen, and settle must return all the same.
+    #[allow(clippy::await_holding_lock)]
+    async fn a_limited_settlement_is_durable_when_it_returns_and_counted_once_after_a_crash() {
         let (dir, path) = temp_db("durable");
         let store = Sqlite::open(&path).unwrap();
-        let reader = Sqlite::reader(&path).unwrap();
         let limits = Limits::parse(&serde_json::json!({"tokens_per_day": 1000})).unwrap();
         let now = Utc::now();
         let one = Amount {
@@ -1106,6 +1205,8 @@ mod tests {
             tokens: 10,
             usd_micros: 0,
         };
+        let owner = store.owner.clone().unwrap();
+        let mut crashes = Vec::new();
         for (i, tokens) in [7, 11, 13].into_iter().enumerate() {
             let Admission::Granted(r) = store
                 .admit(ask(&limits, &format!("r{i}"), now, one))
@@ -1114,21 +1215,59 @@ mod tests {
             else {
                 panic!("refused")
             };
+            // No commit can happen meanwhile, and settle returns all the
+            // same: it does not wait for the file.
+            let no_commit = lock(&owner.shared.writes);
             store
                 .settle(settlement(Some(r), now, tokens).into())
                 .await
                 .unwrap();
-            // No flush, no wait: what settle returned for is in the file.
-            let states = reader
+            // The process dies now: what is on disk is what a crash leaves.
+            let reader = Sqlite::reader(&path).unwrap();
+            let in_file = reader
                 .windows("alice".into(), limits.windows(), now)
                 .await
                 .unwrap();
-            assert_eq!(states[0].used.tokens, [7, 18, 31][i]);
             assert_eq!(
-                states[0].reserved,
-                Amount::default(),
-                "the reservation row is gone too"
+                in_file[0].used.tokens,
+                [0, 7, 18][i],
+                "the file does not hold it yet"
             );
+            drop(reader);
+            let crash = dir.join(format!("crash-{i}"));
+            std::fs::create_dir_all(&crash).unwrap();
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let entry = entry.unwrap();
+                if entry.file_type().unwrap().is_file() {
+                    std::fs::copy(entry.path(), crash.join(entry.file_name())).unwrap();
+                }
+            }
+            crashes.push(crash.join("usage.db"));
+            drop(no_commit);
+            store.flush().await.unwrap();
+        }
+        drop(store);
+        // Each crash, opened again: everything settled, counted once (the
+        // journal's lines past the file's mark, and only those, settled again).
+        for (i, crash) in crashes.iter().enumerate() {
+            let again = Sqlite::open(crash.to_str().unwrap()).unwrap();
+            let states = again
+                .windows("alice".into(), limits.windows(), now)
+                .await
+                .unwrap();
+            assert_eq!(states[0].used.tokens, [7, 18, 31][i], "crash {i}");
+            assert_eq!(states[0].reserved, Amount::default(), "crash {i}");
+            let day = Period::Day(now.format("%Y-%m-%d").to_string());
+            let rows = again.report(day, None).await.unwrap();
+            assert_eq!(rows[0].requests, i as i64 + 1, "crash {i}");
+            drop(again);
+            // Opened once more: nothing is settled a second time.
+            let twice = Sqlite::open(crash.to_str().unwrap()).unwrap();
+            let states = twice
+                .windows("alice".into(), limits.windows(), now)
+                .await
+                .unwrap();
+            assert_eq!(states[0].used.tokens, [7, 18, 31][i], "crash {i}, reopened");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -81,7 +81,12 @@ async fn settled(gw: &impl Target, token: &str) -> Value {
     }
 }
 
-async fn report(gw: &Served) -> Vec<Row> {
+/// Every row the gateway's file holds, once the gateway has written what
+/// it holds for `token` (its own report, the billing endpoint, flushes
+/// first; a limited settlement may be in the journal only until then).
+async fn report(gw: &Served, token: &str) -> Vec<Row> {
+    let flushed = get_json(gw, "/v1/dashboard/billing/usage", token).await;
+    assert_eq!(flushed["object"], "list", "{flushed}");
     let store = Sqlite::reader(gw.dir.0.join("usage.db").to_str().unwrap()).unwrap();
     // Every day there is: the gateway's clock is the system's, and a month
     // may turn between the request and the report.
@@ -140,7 +145,7 @@ async fn requests_per_minute_is_exact_and_a_refusal_is_a_429_with_retry_after() 
     );
     // A refusal is not usage: four requests in the store, not five.
     settled(&gw, "tok-rpm").await;
-    let rows = report(&gw).await;
+    let rows = report(&gw, "tok-rpm").await;
     let row = rows.iter().find(|r| r.token == "rpm").expect("rpm's row");
     assert_eq!(row.requests, 4);
 }
@@ -235,7 +240,7 @@ async fn a_dollar_budget_holds_and_an_unpriced_model_is_never_sent() {
     assert_eq!(sub["access_until"].as_i64(), Some(4_070_908_800));
     let billing = get_json(&gw, "/dashboard/billing/usage", "tok-friend").await;
     assert_eq!(billing["total_usage"].as_f64(), Some(0.0012), "{billing}");
-    let rows = report(&gw).await;
+    let rows = report(&gw, "tok-friend").await;
     let row = rows.iter().find(|r| r.token == "friend").unwrap();
     assert_eq!(
         (
@@ -280,7 +285,7 @@ async fn a_stream_is_settled_with_its_usage_and_an_abandoned_one_with_an_estimat
         used > 8,
         "the abandoned stream is billed, not zero: {usage}"
     );
-    let rows = report(&gw).await;
+    let rows = report(&gw, "tok-stream").await;
     let row = rows.iter().find(|r| r.token == "stream").unwrap();
     assert_eq!((row.requests, row.estimated_requests), (2, 1));
 }
@@ -300,7 +305,7 @@ async fn tokens_without_limits_are_metered_and_see_no_limits() {
     assert_eq!(usage["limits"], json!([]));
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let rows = report(&gw).await;
+        let rows = report(&gw, "tok-open").await;
         if let Some(row) = rows.iter().find(|r| r.token == "open" && r.requests == 2) {
             assert_eq!(row.model, "gpt-4o");
             assert_eq!((row.input_tokens, row.output_tokens), (6, 10));

@@ -1,0 +1,329 @@
+//! The SQLite store's settlement journal: what makes a limited request's
+//! usage durable before its response ends, without a SQLite commit on the
+//! request's path.
+//!
+//! A settlement that must be durable is appended to the journal, one line
+//! (one `write(2)`) numbered by the store's sequence, then counted in
+//! memory; the writer thread commits it to the file behind, as it does the
+//! rest. Each commit records, in the same transaction, the epoch and the last
+//! sequence it holds (`journal` table), so a line is *in the file* exactly
+//! when its epoch is the file's and its sequence is at most the file's.
+//!
+//! Segments: appends go to the newest segment (`PATH.journal-N`). When the
+//! writer takes a batch, a new segment starts; once the batch is committed,
+//! the segments before it go. So the journal holds at most what the
+//! commits in flight hold, whatever the load.
+//!
+//! At start, the lines of the file's epoch past its sequence are settled
+//! again (what a process that died had journaled and not committed),
+//! committed with the next epoch, and the segments removed. A torn last
+//! line (the process died inside the write) is skipped: that request's
+//! response had not ended. The durability is the WAL's with
+//! `synchronous=NORMAL`: a crash of the process loses nothing; a power cut
+//! may lose the last writes.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::store::{Reservation, Settlement};
+use super::Amount;
+
+/// One journal line.
+#[derive(Serialize, Deserialize)]
+struct Line {
+    e: u64,
+    s: u64,
+    token: String,
+    at_us: i64,
+    reservation: Option<Held>,
+    used: bool,
+    model: String,
+    upstream: String,
+    input: i64,
+    cached: i64,
+    output: i64,
+    usd_micros: i64,
+    estimated: bool,
+    windows: Vec<String>,
+    row: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Held {
+    id: String,
+    windows: Vec<String>,
+    requests: i64,
+    tokens: i64,
+    usd_micros: i64,
+}
+
+impl Line {
+    fn of(epoch: u64, seq: u64, s: &Settlement) -> Self {
+        Self {
+            e: epoch,
+            s: seq,
+            token: s.token.to_string(),
+            at_us: s.at.timestamp_micros(),
+            reservation: s.reservation.as_ref().map(|r| Held {
+                id: r.id.clone(),
+                windows: r.windows.clone(),
+                requests: r.amount.requests,
+                tokens: r.amount.tokens,
+                usd_micros: r.amount.usd_micros,
+            }),
+            used: s.used,
+            model: s.model.to_string(),
+            upstream: s.upstream.to_string(),
+            input: s.input,
+            cached: s.cached,
+            output: s.output,
+            usd_micros: s.usd_micros,
+            estimated: s.estimated,
+            windows: s.windows.clone(),
+            row: s.row,
+        }
+    }
+
+    fn settlement(self) -> Option<Settlement> {
+        let token: Arc<str> = self.token.into();
+        Some(Settlement {
+            at: DateTime::<Utc>::from_timestamp_micros(self.at_us)?,
+            reservation: self.reservation.map(|h| Reservation {
+                id: h.id,
+                token: token.to_string(),
+                windows: h.windows,
+                amount: Amount {
+                    requests: h.requests,
+                    tokens: h.tokens,
+                    usd_micros: h.usd_micros,
+                },
+            }),
+            token,
+            used: self.used,
+            model: self.model.into(),
+            upstream: self.upstream.into(),
+            input: self.input,
+            cached: self.cached,
+            output: self.output,
+            usd_micros: self.usd_micros,
+            estimated: self.estimated,
+            windows: self.windows,
+            row: self.row,
+        })
+    }
+}
+
+/// The journal of an open store.
+#[derive(Debug)]
+pub struct Journal {
+    base: PathBuf,
+    epoch: u64,
+    /// Open segments, oldest first; appends go to the last.
+    segments: Vec<(u64, File)>,
+    /// Whether the newest segment has a line.
+    dirty: bool,
+}
+
+fn segment(base: &Path, n: u64) -> PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    name.push(format!("-{n}"));
+    PathBuf::from(name)
+}
+
+/// The segments beside `base` (`base-N`), by number.
+fn segments(base: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let dir = match base.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let stem = base
+        .file_name()
+        .map(|n| format!("{}-", n.to_string_lossy()))
+        .unwrap_or_default();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name.strip_prefix(&stem).and_then(|n| n.parse().ok()) {
+            found.push((n, entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// What a journal left to settle: the lines of `epoch` past `seq`, in order.
+pub fn unsettled(base: &Path, epoch: u64, seq: u64) -> std::io::Result<Vec<Settlement>> {
+    let mut out = Vec::new();
+    for (_, path) in segments(base)? {
+        let text = std::fs::read(&path)?;
+        for line in text.split(|b| *b == b'\n') {
+            // A torn line (the process died inside its write) does not parse.
+            let Ok(line) = serde_json::from_slice::<Line>(line) else {
+                continue;
+            };
+            if line.e == epoch && line.s > seq {
+                if let Some(s) = line.settlement() {
+                    out.push(s);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Journal {
+    /// Removes every segment beside `base` (their lines are in the file),
+    /// and starts the journal of `epoch`.
+    pub fn start(base: PathBuf, epoch: u64) -> std::io::Result<Self> {
+        for (_, path) in segments(&base)? {
+            std::fs::remove_file(path)?;
+        }
+        let mut journal = Self {
+            base,
+            epoch,
+            segments: Vec::new(),
+            dirty: false,
+        };
+        journal.open_segment(0)?;
+        Ok(journal)
+    }
+
+    /// The epoch its lines carry.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn open_segment(&mut self, n: u64) -> std::io::Result<()> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment(&self.base, n))?;
+        self.segments.push((n, file));
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Appends `s` as line `seq`, in one write.
+    pub fn append(&mut self, seq: u64, s: &Settlement) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(&Line::of(self.epoch, seq, s))?;
+        line.push(b'\n');
+        let (_, file) = self
+            .segments
+            .last_mut()
+            .ok_or_else(|| std::io::Error::other("no open segment"))?;
+        file.write_all(&line)?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// A batch is taken: later lines go to a new segment. Returns the
+    /// segment the batch's lines end in (to pass to [`Journal::committed`]);
+    /// `None` when no new segment could be opened (then none is removed).
+    pub fn cut(&mut self) -> Option<u64> {
+        let last = self.segments.last().map_or(0, |(n, _)| *n);
+        if self.dirty {
+            if let Err(error) = self.open_segment(last + 1) {
+                tracing::error!(%error, "the usage journal cannot start a segment; the last one grows");
+                return None;
+            }
+        }
+        Some(last)
+    }
+
+    /// The batch cut at segment `upto` is in the file: segments up to it go
+    /// (the newest, where appends go, stays).
+    pub fn committed(&mut self, upto: u64) {
+        let newest = self.segments.last().map(|(n, _)| *n);
+        let base = self.base.clone();
+        self.segments.retain(|(n, _)| {
+            let gone = *n <= upto && Some(*n) != newest;
+            if gone {
+                let _ = std::fs::remove_file(segment(&base, *n));
+            }
+            !gone
+        });
+    }
+
+    /// Bytes held in segments (for tests).
+    pub fn bytes(&self) -> u64 {
+        self.segments
+            .iter()
+            .filter_map(|(_, f)| f.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settlement(n: i64) -> Settlement {
+        Settlement {
+            token: "alice".into(),
+            at: "2026-12-01T10:00:00Z".parse().unwrap(),
+            reservation: Some(Reservation {
+                id: format!("r{n}"),
+                token: "alice".into(),
+                windows: vec!["day:2026-12-01".into()],
+                amount: Amount {
+                    requests: 1,
+                    tokens: 10,
+                    usd_micros: 5,
+                },
+            }),
+            used: true,
+            model: "gpt-4o-mini".into(),
+            upstream: "default".into(),
+            input: n,
+            cached: 0,
+            output: 1,
+            usd_micros: 3,
+            estimated: false,
+            windows: vec!["day:2026-12-01".into()],
+            row: true,
+        }
+    }
+
+    #[test]
+    fn lines_past_the_files_sequence_are_settled_again_and_a_torn_one_is_skipped() {
+        let dir = std::env::temp_dir().join(format!("gw-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let base = dir.join("usage.db.journal");
+        let mut journal = Journal::start(base.clone(), 7).unwrap();
+        journal.append(1, &settlement(1)).unwrap();
+        let cut = journal.cut().unwrap();
+        assert_eq!(cut, 0);
+        journal.append(2, &settlement(2)).unwrap();
+        journal.append(3, &settlement(3)).unwrap();
+        // The process dies inside a write.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(segment(&base, 1))
+            .unwrap()
+            .write_all(br#"{"e":7,"s":4,"tok"#)
+            .unwrap();
+        // The file holds up to 2 (a commit of 1 and 2), of epoch 7.
+        let left = unsettled(&base, 7, 2).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0], settlement(3));
+        // Another epoch's lines are the file's already.
+        assert!(unsettled(&base, 8, 0).unwrap().is_empty());
+        // A committed cut removes its segments; the newest stays.
+        journal.committed(cut);
+        assert!(!segment(&base, 0).exists() && segment(&base, 1).exists());
+        drop(journal);
+        let again = Journal::start(base.clone(), 8).unwrap();
+        assert_eq!(again.bytes(), 0);
+        assert!(!segment(&base, 1).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
