@@ -184,6 +184,9 @@ struct State {
     journal: Option<Journal>,
     /// The last append failed (said once, until one works again).
     journal_failing: bool,
+    /// The writer waits its long wait (it saw nothing pending): the next
+    /// settlement wakes it.
+    writer_idle: bool,
     /// Numbers the changes: a request waits until `committed` reaches its.
     seq: u64,
     /// Someone waits for the next commit.
@@ -488,6 +491,7 @@ fn write_behind(shared: &Shared) {
                     break;
                 }
                 let pending = !state.ledger.pending.is_empty();
+                state.writer_idle = !pending;
                 let wait = if pending {
                     GATHER
                 } else {
@@ -855,7 +859,10 @@ impl Store for Sqlite {
         let waits = s.reservation.is_some() || !s.windows.is_empty();
         let (seq, wake) = {
             let mut state = lock(&owner.shared.state);
-            let first = state.ledger.pending.is_empty();
+            // The writer waits long only while it saw nothing pending (an
+            // admission's reservation does not wake it): woken once, it
+            // gathers and commits within GATHER.
+            let first = std::mem::take(&mut state.writer_idle);
             state.ledger.settle(&s);
             state.seq += 1;
             let seq = state.seq;
@@ -910,7 +917,7 @@ impl Store for Sqlite {
             return None;
         }
         let mut state = lock(&owner.shared.state);
-        let first = state.ledger.pending.is_empty();
+        let first = std::mem::take(&mut state.writer_idle);
         state.ledger.settle(s);
         state.seq += 1;
         drop(state);
