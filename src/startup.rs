@@ -426,14 +426,18 @@ async fn pool(
         None => None,
     };
     let upstreams = builder(settings, ssm).build(specs)?;
-    // Keys in SSM are read before the first request (a failure is logged,
-    // and that upstream's attempts wait for a later read).
+    load_keys(&upstreams).await;
+    Ok(upstreams)
+}
+
+/// Reads the keys in SSM before the first request (a failure is logged,
+/// and that upstream's attempts wait for a later read).
+async fn load_keys(upstreams: &Upstreams) {
     for member in upstreams.members() {
         if let Some(key) = member.key.as_ref().filter(|k| k.peek().is_none()) {
             let _ = key.load_now().await;
         }
     }
-    Ok(upstreams)
 }
 
 /// The pool of upstreams in the SSM parameter `name`, loaded now and
@@ -449,11 +453,7 @@ async fn ssm_pool(settings: &Settings, name: &str, ssm: &Ssm) -> Live {
         settings.tokens_refresh(),
     );
     if let Ok(upstreams) = cache.load_now().await {
-        for member in upstreams.members() {
-            if let Some(key) = member.key.as_ref().filter(|k| k.peek().is_none()) {
-                let _ = key.load_now().await;
-            }
-        }
+        load_keys(&upstreams).await;
     }
     Live::Reloaded {
         source: cache,

@@ -251,8 +251,9 @@ impl Journal {
         });
     }
 
-    /// Bytes held in segments (for tests).
-    pub fn bytes(&self) -> u64 {
+    /// Bytes held in segments.
+    #[cfg(test)]
+    fn bytes(&self) -> u64 {
         self.segments
             .iter()
             .filter_map(|(_, f)| f.metadata().ok())
