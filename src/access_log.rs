@@ -48,6 +48,9 @@ struct AccessLine<'a> {
     cost_usd: Option<f64>,
     status: u16,
     token: &'a str,
+    /// The client's address, as the rules judged it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_ip: Option<std::net::IpAddr>,
     error_code: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     upstream_ms: Option<f64>,
@@ -146,6 +149,7 @@ impl AccessLine<'_> {
         given(out, "cost_usd", self.cost_usd)?;
         value(out, "status", &self.status)?;
         value(out, "token", &self.token)?;
+        given(out, "client_ip", self.client_ip)?;
         value(out, "error_code", &self.error_code)?;
         given(out, "upstream_ms", self.upstream_ms)?;
         given(out, "upstream", self.upstream)?;
@@ -218,6 +222,9 @@ impl AccessLine<'_> {
         }
         field("status", &self.status);
         field("token", &format_args!("{:?}", self.token));
+        if let Some(ip) = self.client_ip {
+            field("client_ip", &ip);
+        }
         field("error_code", &format_args!("{:?}", self.error_code));
         if let Some(ms) = self.upstream_ms {
             field("upstream_ms", &format_args!("{ms:?}"));
@@ -283,6 +290,7 @@ impl Finish for AccessLog {
             cost_usd: charge.usd,
             status: record.status,
             token: record.token.as_deref().unwrap_or("-"),
+            client_ip: record.client_ip,
             error_code: record.code.unwrap_or("-"),
             upstream_ms: record.upstream_ms.map(round),
             upstream: record.upstream.as_deref(),
@@ -356,6 +364,7 @@ mod tests {
             cost_usd: model.map(|_| 0.000_105),
             status: 200,
             token: "bob \"x\"",
+            client_ip: None,
             error_code: "-",
             upstream_ms: None,
             upstream: None,
@@ -394,6 +403,7 @@ mod tests {
         let mut hostile = line("/v1/x\"}\n\u{7}é", Some("m\"\\"));
         hostile.request_id = Some("id\t1");
         hostile.upstream_ms = Some(f64::NAN);
+        hostile.client_ip = Some("2001:db8::7".parse().unwrap());
         for l in [
             line("/v1/chat/completions", Some("gpt-4o-mini")),
             line("/v1/models", None),

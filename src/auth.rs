@@ -10,10 +10,12 @@
 //! token never travels upstream.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use http::{header, HeaderMap};
+use ipnet::IpNet;
 use percent_encoding::percent_decode;
 
 use crate::error::GatewayError;
@@ -42,6 +44,21 @@ pub struct Admitted {
     /// The request carried a `token` in its query (which an admin request
     /// may not: it lands in browser history and access logs).
     pub in_query: bool,
+    /// The networks the token may be used from; `None`: any.
+    pub allow_ips: Option<Arc<[IpNet]>>,
+}
+
+impl Admitted {
+    /// Refuses a client outside the token's `allow_ips` (`403
+    /// ip_not_allowed`); an unknown address is outside every list.
+    pub fn check_address(&self, client: Option<IpAddr>) -> Result<(), GatewayError> {
+        match &self.allow_ips {
+            Some(nets) if !client.is_some_and(|ip| crate::client_ip::within(nets, ip)) => {
+                Err(GatewayError::IpNotAllowed)
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl From<Refused> for GatewayError {
@@ -101,6 +118,7 @@ pub fn admit(
             expires: None,
             admin: false,
             in_query,
+            allow_ips: None,
         });
     }
 
@@ -143,6 +161,7 @@ pub fn admit(
         expires: entry.expires,
         admin: entry.admin,
         in_query,
+        allow_ips: entry.allow_ips.clone(),
     })
 }
 
@@ -245,6 +264,7 @@ mod tests {
             upstream_key: key.map(|k| ApiKey::new(k).unwrap()),
             rules: None,
             admin: false,
+            allow_ips: None,
         };
         TokenSet::new(vec![
             entry("alice", "tok-a", Some("sk-alice")),

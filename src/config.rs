@@ -76,6 +76,8 @@ pub const TOKENS_UTC_OFFSET: &str = "TOKENS_UTC_OFFSET";
 pub const SHUTDOWN_GRACE_SECS: &str = "SHUTDOWN_GRACE_SECS";
 /// `CORS_ALLOW_ORIGINS`: the origins allowed to call the gateway from a browser.
 pub const CORS_ALLOW_ORIGINS: &str = "CORS_ALLOW_ORIGINS";
+/// `TRUSTED_PROXIES`: the proxies whose `X-Forwarded-For` names the client.
+pub const TRUSTED_PROXIES: &str = "TRUSTED_PROXIES";
 /// `GATEWAY_WORKER_THREADS`: runtime worker threads.
 pub const GATEWAY_WORKER_THREADS: &str = "GATEWAY_WORKER_THREADS";
 /// `LOG_FORMAT`: `json` or `text`.
@@ -333,6 +335,12 @@ pub const SETTINGS: &[Setting] = &[
         "browser origins allowed to call, comma-separated, or `*`",
     ),
     flag(
+        "--trusted-proxies",
+        TRUSTED_PROXIES,
+        "none",
+        "CIDRs of the proxies in front (comma-separated): from them, the client is the rightmost `X-Forwarded-For` address not in the list; otherwise the peer (Lambda: the event's source IP)",
+    ),
+    flag(
         "--worker-threads",
         GATEWAY_WORKER_THREADS,
         "one per core",
@@ -531,6 +539,10 @@ pub struct Settings {
     /// Origins allowed to call from a browser: a comma-separated list, or `*`. Off when unset.
     #[arg(long, env = CORS_ALLOW_ORIGINS)]
     pub cors_allow_origins: Option<String>,
+
+    /// CIDRs of trusted proxies, comma-separated: their `X-Forwarded-For` names the client. None when unset.
+    #[arg(long, env = TRUSTED_PROXIES)]
+    pub trusted_proxies: Option<String>,
 
     /// Worker threads [default: one per core]. The server spreads its connections over them, each thread running a runtime of its own; 1 runs everything on one thread.
     #[arg(long, env = GATEWAY_WORKER_THREADS, value_parser = clap::value_parser!(u16).range(1..))]

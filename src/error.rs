@@ -124,6 +124,9 @@ pub enum GatewayError {
     /// The gateway's own state is for admin tokens only.
     #[error("this endpoint is for the gateway's admin tokens only")]
     AdminOnly,
+    /// The token's `allow_ips` does not hold the client's address.
+    #[error("this token may not be used from this address (its entry's `allow_ips` does not include it)")]
+    IpNotAllowed,
     /// An admin token came in the query, where it would be logged and kept.
     #[error("an admin token is never accepted in the query (it would land in browser history and access logs); send it as Authorization: Bearer")]
     AdminTokenInQuery,
@@ -157,6 +160,7 @@ impl GatewayError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::EndpointNotAllowed
             | Self::AdminOnly
+            | Self::IpNotAllowed
             | Self::ModelNotAllowed(_)
             | Self::ModelUnknown
             | Self::EndpointNotMetered(_)
@@ -210,6 +214,7 @@ impl GatewayError {
             Self::ResponseTooLarge(_) => "response_too_large",
             Self::NoUpstreamForModel(_) => "model_not_found",
             Self::AdminOnly => "admin_only",
+            Self::IpNotAllowed => "ip_not_allowed",
             Self::AdminTokenInQuery => "admin_token_in_query",
             Self::UpstreamsUnavailable(_) => "upstreams_unavailable",
         }

@@ -25,10 +25,12 @@ use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
+use ipnet::IpNet;
 use tokio::time::Instant;
 
 use crate::auth::{self, Admitted};
 use crate::body::{BoxError, Buffered, GatewayBody, IdleTimeout, Layer, Prefixed};
+use crate::client_ip::Peer;
 use crate::clock::Clock;
 use crate::completion::{Completion, Pending};
 use crate::cors::Cors;
@@ -74,6 +76,8 @@ pub struct GatewayOptions {
     pub max_body: u64,
     /// The time requests are judged by (expiry, windows).
     pub clock: Clock,
+    /// The proxies whose `X-Forwarded-For` names the client (`TRUSTED_PROXIES`).
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl GatewayOptions {
@@ -91,6 +95,7 @@ impl GatewayOptions {
             store: None,
             max_body: 32 << 20,
             clock: Clock::system(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -212,6 +217,11 @@ impl Gateway {
             self.inner.options.clock.now(),
         );
         record.request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
+        record.client_ip = crate::client_ip::resolve(
+            parts.extensions.get::<Peer>().copied(),
+            &parts.headers,
+            &self.inner.options.trusted_proxies,
+        );
         let buffered = parts.extensions.get::<Buffered>().copied();
         let cors = self.inner.options.cors.as_ref();
         // From here the record is held by a guard: if this future is dropped
@@ -274,6 +284,8 @@ impl Gateway {
         }
         let admitted = self.authenticate(&parts, record.arrived).await?;
         record.token.clone_from(&admitted.name);
+        // Before anything is read, reserved or sent.
+        admitted.check_address(record.client_ip)?;
         // One view of the upstreams for the whole request, reloads or not.
         let upstreams = self.upstreams.current().await?;
         crate::proxy::check_path(parts.uri.path())?;

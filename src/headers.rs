@@ -97,10 +97,45 @@ pub fn to_upstream(mut headers: HeaderMap, strip: Strip, inject: Option<&ApiKey>
             || name.starts_with("x-forwarded-")
             || name.starts_with("x-amzn-")
     });
+    strip_session_cookie(&mut headers);
     if let Some(key) = inject {
         headers.insert(header::AUTHORIZATION, key.authorization().clone());
     }
     headers
+}
+
+/// The console's session cookie (`gw_session`), never forwarded: every
+/// `Cookie` line holding it is rewritten without it (and dropped if
+/// nothing is left); other cookies go as they came.
+fn strip_session_cookie(headers: &mut HeaderMap) {
+    const NAME: &str = "gw_session=";
+    let holds = |v: &HeaderValue| {
+        v.as_bytes()
+            .windows(NAME.len())
+            .any(|w| w == NAME.as_bytes())
+    };
+    if !headers.get_all(header::COOKIE).iter().any(holds) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| {
+            let text = String::from_utf8_lossy(v.as_bytes());
+            let rest: Vec<&str> = text
+                .split(';')
+                .map(str::trim)
+                .filter(|pair| !pair.is_empty() && !pair.starts_with(NAME))
+                .collect();
+            HeaderValue::from_str(&rest.join("; "))
+                .ok()
+                .filter(|v| !v.is_empty())
+        })
+        .collect();
+    headers.remove(header::COOKIE);
+    for value in kept {
+        headers.append(header::COOKIE, value);
+    }
 }
 
 /// Cleans the upstream's response headers for the client.
@@ -213,6 +248,21 @@ mod tests {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn the_console_session_cookie_never_goes_upstream_and_other_cookies_do() {
+        let h = map(&[
+            ("cookie", "theme=dark; gw_session=abcdef; x=gw_session=1"),
+            ("cookie", "gw_session=only"),
+            ("cookie", "xgw_session=kept"),
+        ]);
+        let out = to_upstream(h, Strip::default(), None);
+        let cookies: Vec<_> = out.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["theme=dark; x=gw_session=1", "xgw_session=kept"]);
+        let plain = map(&[("cookie", "session=abc; theme=dark")]);
+        let out = to_upstream(plain, Strip::default(), None);
+        assert_eq!(out.get("cookie").unwrap(), "session=abc; theme=dark");
     }
 
     #[test]

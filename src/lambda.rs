@@ -24,6 +24,7 @@ use lambda_http::request::RequestContext;
 use lambda_http::{service_fn, RequestExt};
 
 use crate::body::{Buffered, GatewayBody};
+use crate::client_ip::Peer;
 use crate::config::{InvokeMode, Settings};
 use crate::error::{ConfigError, GatewayError};
 use crate::gateway::Gateway;
@@ -139,6 +140,7 @@ pub async fn buffered(
 pub fn from_event(request: lambda_http::Request) -> http::Request<lambda_http::Body> {
     let path = upstream_path(&request).to_owned();
     let request_id = request.lambda_context_ref().map(|c| c.request_id.clone());
+    let peer = source_ip(&request).map(Peer::new);
     let (mut parts, body) = request.into_parts();
     let target = match parts.uri.query() {
         Some(q) if !q.is_empty() => format!("{path}?{q}"),
@@ -152,7 +154,22 @@ pub fn from_event(request: lambda_http::Request) -> http::Request<lambda_http::B
     if let Some(id) = request_id.filter(|id| !id.is_empty()) {
         parts.extensions.insert(RequestId(id));
     }
+    if let Some(peer) = peer {
+        parts.extensions.insert(peer);
+    }
     http::Request::from_parts(parts, body)
+}
+
+/// Who API Gateway or the Function URL heard the request from: the event's
+/// `requestContext` source IP (an ALB event has none; its client is then
+/// unknown, and `allow_ips` tokens are refused).
+fn source_ip(request: &lambda_http::Request) -> Option<std::net::IpAddr> {
+    let text = match request.request_context_ref()? {
+        RequestContext::ApiGatewayV2(context) => context.http.source_ip.as_deref(),
+        RequestContext::ApiGatewayV1(context) => context.identity.source_ip.as_deref(),
+        _ => None,
+    }?;
+    text.trim().parse().ok()
 }
 
 /// The path to forward: the event's raw path, less an HTTP API stage prefix.

@@ -35,6 +35,7 @@
 pub mod access_log;
 pub mod auth;
 pub mod body;
+pub mod client_ip;
 pub mod clock;
 pub mod commands;
 pub mod completion;

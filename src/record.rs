@@ -61,6 +61,8 @@ pub struct Record {
     pub path: String,
     /// The Lambda request id, if any.
     pub request_id: Option<String>,
+    /// The client's address ([`crate::client_ip`]), if the front end knew it.
+    pub client_ip: Option<std::net::IpAddr>,
     /// When the request arrived.
     pub started: Instant,
     /// The same instant on the UTC clock (the windows its usage counts in).
@@ -211,6 +213,7 @@ impl Record {
             code: None,
             sent: false,
             upstream_ms: None,
+            client_ip: None,
             upstream: None,
             attempts: Vec::new(),
             bytes_in: ByteCount::default(),

@@ -341,6 +341,15 @@ pub async fn options_at(
     if let Some(cors) = &cors {
         tracing::info!(?cors, "CORS on");
     }
+    let trusted_proxies = match &settings.trusted_proxies {
+        Some(text) => {
+            crate::client_ip::parse_list(text).map_err(|problem| ConfigError::Invalid {
+                setting: crate::config::TRUSTED_PROXIES,
+                problem,
+            })?
+        }
+        None => Vec::new(),
+    };
     Ok(GatewayOptions {
         policies: vec![
             Arc::new(UpstreamsReport {
@@ -371,6 +380,7 @@ pub async fn options_at(
         store,
         clock,
         tokens,
+        trusted_proxies,
     })
 }
 

@@ -85,6 +85,9 @@ pub struct RuleArgs {
     /// A limit, KEY=VALUE, repeatable: requests_per_minute, tokens_per_minute, tokens_per_day, tokens_per_month, usd_per_day, usd_per_month, usd_total.
     #[arg(long = "limit", value_name = "KEY=VALUE")]
     limits: Vec<String>,
+    /// Networks the token may be used from, comma-separated CIDRs or addresses (IPv4, IPv6).
+    #[arg(long, value_delimiter = ',')]
+    allow_ips: Vec<String>,
 }
 
 /// Which list `check` reads.
@@ -251,22 +254,26 @@ fn new(
             other => vec![other.to_owned()],
         })
         .collect();
+    let allow_ips = rules.allow_ips.clone();
     let rules = Rules {
         models: list(&rules.models),
         endpoints: list(&endpoints),
         limits,
         upstreams: None,
     };
-    let entry = format::entry_json(
+    let mut entry = format::entry_json(
         name,
         credential,
         expires,
         upstream_key.as_deref().map(str::trim),
         &rules,
     );
+    if !allow_ips.is_empty() {
+        entry[format::keys::ALLOW_IPS] = allow_ips.into();
+    }
     // What is printed must be what a list accepts: read it back.
     format::parse(&format!("[{entry}]"), offset).map_err(|error| CommandError::Flag {
-        flag: "--models/--endpoints/--limit",
+        flag: "--models/--endpoints/--limit/--allow-ips",
         problem: error.to_string(),
     })?;
     if json {

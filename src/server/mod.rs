@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::client_ip::Peer;
 use crate::config::{Settings, METRICS_LISTEN};
 use crate::error::ConfigError;
 use crate::gateway::Gateway;
@@ -261,7 +262,11 @@ impl Connections {
     fn serve(&self, stream: tokio::net::TcpStream) {
         let gateway = self.gateway.clone();
         let idle = gateway.client_idle_timeout();
-        let service = service_fn(move |request: hyper::Request<Incoming>| {
+        let peer = stream.peer_addr().ok().map(|a| Peer::new(a.ip()));
+        let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+            if let Some(peer) = peer {
+                request.extensions_mut().insert(peer);
+            }
             let gateway = gateway.clone();
             async move { Ok::<_, Infallible>(gateway.handle(request).await) }
         });

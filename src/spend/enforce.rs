@@ -592,6 +592,7 @@ mod tests {
             expires: None,
             admin: false,
             in_query: false,
+            allow_ips: None,
         };
         let mut headers = http::HeaderMap::new();
         headers.insert("content-type", "application/json".parse().unwrap());

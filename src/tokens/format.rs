@@ -104,8 +104,10 @@ pub mod keys {
     pub const UPSTREAMS: &str = "upstreams";
     /// An operator's token.
     pub const ADMIN: &str = "admin";
+    /// The networks the token may be used from.
+    pub const ALLOW_IPS: &str = "allow_ips";
     /// All of them.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         NAME,
         TOKEN,
         SHA256,
@@ -117,6 +119,7 @@ pub mod keys {
         LIMITS,
         UPSTREAMS,
         ADMIN,
+        ALLOW_IPS,
     ];
 }
 
@@ -275,7 +278,7 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
             // An unknown key is most likely a typo of `expires`; ignoring it
             // would silently make the token immortal.
             return Err(fail(format!(
-                "unknown key {} (expected one of: name, token, sha256, expires, upstream_key, models, endpoints, limits, upstreams, admin)",
+                "unknown key {} (expected one of: name, token, sha256, expires, upstream_key, models, endpoints, limits, upstreams, admin, allow_ips)",
                 shown_key(key)
             )));
         }
@@ -355,6 +358,22 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
         Some(Value::Bool(true)) => true,
         Some(_) => return Err(fail("`admin` must be true or false".into())),
     };
+    let allow_ips = match list(keys::ALLOW_IPS)? {
+        None => None,
+        Some(nets) if nets.is_empty() => {
+            // It would refuse every request; leaving the key out allows any address.
+            return Err(fail(
+                "`allow_ips` must name at least one network (leave it out for any address)".into(),
+            ));
+        }
+        Some(nets) => Some(
+            nets.iter()
+                .map(|net| crate::client_ip::parse_net(net))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|problem| fail(format!("`allow_ips`: {problem}")))?
+                .into(),
+        ),
+    };
     if admin && !named {
         return Err(fail("an `admin` entry needs a `name`".into()));
     }
@@ -386,6 +405,7 @@ fn parse_entry(index: usize, item: &Value, offset: FixedOffset) -> Result<TokenE
         upstream_key,
         rules: rules.map(std::sync::Arc::new),
         admin,
+        allow_ips,
     })
 }
 

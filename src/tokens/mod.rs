@@ -17,6 +17,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -65,6 +66,8 @@ pub struct TokenEntry {
     /// An operator's token (`admin: true`): it may also read the gateway's
     /// own state (`GET /v1/gateway/upstreams`).
     pub admin: bool,
+    /// The networks its requests may come from (`allow_ips`); `None`: any.
+    pub allow_ips: Option<Arc<[IpNet]>>,
 }
 
 /// A token's allowlists. Each is `None` when the entry does not restrict it.
@@ -309,6 +312,7 @@ mod tests {
             upstream_key: None,
             rules: None,
             admin: false,
+            allow_ips: None,
         }
     }
 

@@ -1131,6 +1131,19 @@ fn tokens_new_writes_allowlists_that_read_back() {
     assert!(!endpoints
         .iter()
         .any(|e| e.as_str().unwrap().contains("files")));
+    let out = run(&["--allow-ips", "203.0.113.0/24,2001:db8::1"]);
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        made["entry"]["allow_ips"],
+        serde_json::json!(["203.0.113.0/24", "2001:db8::1"])
+    );
+    let out = run(&["--allow-ips", "203.0.113.0/40"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`203.0.113.0/40` is not an IP address"),
+        "{err}"
+    );
     let out = run(&["--endpoints", "v1/chat"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

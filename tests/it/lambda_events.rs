@@ -21,11 +21,11 @@ fn gateway(upstream: &str) -> Gateway {
 }
 
 fn gateway_with_records(upstream: &str) -> (Gateway, Collect) {
-    let list = format::parse(
-        include_str!("../../events/tokens.json"),
-        chrono::FixedOffset::east_opt(0).unwrap(),
-    )
-    .unwrap();
+    gateway_with_tokens(upstream, include_str!("../../events/tokens.json"))
+}
+
+fn gateway_with_tokens(upstream: &str, tokens: &str) -> (Gateway, Collect) {
+    let list = format::parse(tokens, chrono::FixedOffset::east_opt(0).unwrap()).unwrap();
     let proxy = Proxy::new(
         Upstream::parse(upstream).unwrap(),
         Duration::from_secs(5),
@@ -299,4 +299,41 @@ async fn from_event_maps_the_uri_and_the_request_id() {
         request.uri().to_string(),
         "/v1/models?token=gw-example-token"
     );
+}
+
+#[tokio::test]
+async fn the_events_source_ip_is_the_client_that_allow_ips_is_checked_against() {
+    let up = MockUpstream::start().await;
+    let events = [
+        include_str!("../../events/function-url-get-models.json"),
+        include_str!("../../events/apigw-http-v2.json"),
+        include_str!("../../events/apigw-rest-v1.json"),
+    ];
+    // Each event says it came from 203.0.113.7.
+    for (nets, allowed) in [
+        (r#"["203.0.113.0/24"]"#, true),
+        (r#"["203.0.113.7", "2001:db8::/32"]"#, true),
+        (r#"["198.51.100.0/24"]"#, false),
+    ] {
+        let tokens =
+            format!(r#"[{{"name": "example", "token": "gw-example-token", "allow_ips": {nets}}}]"#);
+        let (gw, records) = gateway_with_tokens(&up.url(), &tokens);
+        for json in events {
+            let before = up.count();
+            let response = lambda::streaming(&gw, event(json)).await;
+            let status = response.status();
+            let body = String::from_utf8(body_of(response).await).unwrap();
+            if allowed {
+                assert_eq!(status, 200, "{nets}: {body}");
+                assert_eq!(up.count(), before + 1);
+            } else {
+                assert_eq!(status, 403, "{nets}: {body}");
+                let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(error["error"]["code"], "ip_not_allowed");
+                assert_eq!(up.count(), before, "nothing forwarded");
+            }
+            let line = records.0.lock().unwrap().last().cloned().unwrap();
+            assert_eq!(line["client_ip"], "203.0.113.7", "{line}");
+        }
+    }
 }

@@ -3,6 +3,7 @@
 //! `cargo test --test it gateway::`; the slow ones are `#[ignore]`d:
 //! `cargo test --test it slow:: -- --ignored`.
 
+mod client_ip;
 mod common;
 
 mod dynamodb;

@@ -126,6 +126,7 @@ impl Finish for Collect {
             "bytes_out": r.bytes_out,
             "outcome": r.outcome.as_str(),
             "request_id": r.request_id,
+            "client_ip": r.client_ip.map(|ip| ip.to_string()),
             "usage": r.meter.usage().map(|u| serde_json::json!({
                 "model": u.model, "input": u.input, "cached": u.cached_input,
                 "output": u.output, "estimated": u.estimated,
