@@ -21,7 +21,7 @@ use percent_encoding::percent_decode;
 use crate::error::GatewayError;
 use crate::headers::{Strip, X_TOKEN};
 use crate::secret::ApiKey;
-use crate::tokens::{Refused, Rules, TokenSet};
+use crate::tokens::{Refused, Rules, TokenEntry, TokenSet};
 
 /// Who the request was admitted as, and what to send upstream on its behalf.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +49,22 @@ pub struct Admitted {
 }
 
 impl Admitted {
+    /// Admitted as `entry` by other means than a presented token (a console
+    /// session): nothing to strip, the query as it came.
+    pub fn as_entry(entry: &TokenEntry, query: Option<&str>) -> Self {
+        Self {
+            name: Some(entry.name.clone()),
+            upstream_key: entry.upstream_key.clone(),
+            query: query.filter(|q| !q.is_empty()).map(str::to_owned),
+            strip: Strip::default(),
+            rules: entry.rules.clone(),
+            expires: entry.expires,
+            admin: entry.admin,
+            in_query: false,
+            allow_ips: entry.allow_ips.clone(),
+        }
+    }
+
     /// Refuses a client outside the token's `allow_ips` (`403
     /// ip_not_allowed`); an unknown address is outside every list.
     pub fn check_address(&self, client: Option<IpAddr>) -> Result<(), GatewayError> {
@@ -163,6 +179,18 @@ pub fn admit(
         in_query,
         allow_ips: entry.allow_ips.clone(),
     })
+}
+
+/// Whether a request presents any gateway credential (a `token` in the
+/// query, `X-Token`, `Authorization`): such a request is authenticated by
+/// it alone, never by a console session.
+pub fn presents_credential(headers: &HeaderMap, query: Option<&str>) -> bool {
+    if headers.contains_key(&X_TOKEN) || headers.contains_key(header::AUTHORIZATION) {
+        return true;
+    }
+    let mut found = Vec::new();
+    query.map(|q| strip_token_params(q, &mut found));
+    !found.is_empty()
 }
 
 impl<'a> Presented<'a> {

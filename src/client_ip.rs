@@ -28,6 +28,31 @@ impl Peer {
     }
 }
 
+/// The front end received the request over TLS (Lambda: Function URLs and
+/// API Gateway answer https only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Secure;
+
+/// Whether the client reached the gateway over https: the front end says so
+/// ([`Secure`]), or a trusted proxy's `X-Forwarded-Proto` (its last value,
+/// the one that proxy wrote) is `https`.
+pub fn is_https(extensions: &http::Extensions, headers: &HeaderMap, trusted: &[IpNet]) -> bool {
+    if extensions.get::<Secure>().is_some() {
+        return true;
+    }
+    let Some(Peer(peer)) = extensions.get::<Peer>().copied() else {
+        return false;
+    };
+    within(trusted, peer)
+        && headers
+            .get_all("x-forwarded-proto")
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
+}
+
 /// Parses a CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare address (one
 /// host). The network is kept as written, host bits cleared.
 pub fn parse_net(text: &str) -> Result<IpNet, String> {

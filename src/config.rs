@@ -76,6 +76,10 @@ pub const TOKENS_UTC_OFFSET: &str = "TOKENS_UTC_OFFSET";
 pub const SHUTDOWN_GRACE_SECS: &str = "SHUTDOWN_GRACE_SECS";
 /// `CORS_ALLOW_ORIGINS`: the origins allowed to call the gateway from a browser.
 pub const CORS_ALLOW_ORIGINS: &str = "CORS_ALLOW_ORIGINS";
+/// `CONSOLE_SESSION_SECS`: how long a console session lasts.
+pub const CONSOLE_SESSION_SECS: &str = "CONSOLE_SESSION_SECS";
+/// `CONSOLE_ALLOW_HTTP`: answer the console over plain http from other machines.
+pub const CONSOLE_ALLOW_HTTP: &str = "CONSOLE_ALLOW_HTTP";
 /// `TRUSTED_PROXIES`: the proxies whose `X-Forwarded-For` names the client.
 pub const TRUSTED_PROXIES: &str = "TRUSTED_PROXIES";
 /// `GATEWAY_WORKER_THREADS`: runtime worker threads.
@@ -335,6 +339,18 @@ pub const SETTINGS: &[Setting] = &[
         "browser origins allowed to call, comma-separated, or `*`",
     ),
     flag(
+        "--console-session-secs",
+        CONSOLE_SESSION_SECS,
+        "28800 (8 h)",
+        "how long a console session lasts; the server refuses it after that",
+    ),
+    flag(
+        "--console-allow-http",
+        CONSOLE_ALLOW_HTTP,
+        "`false`",
+        "`true`: the console and admin API also answer plain http from other machines (the admin token then crosses the network in clear)",
+    ),
+    flag(
         "--trusted-proxies",
         TRUSTED_PROXIES,
         "none",
@@ -539,6 +555,14 @@ pub struct Settings {
     /// Origins allowed to call from a browser: a comma-separated list, or `*`. Off when unset.
     #[arg(long, env = CORS_ALLOW_ORIGINS)]
     pub cors_allow_origins: Option<String>,
+
+    /// Seconds a console session lasts.
+    #[arg(long, env = CONSOLE_SESSION_SECS, default_value_t = 28_800, value_parser = clap::value_parser!(u64).range(60..=2_592_000))]
+    pub console_session_secs: u64,
+
+    /// Answer the console and admin API over plain http from other machines too.
+    #[arg(long, env = CONSOLE_ALLOW_HTTP, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub console_allow_http: bool,
 
     /// CIDRs of trusted proxies, comma-separated: their `X-Forwarded-For` names the client. None when unset.
     #[arg(long, env = TRUSTED_PROXIES)]

@@ -124,6 +124,41 @@ pub enum GatewayError {
     /// The gateway's own state is for admin tokens only.
     #[error("this endpoint is for the gateway's admin tokens only")]
     AdminOnly,
+    /// The admin API or console over plain http from another machine.
+    #[error("the console and admin API answer over plain http on this machine only (the admin token would cross the network in clear); put TLS in front (TRUSTED_PROXIES with X-Forwarded-Proto: https), use an SSH tunnel, or set CONSOLE_ALLOW_HTTP=true")]
+    HttpsRequired,
+    /// A console session that is not (or no longer) good.
+    #[error("the console session is missing, has ended, or its admin token is no longer an admin token; log in again")]
+    InvalidSession,
+    /// A state-changing console request from another site's page.
+    #[error("a console change must come from the gateway's own page (Origin or Sec-Fetch-Site: same-origin)")]
+    CrossSite,
+    /// Too many failed logins from one address.
+    #[error("too many failed logins from this address; retry in {0} s")]
+    TooManyLogins(u64),
+    /// Managed tokens and sessions need a usage store.
+    #[error("the console needs a usage store to keep tokens and sessions in (USAGE_STORE is off)")]
+    ConsoleUnavailable,
+    /// A managed token's name is taken (by any entry, ever).
+    #[error("a token named `{0}` exists (or existed: a revoked token's name is not given again)")]
+    TokenNameTaken(String),
+    /// A change to an entry of the token file or SSM parameter.
+    #[error("`{name}` is defined in {origin}; change it there")]
+    TokenInConfig {
+        /// The entry.
+        name: String,
+        /// Where the list comes from.
+        origin: String,
+    },
+    /// No managed token by that name.
+    #[error("no managed token is named `{0}`")]
+    TokenNotFound(String),
+    /// A change to a revoked token.
+    #[error("`{0}` is revoked; it can be neither changed nor used again")]
+    TokenRevoked(String),
+    /// Another change landed in between.
+    #[error("`{0}` was changed by someone else meanwhile; read it again and retry")]
+    TokenChanged(String),
     /// The token's `allow_ips` does not hold the client's address.
     #[error("this token may not be used from this address (its entry's `allow_ips` does not include it)")]
     IpNotAllowed,
@@ -149,7 +184,13 @@ impl GatewayError {
             Self::MissingToken
             | Self::InvalidToken
             | Self::TokenExpired
+            | Self::InvalidSession
             | Self::AdminTokenInQuery => StatusCode::UNAUTHORIZED,
+            Self::TokenNameTaken(_)
+            | Self::TokenInConfig { .. }
+            | Self::TokenRevoked(_)
+            | Self::TokenChanged(_) => StatusCode::CONFLICT,
+            Self::TokenNotFound(_) => StatusCode::NOT_FOUND,
             Self::ConflictingTokens
             | Self::MultipleAuthorization
             | Self::InvalidPath(_)
@@ -161,16 +202,21 @@ impl GatewayError {
             Self::EndpointNotAllowed
             | Self::AdminOnly
             | Self::IpNotAllowed
+            | Self::HttpsRequired
+            | Self::CrossSite
             | Self::ModelNotAllowed(_)
             | Self::ModelUnknown
             | Self::EndpointNotMetered(_)
             | Self::ModelPriceUnknown(_) => StatusCode::FORBIDDEN,
-            Self::RateLimited { .. } | Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::QuotaExceeded { .. } | Self::TooManyLogins(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::RequestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TokenStoreUnavailable
             | Self::UpstreamKeyUnavailable
             | Self::UsageStoreUnavailable
+            | Self::ConsoleUnavailable
             | Self::UpstreamsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::NoUpstreamForModel(_) => StatusCode::NOT_FOUND,
             Self::UpstreamUnreachable
@@ -215,6 +261,16 @@ impl GatewayError {
             Self::NoUpstreamForModel(_) => "model_not_found",
             Self::AdminOnly => "admin_only",
             Self::IpNotAllowed => "ip_not_allowed",
+            Self::HttpsRequired => "https_required",
+            Self::InvalidSession => "invalid_session",
+            Self::CrossSite => "cross_site_request",
+            Self::TooManyLogins(_) => "too_many_logins",
+            Self::ConsoleUnavailable => "console_unavailable",
+            Self::TokenNameTaken(_) => "token_name_taken",
+            Self::TokenInConfig { .. } => "token_in_config",
+            Self::TokenNotFound(_) => "token_not_found",
+            Self::TokenRevoked(_) => "token_revoked",
+            Self::TokenChanged(_) => "token_changed",
             Self::AdminTokenInQuery => "admin_token_in_query",
             Self::UpstreamsUnavailable(_) => "upstreams_unavailable",
         }
@@ -235,6 +291,7 @@ impl GatewayError {
             | StatusCode::UNSUPPORTED_MEDIA_TYPE
             | StatusCode::METHOD_NOT_ALLOWED
             | StatusCode::NOT_FOUND
+            | StatusCode::CONFLICT
             | StatusCode::REQUEST_TIMEOUT => "invalid_request_error",
             _ => "gateway_error",
         }
@@ -295,6 +352,7 @@ impl GatewayError {
                 *retry_after
             }
             Self::UpstreamsUnavailable(retry_after) => *retry_after,
+            Self::TooManyLogins(seconds) => Some(*seconds),
             _ => None,
         };
         if let Some(seconds) = retry_after {

@@ -33,6 +33,7 @@ use crate::body::{BoxError, Buffered, GatewayBody, IdleTimeout, Layer, Prefixed}
 use crate::client_ip::Peer;
 use crate::clock::Clock;
 use crate::completion::{Completion, Pending};
+use crate::console::{Console, Front, Reach};
 use crate::cors::Cors;
 use crate::error::GatewayError;
 use crate::headers;
@@ -78,6 +79,8 @@ pub struct GatewayOptions {
     pub clock: Clock,
     /// The proxies whose `X-Forwarded-For` names the client (`TRUSTED_PROXIES`).
     pub trusted_proxies: Vec<IpNet>,
+    /// The operator's console (its page, logins and sessions), if on.
+    pub console: Option<Arc<Console>>,
 }
 
 impl GatewayOptions {
@@ -96,6 +99,7 @@ impl GatewayOptions {
             max_body: 32 << 20,
             clock: Clock::system(),
             trusted_proxies: Vec::new(),
+            console: None,
         }
     }
 }
@@ -282,16 +286,43 @@ impl Gateway {
             // CONNECT to the upstream's host.
             return Err(GatewayError::MethodNotAllowed("CONNECT"));
         }
-        let admitted = self.authenticate(&parts, record.arrived).await?;
+        let mut body = RequestBody::new(body, record.bytes_in.clone(), inner.client_idle_timeout);
+        let reach = Reach {
+            client: record.client_ip,
+            https: crate::client_ip::is_https(
+                &parts.extensions,
+                &parts.headers,
+                &inner.trusted_proxies,
+            ),
+        };
+        // The console's own doors (its page, logging in and out) need no
+        // token, and its session stands for its admin's on the admin API.
+        let front = match &inner.console {
+            Some(console) => {
+                console
+                    .front(&parts, &mut body, reach, &mut record.token)
+                    .await?
+            }
+            None => Front::Pass,
+        };
+        let admitted = match front {
+            Front::Answer(reply) => return Ok(reply.map(Shaped::from)),
+            Front::Admitted(admitted) => admitted,
+            Front::Pass => self.authenticate(&parts, record.arrived).await?,
+        };
         record.token.clone_from(&admitted.name);
         // Before anything is read, reserved or sent.
         admitted.check_address(record.client_ip)?;
+        if let Some(console) = &inner.console {
+            if Console::is_admin_request(parts.uri.path(), &admitted) {
+                console.check_transport(reach)?;
+            }
+        }
         // One view of the upstreams for the whole request, reloads or not.
         let upstreams = self.upstreams.current().await?;
         crate::proxy::check_path(parts.uri.path())?;
         // Policy and metering read the path as the upstream will route it.
         let path = crate::path::normalise(parts.uri.path());
-        let mut body = RequestBody::new(body, record.bytes_in.clone(), inner.client_idle_timeout);
         if matches!(parts.method, Method::GET | Method::HEAD) {
             // One rule whatever the framing: such a body has no meaning, and
             // is refused rather than silently dropped or sent on.

@@ -24,7 +24,7 @@ use lambda_http::request::RequestContext;
 use lambda_http::{service_fn, RequestExt};
 
 use crate::body::{Buffered, GatewayBody};
-use crate::client_ip::Peer;
+use crate::client_ip::{Peer, Secure};
 use crate::config::{InvokeMode, Settings};
 use crate::error::{ConfigError, GatewayError};
 use crate::gateway::Gateway;
@@ -157,6 +157,7 @@ pub fn from_event(request: lambda_http::Request) -> http::Request<lambda_http::B
     if let Some(peer) = peer {
         parts.extensions.insert(peer);
     }
+    parts.extensions.insert(Secure);
     http::Request::from_parts(parts, body)
 }
 

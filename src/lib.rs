@@ -40,6 +40,7 @@ pub mod clock;
 pub mod commands;
 pub mod completion;
 pub mod config;
+pub mod console;
 pub mod cors;
 pub mod error;
 pub mod gateway;

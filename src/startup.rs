@@ -15,6 +15,10 @@ use crate::config::{
     TOKENS_SSM_PARAMETER, UPSTREAMS_FILE, UPSTREAMS_SSM_PARAMETER, UPSTREAM_API_KEY,
     UPSTREAM_API_KEY_SSM_PARAMETER, UPSTREAM_URL, USAGE_STORE,
 };
+use crate::console::costs::Costs;
+use crate::console::session::Logins;
+use crate::console::tokens::TokensApi;
+use crate::console::Console;
 use crate::cors::Cors;
 use crate::error::ConfigError;
 use crate::gateway::{Gateway, GatewayOptions};
@@ -196,6 +200,12 @@ pub async fn options_at(
         }
     }
     let source = token_source(settings)?;
+    let origin = match &source {
+        TokenSource::Ssm(name) => format!("the SSM parameter {name}"),
+        TokenSource::File(path) => format!("the token file {}", path.display()),
+        TokenSource::Bundled(_) => "the token list bundled into the binary".to_owned(),
+        TokenSource::None => "the token list".to_owned(),
+    };
     let needs_ssm = matches!(source, TokenSource::Ssm(_))
         || settings.upstream_api_key_ssm_parameter.is_some()
         || settings.upstreams_ssm_parameter.is_some();
@@ -315,6 +325,31 @@ pub async fn options_at(
     }
     let initial = tokens.peek();
     let store = usage_store(settings, mode, initial.as_deref(), &clock).await?;
+    // Managed tokens join the list where a store keeps them (never in
+    // anonymous mode: a token would end it for everyone).
+    let registry = store.as_ref().and_then(|s| s.registry());
+    let config_tokens = tokens.clone();
+    let tokens = match &registry {
+        Some(registry) if !anonymous => {
+            let merged = crate::console::managed::merged(
+                tokens,
+                registry.clone(),
+                settings.tokens_utc_offset,
+                settings.tokens_refresh(),
+            );
+            let _ = merged.load_now().await;
+            merged
+        }
+        _ => tokens,
+    };
+    let console = Arc::new(Console {
+        registry: registry.clone(),
+        tokens: tokens.clone(),
+        session_secs: settings.console_session_secs,
+        remote_http: settings.console_allow_http,
+        logins: Logins::new(LOGINS_PER_MINUTE),
+        clock: clock.clone(),
+    });
     let prices = Arc::new(Prices::load(settings.prices_file.as_deref())?);
     let mut hooks: Vec<Arc<dyn Finish>> = Vec::new();
     if let Some(store) = &store {
@@ -352,6 +387,18 @@ pub async fn options_at(
     };
     Ok(GatewayOptions {
         policies: vec![
+            Arc::new(TokensApi {
+                registry,
+                tokens: tokens.clone(),
+                config: config_tokens,
+                origin,
+                store: store.clone(),
+                offset: settings.tokens_utc_offset,
+                clock: clock.clone(),
+            }),
+            Arc::new(Costs {
+                store: store.clone(),
+            }),
             Arc::new(UpstreamsReport {
                 upstreams: upstreams.clone(),
                 clock: clock.clone(),
@@ -381,8 +428,12 @@ pub async fn options_at(
         clock,
         tokens,
         trusted_proxies,
+        console: Some(console),
     })
 }
+
+/// Failed console logins allowed per client address and minute.
+const LOGINS_PER_MINUTE: u32 = 10;
 
 /// How an upstream's `key_env` is read: the environment, where
 /// `UPSTREAM_API_KEY` may also have come from the command line.

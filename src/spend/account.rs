@@ -79,7 +79,8 @@ impl Policy for Account {
     }
 }
 
-fn store_down(error: super::store::StoreError) -> GatewayError {
+/// A store that failed, as the client hears it (and the log says why).
+pub fn store_down(error: super::store::StoreError) -> GatewayError {
     tracing::error!(%error, "usage store unreachable");
     GatewayError::UsageStoreUnavailable
 }
@@ -96,6 +97,47 @@ fn shown(measure: Measure, value: i64) -> Value {
     }
 }
 
+/// Per limit of `token`'s `limits`, what is used, reserved and left at
+/// `now`, and when its window resets (`GET /v1/gateway/usage`'s rows, and
+/// the console's).
+pub async fn limit_rows(
+    store: Option<&Arc<dyn Store>>,
+    token: Option<&str>,
+    limits: &crate::limits::Limits,
+    now: DateTime<Utc>,
+) -> Result<Vec<Value>, GatewayError> {
+    let windows = limits.windows();
+    let states: Vec<WindowState> = match (store, token) {
+        (Some(store), Some(token)) if !windows.is_empty() => store
+            .windows(token.to_owned(), windows.clone(), now)
+            .await
+            .map_err(store_down)?,
+        _ => vec![WindowState::default(); windows.len()],
+    };
+    Ok(limits
+        .iter()
+        .map(|limit| {
+            let state = windows
+                .iter()
+                .position(|w| *w == limit.window)
+                .map(|i| states[i].clone())
+                .unwrap_or_default();
+            let used = limit.measure.of(&state.used);
+            let reserved = limit.measure.of(&state.reserved);
+            json!({
+                "limit": limit.key,
+                "window": limit.window.as_str(),
+                "measure": limit.measure.as_str(),
+                "max": shown(limit.measure, limit.max),
+                "used": shown(limit.measure, used),
+                "reserved": shown(limit.measure, reserved),
+                "remaining": shown(limit.measure, limit.max.saturating_sub(crate::limits::counter_add(used, reserved)).max(0)),
+                "resets_at": limit.window.end(now).map(rfc3339),
+            })
+        })
+        .collect())
+}
+
 impl Account {
     async fn limits(&self, admitted: &Admitted, now: DateTime<Utc>) -> Result<Value, GatewayError> {
         let limits = admitted
@@ -104,36 +146,7 @@ impl Account {
             .and_then(|r| r.limits.clone())
             .unwrap_or_default();
         let token = admitted.name.clone();
-        let windows = limits.windows();
-        let states: Vec<WindowState> = match (&self.store, &token) {
-            (Some(store), Some(token)) if !windows.is_empty() => store
-                .windows(token.to_string(), windows.clone(), now)
-                .await
-                .map_err(store_down)?,
-            _ => vec![WindowState::default(); windows.len()],
-        };
-        let rows: Vec<Value> = limits
-            .iter()
-            .map(|limit| {
-                let state = windows
-                    .iter()
-                    .position(|w| *w == limit.window)
-                    .map(|i| states[i].clone())
-                    .unwrap_or_default();
-                let used = limit.measure.of(&state.used);
-                let reserved = limit.measure.of(&state.reserved);
-                json!({
-                    "limit": limit.key,
-                    "window": limit.window.as_str(),
-                    "measure": limit.measure.as_str(),
-                    "max": shown(limit.measure, limit.max),
-                    "used": shown(limit.measure, used),
-                    "reserved": shown(limit.measure, reserved),
-                    "remaining": shown(limit.measure, limit.max.saturating_sub(crate::limits::counter_add(used, reserved)).max(0)),
-                    "resets_at": limit.window.end(now).map(rfc3339),
-                })
-            })
-            .collect();
+        let rows = limit_rows(self.store.as_ref(), token.as_deref(), &limits, now).await?;
         Ok(json!({
             "object": "gateway.usage",
             "token": token,

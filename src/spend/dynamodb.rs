@@ -82,18 +82,18 @@ const ADMISSION_ATTEMPTS: u32 = 4;
 /// A DynamoDB usage store.
 #[derive(Debug, Clone)]
 pub struct Dynamo {
-    name: String,
-    table: String,
-    client: Client,
+    pub(in crate::spend) name: String,
+    pub(in crate::spend) table: String,
+    pub(in crate::spend) client: Client,
 }
 
-type Item = HashMap<String, AttributeValue>;
+pub(in crate::spend) type Item = HashMap<String, AttributeValue>;
 
-fn n(value: i64) -> AttributeValue {
+pub(in crate::spend) fn n(value: i64) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
-fn s(value: impl Into<String>) -> AttributeValue {
+pub(in crate::spend) fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 
@@ -209,7 +209,10 @@ impl Dynamo {
         }
     }
 
-    fn sdk_fail<E, R>(&self, error: aws_sdk_dynamodb::error::SdkError<E, R>) -> StoreError
+    pub(in crate::spend) fn sdk_fail<E, R>(
+        &self,
+        error: aws_sdk_dynamodb::error::SdkError<E, R>,
+    ) -> StoreError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug + 'static,
@@ -644,6 +647,10 @@ impl Store for Dynamo {
         })
     }
 
+    fn registry(&self) -> Option<Arc<dyn super::registry::Registry>> {
+        Some(Arc::new(self.clone()))
+    }
+
     fn report(
         &self,
         period: Period,
@@ -651,102 +658,102 @@ impl Store for Dynamo {
     ) -> BoxFuture<Result<Vec<Row>, StoreError>> {
         let this = self.clone();
         Box::pin(async move {
-            let mut rows: Vec<Row> = Vec::new();
-            let mut start: Option<Item> = None;
-            loop {
-                // One token: a query of its partition (what the gateway
-                // itself does, for the billing endpoints); all: a scan
-                // (the operator's `usage report`).
-                let (items, next) = match &token {
-                    Some(t) => {
-                        let (from, to) = period.day_range();
-                        let page = this
-                            .client
-                            .query()
-                            .table_name(&this.table)
-                            .consistent_read(true)
-                            .key_condition_expression("pk = :u AND sk BETWEEN :from AND :to")
-                            .expression_attribute_values(":u", s(format!("u#{t}")))
-                            .expression_attribute_values(":from", s(format!("{from}#")))
-                            // '~' sorts after '#' and '@': every row of the last day.
-                            .expression_attribute_values(":to", s(format!("{to}~")))
-                            .set_exclusive_start_key(start.take())
-                            .send()
-                            .await
-                            .map_err(|e| this.sdk_fail(e))?;
-                        (page.items().to_vec(), page.last_evaluated_key().cloned())
-                    }
-                    None => {
-                        let page = this
-                            .client
-                            .scan()
-                            .table_name(&this.table)
-                            .consistent_read(true)
-                            .filter_expression("begins_with(pk, :u)")
-                            .expression_attribute_values(":u", s("u#"))
-                            .set_exclusive_start_key(start.take())
-                            .send()
-                            .await
-                            .map_err(|e| this.sdk_fail(e))?;
-                        (page.items().to_vec(), page.last_evaluated_key().cloned())
-                    }
-                };
-                for item in &items {
-                    let pk = item.get(PARTITION_KEY).and_then(|v| v.as_s().ok());
-                    let sk = item.get(SORT_KEY).and_then(|v| v.as_s().ok());
-                    let (Some(pk), Some(sk)) = (pk, sk) else {
-                        continue;
-                    };
-                    let Some((day, upstream, model)) = parse_usage_sort_key(sk) else {
-                        continue;
-                    };
-                    if !period.holds(day) {
-                        continue;
-                    }
-                    let name = pk.trim_start_matches("u#");
-                    let at = match rows
-                        .iter()
-                        .position(|r| r.token == name && r.model == model && r.upstream == upstream)
-                    {
-                        Some(i) => i,
-                        None => {
-                            rows.push(Row {
-                                token: name.to_owned(),
-                                model: model.to_owned(),
-                                upstream: upstream.to_owned(),
-                                ..Row::default()
-                            });
-                            rows.len() - 1
-                        }
-                    };
-                    let row = &mut rows[at];
-                    row.requests =
-                        crate::limits::counter_add(row.requests, number(item, "requests"));
-                    row.input_tokens =
-                        crate::limits::counter_add(row.input_tokens, number(item, "input_tokens"));
-                    row.cached_tokens = crate::limits::counter_add(
-                        row.cached_tokens,
-                        number(item, "cached_tokens"),
-                    );
-                    row.output_tokens = crate::limits::counter_add(
-                        row.output_tokens,
-                        number(item, "output_tokens"),
-                    );
-                    row.cost_usd =
-                        crate::limits::counter_add(row.cost_usd, number(item, "usd_micros"));
-                    row.estimated_requests = crate::limits::counter_add(
-                        row.estimated_requests,
-                        number(item, "estimated_requests"),
-                    );
-                }
-                match next {
-                    Some(key) if !key.is_empty() => start = Some(key),
-                    _ => break,
-                }
-            }
-            rows.sort_by(|a, b| (&a.token, &a.model).cmp(&(&b.token, &b.model)));
-            Ok(rows)
+            let days = this.usage_rows(period, token).await?;
+            Ok(super::store::sum_days(days.into_iter().map(|(_, row)| row)))
         })
+    }
+
+    fn daily(
+        &self,
+        period: Period,
+        token: Option<String>,
+    ) -> BoxFuture<Result<Vec<(String, Row)>, StoreError>> {
+        let this = self.clone();
+        Box::pin(async move { this.usage_rows(period, token).await })
+    }
+}
+
+impl Dynamo {
+    /// Each usage row of `period` (one token's when named), with its day.
+    async fn usage_rows(
+        &self,
+        period: Period,
+        token: Option<String>,
+    ) -> Result<Vec<(String, Row)>, StoreError> {
+        let this = self;
+        let mut rows: Vec<(String, Row)> = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            // One token: a query of its partition (what the gateway
+            // itself does, for the billing endpoints); all: a scan
+            // (the operator's `usage report`, the console's costs).
+            let (items, next) = match &token {
+                Some(t) => {
+                    let (from, to) = period.day_range();
+                    let page = this
+                        .client
+                        .query()
+                        .table_name(&this.table)
+                        .consistent_read(true)
+                        .key_condition_expression("pk = :u AND sk BETWEEN :from AND :to")
+                        .expression_attribute_values(":u", s(format!("u#{t}")))
+                        .expression_attribute_values(":from", s(format!("{from}#")))
+                        // '~' sorts after '#' and '@': every row of the last day.
+                        .expression_attribute_values(":to", s(format!("{to}~")))
+                        .set_exclusive_start_key(start.take())
+                        .send()
+                        .await
+                        .map_err(|e| this.sdk_fail(e))?;
+                    (page.items().to_vec(), page.last_evaluated_key().cloned())
+                }
+                None => {
+                    let page = this
+                        .client
+                        .scan()
+                        .table_name(&this.table)
+                        .consistent_read(true)
+                        .filter_expression("begins_with(pk, :u)")
+                        .expression_attribute_values(":u", s("u#"))
+                        .set_exclusive_start_key(start.take())
+                        .send()
+                        .await
+                        .map_err(|e| this.sdk_fail(e))?;
+                    (page.items().to_vec(), page.last_evaluated_key().cloned())
+                }
+            };
+            for item in &items {
+                let pk = item.get(PARTITION_KEY).and_then(|v| v.as_s().ok());
+                let sk = item.get(SORT_KEY).and_then(|v| v.as_s().ok());
+                let (Some(pk), Some(sk)) = (pk, sk) else {
+                    continue;
+                };
+                let Some((day, upstream, model)) = parse_usage_sort_key(sk) else {
+                    continue;
+                };
+                if !period.holds(day) {
+                    continue;
+                }
+                rows.push((
+                    day.to_owned(),
+                    Row {
+                        token: pk.trim_start_matches("u#").to_owned(),
+                        model: model.to_owned(),
+                        upstream: upstream.to_owned(),
+                        requests: number(item, "requests"),
+                        input_tokens: number(item, "input_tokens"),
+                        cached_tokens: number(item, "cached_tokens"),
+                        output_tokens: number(item, "output_tokens"),
+                        cost_usd: number(item, "usd_micros"),
+                        estimated_requests: number(item, "estimated_requests"),
+                    },
+                ));
+            }
+            match next {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        Ok(rows)
     }
 }
 

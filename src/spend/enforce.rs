@@ -468,6 +468,13 @@ mod tests {
         fn report(&self, _: Period, _: Option<String>) -> BoxFuture<Result<Vec<Row>, StoreError>> {
             Box::pin(std::future::ready(Ok(Vec::new())))
         }
+        fn daily(
+            &self,
+            _: Period,
+            _: Option<String>,
+        ) -> BoxFuture<Result<Vec<(String, Row)>, StoreError>> {
+            Box::pin(std::future::ready(Ok(Vec::new())))
+        }
     }
 
     fn enforce(store: Option<Arc<dyn Store>>) -> Enforce {

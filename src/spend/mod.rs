@@ -15,6 +15,7 @@ pub mod dynamodb;
 pub mod enforce;
 pub mod journal;
 pub mod ledger;
+pub mod registry;
 pub mod sqlite;
 pub mod store;
 

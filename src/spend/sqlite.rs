@@ -215,6 +215,9 @@ fn connect(name: &str, path: &str) -> Result<Connection, String> {
         .execute_batch("PRAGMA synchronous=NORMAL;")
         .map_err(fail)?;
     connection.execute_batch(SCHEMA).map_err(fail)?;
+    connection
+        .execute_batch(super::registry::sqlite::SCHEMA)
+        .map_err(fail)?;
     Ok(connection)
 }
 
@@ -317,7 +320,7 @@ impl Sqlite {
     }
 
     /// Runs `work` on the reading connection, off the async threads.
-    fn run<T, F>(&self, work: F) -> BoxFuture<Result<T, StoreError>>
+    pub(in crate::spend) fn run<T, F>(&self, work: F) -> BoxFuture<Result<T, StoreError>>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -983,6 +986,25 @@ impl Store for Sqlite {
         })
     }
 
+    fn registry(&self) -> Option<Arc<dyn super::registry::Registry>> {
+        Some(Arc::new(self.clone()))
+    }
+
+    fn daily(
+        &self,
+        period: Period,
+        token: Option<String>,
+    ) -> BoxFuture<Result<Vec<(String, Row)>, StoreError>> {
+        let flushed = self.owner.is_some().then(|| self.flush());
+        let read = self.daily_from_file(period, token);
+        Box::pin(async move {
+            if let Some(flushed) = flushed {
+                flushed.await?;
+            }
+            read.await
+        })
+    }
+
     fn report(
         &self,
         period: Period,
@@ -1001,6 +1023,43 @@ impl Store for Sqlite {
 }
 
 impl Sqlite {
+    fn daily_from_file(
+        &self,
+        period: Period,
+        token: Option<String>,
+    ) -> BoxFuture<Result<Vec<(String, Row)>, StoreError>> {
+        self.run(move |c| {
+            let (from, to) = period.day_range();
+            let upstream = if rows_name_upstreams(c)? {
+                "upstream"
+            } else {
+                "'-'"
+            };
+            let mut statement = c.prepare(&format!(
+                "SELECT day, token, model, {upstream}, requests, input_tokens, cached_tokens, output_tokens, usd_micros, estimated_requests
+                 FROM usage WHERE day >= ?1 AND day <= ?2 AND (?3 IS NULL OR token = ?3)
+                 ORDER BY 1, 2, 3, 4",
+            ))?;
+            let rows = statement.query_map(params![from, to, token], |r| {
+                Ok((
+                    r.get(0)?,
+                    Row {
+                        token: r.get(1)?,
+                        model: r.get(2)?,
+                        upstream: r.get(3)?,
+                        requests: r.get(4)?,
+                        input_tokens: r.get(5)?,
+                        cached_tokens: r.get(6)?,
+                        output_tokens: r.get(7)?,
+                        cost_usd: r.get(8)?,
+                        estimated_requests: r.get(9)?,
+                    },
+                ))
+            })?;
+            rows.collect()
+        })
+    }
+
     fn report_from_file(
         &self,
         period: Period,

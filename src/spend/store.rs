@@ -228,6 +228,19 @@ pub struct Row {
     pub estimated_requests: i64,
 }
 
+impl Row {
+    /// Adds `other`'s counts (saturating).
+    pub fn add_row(&mut self, other: &Row) {
+        let add = crate::limits::counter_add;
+        self.requests = add(self.requests, other.requests);
+        self.input_tokens = add(self.input_tokens, other.input_tokens);
+        self.cached_tokens = add(self.cached_tokens, other.cached_tokens);
+        self.output_tokens = add(self.output_tokens, other.output_tokens);
+        self.cost_usd = add(self.cost_usd, other.cost_usd);
+        self.estimated_requests = add(self.estimated_requests, other.estimated_requests);
+    }
+}
+
 fn micros_as_usd<S: serde::Serializer>(micros: &i64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(*micros as f64 / 1e6)
 }
@@ -290,6 +303,36 @@ pub trait Store: Send + Sync + fmt::Debug {
         period: Period,
         token: Option<String>,
     ) -> BoxFuture<Result<Vec<Row>, StoreError>>;
+
+    /// Usage per day, token, model and upstream over `period` (one
+    /// token's when named): the console's costs by day.
+    fn daily(
+        &self,
+        period: Period,
+        token: Option<String>,
+    ) -> BoxFuture<Result<Vec<(String, Row)>, StoreError>>;
+
+    /// The managed tokens and console sessions kept in this store, if it
+    /// keeps them.
+    fn registry(&self) -> Option<Arc<dyn super::registry::Registry>> {
+        None
+    }
+}
+
+/// `rows` summed per token, model and upstream (saturating), in that order.
+pub fn sum_days(rows: impl Iterator<Item = Row>) -> Vec<Row> {
+    let mut sums: std::collections::BTreeMap<(String, String, String), Row> = Default::default();
+    for row in rows {
+        let key = (row.token.clone(), row.model.clone(), row.upstream.clone());
+        let sum = sums.entry(key).or_insert_with(|| Row {
+            token: row.token.clone(),
+            model: row.model.clone(),
+            upstream: row.upstream.clone(),
+            ..Row::default()
+        });
+        sum.add_row(&row);
+    }
+    sums.into_values().collect()
 }
 
 /// The keys of the windows holding `at`, for `limits`.

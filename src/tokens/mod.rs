@@ -267,6 +267,11 @@ impl TokenSet {
         &self.entries
     }
 
+    /// The entry named `name` (a scan: for the console, not the request path).
+    pub fn named(&self, name: &str) -> Option<&TokenEntry> {
+        self.entries.iter().find(|e| &*e.name == name)
+    }
+
     /// True when no token is configured.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

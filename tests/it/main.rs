@@ -5,6 +5,7 @@
 
 mod client_ip;
 mod common;
+mod console;
 
 mod dynamodb;
 mod failover;

@@ -1,0 +1,398 @@
+//! `GET /v1/gateway/costs`: spend by day, in the shape of OpenAI's
+//! organization costs API (`/v1/organization/costs`), read from the usage
+//! store.
+//!
+//! `start_time` (Unix seconds, required) and `end_time` (default: now)
+//! bound the period; buckets are UTC days (`bucket_width=1d`, as OpenAI's
+//! own, and the store keeps usage by day: `1h` is refused as such);
+//! `group_by` is any of `token` and `model` (comma-separated, or given
+//! again); `limit` buckets a page (default 7, at most 180) and `page` the
+//! `next_page` of the last answer. An admin token sees every token; any
+//! other token its own.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use super::json_response;
+use crate::error::GatewayError;
+use crate::policy::{Inspect, Policy, Verdict};
+use crate::spend::account::store_down;
+use crate::spend::store::{Period, Row, Store};
+
+/// The path.
+pub const PATH: &str = "/v1/gateway/costs";
+/// The most buckets a page holds.
+pub const MAX_BUCKETS: i64 = 180;
+/// Buckets a page holds unless `limit` says.
+const DEFAULT_BUCKETS: i64 = 7;
+/// The earliest start (the store holds nothing before; bounds the arithmetic).
+const EARLIEST: i64 = 946_684_800; // 2000-01-01
+
+/// The policy that answers it.
+pub struct Costs {
+    /// The usage store.
+    pub store: Option<Arc<dyn Store>>,
+}
+
+/// A costs query, checked.
+#[derive(Debug, PartialEq, Eq)]
+struct Query {
+    /// The first day of this page.
+    first: NaiveDate,
+    /// The last day asked for (of all pages).
+    last: NaiveDate,
+    /// Buckets per page.
+    limit: i64,
+    by_token: bool,
+    by_model: bool,
+}
+
+fn bad(param: &'static str, message: impl Into<String>) -> GatewayError {
+    GatewayError::invalid_param(param, message)
+}
+
+fn day_of(seconds: i64) -> NaiveDate {
+    DateTime::<Utc>::from_timestamp(seconds, 0)
+        .unwrap_or_default()
+        .date_naive()
+}
+
+fn start_of(day: NaiveDate) -> i64 {
+    day.and_hms_opt(0, 0, 0)
+        .map_or(0, |t| t.and_utc().timestamp())
+}
+
+fn parse(query: &str, now: DateTime<Utc>) -> Result<Query, GatewayError> {
+    let mut start = None;
+    let mut end = None;
+    let mut width = None;
+    let mut limit = None;
+    let mut page = None;
+    let (mut by_token, mut by_model) = (false, false);
+    let seconds = |param: &'static str, value: &str| -> Result<i64, GatewayError> {
+        value
+            .parse::<i64>()
+            .ok()
+            .filter(|v| (EARLIEST..=253_402_300_799).contains(v))
+            .ok_or_else(|| {
+                bad(
+                    param,
+                    format!("`{param}` must be a time in Unix seconds, from 2000 to 9999"),
+                )
+            })
+    };
+    let once = |param: &'static str, slot: &Option<i64>| {
+        if slot.is_some() {
+            Err(bad(param, format!("`{param}` is given more than once")))
+        } else {
+            Ok(())
+        }
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_encoding::percent_decode_str(value)
+            .decode_utf8()
+            .map_err(|_| bad("group_by", "a query value is not UTF-8"))?;
+        match key {
+            "start_time" => {
+                once("start_time", &start)?;
+                start = Some(seconds("start_time", &value)?);
+            }
+            "end_time" => {
+                once("end_time", &end)?;
+                end = Some(seconds("end_time", &value)?);
+            }
+            "bucket_width" => match &*value {
+                "1d" => width = Some(()),
+                "1h" => {
+                    return Err(bad(
+                        "bucket_width",
+                        "the gateway keeps usage by UTC day: `bucket_width` is `1d` (as OpenAI's costs API)",
+                    ))
+                }
+                _ => return Err(bad("bucket_width", "`bucket_width` must be `1d`")),
+            },
+            "limit" => {
+                once("limit", &limit)?;
+                limit = Some(
+                    value
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|v| (1..=MAX_BUCKETS).contains(v))
+                        .ok_or_else(|| {
+                            bad("limit", format!("`limit` must be a whole number from 1 to {MAX_BUCKETS}"))
+                        })?,
+                );
+            }
+            "page" => {
+                once("page", &page)?;
+                page = Some(
+                    value
+                        .strip_prefix("d")
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .filter(|v| (EARLIEST..=253_402_300_799).contains(v))
+                        .ok_or_else(|| bad("page", "`page` must be a `next_page` this endpoint gave"))?,
+                );
+            }
+            "group_by" | "group_by[]" => {
+                for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    match part {
+                        "token" => by_token = true,
+                        "model" => by_model = true,
+                        _ => {
+                            return Err(bad(
+                                "group_by",
+                                "`group_by` takes `token` and `model`, comma-separated",
+                            ))
+                        }
+                    }
+                }
+            }
+            _ => {
+                return Err(bad(
+                    "start_time",
+                    format!(
+                        "unknown parameter `{}` (expected start_time, end_time, bucket_width, group_by, limit, page)",
+                        key.chars().take(40).collect::<String>()
+                    ),
+                ))
+            }
+        }
+    }
+    let _ = width;
+    let start =
+        start.ok_or_else(|| bad("start_time", "`start_time` (Unix seconds) is required"))?;
+    let end = end.unwrap_or_else(|| now.timestamp().max(start + 1));
+    if end <= start {
+        return Err(bad("end_time", "`end_time` must be after `start_time`"));
+    }
+    let first = day_of(page.unwrap_or(start));
+    // `end_time` is exclusive: its own day counts only past its midnight.
+    let last = day_of(end - 1);
+    if page.is_some_and(|p| p < start || day_of(p) > last) {
+        return Err(bad("page", "`page` is outside this query's period"));
+    }
+    Ok(Query {
+        first,
+        last,
+        limit: limit.unwrap_or(DEFAULT_BUCKETS),
+        by_token,
+        by_model,
+    })
+}
+
+/// One result of a bucket, summed over what is not grouped by.
+fn result(token: Option<&str>, model: Option<&str>, row: &Row) -> Value {
+    json!({
+        "object": "gateway.costs.result",
+        "amount": {"value": row.cost_usd.max(0) as f64 / 1e6, "currency": "usd"},
+        "token": token,
+        "model": model,
+        "requests": row.requests,
+        "input_tokens": row.input_tokens,
+        "output_tokens": row.output_tokens,
+        "estimated": row.estimated_requests > 0,
+    })
+}
+
+/// The page of buckets for `query` from `rows` (each with its day).
+fn page(query: &Query, rows: &[(String, Row)]) -> Value {
+    let days = (query.last - query.first).num_days() + 1;
+    let count = days.clamp(0, query.limit);
+    let mut data = Vec::new();
+    for i in 0..count {
+        let day = query.first + Duration::days(i);
+        let key = day.format("%Y-%m-%d").to_string();
+        let mut groups: BTreeMap<(Option<&str>, Option<&str>), Row> = BTreeMap::new();
+        for (_, row) in rows.iter().filter(|(d, _)| *d == key) {
+            let group = (
+                query.by_token.then_some(row.token.as_str()),
+                query.by_model.then_some(row.model.as_str()),
+            );
+            groups.entry(group).or_default().add_row(row);
+        }
+        let results: Vec<Value> = groups
+            .iter()
+            .map(|((token, model), row)| result(*token, *model, row))
+            .collect();
+        data.push(json!({
+            "object": "bucket",
+            "start_time": start_of(day),
+            "end_time": start_of(day + Duration::days(1)),
+            "results": results,
+        }));
+    }
+    let more = days > count;
+    let next = more.then(|| format!("d{}", start_of(query.first + Duration::days(count))));
+    json!({"object": "page", "data": data, "has_more": more, "next_page": next})
+}
+
+impl Policy for Costs {
+    fn applies(&self, request: &Inspect<'_>) -> bool {
+        request.path == PATH
+    }
+
+    fn check<'a>(&'a self, request: &'a mut Inspect<'_>) -> Verdict<'a> {
+        Box::pin(async move {
+            if *request.method != Method::GET {
+                return Err(GatewayError::MethodNotAllowed("this"));
+            }
+            let admitted = request.admitted;
+            if admitted.admin && admitted.in_query {
+                return Err(GatewayError::AdminTokenInQuery);
+            }
+            let query = parse(admitted.query.as_deref().unwrap_or(""), request.now)?;
+            // An ordinary token sees its own usage only.
+            let token =
+                (!admitted.admin).then(|| admitted.name.as_deref().unwrap_or("-").to_owned());
+            let last_of_page =
+                std::cmp::min(query.last, query.first + Duration::days(query.limit - 1));
+            let rows = match &self.store {
+                Some(store) => store
+                    .daily(
+                        Period::Days(
+                            query.first.format("%Y-%m-%d").to_string(),
+                            last_of_page.format("%Y-%m-%d").to_string(),
+                        ),
+                        token,
+                    )
+                    .await
+                    .map_err(store_down)?,
+                None => Vec::new(),
+            };
+            request.reply = Some(json_response(StatusCode::OK, &page(&query, &rows), None));
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        "2026-06-10T12:00:00Z".parse().unwrap()
+    }
+
+    const JUNE_1: i64 = 1_780_272_000; // 2026-06-01T00:00:00Z
+
+    #[test]
+    fn queries_are_checked_and_bounded() {
+        let q = parse(&format!("start_time={JUNE_1}&group_by=token,model"), now()).unwrap();
+        assert_eq!(q.first.to_string(), "2026-06-01");
+        assert_eq!(q.last.to_string(), "2026-06-10");
+        assert!(q.by_token && q.by_model);
+        assert_eq!(q.limit, 7);
+        let q = parse(
+            &format!(
+                "start_time={JUNE_1}&end_time={}&group_by=model&limit=180",
+                JUNE_1 + 86_400
+            ),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(
+            (q.first, q.last),
+            (q.first, q.first),
+            "end_time is exclusive"
+        );
+        assert!(!q.by_token && q.by_model);
+        for (query, param) in [
+            ("", "start_time"),
+            ("start_time=abc", "start_time"),
+            ("start_time=-5", "start_time"),
+            ("start_time=99999999999999999999", "start_time"),
+            (
+                &format!("start_time={JUNE_1}&end_time={JUNE_1}"),
+                "end_time",
+            ),
+            (
+                &format!("start_time={JUNE_1}&bucket_width=1h"),
+                "bucket_width",
+            ),
+            (
+                &format!("start_time={JUNE_1}&bucket_width=1w"),
+                "bucket_width",
+            ),
+            (&format!("start_time={JUNE_1}&limit=181"), "limit"),
+            (&format!("start_time={JUNE_1}&limit=0"), "limit"),
+            (&format!("start_time={JUNE_1}&group_by=project"), "group_by"),
+            (&format!("start_time={JUNE_1}&page=x"), "page"),
+            (
+                &format!("start_time={JUNE_1}&page=d{}", JUNE_1 - 86_400),
+                "page",
+            ),
+            (
+                &format!("start_time={JUNE_1}&start_time={JUNE_1}"),
+                "start_time",
+            ),
+            (&format!("start_time={JUNE_1}&token=x"), "start_time"),
+        ] {
+            let error = parse(query, now()).unwrap_err();
+            assert_eq!(error.param(), Some(param), "{query}: {error}");
+            assert_eq!(error.status(), 400);
+        }
+    }
+
+    fn row(token: &str, model: &str, usd: i64, estimated: i64) -> Row {
+        Row {
+            token: token.into(),
+            model: model.into(),
+            upstream: "-".into(),
+            requests: 1,
+            input_tokens: 10,
+            output_tokens: 5,
+            cost_usd: usd,
+            estimated_requests: estimated,
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn buckets_are_days_grouped_as_asked_and_paged() {
+        let rows = vec![
+            ("2026-06-01".to_owned(), row("a", "gpt-4o", 1_500_000, 0)),
+            ("2026-06-01".to_owned(), row("b", "gpt-4o", 250_000, 1)),
+            ("2026-06-03".to_owned(), row("a", "gpt-4o-mini", 10, 0)),
+        ];
+        let q = parse(
+            &format!("start_time={JUNE_1}&limit=2&group_by=token"),
+            now(),
+        )
+        .unwrap();
+        let answer = page(&q, &rows);
+        assert_eq!(answer["object"], "page");
+        assert_eq!(answer["has_more"], true);
+        assert_eq!(answer["next_page"], format!("d{}", JUNE_1 + 2 * 86_400));
+        let data = answer["data"].as_array().unwrap();
+        assert_eq!(data.len(), 2);
+        assert_eq!(data[0]["start_time"], JUNE_1);
+        assert_eq!(data[0]["end_time"], JUNE_1 + 86_400);
+        let results = data[0]["results"].as_array().unwrap();
+        assert_eq!(results.len(), 2);
+        assert_eq!(results[0]["token"], "a");
+        assert_eq!(results[0]["model"], Value::Null);
+        assert_eq!(results[0]["amount"]["value"], 1.5);
+        assert_eq!(results[1]["estimated"], true);
+        assert_eq!(data[1]["results"], json!([]));
+        // The next page, from where the last ended.
+        let q = parse(
+            &format!("start_time={JUNE_1}&limit=2&page=d{}", JUNE_1 + 2 * 86_400),
+            now(),
+        )
+        .unwrap();
+        let answer = page(&q, &rows);
+        let data = answer["data"].as_array().unwrap();
+        assert_eq!(data[0]["start_time"], JUNE_1 + 2 * 86_400);
+        let results = data[0]["results"].as_array().unwrap();
+        assert_eq!(results.len(), 1, "ungrouped: one sum");
+        assert_eq!(
+            (results[0]["token"].clone(), results[0]["requests"].clone()),
+            (Value::Null, json!(1))
+        );
+    }
+}
