@@ -110,10 +110,13 @@ impl Console {
         token_name: &mut Option<Arc<str>>,
     ) -> Result<Front, GatewayError> {
         let path = parts.uri.path();
-        if let Some(asset) = page::asset(path) {
+        if let Some(found) = page::find(path) {
             if !matches!(parts.method, Method::GET | Method::HEAD) {
                 return Err(GatewayError::MethodNotAllowed(parts.method_static()));
             }
+            let page::Found::File(asset) = found else {
+                return Ok(Front::Answer(page::redirect()));
+            };
             return Ok(Front::Answer(match self.check_transport(reach) {
                 Ok(()) => page::serve(
                     asset,
@@ -130,14 +133,25 @@ impl Console {
             return match parts.method {
                 Method::POST => self.log_in(body, reach, token_name).await,
                 Method::GET => {
-                    let (admin, session) = self.session_of(parts).await?;
-                    *token_name = Some(admin.name.clone().unwrap_or_default());
-                    Ok(Front::Answer(session_answer(
-                        StatusCode::OK,
-                        &admin,
-                        session.expires,
-                        None,
-                    )))
+                    // Who is logged in: nobody is an answer too (the page
+                    // asks as it loads).
+                    let body = match self.session_of(parts).await {
+                        Ok((admin, session)) => {
+                            token_name.clone_from(&admin.name);
+                            serde_json::json!({
+                                "object": "gateway.session",
+                                "admin": admin.name.as_deref(),
+                                "expires_at": rfc3339(session.expires),
+                            })
+                        }
+                        Err(GatewayError::InvalidSession) => serde_json::json!({
+                            "object": "gateway.session",
+                            "admin": null,
+                            "expires_at": null,
+                        }),
+                        Err(error) => return Err(error),
+                    };
+                    Ok(Front::Answer(json_response(StatusCode::OK, &body, None)))
                 }
                 Method::DELETE => self.log_out(parts, reach, token_name).await,
                 _ => Err(GatewayError::MethodNotAllowed(parts.method_static())),

@@ -33,18 +33,52 @@ const SCRIPT: Asset = Asset {
     content_type: "text/javascript; charset=utf-8",
     revalidate: true,
 };
+const ICON: Asset = Asset {
+    body: include_str!("assets/favicon.svg"),
+    content_type: "image/svg+xml",
+    revalidate: true,
+};
 const STYLE: Asset = Asset {
     body: include_str!("assets/console.css"),
     content_type: "text/css; charset=utf-8",
     revalidate: true,
 };
 
+/// What a console path is: the page without its slash (redirected, so that
+/// the page's relative links keep a stage prefix), or one of its files.
+pub enum Found {
+    /// `/admin`: to `admin/`.
+    Redirect,
+    /// A file.
+    File(Asset),
+}
+
+/// What `path` is, if it is the console's.
+pub fn find(path: &str) -> Option<Found> {
+    if path == "/admin" {
+        return Some(Found::Redirect);
+    }
+    asset(path).map(Found::File)
+}
+
+/// `/admin` to `admin/`: relative, so that a prefix the gateway does not see
+/// (an API Gateway stage) is kept by the browser.
+pub fn redirect() -> Response<Bytes> {
+    with_headers(Response::builder())
+        .status(StatusCode::PERMANENT_REDIRECT)
+        .header(header::LOCATION, "admin/")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Bytes::new())
+        .expect("a static head")
+}
+
 /// The file a path names, if it is one of the console's.
 pub fn asset(path: &str) -> Option<Asset> {
     match path {
-        "/admin" | "/admin/" => Some(PAGE),
+        "/admin/" => Some(PAGE),
         "/admin/console.js" => Some(SCRIPT),
         "/admin/console.css" => Some(STYLE),
+        "/admin/favicon.svg" => Some(ICON),
         _ => None,
     }
 }
@@ -112,7 +146,9 @@ mod tests {
 
     #[test]
     fn the_files_carry_the_policy_and_revalidate() {
-        let page = serve(asset("/admin").unwrap(), None);
+        let page = serve(asset("/admin/").unwrap(), None);
+        assert!(matches!(find("/admin"), Some(Found::Redirect)));
+        assert_eq!(redirect().headers()["location"], "admin/");
         assert_eq!(page.status(), 200);
         assert_eq!(page.headers()["cache-control"], "no-store");
         assert_eq!(page.headers()["content-security-policy"], CSP);
@@ -151,6 +187,6 @@ mod tests {
         assert!(!PAGE.body.contains("style="), "no inline style");
         assert!(PAGE
             .body
-            .contains(r#"<script type="module" src="/admin/console.js">"#));
+            .contains(r#"<script type="module" src="console.js">"#));
     }
 }

@@ -513,6 +513,20 @@ async fn a_session_cookie_opens_the_admin_api_only_from_the_gateways_own_page() 
     )
     .await;
     assert_eq!((replay.status, replay.code()), (401, "invalid_session"));
+    let who = call(
+        &gw,
+        "GET",
+        "/v1/gateway/session",
+        Auth::Cookie(&cookie),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (who.status, who.body["admin"].clone()),
+        (200, Value::Null),
+        "nobody"
+    );
 
     // A session ends after its length, on the server.
     let (_, cookie) = log_in(&gw, OPS).await;
@@ -673,7 +687,7 @@ async fn over_plain_http_the_console_answers_this_machine_only() {
     .await;
     assert_eq!(upstreams.code(), "https_required");
     let page = client()
-        .get(gw.url("/admin"))
+        .get(gw.url("/admin/"))
         .header(far.0, far.1.clone())
         .send()
         .await
@@ -709,7 +723,7 @@ async fn over_plain_http_the_console_answers_this_machine_only() {
     // A forged X-Forwarded-Proto from the client itself counts for nothing.
     let direct = Launch::new(&up.url()).tokens(TOKENS).serve().await;
     let page = client()
-        .get(direct.url("/admin"))
+        .get(direct.url("/admin/"))
         .header("x-forwarded-proto", "http")
         .send()
         .await

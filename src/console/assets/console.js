@@ -4,6 +4,9 @@
 const $ = (id) => document.getElementById(id);
 const COLORS = ["#1f5fbf", "#e07b00", "#2e9e5b", "#9c3fb8", "#c43d5a", "#8a94a6"];
 const TOP = 5;
+// The admin API, relative to the page (/admin/): a stage prefix of API
+// Gateway, or a Function URL emulator's path, is kept.
+const API = "../v1/gateway";
 const DAY = 86400;
 
 let editing = null;
@@ -56,11 +59,16 @@ async function start() {
     $("secret").value = "";
     $("secret-section").hidden = true;
   });
+  let session = null;
   try {
-    const session = await api("GET", "/v1/gateway/session");
+    session = await api("GET", API + "/session");
+  } catch (_) {
+    session = null;
+  }
+  if (session && session.admin) {
     show(true, session.admin);
     await refresh();
-  } catch (_) {
+  } else {
     show(false);
     $("admin-token").focus();
   }
@@ -71,7 +79,7 @@ async function logIn(event) {
   $("login-error").textContent = "";
   const field = $("admin-token");
   try {
-    const session = await api("POST", "/v1/gateway/session", { token: field.value });
+    const session = await api("POST", API + "/session", { token: field.value });
     field.value = "";
     show(true, session.admin);
     await refresh();
@@ -82,7 +90,7 @@ async function logIn(event) {
 
 async function logOut() {
   try {
-    await api("DELETE", "/v1/gateway/session");
+    await api("DELETE", API + "/session");
   } catch (_) {
     // Ended already: the page logs out all the same.
   }
@@ -96,9 +104,9 @@ async function refresh() {
   const today = now - (now % DAY);
   const start = today - 29 * DAY;
   const results = await Promise.allSettled([
-    api("GET", "/v1/gateway/tokens"),
-    api("GET", `/v1/gateway/costs?start_time=${start}&end_time=${today + DAY}&bucket_width=1d&group_by=token,model&limit=30`),
-    api("GET", "/v1/gateway/upstreams"),
+    api("GET", API + "/tokens"),
+    api("GET", `${API}/costs?start_time=${start}&end_time=${today + DAY}&bucket_width=1d&group_by=token,model&limit=30`),
+    api("GET", API + "/upstreams"),
   ]);
   const [tokens, costs, upstreams] = results;
   if (tokens.status === "fulfilled") drawTokens(tokens.value.data);
@@ -113,8 +121,23 @@ async function refresh() {
   if (upstreams.status === "fulfilled") drawUpstreams(upstreams.value.data);
 }
 
+// Dollars as people read them: cents for whole amounts, three significant
+// digits for the fractions of a cent a few requests cost.
+function usd(value) {
+  if (!value) return "0";
+  return value >= 1 ? value.toFixed(2) : Number(value.toPrecision(3)).toString();
+}
+
 function limitText(value) {
-  return typeof value === "number" && !Number.isInteger(value) ? value.toFixed(4) : String(value);
+  return typeof value === "number" && !Number.isInteger(value) ? usd(value) : String(value);
+}
+
+// Each cell carries its column's name, which narrow screens show beside it.
+function label(table) {
+  const names = [...table.tHead.rows[0].cells].map((c) => c.textContent);
+  for (const row of table.tBodies[0].rows) {
+    [...row.cells].forEach((cell, i) => cell.setAttribute("data-label", names[i] || ""));
+  }
 }
 
 function state(token) {
@@ -164,6 +187,7 @@ function drawTokens(tokens) {
     row.append(actions);
     body.append(row);
   }
+  label($("tokens-table"));
 }
 
 function button(label, text, className, onClick) {
@@ -176,7 +200,7 @@ function button(label, text, className, onClick) {
 
 async function change(name, fields) {
   try {
-    await api("PATCH", `/v1/gateway/tokens/${encodeURIComponent(name)}`, fields);
+    await api("PATCH", `${API}/tokens/${encodeURIComponent(name)}`, fields);
     await refresh();
   } catch (error) {
     $("notice").textContent = error.message;
@@ -186,7 +210,7 @@ async function change(name, fields) {
 async function revoke(name) {
   if (!window.confirm(`Revoke ${name}? Its next request is refused, and the name is not given again.`)) return;
   try {
-    await api("DELETE", `/v1/gateway/tokens/${encodeURIComponent(name)}`);
+    await api("DELETE", `${API}/tokens/${encodeURIComponent(name)}`);
     await refresh();
   } catch (error) {
     $("notice").textContent = error.message;
@@ -226,10 +250,10 @@ async function submitToken(event) {
   const fields = formFields();
   try {
     if (editing) {
-      await api("PATCH", `/v1/gateway/tokens/${encodeURIComponent(editing)}`, fields);
+      await api("PATCH", `${API}/tokens/${encodeURIComponent(editing)}`, fields);
       stopEditing();
     } else {
-      const made = await api("POST", "/v1/gateway/tokens", { name: $("f-name").value.trim(), ...fields });
+      const made = await api("POST", API + "/tokens", { name: $("f-name").value.trim(), ...fields });
       $("token-form").reset();
       $("secret").value = made.token;
       $("copied").textContent = "";
@@ -298,9 +322,10 @@ function drawChart(buckets) {
   });
   const max = Math.max(0.0001, ...days.map((d) => [...d.sums.values()].reduce((a, b) => a + b, 0)));
   const ns = "http://www.w3.org/2000/svg";
-  const width = 600;
+  // One unit a pixel, so that the labels keep their size on any screen.
+  const width = Math.max(280, Math.round($("chart").clientWidth || 600));
   const height = 220;
-  const left = 48;
+  const left = 56;
   const bottom = 24;
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
@@ -309,8 +334,8 @@ function drawChart(buckets) {
   const axis = document.createElementNS(ns, "text");
   axis.setAttribute("x", "0");
   axis.setAttribute("y", "12");
-  axis.setAttribute("font-size", "11");
-  axis.textContent = `$${max.toFixed(2)}`;
+  axis.setAttribute("font-size", "12");
+  axis.textContent = `$${usd(max)}`;
   svg.append(axis);
   const step = (width - left) / Math.max(1, days.length);
   days.forEach((day, i) => {
@@ -327,22 +352,22 @@ function drawChart(buckets) {
       rect.setAttribute("height", String(h));
       rect.setAttribute("fill", COLORS[name === "others" ? 5 : s]);
       const title = document.createElementNS(ns, "title");
-      title.textContent = `${name}: $${value.toFixed(4)} on ${new Date(day.start * 1000).toISOString().slice(0, 10)}`;
+      title.textContent = `${name}: $${usd(value)} on ${new Date(day.start * 1000).toISOString().slice(0, 10)}`;
       rect.append(title);
       svg.append(rect);
     });
     if (i % 7 === 0) {
-      const label = document.createElementNS(ns, "text");
-      label.setAttribute("x", String(left + i * step));
-      label.setAttribute("y", String(height - 6));
-      label.setAttribute("font-size", "11");
-      label.textContent = new Date(day.start * 1000).toISOString().slice(5, 10);
-      svg.append(label);
+      const tick = document.createElementNS(ns, "text");
+      tick.setAttribute("x", String(left + i * step));
+      tick.setAttribute("y", String(height - 6));
+      tick.setAttribute("font-size", "12");
+      tick.textContent = new Date(day.start * 1000).toISOString().slice(5, 10);
+      svg.append(tick);
     }
   });
   $("chart").replaceChildren(svg);
   const total = [...totals.values()].reduce((a, b) => a + b, 0);
-  $("chart-summary").textContent = `Total $${total.toFixed(4)} over ${days.length} days.`;
+  $("chart-summary").textContent = `Total $${usd(total)} over ${days.length} days.`;
   const legend = $("legend");
   legend.replaceChildren();
   series.forEach((name, s) => {
@@ -369,9 +394,10 @@ function drawModels(buckets) {
   body.replaceChildren();
   for (const [model, m] of [...byModel.entries()].sort((a, b) => b[1].usd - a[1].usd)) {
     const row = document.createElement("tr");
-    row.append(el("td", model), el("td", m.requests), el("td", m.input), el("td", m.output), el("td", m.usd.toFixed(4)));
+    row.append(el("td", model), el("td", m.requests), el("td", m.input), el("td", m.output), el("td", usd(m.usd)));
     body.append(row);
   }
+  label($("models-table"));
   if (!byModel.size) {
     const row = document.createElement("tr");
     const cell = el("td", "No spend in this period.");
@@ -391,6 +417,7 @@ function drawUpstreams(upstreams) {
     row.append(el("td", u.name), el("td", u.kind), el("td", models || "all"), el("td", stateText), el("td", u.failures));
     body.append(row);
   }
+  label($("upstreams-table"));
 }
 
 start();
