@@ -927,3 +927,51 @@ async fn two_instances_on_one_dynamodb_table_share_managed_tokens_within_the_ref
         "no token in the logs"
     );
 }
+
+#[tokio::test]
+async fn an_admin_only_token_reaches_the_admin_api_and_nothing_forwarded() {
+    let up = MockUpstream::start().await;
+    let tokens = r#"[{"name": "ops", "token": "console-Only-3", "admin": true, "endpoints": ["/v1/gateway"]}]"#;
+    let gw = Launch::new(&up.url()).tokens(tokens).serve().await;
+    let list = call(
+        &gw,
+        "GET",
+        "/v1/gateway/tokens",
+        Auth::Bearer("console-Only-3"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(list.status, 200);
+    let (login, cookie) = log_in(&gw, "console-Only-3").await;
+    assert_eq!(login.status, 201);
+    assert!(cookie.is_some());
+    let refused = chat(&gw, "console-Only-3").await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (403, "endpoint_not_allowed")
+    );
+    assert_eq!(up.count(), 0, "nothing forwarded");
+
+    // Without a usage store there is nowhere to keep sessions or tokens.
+    let off = Launch::new(&up.url())
+        .tokens(tokens)
+        .env("USAGE_STORE", "off")
+        .serve()
+        .await;
+    let (login, cookie) = log_in(&off, "console-Only-3").await;
+    assert_eq!((login.status, login.code()), (503, "console_unavailable"));
+    assert!(cookie.is_none());
+    let made = call(
+        &off,
+        "POST",
+        "/v1/gateway/tokens",
+        Auth::Bearer("console-Only-3"),
+        Some(json!({"name": "x"})),
+        &[],
+    )
+    .await;
+    assert_eq!(made.code(), "console_unavailable");
+    let page = client().get(off.url("/admin/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+}

@@ -337,3 +337,105 @@ async fn the_events_source_ip_is_the_client_that_allow_ips_is_checked_against() 
         }
     }
 }
+
+/// A Function URL event for `method path`, with `headers` and a JSON body.
+fn function_url_event(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> String {
+    let mut event: serde_json::Value =
+        serde_json::from_str(include_str!("../../events/function-url-get-models.json")).unwrap();
+    event["rawPath"] = path.into();
+    event["rawQueryString"] = "".into();
+    event["queryStringParameters"] = serde_json::json!({});
+    event["requestContext"]["http"]["method"] = method.into();
+    event["requestContext"]["http"]["path"] = path.into();
+    let map = event["headers"].as_object_mut().unwrap();
+    map.remove("authorization");
+    for (name, value) in headers {
+        map.insert((*name).to_owned(), (*value).into());
+    }
+    event["body"] = body.map_or(serde_json::Value::Null, Into::into);
+    event.to_string()
+}
+
+#[tokio::test]
+async fn the_console_through_a_function_url_sets_a_secure_cookie_and_opens_the_admin_api() {
+    let up = MockUpstream::start().await;
+    let dir = TempDir::new();
+    let tokens = dir.write(
+        "tokens.json",
+        r#"[{"name": "ops", "token": "lambda-Admin-1", "admin": true}]"#,
+    );
+    let args = [
+        "chatgpt-gateway".to_owned(),
+        format!("--tokens-file={}", tokens.display()),
+        format!("--usage-store=sqlite:{}", dir.0.join("usage.db").display()),
+        format!("--upstream={}", up.url()),
+    ];
+    let settings = <SettingsOnly as clap::Parser>::try_parse_from(&args)
+        .unwrap()
+        .settings;
+    let options = chatgpt_gateway::startup::options_at(
+        &settings,
+        chatgpt_gateway::startup::Mode::Lambda,
+        chatgpt_gateway::clock::Clock::system(),
+    )
+    .await
+    .unwrap();
+    let gw = Gateway::new(options);
+
+    let page =
+        lambda::streaming(&gw, event(&function_url_event("GET", "/admin/", &[], None))).await;
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("frame-ancestors 'none'"));
+    assert!(String::from_utf8(body_of(page).await)
+        .unwrap()
+        .contains("Admin token"));
+
+    // The Function URL is https: the cookie is Secure, and it reaches the
+    // client as a cookie of the response.
+    let login = function_url_event(
+        "POST",
+        "/v1/gateway/session",
+        &[("content-type", "application/json")],
+        Some(r#"{"token": "lambda-Admin-1"}"#),
+    );
+    let response = lambda::streaming(&gw, event(&login)).await;
+    assert_eq!(response.status(), 201);
+    let set = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.ends_with("; Secure"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_owned();
+
+    // The browser's cookie comes back in the event's `cookies`; a read needs
+    // no origin, a change does.
+    let mut read: serde_json::Value =
+        serde_json::from_str(&function_url_event("GET", "/v1/gateway/tokens", &[], None)).unwrap();
+    read["cookies"] = serde_json::json!([cookie]);
+    let listed = lambda::streaming(&gw, event(&read.to_string())).await;
+    assert_eq!(listed.status(), 200);
+    let host = "https://abcdefghijklmnopqrstuvwxyz123456.lambda-url.us-east-1.on.aws";
+    let mut change: serde_json::Value = serde_json::from_str(&function_url_event(
+        "POST",
+        "/v1/gateway/tokens",
+        &[("content-type", "application/json"), ("origin", host)],
+        Some(r#"{"name": "from-lambda"}"#),
+    ))
+    .unwrap();
+    change["cookies"] = serde_json::json!([cookie]);
+    let made = lambda::streaming(&gw, event(&change.to_string())).await;
+    assert_eq!(made.status(), 201);
+    let made: serde_json::Value = serde_json::from_slice(&body_of(made).await).unwrap();
+    assert!(made["token"].as_str().unwrap().starts_with("gw-"));
+}

@@ -137,9 +137,9 @@ impl Finish for Collect {
 }
 
 #[derive(clap::Parser)]
-struct SettingsOnly {
+pub struct SettingsOnly {
     #[command(flatten)]
-    settings: Settings,
+    pub settings: Settings,
 }
 
 /// The gateway binary, running.
