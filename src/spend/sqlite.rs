@@ -1030,6 +1030,8 @@ impl Sqlite {
     ) -> BoxFuture<Result<Vec<(String, Row)>, StoreError>> {
         self.run(move |c| {
             let (from, to) = period.day_range();
+            // A reader of a file the gateway has not brought up to date
+            // yet reads its rows as of no known upstream.
             let upstream = if rows_name_upstreams(c)? {
                 "upstream"
             } else {
@@ -1065,34 +1067,10 @@ impl Sqlite {
         period: Period,
         token: Option<String>,
     ) -> BoxFuture<Result<Vec<Row>, StoreError>> {
-        self.run(move |c| {
-            let (from, to) = period.day_range();
-            // A reader of a file the gateway has not brought up to date
-            // yet reads its rows as of no known upstream.
-            let upstream = if rows_name_upstreams(c)? {
-                "upstream"
-            } else {
-                "'-'"
-            };
-            let mut statement = c.prepare(&format!(
-                "SELECT token, model, {upstream}, CAST(MIN(TOTAL(requests), 9007199254740992.0) AS INTEGER), CAST(MIN(TOTAL(input_tokens), 9007199254740992.0) AS INTEGER), CAST(MIN(TOTAL(cached_tokens), 9007199254740992.0) AS INTEGER), CAST(MIN(TOTAL(output_tokens), 9007199254740992.0) AS INTEGER), CAST(MIN(TOTAL(usd_micros), 9007199254740992.0) AS INTEGER), CAST(MIN(TOTAL(estimated_requests), 9007199254740992.0) AS INTEGER)
-                 FROM usage WHERE day >= ?1 AND day <= ?2 AND (?3 IS NULL OR token = ?3)
-                 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-            ))?;
-            let rows = statement.query_map(params![from, to, token], |r| {
-                Ok(Row {
-                    token: r.get(0)?,
-                    model: r.get(1)?,
-                    upstream: r.get(2)?,
-                    requests: r.get(3)?,
-                    input_tokens: r.get(4)?,
-                    cached_tokens: r.get(5)?,
-                    output_tokens: r.get(6)?,
-                    cost_usd: r.get(7)?,
-                    estimated_requests: r.get(8)?,
-                })
-            })?;
-            rows.collect()
+        let daily = self.daily_from_file(period, token);
+        Box::pin(async move {
+            let rows = daily.await?;
+            Ok(super::store::sum_days(rows.into_iter().map(|(_, row)| row)))
         })
     }
 }
