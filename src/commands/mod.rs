@@ -1,8 +1,10 @@
 //! The admin commands, beside the gateway itself.
 //!
-//! - [`tokens`]: make, check and publish token lists;
+//! - [`tokens`]: make, check and publish token lists; with [`admin`], list,
+//!   create, change and revoke a running gateway's managed tokens;
 //! - [`usage`]: set up the usage store, and report usage and limits.
 
+pub mod admin;
 pub mod tokens;
 pub mod usage;
 

@@ -14,7 +14,7 @@ use base64::Engine;
 use chrono::{DateTime, FixedOffset, Utc};
 use clap::{Args, Subcommand};
 
-use super::CommandError;
+use super::{admin, CommandError};
 use crate::clock::Clock;
 use crate::config::TOKENS_UTC_OFFSET;
 use crate::error::ConfigError;
@@ -47,6 +47,49 @@ pub enum TokensCommand {
         #[command(flatten)]
         zone: Zone,
     },
+    /// List a running gateway's tokens (configured and managed) with their state and limits.
+    List {
+        #[command(flatten)]
+        gateway: admin::Gateway,
+        /// Print the admin API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a managed token on a running gateway (in force without a restart); prints it once.
+    Create {
+        #[command(flatten)]
+        gateway: admin::Gateway,
+        /// The token's name.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        fields: admin::Fields,
+        /// Print the admin API's JSON (with the token).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a managed token on a running gateway (limits, models, expiry…; --disable suspends it).
+    Update {
+        #[command(flatten)]
+        gateway: admin::Gateway,
+        /// The token's name.
+        name: String,
+        #[command(flatten)]
+        fields: admin::Fields,
+        /// Suspend it (refused until --enable).
+        #[arg(long, conflicts_with = "enable")]
+        disable: bool,
+        /// Resume it.
+        #[arg(long)]
+        enable: bool,
+    },
+    /// Revoke a managed token on a running gateway, for good.
+    Revoke {
+        #[command(flatten)]
+        gateway: admin::Gateway,
+        /// The token's name.
+        name: String,
+    },
     /// Validate a token list and show each entry's state (exits non-zero on any error).
     Check {
         #[command(flatten)]
@@ -73,6 +116,7 @@ pub enum TokensCommand {
 /// The entry's allowlists.
 #[derive(Debug, Args)]
 pub struct RuleArgs {
+    // (`tokens new` writes them into an entry; `create`/`update` send them.)
     /// Models the token may use, comma-separated; `gpt-4o-mini*` allows every name it prefixes.
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
@@ -88,6 +132,49 @@ pub struct RuleArgs {
     /// Networks the token may be used from, comma-separated CIDRs or addresses (IPv4, IPv6).
     #[arg(long, value_delimiter = ',')]
     allow_ips: Vec<String>,
+}
+
+impl RuleArgs {
+    /// The endpoints given, `inference` spelled out (each endpoint that
+    /// makes answers, by method and exact path).
+    fn endpoints(&self) -> Vec<String> {
+        self.endpoints
+            .iter()
+            .flat_map(|e| match e.trim() {
+                "inference" => crate::openai::INFERENCE.map(str::to_owned).to_vec(),
+                other => vec![other.to_owned()],
+            })
+            .collect()
+    }
+
+    /// Puts the rules given into an admin API request's fields.
+    pub fn insert_into(
+        &self,
+        map: &mut serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), CommandError> {
+        let list = |items: &[String]| {
+            serde_json::json!(items.iter().map(|s| s.trim()).collect::<Vec<_>>())
+        };
+        if !self.models.is_empty() {
+            map.insert("models".into(), list(&self.models));
+        }
+        if !self.endpoints.is_empty() {
+            map.insert("endpoints".into(), list(&self.endpoints()));
+        }
+        if !self.limits.is_empty() {
+            let limits = crate::limits::Limits::from_pairs(&self.limits).map_err(|problem| {
+                CommandError::Flag {
+                    flag: "--limit",
+                    problem,
+                }
+            })?;
+            map.insert("limits".into(), limits.to_json());
+        }
+        if !self.allow_ips.is_empty() {
+            map.insert("allow_ips".into(), list(&self.allow_ips));
+        }
+        Ok(())
+    }
 }
 
 /// Which list `check` reads.
@@ -140,6 +227,24 @@ pub async fn run(command: TokensCommand, clock: &Clock) -> Result<(), CommandErr
                 zone.tokens_utc_offset,
             )
         }
+        TokensCommand::List { gateway, json } => admin::list(&gateway, json).await,
+        TokensCommand::Create {
+            gateway,
+            name,
+            fields,
+            json,
+        } => admin::create(&gateway, &name, &fields, json).await,
+        TokensCommand::Update {
+            gateway,
+            name,
+            fields,
+            disable,
+            enable,
+        } => {
+            let disabled = (disable || enable).then_some(disable);
+            admin::update(&gateway, &name, &fields, disabled).await
+        }
+        TokensCommand::Revoke { gateway, name } => admin::revoke(&gateway, &name).await,
         TokensCommand::Check { source, zone } => {
             check(source, zone.tokens_utc_offset, clock.now()).await
         }
@@ -246,14 +351,7 @@ fn new(
             })?,
         )
     };
-    let endpoints: Vec<String> = rules
-        .endpoints
-        .iter()
-        .flat_map(|e| match e.trim() {
-            "inference" => crate::openai::INFERENCE.map(str::to_owned).to_vec(),
-            other => vec![other.to_owned()],
-        })
-        .collect();
+    let endpoints = rules.endpoints();
     let allow_ips = rules.allow_ips.clone();
     let rules = Rules {
         models: list(&rules.models),

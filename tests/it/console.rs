@@ -975,3 +975,115 @@ async fn an_admin_only_token_reaches_the_admin_api_and_nothing_forwarded() {
     let page = client().get(off.url("/admin/")).send().await.unwrap();
     assert_eq!(page.status(), 200);
 }
+
+/// Runs `chatgpt-gateway tokens ARGS` with `admin` as GATEWAY_ADMIN_TOKEN.
+async fn tokens_command(args: &[&str], admin: Option<&str>) -> (i32, String, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatgpt-gateway"));
+    command
+        .arg("tokens")
+        .args(args)
+        .env_remove("GATEWAY_ADMIN_TOKEN");
+    if let Some(admin) = admin {
+        command.env("GATEWAY_ADMIN_TOKEN", admin);
+    }
+    let out = command.output().await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_tokens_command_manages_a_running_gateways_tokens() {
+    let up = MockUpstream::start().await;
+    let gw = Launch::new(&up.url()).tokens(TOKENS).serve().await;
+    let url = gw.url("");
+    let url = url.trim_end_matches('/');
+    let (code, out, err) = tokens_command(
+        &[
+            "create",
+            "--gateway",
+            url,
+            "--name",
+            "cli-made",
+            "--models",
+            "gpt-4o-mini",
+            "--limit",
+            "requests_per_minute=5",
+            "--json",
+        ],
+        Some(OPS),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let made: Value = serde_json::from_str(&out).unwrap();
+    let secret = made["token"].as_str().unwrap().to_owned();
+    assert_eq!(made["limits"], json!({"requests_per_minute": 5}));
+    assert_eq!(chat(&gw, &secret).await.status, 200);
+
+    let (code, out, _) = tokens_command(&["list", "--gateway", url], Some(OPS)).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("cli-made\tmanaged\tactive\tnever\trequests_per_minute 1/5\n"),
+        "{out}"
+    );
+    assert!(out.contains("ops\tconfig\tactive"), "{out}");
+    assert!(!out.contains(&secret) && !out.contains(OPS));
+
+    let (code, _, err) = tokens_command(
+        &["update", "cli-made", "--gateway", url, "--disable"],
+        Some(OPS),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(chat(&gw, &secret).await.code(), "invalid_token");
+    let (code, _, err) = tokens_command(
+        &[
+            "update",
+            "cli-made",
+            "--gateway",
+            url,
+            "--enable",
+            "--limit",
+            "requests_per_minute=9",
+        ],
+        Some(OPS),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(chat(&gw, &secret).await.status, 200);
+    let (code, out, _) = tokens_command(&["revoke", "cli-made", "--gateway", url], Some(OPS)).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("revoked `cli-made`"));
+    assert_eq!(chat(&gw, &secret).await.code(), "invalid_token");
+
+    // Refusals are the gateway's messages, on one line; no token printed.
+    let (code, _, err) = tokens_command(
+        &[
+            "create",
+            "--gateway",
+            url,
+            "--name",
+            "x",
+            "--allow-ips",
+            "10.0.0.0/99",
+        ],
+        Some(OPS),
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("400 Bad Request: allow_ips: `allow_ips`: `10.0.0.0/99` is not an IP address"),
+        "{err}"
+    );
+    let (code, _, err) = tokens_command(&["list", "--gateway", url], Some(FRIEND)).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("403") && err.contains("admin tokens only") && !err.contains(FRIEND),
+        "{err}"
+    );
+    let (code, _, err) = tokens_command(&["list", "--gateway", url], None).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("GATEWAY_ADMIN_TOKEN"), "{err}");
+}

@@ -50,16 +50,21 @@ async fn a_failed_response_post_resumes_the_loop_and_the_next_event_is_served() 
         "{}",
         gw.log_text()
     );
-    // Both events' GETs, on the connection the warm-up opened (it sends no request).
-    let methods: Vec<String> = up
+    // Both events' GETs; the first on the connection the warm-up opened (it
+    // sends no request). The second may need a new one: the failed post
+    // drops the first response, and its upstream connection with it when
+    // its body had not been read to the end (a matter of timing).
+    let seen: Vec<(String, usize)> = up
         .requests
         .lock()
         .unwrap()
         .iter()
-        .map(|r| r.method.clone())
+        .map(|r| (r.method.clone(), r.connection))
         .collect();
+    let methods: Vec<&str> = seen.iter().map(|(m, _)| m.as_str()).collect();
     assert_eq!(methods, ["GET", "GET"], "both events reached the upstream");
-    assert_eq!(up.connections(), 1, "the warmed-up connection was used");
+    assert_eq!(seen[0].1, 0, "the warmed-up connection was used");
+    assert!(up.connections() <= 2);
     assert!(gw.child.try_wait().unwrap().is_none(), "the process exited");
     // Both invocations are in the access log, each once.
     let lines = gw.wait_access_lines(2);

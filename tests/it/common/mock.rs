@@ -71,7 +71,13 @@ pub struct Recorded {
     pub body: Vec<u8>,
     /// Whether the body arrived whole (false when its framing broke off).
     pub complete: bool,
+    /// Which connection it came on (the first accepted is 0).
+    pub connection: usize,
 }
+
+/// The number of the connection a request came on.
+#[derive(Clone, Copy)]
+struct ConnectionNo(usize);
 
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<String> {
@@ -154,11 +160,12 @@ impl MockUpstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                accepted.fetch_add(1, Ordering::SeqCst);
+                let number = accepted.fetch_add(1, Ordering::SeqCst);
                 let _ = stream.set_nodelay(true);
                 let (log, state) = (log.clone(), state2.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| {
+                    let service = service_fn(move |mut req: Request<Incoming>| {
+                        req.extensions_mut().insert(ConnectionNo(number));
                         let (log, state) = (log.clone(), state.clone());
                         async move {
                             if req.uri().path().starts_with("/_fail/reset/") {
@@ -515,6 +522,7 @@ async fn answer(
     state: Arc<State>,
 ) -> Response<Body> {
     let (parts, mut body) = req.into_parts();
+    let connection = parts.extensions.get::<ConnectionNo>().map_or(0, |c| c.0);
     let target = parts
         .uri
         .path_and_query()
@@ -577,6 +585,7 @@ async fn answer(
                 Vec::new()
             },
             complete,
+            connection,
         });
         requests.len()
     };
