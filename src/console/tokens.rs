@@ -15,6 +15,7 @@
 //! the field at fault is the error's `param`. Admin tokens only (a header
 //! or a console session; never the query).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, FixedOffset, Utc};
@@ -28,7 +29,7 @@ use crate::policy::{Inspect, Policy, Verdict};
 use crate::sources::cached::Cached;
 use crate::spend::account::{limit_rows, store_down};
 use crate::spend::registry::{Managed, Registry, Updated};
-use crate::spend::store::Store;
+use crate::spend::store::{Period, Store};
 use crate::tokens::format::keys;
 use crate::tokens::{TokenEntry, TokenSet};
 
@@ -36,6 +37,8 @@ use crate::tokens::{TokenEntry, TokenSet};
 pub const PATH: &str = "/v1/gateway/tokens";
 /// The most a token's JSON body may hold.
 const BODY: u64 = 64 << 10;
+/// How far back `last_used_at` looks, in days.
+const LAST_USED_DAYS: i64 = 90;
 /// The prefix of every token the gateway makes.
 pub const TOKEN_PREFIX: &str = "gw-";
 
@@ -172,12 +175,43 @@ impl TokensApi {
         }
     }
 
+    /// The last UTC day each token (or `token` alone) was used on, within
+    /// [`LAST_USED_DAYS`], from the usage store's daily rows.
+    async fn last_used(
+        &self,
+        token: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<String, String>, GatewayError> {
+        let Some(store) = &self.store else {
+            return Ok(HashMap::new());
+        };
+        let today = now.date_naive();
+        let from = today - chrono::Duration::days(LAST_USED_DAYS - 1);
+        let period = Period::Days(
+            from.format("%Y-%m-%d").to_string(),
+            today.format("%Y-%m-%d").to_string(),
+        );
+        let rows = store
+            .daily(period, token.map(str::to_owned))
+            .await
+            .map_err(store_down)?;
+        let mut last: HashMap<String, String> = HashMap::new();
+        for (day, row) in rows.into_iter().filter(|(_, r)| r.requests > 0) {
+            let seen = last.entry(row.token).or_default();
+            if day > *seen {
+                *seen = day;
+            }
+        }
+        Ok(last)
+    }
+
     /// One entry as the API answers it.
     async fn view(
         &self,
         entry: &TokenEntry,
         state: Option<&Managed>,
         now: DateTime<Utc>,
+        last_used: Option<&String>,
     ) -> Result<Value, GatewayError> {
         let mut out = shown(entry);
         out.insert("object".into(), json!("gateway.token"));
@@ -196,6 +230,7 @@ impl TokensApi {
             "updated_at".into(),
             json!(state.map(|m| rfc3339(m.updated_at))),
         );
+        out.insert("last_used_at".into(), json!(last_used));
         let limits = entry
             .rules
             .as_ref()
@@ -221,12 +256,13 @@ impl TokensApi {
                 rows.push((entry, Some(m)));
             }
         }
+        let last_used = self.last_used(None, now).await?;
         // The store's reads, eight at a time, in order.
         let mut data = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(8) {
             let views = chunk
                 .iter()
-                .map(|(entry, state)| self.view(entry, *state, now));
+                .map(|(entry, state)| self.view(entry, *state, now, last_used.get(&*entry.name)));
             data.extend(futures_util::future::try_join_all(views).await?);
         }
         Ok(json!({"object": "list", "data": data}))
@@ -369,7 +405,7 @@ impl TokensApi {
         }
         tracing::info!(token = %name, "a managed token was created");
         self.reload().await;
-        let mut view = self.view(&entry, Some(&stored), now).await?;
+        let mut view = self.view(&entry, Some(&stored), now, None).await?;
         view["token"] = json!(token);
         Ok((StatusCode::CREATED, view))
     }
@@ -429,7 +465,9 @@ impl TokensApi {
             Updated::Stale => return Err(GatewayError::TokenChanged(name.to_owned())),
         }
         self.reload().await;
-        self.view(&entry, Some(&stored), now).await
+        let last_used = self.last_used(Some(name), now).await?;
+        self.view(&entry, Some(&stored), now, last_used.get(name))
+            .await
     }
 
     async fn patch(&self, request: &mut Inspect<'_>, name: &str) -> Result<Value, GatewayError> {

@@ -6,6 +6,7 @@ shrugs off another site's forged request, revokes the token (whose next SDK
 call is refused) and logs out (whose cookie is then refused by the server).
 Screenshots of every step are kept in target/screenshots/console/."""
 
+import datetime
 import json
 import os
 import shutil
@@ -127,7 +128,8 @@ def test_an_operator_runs_the_console_in_a_browser(console_gateway):
     assert "gpt-4o-mini" in second["models"]
     row = next(r for r in second["rowsAfterSpend"] if r[0] == "sdk-user")
     assert "requests_per_minute: 3 / 100" in row[4], row
-    assert row[5] == "active"
+    assert row[5] == datetime.datetime.now(datetime.timezone.utc).date().isoformat(), row
+    assert row[6] == "active"
     # The canary is text, never markup.
     assert any(r[0] == "<img src=x onerror=window.__xss=1>" for r in second["rowsAfterSpend"])
     assert second["xss"] == {"flag": False, "images": 0}
@@ -141,7 +143,7 @@ def test_an_operator_runs_the_console_in_a_browser(console_gateway):
 
     assert "Revoke sdk-user?" in second["dialog"]
     row = next(r for r in second["rowsAfterRevoke"] if r[0] == "sdk-user")
-    assert row[5] == "revoked"
+    assert row[6] == "revoked"
     with pytest.raises(openai.AuthenticationError):
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "again"}])
 

@@ -161,6 +161,9 @@ async fn an_admin_creates_changes_disables_and_revokes_tokens_that_work_at_once(
         "the secret is shown once: {app}"
     );
     assert_eq!(app["usage"][0]["used"], 1, "{app}");
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert_eq!(app["last_used_at"], today, "{app}");
+    assert_eq!(entry(&listed.body, "ops")["last_used_at"], Value::Null);
     assert!(!listed.body.to_string().contains(&secret));
 
     // The token file's checks and messages, with the field as `param`.

@@ -170,6 +170,7 @@ function drawTokens(tokens) {
       limits.append(line);
     }
     row.append(limits);
+    row.append(el("td", token.last_used_at || "not yet"));
     const now = state(token);
     row.append(el("td", now, `state-${now}`));
     const actions = el("td", null, "actions");
