@@ -314,7 +314,11 @@ impl Gateway {
         // Before anything is read, reserved or sent.
         admitted.check_address(record.client_ip)?;
         if let Some(console) = &inner.console {
-            if Console::is_admin_request(parts.uri.path(), &admitted) {
+            // The path as the policies will read it: an encoded spelling of
+            // an admin path is one too.
+            if admitted.admin
+                && Console::is_admin_request(&crate::path::normalise(parts.uri.path()), &admitted)
+            {
                 console.check_transport(reach)?;
             }
         }

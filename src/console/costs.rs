@@ -3,17 +3,17 @@
 //! store.
 //!
 //! `start_time` (Unix seconds, required) and `end_time` (default: now)
-//! bound the period; buckets are UTC days (`bucket_width=1d`, as OpenAI's
-//! own, and the store keeps usage by day: `1h` is refused as such);
-//! `group_by` is any of `token` and `model` (comma-separated, or given
-//! again); `limit` buckets a page (default 7, at most 180) and `page` the
+//! bound the period; buckets are UTC days (`bucket_width=1d`, the default)
+//! or hours (`1h`), as the store keeps usage by hour; `group_by` is any of
+//! `token` and `model` (comma-separated, or given again); `limit` buckets a
+//! page (default 7 days or 24 hours, at most 180) and `page` the
 //! `next_page` of the last answer. An admin token sees every token; any
 //! other token its own.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -21,14 +21,15 @@ use super::json_response;
 use crate::error::GatewayError;
 use crate::policy::{Inspect, Policy, Verdict};
 use crate::spend::account::store_down;
-use crate::spend::store::{Period, Row, Store};
+use crate::spend::store::{Hourly, Period, Row, Store};
 
 /// The path.
 pub const PATH: &str = "/v1/gateway/costs";
 /// The most buckets a page holds.
 pub const MAX_BUCKETS: i64 = 180;
-/// Buckets a page holds unless `limit` says.
-const DEFAULT_BUCKETS: i64 = 7;
+/// Buckets a page holds unless `limit` says: a week of days, a day of hours.
+const DEFAULT_DAYS: i64 = 7;
+const DEFAULT_HOURS: i64 = 24;
 /// The earliest start (the store holds nothing before; bounds the arithmetic).
 const EARLIEST: i64 = 946_684_800; // 2000-01-01
 
@@ -41,10 +42,12 @@ pub struct Costs {
 /// A costs query, checked.
 #[derive(Debug, PartialEq, Eq)]
 struct Query {
-    /// The first day of this page.
-    first: NaiveDate,
-    /// The last day asked for (of all pages).
-    last: NaiveDate,
+    /// The start of this page's first bucket (Unix seconds).
+    first: i64,
+    /// The start of the last bucket asked for (of all pages).
+    last: i64,
+    /// A bucket's width: 86,400 or 3,600 seconds.
+    step: i64,
     /// Buckets per page.
     limit: i64,
     by_token: bool,
@@ -66,10 +69,15 @@ fn start_of(day: NaiveDate) -> i64 {
         .map_or(0, |t| t.and_utc().timestamp())
 }
 
+/// The start of the bucket of `step` seconds holding `seconds`.
+fn bucket_of(seconds: i64, step: i64) -> i64 {
+    seconds - seconds.rem_euclid(step)
+}
+
 fn parse(query: &str, now: DateTime<Utc>) -> Result<Query, GatewayError> {
     let mut start = None;
     let mut end = None;
-    let mut width = None;
+    let mut step = None;
     let mut limit = None;
     let mut page = None;
     let (mut by_token, mut by_model) = (false, false);
@@ -106,16 +114,14 @@ fn parse(query: &str, now: DateTime<Utc>) -> Result<Query, GatewayError> {
                 once("end_time", &end)?;
                 end = Some(seconds("end_time", &value)?);
             }
-            "bucket_width" => match &*value {
-                "1d" => width = Some(()),
-                "1h" => {
-                    return Err(bad(
-                        "bucket_width",
-                        "the gateway keeps usage by UTC day: `bucket_width` is `1d` (as OpenAI's costs API)",
-                    ))
-                }
-                _ => return Err(bad("bucket_width", "`bucket_width` must be `1d`")),
-            },
+            "bucket_width" => {
+                once("bucket_width", &step)?;
+                step = Some(match &*value {
+                    "1d" => 86_400,
+                    "1h" => 3_600,
+                    _ => return Err(bad("bucket_width", "`bucket_width` must be `1d` or `1h`")),
+                });
+            }
             "limit" => {
                 once("limit", &limit)?;
                 limit = Some(
@@ -132,7 +138,7 @@ fn parse(query: &str, now: DateTime<Utc>) -> Result<Query, GatewayError> {
                 once("page", &page)?;
                 page = Some(
                     value
-                        .strip_prefix("d")
+                        .strip_prefix("t")
                         .and_then(|v| v.parse::<i64>().ok())
                         .filter(|v| (EARLIEST..=253_402_300_799).contains(v))
                         .ok_or_else(|| bad("page", "`page` must be a `next_page` this endpoint gave"))?,
@@ -163,23 +169,29 @@ fn parse(query: &str, now: DateTime<Utc>) -> Result<Query, GatewayError> {
             }
         }
     }
-    let _ = width;
+    let step = step.unwrap_or(86_400);
     let start =
         start.ok_or_else(|| bad("start_time", "`start_time` (Unix seconds) is required"))?;
     let end = end.unwrap_or_else(|| now.timestamp().max(start + 1));
     if end <= start {
         return Err(bad("end_time", "`end_time` must be after `start_time`"));
     }
-    let first = day_of(page.unwrap_or(start));
-    // `end_time` is exclusive: its own day counts only past its midnight.
-    let last = day_of(end - 1);
-    if page.is_some_and(|p| p < start || day_of(p) > last) {
+    // `end_time` is exclusive: its own bucket counts only past its start.
+    let last = bucket_of(end - 1, step);
+    let first = bucket_of(page.unwrap_or(start), step);
+    if page.is_some_and(|p| p < bucket_of(start, step) || first > last || p != first) {
         return Err(bad("page", "`page` is outside this query's period"));
     }
+    let default = if step == 3_600 {
+        DEFAULT_HOURS
+    } else {
+        DEFAULT_DAYS
+    };
     Ok(Query {
         first,
         last,
-        limit: limit.unwrap_or(DEFAULT_BUCKETS),
+        step,
+        limit: limit.unwrap_or(default),
         by_token,
         by_model,
     })
@@ -199,16 +211,25 @@ fn result(token: Option<&str>, model: Option<&str>, row: &Row) -> Value {
     })
 }
 
-/// The page of buckets for `query` from `rows` (each with its day).
-fn page(query: &Query, rows: &[(String, Row)]) -> Value {
-    let days = (query.last - query.first).num_days() + 1;
-    let count = days.clamp(0, query.limit);
+/// The start of the bucket a row (of `day` and `hour`) falls in.
+fn row_bucket(day: &str, hour: u8, step: i64) -> Option<i64> {
+    let day = NaiveDate::parse_from_str(day, "%Y-%m-%d").ok()?;
+    Some(bucket_of(start_of(day) + i64::from(hour) * 3_600, step))
+}
+
+/// The page of buckets for `query` from `rows` (each with its day and hour).
+fn page(query: &Query, rows: &Hourly) -> Value {
+    let buckets = (query.last - query.first) / query.step + 1;
+    let count = buckets.clamp(0, query.limit);
+    let placed: Vec<(Option<i64>, &Row)> = rows
+        .iter()
+        .map(|(day, hour, row)| (row_bucket(day, *hour, query.step), row))
+        .collect();
     let mut data = Vec::new();
     for i in 0..count {
-        let day = query.first + Duration::days(i);
-        let key = day.format("%Y-%m-%d").to_string();
+        let start = query.first + i * query.step;
         let mut groups: BTreeMap<(Option<&str>, Option<&str>), Row> = BTreeMap::new();
-        for (_, row) in rows.iter().filter(|(d, _)| *d == key) {
+        for (_, row) in placed.iter().filter(|(b, _)| *b == Some(start)) {
             let group = (
                 query.by_token.then_some(row.token.as_str()),
                 query.by_model.then_some(row.model.as_str()),
@@ -221,13 +242,13 @@ fn page(query: &Query, rows: &[(String, Row)]) -> Value {
             .collect();
         data.push(json!({
             "object": "bucket",
-            "start_time": start_of(day),
-            "end_time": start_of(day + Duration::days(1)),
+            "start_time": start,
+            "end_time": start + query.step,
             "results": results,
         }));
     }
-    let more = days > count;
-    let next = more.then(|| format!("d{}", start_of(query.first + Duration::days(count))));
+    let more = buckets > count;
+    let next = more.then(|| format!("t{}", query.first + count * query.step));
     json!({"object": "page", "data": data, "has_more": more, "next_page": next})
 }
 
@@ -249,14 +270,16 @@ impl Policy for Costs {
             // An ordinary token sees its own usage only.
             let token =
                 (!admitted.admin).then(|| admitted.name.as_deref().unwrap_or("-").to_owned());
-            let last_of_page =
-                std::cmp::min(query.last, query.first + Duration::days(query.limit - 1));
+            let last_of_page = std::cmp::min(
+                query.last,
+                query.first.saturating_add((query.limit - 1) * query.step),
+            );
             let rows = match &self.store {
                 Some(store) => store
-                    .daily(
+                    .hourly(
                         Period::Days(
-                            query.first.format("%Y-%m-%d").to_string(),
-                            last_of_page.format("%Y-%m-%d").to_string(),
+                            day_of(query.first).format("%Y-%m-%d").to_string(),
+                            day_of(last_of_page).format("%Y-%m-%d").to_string(),
                         ),
                         token,
                     )
@@ -279,28 +302,45 @@ mod tests {
     }
 
     const JUNE_1: i64 = 1_780_272_000; // 2026-06-01T00:00:00Z
+    const DAY: i64 = 86_400;
 
     #[test]
     fn queries_are_checked_and_bounded() {
-        let q = parse(&format!("start_time={JUNE_1}&group_by=token,model"), now()).unwrap();
-        assert_eq!(q.first.to_string(), "2026-06-01");
-        assert_eq!(q.last.to_string(), "2026-06-10");
+        let q = parse(
+            &format!("start_time={}&group_by=token,model", JUNE_1 + 5),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(
+            (q.first, q.last, q.step),
+            (JUNE_1, JUNE_1 + 9 * DAY, DAY),
+            "{q:?}"
+        );
         assert!(q.by_token && q.by_model);
         assert_eq!(q.limit, 7);
         let q = parse(
             &format!(
                 "start_time={JUNE_1}&end_time={}&group_by=model&limit=180",
-                JUNE_1 + 86_400
+                JUNE_1 + DAY
+            ),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(q.first, q.last, "end_time is exclusive");
+        assert!(!q.by_token && q.by_model);
+        let hours = parse(
+            &format!(
+                "start_time={}&end_time={}&bucket_width=1h",
+                JUNE_1 + 3_700,
+                JUNE_1 + 4 * 3_600
             ),
             now(),
         )
         .unwrap();
         assert_eq!(
-            (q.first, q.last),
-            (q.first, q.first),
-            "end_time is exclusive"
+            (hours.first, hours.last, hours.step, hours.limit),
+            (JUNE_1 + 3_600, JUNE_1 + 3 * 3_600, 3_600, 24)
         );
-        assert!(!q.by_token && q.by_model);
         for (query, param) in [
             ("", "start_time"),
             ("start_time=abc", "start_time"),
@@ -311,11 +351,11 @@ mod tests {
                 "end_time",
             ),
             (
-                &format!("start_time={JUNE_1}&bucket_width=1h"),
+                &format!("start_time={JUNE_1}&bucket_width=1w"),
                 "bucket_width",
             ),
             (
-                &format!("start_time={JUNE_1}&bucket_width=1w"),
+                &format!("start_time={JUNE_1}&bucket_width=1h&bucket_width=1d"),
                 "bucket_width",
             ),
             (&format!("start_time={JUNE_1}&limit=181"), "limit"),
@@ -323,9 +363,10 @@ mod tests {
             (&format!("start_time={JUNE_1}&group_by=project"), "group_by"),
             (&format!("start_time={JUNE_1}&page=x"), "page"),
             (
-                &format!("start_time={JUNE_1}&page=d{}", JUNE_1 - 86_400),
+                &format!("start_time={JUNE_1}&page=t{}", JUNE_1 - DAY),
                 "page",
             ),
+            (&format!("start_time={JUNE_1}&page=t{}", JUNE_1 + 5), "page"),
             (
                 &format!("start_time={JUNE_1}&start_time={JUNE_1}"),
                 "start_time",
@@ -352,28 +393,31 @@ mod tests {
         }
     }
 
+    fn rows() -> Hourly {
+        vec![
+            ("2026-06-01".to_owned(), 0, row("a", "gpt-4o", 1_500_000, 0)),
+            ("2026-06-01".to_owned(), 5, row("b", "gpt-4o", 250_000, 1)),
+            ("2026-06-03".to_owned(), 23, row("a", "gpt-4o-mini", 10, 0)),
+        ]
+    }
+
     #[test]
-    fn buckets_are_days_grouped_as_asked_and_paged() {
-        let rows = vec![
-            ("2026-06-01".to_owned(), row("a", "gpt-4o", 1_500_000, 0)),
-            ("2026-06-01".to_owned(), row("b", "gpt-4o", 250_000, 1)),
-            ("2026-06-03".to_owned(), row("a", "gpt-4o-mini", 10, 0)),
-        ];
+    fn day_buckets_are_grouped_as_asked_and_paged() {
         let q = parse(
             &format!("start_time={JUNE_1}&limit=2&group_by=token"),
             now(),
         )
         .unwrap();
-        let answer = page(&q, &rows);
+        let answer = page(&q, &rows());
         assert_eq!(answer["object"], "page");
         assert_eq!(answer["has_more"], true);
-        assert_eq!(answer["next_page"], format!("d{}", JUNE_1 + 2 * 86_400));
+        assert_eq!(answer["next_page"], format!("t{}", JUNE_1 + 2 * DAY));
         let data = answer["data"].as_array().unwrap();
         assert_eq!(data.len(), 2);
         assert_eq!(data[0]["start_time"], JUNE_1);
-        assert_eq!(data[0]["end_time"], JUNE_1 + 86_400);
+        assert_eq!(data[0]["end_time"], JUNE_1 + DAY);
         let results = data[0]["results"].as_array().unwrap();
-        assert_eq!(results.len(), 2);
+        assert_eq!(results.len(), 2, "both hours of the day in its bucket");
         assert_eq!(results[0]["token"], "a");
         assert_eq!(results[0]["model"], Value::Null);
         assert_eq!(results[0]["amount"]["value"], 1.5);
@@ -381,18 +425,38 @@ mod tests {
         assert_eq!(data[1]["results"], json!([]));
         // The next page, from where the last ended.
         let q = parse(
-            &format!("start_time={JUNE_1}&limit=2&page=d{}", JUNE_1 + 2 * 86_400),
+            &format!("start_time={JUNE_1}&limit=2&page=t{}", JUNE_1 + 2 * DAY),
             now(),
         )
         .unwrap();
-        let answer = page(&q, &rows);
+        let answer = page(&q, &rows());
         let data = answer["data"].as_array().unwrap();
-        assert_eq!(data[0]["start_time"], JUNE_1 + 2 * 86_400);
+        assert_eq!(data[0]["start_time"], JUNE_1 + 2 * DAY);
         let results = data[0]["results"].as_array().unwrap();
         assert_eq!(results.len(), 1, "ungrouped: one sum");
         assert_eq!(
             (results[0]["token"].clone(), results[0]["requests"].clone()),
             (Value::Null, json!(1))
         );
+    }
+
+    #[test]
+    fn hour_buckets_place_each_row_in_its_hour() {
+        let q = parse(
+            &format!("start_time={JUNE_1}&bucket_width=1h&limit=6&group_by=token"),
+            now(),
+        )
+        .unwrap();
+        let answer = page(&q, &rows());
+        let data = answer["data"].as_array().unwrap();
+        assert_eq!(data.len(), 6);
+        assert_eq!(data[0]["end_time"], JUNE_1 + 3_600);
+        assert_eq!(data[0]["results"][0]["token"], "a");
+        assert_eq!(data[5]["start_time"], JUNE_1 + 5 * 3_600);
+        assert_eq!(data[5]["results"][0]["token"], "b");
+        for empty in &data[1..5] {
+            assert_eq!(empty["results"], json!([]));
+        }
+        assert_eq!(answer["next_page"], format!("t{}", JUNE_1 + 6 * 3_600));
     }
 }

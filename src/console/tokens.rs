@@ -176,7 +176,7 @@ impl TokensApi {
     }
 
     /// The last UTC day each token (or `token` alone) was used on, within
-    /// [`LAST_USED_DAYS`], from the usage store's daily rows.
+    /// [`LAST_USED_DAYS`], from the usage store's rows.
     async fn last_used(
         &self,
         token: Option<&str>,
@@ -192,11 +192,11 @@ impl TokensApi {
             today.format("%Y-%m-%d").to_string(),
         );
         let rows = store
-            .daily(period, token.map(str::to_owned))
+            .hourly(period, token.map(str::to_owned))
             .await
             .map_err(store_down)?;
         let mut last: HashMap<String, String> = HashMap::new();
-        for (day, row) in rows.into_iter().filter(|(_, r)| r.requests > 0) {
+        for (day, _, row) in rows.into_iter().filter(|(_, _, r)| r.requests > 0) {
             let seen = last.entry(row.token).or_default();
             if day > *seen {
                 *seen = day;

@@ -60,19 +60,26 @@ pub const TTL_ATTRIBUTE: &str = "ttl";
 /// A usage row's sort key: `DAY@UPSTREAM#MODEL` (an upstream's name has
 /// neither `@` nor `#`; a model may have anything).
 fn usage_sort_key(s: &Settlement) -> String {
-    format!("{}@{}#{}", s.at.format("%Y-%m-%d"), s.upstream, s.model)
+    format!("{}@{}#{}", s.at.format("%Y-%m-%dT%H"), s.upstream, s.model)
 }
 
-/// The day, upstream and model of a usage row's sort key; a row written
-/// before rows named their upstream (`DAY#MODEL`) has the upstream `-`.
-fn parse_usage_sort_key(sk: &str) -> Option<(&str, &str, &str)> {
+/// The day, hour, upstream and model of a usage row's sort key
+/// (`DAYTHH@UPSTREAM#MODEL`); a row written before rows named their hour
+/// (`DAY@UPSTREAM#MODEL`) has the hour 0, and one written before they named
+/// their upstream (`DAY#MODEL`) the upstream `-` too.
+fn parse_usage_sort_key(sk: &str) -> Option<(&str, u8, &str, &str)> {
     let day = sk.get(..10)?;
-    let rest = sk.get(10..)?;
+    let mut rest = sk.get(10..)?;
+    let mut hour = 0;
+    if let Some(after) = rest.strip_prefix('T') {
+        hour = after.get(..2)?.parse::<u8>().ok().filter(|h| *h < 24)?;
+        rest = after.get(2..)?;
+    }
     if let Some(model) = rest.strip_prefix('#') {
-        return Some((day, super::store::UNKNOWN_UPSTREAM, model));
+        return Some((day, hour, super::store::UNKNOWN_UPSTREAM, model));
     }
     let (upstream, model) = rest.strip_prefix('@')?.split_once('#')?;
-    Some((day, upstream, model))
+    Some((day, hour, upstream, model))
 }
 
 /// How often an admission refused while the windows had room (requests
@@ -659,15 +666,17 @@ impl Store for Dynamo {
         let this = self.clone();
         Box::pin(async move {
             let days = this.usage_rows(period, token).await?;
-            Ok(super::store::sum_days(days.into_iter().map(|(_, row)| row)))
+            Ok(super::store::sum_days(
+                days.into_iter().map(|(_, _, row)| row),
+            ))
         })
     }
 
-    fn daily(
+    fn hourly(
         &self,
         period: Period,
         token: Option<String>,
-    ) -> BoxFuture<Result<Vec<(String, Row)>, StoreError>> {
+    ) -> BoxFuture<Result<super::store::Hourly, StoreError>> {
         let this = self.clone();
         Box::pin(async move { this.usage_rows(period, token).await })
     }
@@ -679,9 +688,9 @@ impl Dynamo {
         &self,
         period: Period,
         token: Option<String>,
-    ) -> Result<Vec<(String, Row)>, StoreError> {
+    ) -> Result<super::store::Hourly, StoreError> {
         let this = self;
-        let mut rows: Vec<(String, Row)> = Vec::new();
+        let mut rows: super::store::Hourly = Vec::new();
         let mut start: Option<Item> = None;
         loop {
             // One token: a query of its partition (what the gateway
@@ -727,7 +736,7 @@ impl Dynamo {
                 let (Some(pk), Some(sk)) = (pk, sk) else {
                     continue;
                 };
-                let Some((day, upstream, model)) = parse_usage_sort_key(sk) else {
+                let Some((day, hour, upstream, model)) = parse_usage_sort_key(sk) else {
                     continue;
                 };
                 if !period.holds(day) {
@@ -735,6 +744,7 @@ impl Dynamo {
                 }
                 rows.push((
                     day.to_owned(),
+                    hour,
                     Row {
                         token: pk.trim_start_matches("u#").to_owned(),
                         model: model.to_owned(),
@@ -801,18 +811,26 @@ mod tests {
             row: true,
         };
         let sk = usage_sort_key(&s);
-        assert_eq!(sk, "2026-12-01@azure-eu#org/model#v2@x");
+        assert_eq!(sk, "2026-12-01T10@azure-eu#org/model#v2@x");
         assert_eq!(
             parse_usage_sort_key(&sk),
-            Some(("2026-12-01", "azure-eu", "org/model#v2@x"))
+            Some(("2026-12-01", 10, "azure-eu", "org/model#v2@x"))
+        );
+        assert_eq!(
+            parse_usage_sort_key("2026-12-01@azure-eu#gpt-4o"),
+            Some(("2026-12-01", 0, "azure-eu", "gpt-4o")),
+            "a row from before hours"
         );
         assert_eq!(
             parse_usage_sort_key("2026-12-01#gpt-4o#x"),
-            Some(("2026-12-01", "-", "gpt-4o#x"))
+            Some(("2026-12-01", 0, "-", "gpt-4o#x"))
         );
         assert_eq!(parse_usage_sort_key("2026-12-01"), None);
         assert_eq!(parse_usage_sort_key("2026-12-01@nomodel"), None);
-        // The query's bounds take both shapes of a day's rows.
+        assert_eq!(parse_usage_sort_key("2026-12-01T24@u#m"), None);
+        assert_eq!(parse_usage_sort_key("2026-12-01Tx"), None);
+        // The query's bounds take every shape of a day's rows.
         assert!("2026-12-01#" < "2026-12-01#a" && "2026-12-01@z#m" < "2026-12-01~");
+        assert!("2026-12-01#" < "2026-12-01T00@u#m" && "2026-12-01T23@z#m" < "2026-12-01~");
     }
 }

@@ -468,11 +468,11 @@ mod tests {
         fn report(&self, _: Period, _: Option<String>) -> BoxFuture<Result<Vec<Row>, StoreError>> {
             Box::pin(std::future::ready(Ok(Vec::new())))
         }
-        fn daily(
+        fn hourly(
             &self,
             _: Period,
             _: Option<String>,
-        ) -> BoxFuture<Result<Vec<(String, Row)>, StoreError>> {
+        ) -> BoxFuture<Result<crate::spend::store::Hourly, StoreError>> {
             Box::pin(std::future::ready(Ok(Vec::new())))
         }
     }

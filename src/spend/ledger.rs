@@ -43,15 +43,15 @@ pub struct Held {
     pub expires: i64,
 }
 
-/// A report row's key: token, day, model and upstream.
-pub type RowKey = (Arc<str>, NaiveDate, String, Arc<str>);
+/// A report row's key: token, UTC day and hour, model and upstream.
+pub type RowKey = (Arc<str>, NaiveDate, u8, String, Arc<str>);
 
 /// What is still to be written, summed by key.
 #[derive(Debug, Default)]
 pub struct Pending {
     /// Usage to add to each (token, window) row, with the row's expiry.
     pub windows: HashMap<(Arc<str>, String), (Amount, Option<i64>)>,
-    /// Usage to add to each (token, day, model, upstream) report row.
+    /// Usage to add to each (token, day, hour, model, upstream) report row.
     pub rows: HashMap<RowKey, Row>,
     /// Reservations to insert (those released before being written never are).
     pub reserve: HashMap<String, Held>,
@@ -254,6 +254,7 @@ impl Ledger {
                 .entry((
                     s.token.clone(),
                     s.at.date_naive(),
+                    u8::try_from(chrono::Timelike::hour(&s.at)).unwrap_or(0),
                     s.model.to_string(),
                     s.upstream.clone(),
                 ))

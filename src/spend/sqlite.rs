@@ -30,13 +30,14 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use super::journal::{self, Journal};
 use super::ledger::{window_of, Counter, Held, Ledger, Pending};
 use super::store::{
-    window_keys, Admission, Ask, Period, Row, Settlement, Store, StoreError, WindowState,
+    window_keys, Admission, Ask, Hourly, Period, Row, Settlement, Store, StoreError, WindowState,
 };
 use super::{Amount, Window};
 use crate::clock::Clock;
 use crate::record::BoxFuture;
 
-/// The usage rows' table, as [`SCHEMA`] makes it and [`ADD_UPSTREAM`] remakes it.
+/// The usage rows' table, as [`SCHEMA`] makes it and [`upgrade`] remakes
+/// it: one row per token, UTC day and hour, model and upstream.
 macro_rules! usage_table {
     () => {
         "
@@ -47,7 +48,8 @@ CREATE TABLE IF NOT EXISTS usage (
     output_tokens INTEGER NOT NULL DEFAULT 0, usd_micros INTEGER NOT NULL DEFAULT 0,
     estimated_requests INTEGER NOT NULL DEFAULT 0,
     upstream TEXT NOT NULL DEFAULT '-',
-    PRIMARY KEY (token, day, model, upstream));
+    hour INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (token, day, hour, model, upstream));
 "
     };
 }
@@ -75,28 +77,55 @@ CREATE TABLE IF NOT EXISTS journal (
     usage_table!()
 );
 
-/// A file made before usage rows named their upstream gets the column (and
-/// it joins the key), its rows kept with the upstream `-`: one
-/// transaction, run by the gateway (never by a reader) when it opens the file.
-const ADD_UPSTREAM: &str = concat!(
-    "ALTER TABLE usage RENAME TO usage_before_upstreams;",
-    usage_table!(),
-    "INSERT INTO usage (token, day, model, requests, input_tokens, cached_tokens,
-                   output_tokens, usd_micros, estimated_requests)
-    SELECT token, day, model, requests, input_tokens, cached_tokens,
-           output_tokens, usd_micros, estimated_requests
-    FROM usage_before_upstreams;
-DROP TABLE usage_before_upstreams;"
-);
-
-/// Whether the file's usage rows name their upstream (see [`ADD_UPSTREAM`]).
-fn rows_name_upstreams(c: &Connection) -> rusqlite::Result<bool> {
+/// Whether the file's usage rows have the column `name` (files made before
+/// rows named their upstream, or their hour, lack it).
+fn usage_has(c: &Connection, name: &str) -> rusqlite::Result<bool> {
     c.query_row(
-        "SELECT count(*) FROM pragma_table_info('usage') WHERE name = 'upstream'",
-        [],
+        "SELECT count(*) FROM pragma_table_info('usage') WHERE name = ?1",
+        [name],
         |r| r.get::<_, i64>(0),
     )
     .map(|n| n > 0)
+}
+
+/// The expressions a reader selects for the upstream and the hour: the
+/// columns, or, in a file the gateway has not brought up to date yet, what
+/// its rows are read as (no known upstream, the day's first hour).
+fn usage_columns(c: &Connection) -> rusqlite::Result<(&'static str, &'static str)> {
+    Ok((
+        if usage_has(c, "upstream")? {
+            "upstream"
+        } else {
+            "'-'"
+        },
+        if usage_has(c, "hour")? { "hour" } else { "0" },
+    ))
+}
+
+/// Brings a file made before usage rows named their upstream, or their hour,
+/// up to date: the table is remade with the columns in its key, its rows
+/// kept (upstream `-`, hour 0). One transaction, run by the gateway (never
+/// by a reader) when it opens the file; `false` when there was nothing to do.
+fn upgrade(c: &mut Connection) -> rusqlite::Result<bool> {
+    let (upstream, hour) = (usage_has(c, "upstream")?, usage_has(c, "hour")?);
+    if upstream && hour {
+        return Ok(false);
+    }
+    let kept = if upstream { ", upstream" } else { "" };
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(&format!(
+        "ALTER TABLE usage RENAME TO usage_before;
+         {}
+         INSERT INTO usage (token, day, model, requests, input_tokens, cached_tokens,
+                            output_tokens, usd_micros, estimated_requests{kept})
+         SELECT token, day, model, requests, input_tokens, cached_tokens,
+                output_tokens, usd_micros, estimated_requests{kept}
+         FROM usage_before;
+         DROP TABLE usage_before;",
+        usage_table!()
+    ))?;
+    tx.commit()?;
+    Ok(true)
 }
 
 /// What the writer prunes from the file once a minute: reservations and
@@ -261,15 +290,10 @@ impl Sqlite {
             let _ = write!(file, "{}", std::process::id());
         }
         let mut reads = connect(&name, path)?;
-        if !rows_name_upstreams(&reads).map_err(|e| format!("{name}: {e}"))? {
-            let fail =
-                |e: rusqlite::Error| format!("{name}: adding the upstream to usage rows: {e}");
-            let tx = reads
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(fail)?;
-            tx.execute_batch(ADD_UPSTREAM).map_err(fail)?;
-            tx.commit().map_err(fail)?;
-            tracing::info!(store = %name, "usage rows now name their upstream (rows before are `-`)");
+        if upgrade(&mut reads)
+            .map_err(|e| format!("{name}: bringing usage rows up to date: {e}"))?
+        {
+            tracing::info!(store = %name, "usage rows now name their upstream and hour (rows before are `-`, hour 0)");
         }
         let mut ledger = Ledger::default();
         orphans(&reads, &mut ledger, clock.now().timestamp())
@@ -698,10 +722,10 @@ fn write(tx: &rusqlite::Transaction<'_>, batch: &Pending) -> rusqlite::Result<()
         ])?;
     }
     let mut usage = tx.prepare_cached(
-        "INSERT INTO usage (token, day, model, upstream, requests, input_tokens, cached_tokens,
+        "INSERT INTO usage (token, day, hour, model, upstream, requests, input_tokens, cached_tokens,
                             output_tokens, usd_micros, estimated_requests)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-         ON CONFLICT (token, day, model, upstream) DO UPDATE SET
+         VALUES (?1, ?2, ?11, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (token, day, hour, model, upstream) DO UPDATE SET
            requests = MIN(requests + excluded.requests, 9007199254740992),
            input_tokens = MIN(input_tokens + excluded.input_tokens, 9007199254740992),
            cached_tokens = MIN(cached_tokens + excluded.cached_tokens, 9007199254740992),
@@ -709,7 +733,7 @@ fn write(tx: &rusqlite::Transaction<'_>, batch: &Pending) -> rusqlite::Result<()
            usd_micros = MIN(usd_micros + excluded.usd_micros, 9007199254740992),
            estimated_requests = MIN(estimated_requests + excluded.estimated_requests, 9007199254740992)",
     )?;
-    for ((token, day, model, upstream), row) in &batch.rows {
+    for ((token, day, hour, model, upstream), row) in &batch.rows {
         usage.execute(params![
             &**token,
             day.format("%Y-%m-%d").to_string(),
@@ -720,7 +744,8 @@ fn write(tx: &rusqlite::Transaction<'_>, batch: &Pending) -> rusqlite::Result<()
             row.cached_tokens,
             row.output_tokens,
             row.cost_usd,
-            row.estimated_requests
+            row.estimated_requests,
+            hour
         ])?;
     }
     Ok(())
@@ -990,13 +1015,13 @@ impl Store for Sqlite {
         Some(Arc::new(self.clone()))
     }
 
-    fn daily(
+    fn hourly(
         &self,
         period: Period,
         token: Option<String>,
-    ) -> BoxFuture<Result<Vec<(String, Row)>, StoreError>> {
+    ) -> BoxFuture<Result<Hourly, StoreError>> {
         let flushed = self.owner.is_some().then(|| self.flush());
-        let read = self.daily_from_file(period, token);
+        let read = self.hourly_from_file(period, token);
         Box::pin(async move {
             if let Some(flushed) = flushed {
                 flushed.await?;
@@ -1023,38 +1048,33 @@ impl Store for Sqlite {
 }
 
 impl Sqlite {
-    fn daily_from_file(
+    fn hourly_from_file(
         &self,
         period: Period,
         token: Option<String>,
-    ) -> BoxFuture<Result<Vec<(String, Row)>, StoreError>> {
+    ) -> BoxFuture<Result<Hourly, StoreError>> {
         self.run(move |c| {
             let (from, to) = period.day_range();
-            // A reader of a file the gateway has not brought up to date
-            // yet reads its rows as of no known upstream.
-            let upstream = if rows_name_upstreams(c)? {
-                "upstream"
-            } else {
-                "'-'"
-            };
+            let (upstream, hour) = usage_columns(c)?;
             let mut statement = c.prepare(&format!(
-                "SELECT day, token, model, {upstream}, requests, input_tokens, cached_tokens, output_tokens, usd_micros, estimated_requests
+                "SELECT day, {hour}, token, model, {upstream}, requests, input_tokens, cached_tokens, output_tokens, usd_micros, estimated_requests
                  FROM usage WHERE day >= ?1 AND day <= ?2 AND (?3 IS NULL OR token = ?3)
-                 ORDER BY 1, 2, 3, 4",
+                 ORDER BY 1, 2, 3, 4, 5",
             ))?;
             let rows = statement.query_map(params![from, to, token], |r| {
                 Ok((
                     r.get(0)?,
+                    u8::try_from(r.get::<_, i64>(1)?.clamp(0, 23)).unwrap_or(0),
                     Row {
-                        token: r.get(1)?,
-                        model: r.get(2)?,
-                        upstream: r.get(3)?,
-                        requests: r.get(4)?,
-                        input_tokens: r.get(5)?,
-                        cached_tokens: r.get(6)?,
-                        output_tokens: r.get(7)?,
-                        cost_usd: r.get(8)?,
-                        estimated_requests: r.get(9)?,
+                        token: r.get(2)?,
+                        model: r.get(3)?,
+                        upstream: r.get(4)?,
+                        requests: r.get(5)?,
+                        input_tokens: r.get(6)?,
+                        cached_tokens: r.get(7)?,
+                        output_tokens: r.get(8)?,
+                        cost_usd: r.get(9)?,
+                        estimated_requests: r.get(10)?,
                     },
                 ))
             })?;
@@ -1067,10 +1087,12 @@ impl Sqlite {
         period: Period,
         token: Option<String>,
     ) -> BoxFuture<Result<Vec<Row>, StoreError>> {
-        let daily = self.daily_from_file(period, token);
+        let daily = self.hourly_from_file(period, token);
         Box::pin(async move {
             let rows = daily.await?;
-            Ok(super::store::sum_days(rows.into_iter().map(|(_, row)| row)))
+            Ok(super::store::sum_days(
+                rows.into_iter().map(|(_, _, row)| row),
+            ))
         })
     }
 }
@@ -1426,6 +1448,49 @@ mod tests {
             .map(|r| (r.upstream.as_str(), r.requests, r.cost_usd))
             .collect();
         assert_eq!(seen, [("-", 7, 700), ("backup", 1, 10), ("default", 2, 14)]);
+        // Rows from before hours are the day's first hour; new ones their own.
+        let hourly = store
+            .hourly(Period::Day("2026-12-01".into()), None)
+            .await
+            .unwrap();
+        let hours: Vec<(u8, &str)> = hourly
+            .iter()
+            .map(|(_, hour, row)| (*hour, row.upstream.as_str()))
+            .collect();
+        assert_eq!(hours, [(0, "-"), (10, "backup"), (10, "default")]);
+        drop(store);
+
+        // A file of the version before hours (rows named their upstream).
+        let path2 = dir.join("upstreams.db").to_str().unwrap().to_owned();
+        {
+            let old = Connection::open(&path2).unwrap();
+            old.execute_batch(
+                "CREATE TABLE usage (
+                    token TEXT NOT NULL, day TEXT NOT NULL, model TEXT NOT NULL,
+                    requests INTEGER NOT NULL DEFAULT 0,
+                    input_tokens INTEGER NOT NULL DEFAULT 0, cached_tokens INTEGER NOT NULL DEFAULT 0,
+                    output_tokens INTEGER NOT NULL DEFAULT 0, usd_micros INTEGER NOT NULL DEFAULT 0,
+                    estimated_requests INTEGER NOT NULL DEFAULT 0,
+                    upstream TEXT NOT NULL DEFAULT '-',
+                    PRIMARY KEY (token, day, model, upstream));
+                 INSERT INTO usage VALUES ('bob', '2026-12-01', 'gpt-4o', 3, 30, 0, 15, 300, 0, 'azure');",
+            )
+            .unwrap();
+        }
+        let store = Sqlite::open(&path2).unwrap();
+        store
+            .settle(settlement(None, "2026-12-01T23:30:00Z".parse().unwrap(), 2).into())
+            .await
+            .unwrap();
+        let hourly = store
+            .hourly(Period::Day("2026-12-01".into()), None)
+            .await
+            .unwrap();
+        let seen: Vec<(u8, &str, &str, i64)> = hourly
+            .iter()
+            .map(|(_, h, r)| (*h, r.token.as_str(), r.upstream.as_str(), r.requests))
+            .collect();
+        assert_eq!(seen, [(0, "bob", "azure", 3), (23, "alice", "default", 1)]);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -304,13 +304,13 @@ pub trait Store: Send + Sync + fmt::Debug {
         token: Option<String>,
     ) -> BoxFuture<Result<Vec<Row>, StoreError>>;
 
-    /// Usage per day, token, model and upstream over `period` (one
-    /// token's when named): the console's costs by day.
-    fn daily(
+    /// Usage per UTC day and hour, token, model and upstream over `period`
+    /// (one token's when named): the console's costs by day or hour.
+    fn hourly(
         &self,
         period: Period,
         token: Option<String>,
-    ) -> BoxFuture<Result<Vec<(String, Row)>, StoreError>>;
+    ) -> BoxFuture<Result<Hourly, StoreError>>;
 
     /// The managed tokens and console sessions kept in this store, if it
     /// keeps them.
@@ -318,6 +318,9 @@ pub trait Store: Send + Sync + fmt::Debug {
         None
     }
 }
+
+/// Usage rows with their UTC day (`YYYY-MM-DD`) and hour (0 to 23).
+pub type Hourly = Vec<(String, u8, Row)>;
 
 /// `rows` summed per token, model and upstream (saturating), in that order.
 pub fn sum_days(rows: impl Iterator<Item = Row>) -> Vec<Row> {

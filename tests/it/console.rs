@@ -679,6 +679,20 @@ async fn over_plain_http_the_console_answers_this_machine_only() {
     )
     .await;
     assert_eq!(api.code(), "https_required");
+    let encoded = call(
+        &gw,
+        "GET",
+        "/v1/%67ateway/tokens",
+        Auth::Bearer(OPS),
+        None,
+        std::slice::from_ref(&far),
+    )
+    .await;
+    assert_eq!(
+        encoded.code(),
+        "https_required",
+        "an encoded spelling is the same path"
+    );
     let upstreams = call(
         &gw,
         "GET",
@@ -817,6 +831,36 @@ async fn costs_by_day_in_openais_shape_an_admin_sees_all_and_a_token_its_own() {
     let results = own.body["data"][0]["results"].as_array().unwrap().clone();
     assert_eq!(results.len(), 1, "{results:?}");
     assert_eq!(results[0]["token"], "friend");
+    // By hour: the chats were made at 12:00 on June 3rd.
+    let hour_12 = june_1 + 2 * 86_400 + 12 * 3_600;
+    let by_hour = call(
+        &gw,
+        "GET",
+        &format!(
+            "/v1/gateway/costs?start_time={}&end_time={}&bucket_width=1h&group_by=token",
+            hour_12 - 3_600,
+            hour_12 + 3_600
+        ),
+        Auth::Bearer(OPS),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(by_hour.status, 200, "{}", by_hour.body);
+    let data = by_hour.body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(data[0]["results"], json!([]));
+    assert_eq!(
+        (data[1]["start_time"].clone(), data[1]["end_time"].clone()),
+        (json!(hour_12), json!(hour_12 + 3_600))
+    );
+    let hour = data[1]["results"].as_array().unwrap();
+    assert_eq!(
+        hour.iter()
+            .map(|r| r["requests"].as_i64().unwrap())
+            .sum::<i64>(),
+        3
+    );
     let bad = call(
         &gw,
         "GET",

@@ -321,7 +321,7 @@ function drawChart(buckets) {
     }
     return { start: bucket.start_time, sums };
   });
-  const max = Math.max(0.0001, ...days.map((d) => [...d.sums.values()].reduce((a, b) => a + b, 0)));
+  const max = Math.max(1e-9, ...days.map((d) => [...d.sums.values()].reduce((a, b) => a + b, 0)));
   const ns = "http://www.w3.org/2000/svg";
   // One unit a pixel, so that the labels keep their size on any screen.
   const width = Math.max(280, Math.round($("chart").clientWidth || 600));
