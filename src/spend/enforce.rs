@@ -239,17 +239,29 @@ impl Enforce {
     }
 }
 
+/// A reservation's id: 64 random bits drawn once per process (so that no
+/// two processes sharing a store make the same id), then a counter: 24 hex
+/// digits, with no system call and one allocation per request.
 fn reservation_id() -> String {
-    let mut random = [0u8; 12];
-    // Without randomness, a clock-based id is still unique enough per process.
-    if getrandom::fill(&mut random).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        random[..12].copy_from_slice(&nanos.to_le_bytes()[..12]);
-    }
-    random.iter().map(|b| format!("{b:02x}")).collect()
+    use std::fmt::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let process = *PROCESS.get_or_init(|| {
+        let mut random = [0u8; 8];
+        // Without randomness, the clock and the process id still tell processes apart.
+        if getrandom::fill(&mut random).is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            random = (nanos ^ (u64::from(std::process::id()) << 40)).to_le_bytes();
+        }
+        u64::from_le_bytes(random)
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut id = String::with_capacity(32);
+    let _ = write!(id, "{process:016x}{n:08x}");
+    id
 }
 
 /// The completion hook that records each forwarded request's usage in the
@@ -475,6 +487,19 @@ mod tests {
         ) -> BoxFuture<Result<crate::spend::store::Hourly, StoreError>> {
             Box::pin(std::future::ready(Ok(Vec::new())))
         }
+    }
+
+    #[test]
+    fn reservation_ids_are_unique_and_share_the_process_prefix() {
+        let ids: Vec<String> = (0..1000).map(|_| reservation_id()).collect();
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        assert!(ids
+            .iter()
+            .all(|id| id.len() >= 24 && id[..16] == ids[0][..16]));
+        assert!(ids
+            .iter()
+            .all(|id| id.bytes().all(|b| b.is_ascii_hexdigit())));
     }
 
     fn enforce(store: Option<Arc<dyn Store>>) -> Enforce {
