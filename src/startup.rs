@@ -395,6 +395,7 @@ pub async fn options_at(
                 store: store.clone(),
                 offset: settings.tokens_utc_offset,
                 clock: clock.clone(),
+                upstreams: upstreams.clone(),
             }),
             Arc::new(Costs {
                 store: store.clone(),

@@ -32,6 +32,7 @@ use crate::spend::registry::{Managed, Registry, Updated};
 use crate::spend::store::{Period, Store};
 use crate::tokens::format::keys;
 use crate::tokens::{TokenEntry, TokenSet};
+use crate::upstreams::live::Live;
 
 /// The collection's path.
 pub const PATH: &str = "/v1/gateway/tokens";
@@ -82,6 +83,8 @@ pub struct TokensApi {
     pub offset: FixedOffset,
     /// When tokens are made and changed.
     pub clock: Clock,
+    /// The upstreams a token's `upstreams` may name.
+    pub upstreams: Live,
 }
 
 /// Which token endpoint a path is: the collection, or one token by name.
@@ -329,6 +332,26 @@ impl TokensApi {
         Ok(map)
     }
 
+    /// Refuses an entry whose `upstreams` names one the pool does not have
+    /// (as start-up refuses such an entry of the token file).
+    async fn check_upstreams(&self, entry: &TokenEntry) -> Result<(), GatewayError> {
+        let Some(named) = entry.rules.as_ref().and_then(|r| r.upstreams.as_ref()) else {
+            return Ok(());
+        };
+        let pool = self.upstreams.current().await?;
+        let known: Vec<&str> = pool.members().iter().map(|m| &*m.name).collect();
+        match named.iter().find(|n| !known.contains(&n.as_str())) {
+            None => Ok(()),
+            Some(unknown) => Err(GatewayError::invalid_param(
+                keys::UPSTREAMS,
+                format!(
+                    "`upstreams` names `{unknown}`, which this gateway does not have (it has: {})",
+                    known.join(", ")
+                ),
+            )),
+        }
+    }
+
     /// Checks an entry's JSON with the token file's parser.
     fn check(&self, entry: &Map<String, Value>) -> Result<TokenEntry, GatewayError> {
         let managed = Managed {
@@ -386,6 +409,7 @@ impl TokensApi {
             json!(crate::tokens::hex(&crate::tokens::digest(token.as_bytes()))),
         );
         let entry = self.check(&fields)?;
+        self.check_upstreams(&entry).await?;
         let now = self.clock.now();
         let stored = Managed {
             name: name.clone(),
@@ -451,6 +475,7 @@ impl TokensApi {
             Change::Revoke => stored.revoked = true,
         }
         let entry = self.check(&fields)?;
+        self.check_upstreams(&entry).await?;
         let now = self.clock.now();
         stored.entry = Value::Object(fields).to_string();
         stored.updated_at = now;

@@ -204,6 +204,11 @@ async fn an_admin_creates_changes_disables_and_revokes_tokens_that_work_at_once(
             "unknown field `colour`",
         ),
         (json!({"models": ["x"]}), "name", "`name` is required"),
+        (
+            json!({"name": "x", "upstreams": ["nowhere"]}),
+            "upstreams",
+            "names `nowhere`, which this gateway does not have (it has: default)",
+        ),
     ] {
         let refused = call(
             &gw,
