@@ -10,7 +10,6 @@
 
 use std::path::PathBuf;
 
-use base64::Engine;
 use chrono::{DateTime, FixedOffset, Utc};
 use clap::{Args, Subcommand};
 
@@ -325,13 +324,7 @@ fn new(
         ),
         None => None,
     };
-    let mut random = [0u8; 32];
-    getrandom::fill(&mut random)
-        .map_err(|e| CommandError::Refused(format!("no randomness available: {e}")))?;
-    let token = format!(
-        "gw-{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)
-    );
+    let token = crate::tokens::generate().map_err(CommandError::Refused)?;
     let digest = crate::tokens::digest(token.as_bytes());
     let credential = if plaintext {
         Credential::Plain(&token)

@@ -36,6 +36,7 @@ use crate::clock::Clock;
 use crate::error::GatewayError;
 use crate::policy::RequestBody;
 use crate::sources::cached::Cached;
+use crate::spend::account::rfc3339;
 use crate::spend::registry::{Registry, Session};
 use crate::tokens::TokenSet;
 use session::Logins;
@@ -290,10 +291,6 @@ impl Console {
             Some(session::clear_cookie(reach.https)),
         )))
     }
-}
-
-fn rfc3339(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 fn session_answer(

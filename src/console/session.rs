@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use base64::Engine;
 use chrono::{DateTime, Utc};
 use http::{header, HeaderMap, Method};
 use sha2::{Digest, Sha256};
@@ -27,11 +26,9 @@ use sha2::{Digest, Sha256};
 /// The session cookie's name.
 pub const COOKIE: &str = "gw_session";
 
-/// A new session id: 32 bytes from the OS's random source, base64url.
+/// A new session id: [`crate::tokens::random_id`].
 pub fn new_id() -> Result<String, String> {
-    let mut random = [0u8; 32];
-    getrandom::fill(&mut random).map_err(|e| format!("no randomness available: {e}"))?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random))
+    crate::tokens::random_id()
 }
 
 /// What a session is stored under: the SHA-256 of its id, in hex.

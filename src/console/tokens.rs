@@ -27,7 +27,7 @@ use crate::clock::Clock;
 use crate::error::GatewayError;
 use crate::policy::{Inspect, Policy, Verdict};
 use crate::sources::cached::Cached;
-use crate::spend::account::{limit_rows, store_down};
+use crate::spend::account::{limit_rows, rfc3339, store_down};
 use crate::spend::registry::{Managed, Registry, Updated};
 use crate::spend::store::{Period, Store};
 use crate::tokens::format::keys;
@@ -40,8 +40,6 @@ pub const PATH: &str = "/v1/gateway/tokens";
 const BODY: u64 = 64 << 10;
 /// How far back `last_used_at` looks, in days.
 const LAST_USED_DAYS: i64 = 90;
-/// The prefix of every token the gateway makes.
-pub const TOKEN_PREFIX: &str = "gw-";
 
 /// The fields a request may set, and whether a PATCH may.
 const FIELDS: [(&str, bool); 9] = [
@@ -101,21 +99,6 @@ fn route(path: &str) -> Option<Option<String>> {
         .decode_utf8()
         .ok()
         .map(|n| Some(n.into_owned()))
-}
-
-fn rfc3339(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-/// A new token: `gw-` and 32 bytes from the OS's random source, base64url.
-pub fn generate() -> Result<String, String> {
-    use base64::Engine;
-    let mut random = [0u8; 32];
-    getrandom::fill(&mut random).map_err(|e| format!("no randomness available: {e}"))?;
-    Ok(format!(
-        "{TOKEN_PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)
-    ))
 }
 
 /// The field a token-list error is about (the first key it names).
@@ -400,7 +383,7 @@ impl TokensApi {
         if config.named(&name).is_some() {
             return Err(GatewayError::TokenNameTaken(name));
         }
-        let token = generate().map_err(|problem| {
+        let token = crate::tokens::generate().map_err(|problem| {
             tracing::error!(%problem, "a token could not be made");
             GatewayError::Internal
         })?;
@@ -588,8 +571,8 @@ mod tests {
 
     #[test]
     fn made_tokens_are_long_random_and_recognisable() {
-        let a = generate().unwrap();
+        let a = crate::tokens::generate().unwrap();
         assert!(a.starts_with("gw-") && a.len() == 3 + 43, "{a}");
-        assert_ne!(a, generate().unwrap());
+        assert_ne!(a, crate::tokens::generate().unwrap());
     }
 }

@@ -85,7 +85,8 @@ pub fn store_down(error: super::store::StoreError) -> GatewayError {
     GatewayError::UsageStoreUnavailable
 }
 
-fn rfc3339(at: DateTime<Utc>) -> String {
+/// A time as the gateway's own answers show it: RFC 3339, whole seconds, UTC.
+pub fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 

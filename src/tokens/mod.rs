@@ -35,6 +35,23 @@ pub mod bundled {
     }
 }
 
+/// The prefix of every token the gateway makes.
+pub const TOKEN_PREFIX: &str = "gw-";
+
+/// 32 bytes from the operating system's random source, base64url (43
+/// characters): a made token's secret part, a console session's id.
+pub fn random_id() -> Result<String, String> {
+    use base64::Engine;
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random).map_err(|e| format!("no randomness available: {e}"))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random))
+}
+
+/// A new token: [`TOKEN_PREFIX`] and [`random_id`].
+pub fn generate() -> Result<String, String> {
+    Ok(format!("{TOKEN_PREFIX}{}", random_id()?))
+}
+
 /// SHA-256 of a token: what the lookup table is keyed by.
 pub type TokenDigest = [u8; 32];
 
