@@ -10,7 +10,7 @@
 //! `next_page` of the last answer. An admin token sees every token; any
 //! other token its own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -221,23 +221,31 @@ fn row_bucket(day: &str, hour: u8, step: i64) -> Option<i64> {
 fn page(query: &Query, rows: &Hourly) -> Value {
     let buckets = (query.last - query.first) / query.step + 1;
     let count = buckets.clamp(0, query.limit);
-    let placed: Vec<(Option<i64>, &Row)> = rows
-        .iter()
-        .map(|(day, hour, row)| (row_bucket(day, *hour, query.step), row))
-        .collect();
+    // Each row summed into its bucket's group, in one pass.
+    type Groups<'r> = BTreeMap<(Option<&'r str>, Option<&'r str>), Row>;
+    let mut buckets_of: HashMap<i64, Groups<'_>> = HashMap::new();
+    for (day, hour, row) in rows {
+        let Some(bucket) = row_bucket(day, *hour, query.step) else {
+            continue;
+        };
+        let group = (
+            query.by_token.then_some(row.token.as_str()),
+            query.by_model.then_some(row.model.as_str()),
+        );
+        buckets_of
+            .entry(bucket)
+            .or_default()
+            .entry(group)
+            .or_default()
+            .add_row(row);
+    }
     let mut data = Vec::new();
     for i in 0..count {
         let start = query.first + i * query.step;
-        let mut groups: BTreeMap<(Option<&str>, Option<&str>), Row> = BTreeMap::new();
-        for (_, row) in placed.iter().filter(|(b, _)| *b == Some(start)) {
-            let group = (
-                query.by_token.then_some(row.token.as_str()),
-                query.by_model.then_some(row.model.as_str()),
-            );
-            groups.entry(group).or_default().add_row(row);
-        }
-        let results: Vec<Value> = groups
-            .iter()
+        let results: Vec<Value> = buckets_of
+            .get(&start)
+            .into_iter()
+            .flatten()
             .map(|((token, model), row)| result(*token, *model, row))
             .collect();
         data.push(json!({
