@@ -316,9 +316,7 @@ impl Gateway {
         if let Some(console) = &inner.console {
             // The path as the policies will read it: an encoded spelling of
             // an admin path is one too.
-            if admitted.admin
-                && Console::is_admin_request(&crate::path::normalise(parts.uri.path()), &admitted)
-            {
+            if admitted.admin && Console::is_admin_path(&crate::path::normalise(parts.uri.path())) {
                 console.check_transport(reach)?;
             }
         }
