@@ -191,9 +191,11 @@ impl TokensApi {
         Ok(last)
     }
 
-    /// One entry as the API answers it.
+    /// One entry as the API answers it; its usage read from `store` (`None`:
+    /// a token just made, which has used nothing).
     async fn view(
         &self,
+        store: Option<&Arc<dyn Store>>,
         entry: &TokenEntry,
         state: Option<&Managed>,
         now: DateTime<Utc>,
@@ -222,7 +224,7 @@ impl TokensApi {
             .as_ref()
             .and_then(|r| r.limits.clone())
             .unwrap_or_default();
-        let usage = limit_rows(self.store.as_ref(), Some(&entry.name), &limits, now).await?;
+        let usage = limit_rows(store, Some(&entry.name), &limits, now).await?;
         out.insert("usage".into(), Value::Array(usage));
         Ok(Value::Object(out))
     }
@@ -246,9 +248,15 @@ impl TokensApi {
         // The store's reads, eight at a time, in order.
         let mut data = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(8) {
-            let views = chunk
-                .iter()
-                .map(|(entry, state)| self.view(entry, *state, now, last_used.get(&*entry.name)));
+            let views = chunk.iter().map(|(entry, state)| {
+                self.view(
+                    self.store.as_ref(),
+                    entry,
+                    *state,
+                    now,
+                    last_used.get(&*entry.name),
+                )
+            });
             data.extend(futures_util::future::try_join_all(views).await?);
         }
         Ok(json!({"object": "list", "data": data}))
@@ -412,7 +420,9 @@ impl TokensApi {
         }
         tracing::info!(token = %name, "a managed token was created");
         self.reload().await;
-        let mut view = self.view(&entry, Some(&stored), now, None).await?;
+        // Stored already: the answer that carries its token must not hang on
+        // another read of the store (a made token has used nothing).
+        let mut view = self.view(None, &entry, Some(&stored), now, None).await?;
         view["token"] = json!(token);
         Ok((StatusCode::CREATED, view))
     }
@@ -474,8 +484,14 @@ impl TokensApi {
         }
         self.reload().await;
         let last_used = self.last_used(Some(name), now).await?;
-        self.view(&entry, Some(&stored), now, last_used.get(name))
-            .await
+        self.view(
+            self.store.as_ref(),
+            &entry,
+            Some(&stored),
+            now,
+            last_used.get(name),
+        )
+        .await
     }
 
     async fn patch(&self, request: &mut Inspect<'_>, name: &str) -> Result<Value, GatewayError> {
