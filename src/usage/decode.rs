@@ -2,15 +2,20 @@
 //! read while the client gets the compressed bytes unchanged (OpenAI gzips
 //! JSON for clients that accept it).
 
+use std::borrow::Cow;
 use std::io::Read;
 
 /// The body's bytes without its `Content-Encoding`, at most `limit` of
 /// them; `None` when the encoding is unknown, the data corrupt, or the
 /// result over the limit.
-pub fn decode(encoding: Option<&str>, bytes: &[u8], limit: usize) -> Option<Vec<u8>> {
-    let encoding = encoding.unwrap_or("identity").trim().to_ascii_lowercase();
+/// An unencoded body is the bytes themselves, not a copy.
+pub fn decode<'a>(encoding: Option<&str>, bytes: &'a [u8], limit: usize) -> Option<Cow<'a, [u8]>> {
+    let encoding = encoding.unwrap_or("identity").trim();
+    if encoding.is_empty() || encoding.eq_ignore_ascii_case("identity") {
+        return (bytes.len() <= limit).then_some(Cow::Borrowed(bytes));
+    }
+    let encoding = encoding.to_ascii_lowercase();
     let reader: Box<dyn Read + '_> = match encoding.as_str() {
-        "" | "identity" => Box::new(bytes),
         "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(bytes)),
         // HTTP's `deflate` is zlib-wrapped; some servers send it raw.
         "deflate" if bytes.first().is_some_and(|b| b & 0x0f == 8) => {
@@ -23,7 +28,7 @@ pub fn decode(encoding: Option<&str>, bytes: &[u8], limit: usize) -> Option<Vec<
     };
     let mut out = Vec::new();
     reader.take(limit as u64 + 1).read_to_end(&mut out).ok()?;
-    (out.len() <= limit).then_some(out)
+    (out.len() <= limit).then_some(Cow::Owned(out))
 }
 
 #[cfg(test)]

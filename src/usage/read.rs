@@ -3,6 +3,9 @@
 //! (`input_tokens`, `output_tokens`, also inside `response.*` stream events),
 //! and transcriptions billed by tokens.
 
+use std::borrow::Cow;
+
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::Usage;
@@ -18,57 +21,342 @@ pub enum Found {
     Malformed,
 }
 
-/// Reads the usage of a response body or stream event.
+/// Reads the usage of a JSON document's bytes; `None` when they are not
+/// JSON. Only the members that say what was used are read (below); the
+/// rest, the answer's content, is skipped without being built.
+pub fn usage_in(bytes: &[u8]) -> Option<Found> {
+    let doc: Doc = serde_json::from_slice(bytes).ok()?;
+    Some(doc.found())
+}
+
+/// Reads the usage of a document already parsed (a stream event read whole).
 pub fn usage(document: &Value) -> Found {
-    let has_usage = |v: &Value| v.get("usage").is_some_and(|u| !u.is_null());
-    // Responses API stream events carry the response object; Groq's
-    // OpenAI-compatible streams put the last chunk's usage in `x_groq`.
-    let holder = match (document.get("response"), document.get("x_groq")) {
-        (Some(response), _) if response.get("usage").is_some() => response,
-        (_, Some(groq)) if has_usage(groq) && !has_usage(document) => groq,
-        _ => document,
-    };
-    let model = holder
-        .get("model")
-        .or_else(|| document.get("model"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let Some(usage) = holder.get("usage") else {
-        return Found::Nothing;
-    };
-    if usage.is_null() {
-        return Found::Nothing;
+    Doc::deserialize(document).map_or(Found::Malformed, |doc| doc.found())
+}
+
+// What is read, as OpenAI and the compatible APIs write it. A member's
+// wrong type reads as `Other`, as `Value::as_u64`/`as_str` would read it,
+// so that one that is not a count is malformed rather than the document
+// unreadable; a repeated member counts by its last, as in a tree.
+
+/// A document, or a `response` / `x_groq` object within one. Anything else
+/// (an array, a number) has none of these members.
+#[derive(Default)]
+struct Doc {
+    model: Leaf,
+    usage: Member<UsageFields>,
+    /// Responses API stream events carry the response object.
+    response: Option<Box<Doc>>,
+    /// Groq's OpenAI-compatible streams put the last chunk's usage here.
+    x_groq: Option<Box<Doc>>,
+}
+
+/// A member that must be an object: absent, `null`, or present (any other
+/// value reads as an object without the fields).
+#[derive(Default)]
+enum Member<T> {
+    #[default]
+    Absent,
+    Null,
+    Present(T),
+}
+
+#[derive(Default)]
+struct UsageFields {
+    prompt_tokens: Leaf,
+    completion_tokens: Leaf,
+    input_tokens: Leaf,
+    output_tokens: Leaf,
+    /// `cached_tokens` of each of the three details objects.
+    prompt_cached: Leaf,
+    input_cached: Leaf,
+    input_cached_legacy: Leaf,
+    /// Whisper bills by duration (`"type": "duration"`).
+    kind: Leaf,
+}
+
+/// A scalar member: absent, a count, a string, or anything else.
+#[derive(Default, Clone)]
+enum Leaf {
+    #[default]
+    Absent,
+    Count(u64),
+    Text(String),
+    Other,
+}
+
+impl Leaf {
+    /// As `Value::get(..).map(Value::as_u64)`.
+    fn count(&self) -> Option<Option<u64>> {
+        match self {
+            Self::Absent => None,
+            Self::Count(n) => Some(Some(*n)),
+            _ => Some(None),
+        }
     }
-    let count = |key: &str| usage.get(key).map(Value::as_u64);
-    let nested = |outer: &str, key: &str| {
-        usage
-            .get(outer)
-            .and_then(|d| d.get(key))
-            .and_then(Value::as_u64)
-    };
-    // Whisper bills by duration: no token usage to read.
-    if usage.get("type").and_then(Value::as_str) == Some("duration") {
-        return Found::Nothing;
+
+    fn text(&self) -> Option<&str> {
+        match self {
+            Self::Text(text) => Some(text),
+            _ => None,
+        }
     }
-    let (input, output, cached) = match (count("prompt_tokens"), count("input_tokens")) {
-        (Some(Some(input)), _) => (
-            input,
-            count("completion_tokens").unwrap_or(Some(0)),
-            nested("prompt_tokens_details", "cached_tokens"),
-        ),
-        (None, Some(Some(input))) => (
-            input,
-            count("output_tokens").unwrap_or(Some(0)),
-            nested("input_tokens_details", "cached_tokens")
-                .or_else(|| nested("input_token_details", "cached_tokens")),
-        ),
-        _ => return Found::Malformed,
+}
+
+impl Doc {
+    fn has_usage(&self) -> bool {
+        matches!(self.usage, Member::Present(_))
+    }
+
+    fn found(&self) -> Found {
+        let holder = match (&self.response, &self.x_groq) {
+            (Some(response), _) if !matches!(response.usage, Member::Absent) => response,
+            (_, Some(groq)) if groq.has_usage() && !self.has_usage() => groq,
+            _ => self,
+        };
+        let model = match &holder.model {
+            Leaf::Absent => self.model.text(),
+            model => model.text(),
+        };
+        let Member::Present(usage) = &holder.usage else {
+            return Found::Nothing;
+        };
+        if usage.kind.text() == Some("duration") {
+            return Found::Nothing;
+        }
+        let nested = |leaf: &Leaf| leaf.count().flatten();
+        let (input, output, cached) =
+            match (usage.prompt_tokens.count(), usage.input_tokens.count()) {
+                (Some(Some(input)), _) => (
+                    input,
+                    usage.completion_tokens.count().unwrap_or(Some(0)),
+                    nested(&usage.prompt_cached),
+                ),
+                (None, Some(Some(input))) => (
+                    input,
+                    usage.output_tokens.count().unwrap_or(Some(0)),
+                    nested(&usage.input_cached).or_else(|| nested(&usage.input_cached_legacy)),
+                ),
+                _ => return Found::Malformed,
+            };
+        let Some(output) = output else {
+            return Found::Malformed;
+        };
+        let cached = cached.unwrap_or(0).min(input);
+        Found::Usage(Usage::reported(model, input, cached, output))
+    }
+}
+
+/// The visits of a value other than the one wanted: it is consumed
+/// (checked as JSON, not built) and reads as `$default`.
+macro_rules! otherwise {
+    ($out:ty, $default:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<$out, E> {
+            Ok($default)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<$out, E> {
+            Ok($default)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<$out, E> {
+            Ok($default)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<$out, E> {
+            Ok($default)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<$out, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok($default)
+        }
     };
-    let Some(output) = output else {
-        return Found::Malformed;
+}
+
+macro_rules! not_a_count {
+    ($out:ty, $default:expr) => {
+        fn visit_u64<E>(self, _: u64) -> Result<$out, E> {
+            Ok($default)
+        }
     };
-    let cached = cached.unwrap_or(0).min(input);
-    Found::Usage(Usage::reported(model.as_deref(), input, cached, output))
+}
+
+macro_rules! not_null {
+    ($out:ty, $default:expr) => {
+        fn visit_unit<E>(self) -> Result<$out, E> {
+            Ok($default)
+        }
+    };
+}
+
+fn skip_members<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// A member's name, borrowed from the document unless it has escapes
+/// (serde's own `Cow` always copies).
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a member's name")
+            }
+            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(name)))
+            }
+            fn visit_str<E>(self, name: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(name.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct DocVisitor;
+
+impl<'de> Visitor<'de> for DocVisitor {
+    type Value = Doc;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Doc, A::Error> {
+        let mut doc = Doc::default();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            match &*key.0 {
+                "model" => doc.model = map.next_value()?,
+                "usage" => doc.usage = map.next_value()?,
+                "response" => doc.response = Some(Box::new(map.next_value()?)),
+                "x_groq" => doc.x_groq = Some(Box::new(map.next_value()?)),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(doc)
+    }
+    otherwise!(Doc, Doc::default());
+    not_a_count!(Doc, Doc::default());
+    not_null!(Doc, Doc::default());
+}
+
+impl<'de> Deserialize<'de> for Doc {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(DocVisitor)
+    }
+}
+
+struct UsageVisitor;
+
+impl<'de> Visitor<'de> for UsageVisitor {
+    type Value = Member<UsageFields>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut u = UsageFields::default();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            match &*key.0 {
+                "prompt_tokens" => u.prompt_tokens = map.next_value()?,
+                "completion_tokens" => u.completion_tokens = map.next_value()?,
+                "input_tokens" => u.input_tokens = map.next_value()?,
+                "output_tokens" => u.output_tokens = map.next_value()?,
+                "prompt_tokens_details" => u.prompt_cached = map.next_value::<Cached>()?.0,
+                "input_tokens_details" => u.input_cached = map.next_value::<Cached>()?.0,
+                "input_token_details" => u.input_cached_legacy = map.next_value::<Cached>()?.0,
+                "type" => u.kind = map.next_value()?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Member::Present(u))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Member::Null)
+    }
+    otherwise!(Self::Value, Member::Present(UsageFields::default()));
+    not_a_count!(Self::Value, Member::Present(UsageFields::default()));
+}
+
+impl<'de> Deserialize<'de> for Member<UsageFields> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UsageVisitor)
+    }
+}
+
+/// A details object's `cached_tokens` (absent when it is not an object).
+struct Cached(Leaf);
+
+struct CachedVisitor;
+
+impl<'de> Visitor<'de> for CachedVisitor {
+    type Value = Cached;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Cached, A::Error> {
+        let mut cached = Leaf::Absent;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            if key.0 == "cached_tokens" {
+                cached = map.next_value()?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(Cached(cached))
+    }
+    otherwise!(Cached, Cached(Leaf::Absent));
+    not_a_count!(Cached, Cached(Leaf::Absent));
+    not_null!(Cached, Cached(Leaf::Absent));
+}
+
+impl<'de> Deserialize<'de> for Cached {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CachedVisitor)
+    }
+}
+
+struct LeafVisitor;
+
+impl<'de> Visitor<'de> for LeafVisitor {
+    type Value = Leaf;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<Leaf, E> {
+        Ok(Leaf::Count(n))
+    }
+    fn visit_str<E>(self, text: &str) -> Result<Leaf, E> {
+        Ok(Leaf::Text(text.to_owned()))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Leaf, E> {
+        Ok(Leaf::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Leaf, E> {
+        Ok(Leaf::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Leaf, E> {
+        Ok(Leaf::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Leaf, E> {
+        Ok(Leaf::Other)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Leaf, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Leaf::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Leaf, A::Error> {
+        skip_members(map)?;
+        Ok(Leaf::Other)
+    }
+}
+
+impl<'de> Deserialize<'de> for Leaf {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LeafVisitor)
+    }
 }
 
 #[cfg(test)]
@@ -76,8 +364,137 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The reading of a whole tree, as it was before the typed view: the
+    /// oracle the view is held to.
+    fn by_tree(document: &Value) -> Found {
+        let has_usage = |v: &Value| v.get("usage").is_some_and(|u| !u.is_null());
+        let holder = match (document.get("response"), document.get("x_groq")) {
+            (Some(response), _) if response.get("usage").is_some() => response,
+            (_, Some(groq)) if has_usage(groq) && !has_usage(document) => groq,
+            _ => document,
+        };
+        let model = holder
+            .get("model")
+            .or_else(|| document.get("model"))
+            .and_then(Value::as_str);
+        let Some(usage) = holder.get("usage") else {
+            return Found::Nothing;
+        };
+        if usage.is_null() {
+            return Found::Nothing;
+        }
+        let count = |key: &str| usage.get(key).map(Value::as_u64);
+        let nested = |outer: &str, key: &str| {
+            usage
+                .get(outer)
+                .and_then(|d| d.get(key))
+                .and_then(Value::as_u64)
+        };
+        if usage.get("type").and_then(Value::as_str) == Some("duration") {
+            return Found::Nothing;
+        }
+        let (input, output, cached) = match (count("prompt_tokens"), count("input_tokens")) {
+            (Some(Some(input)), _) => (
+                input,
+                count("completion_tokens").unwrap_or(Some(0)),
+                nested("prompt_tokens_details", "cached_tokens"),
+            ),
+            (None, Some(Some(input))) => (
+                input,
+                count("output_tokens").unwrap_or(Some(0)),
+                nested("input_tokens_details", "cached_tokens")
+                    .or_else(|| nested("input_token_details", "cached_tokens")),
+            ),
+            _ => return Found::Malformed,
+        };
+        let Some(output) = output else {
+            return Found::Malformed;
+        };
+        Found::Usage(Usage::reported(
+            model,
+            input,
+            cached.unwrap_or(0).min(input),
+            output,
+        ))
+    }
+
+    /// Read from the bytes and from the tree, which must agree with the oracle.
     fn read(v: Value) -> Found {
-        usage(&v)
+        let oracle = by_tree(&v);
+        assert_eq!(usage(&v), oracle, "{v}");
+        let from_bytes = usage_in(&serde_json::to_vec(&v).unwrap());
+        assert_eq!(from_bytes.as_ref(), Some(&oracle), "{v}");
+        oracle
+    }
+
+    #[test]
+    fn every_odd_shape_reads_as_the_tree_did() {
+        let values = [
+            json!(null),
+            json!(true),
+            json!(-3),
+            json!(2.5),
+            json!(7),
+            json!("duration"),
+            json!([1, 2]),
+            json!({}),
+            json!({"cached_tokens": 4}),
+            json!({"cached_tokens": "4"}),
+        ];
+        let mut docs = Vec::new();
+        for v in &values {
+            for key in [
+                "prompt_tokens",
+                "completion_tokens",
+                "input_tokens",
+                "output_tokens",
+                "prompt_tokens_details",
+                "input_tokens_details",
+                "input_token_details",
+                "type",
+            ] {
+                docs.push(json!({"model": "m", "usage": {"prompt_tokens": 9, key: v}}));
+                docs.push(json!({"usage": {"input_tokens": 9, "output_tokens": 2, key: v}}));
+            }
+            docs.push(json!({"usage": v}));
+            docs.push(json!({"model": v, "usage": {"prompt_tokens": 1}}));
+            docs.push(
+                json!({"model": "top", "response": {"model": v, "usage": {"input_tokens": 3}}}),
+            );
+            docs.push(json!({"response": v, "usage": {"prompt_tokens": 2}}));
+            docs.push(json!({"response": {"usage": v}, "usage": {"prompt_tokens": 2}}));
+            docs.push(json!({"x_groq": {"usage": v}, "model": "g"}));
+            docs.push(json!({"x_groq": v, "usage": {"prompt_tokens": 2}}));
+            docs.push(
+                json!({"usage": null, "x_groq": {"usage": {"prompt_tokens": 5}, "model": v}}),
+            );
+            docs.push(v.clone());
+        }
+        for doc in docs {
+            read(doc);
+        }
+    }
+
+    #[test]
+    fn the_bytes_are_read_as_the_tree_is() {
+        // The last of a repeated member counts, as in a tree.
+        let twice = br#"{"usage":{"prompt_tokens":1,"completion_tokens":1},"model":"a","usage":{"prompt_tokens":7,"completion_tokens":2},"model":"b"}"#;
+        assert_eq!(usage_in(twice), Some(found("b", 7, 0, 2)));
+        // Content is skipped, escapes and all; keys may be escaped too.
+        let escaped = br#"{"choices":[{"message":{"content":"a \"usage\": {}"}}],"\u0075sage":{"input_tokens":3,"output_tokens":4},"model":"m"}"#;
+        assert_eq!(usage_in(escaped), Some(found("m", 3, 0, 4)));
+        // JSON that is not an object has no usage; what is not JSON is unreadable.
+        for other in [&b"[1,{\"usage\":2}]"[..], b"3", b"\"x\"", b"null", b"true"] {
+            assert_eq!(usage_in(other), Some(Found::Nothing));
+        }
+        for broken in [
+            &b"{\"usage\":"[..],
+            b"",
+            b"{\"a\":1} x",
+            b"{\"usage\":{\"prompt_tokens\":1}",
+        ] {
+            assert_eq!(usage_in(broken), None);
+        }
     }
 
     fn found(model: &str, input: u64, cached: u64, output: u64) -> Found {

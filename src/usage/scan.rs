@@ -6,8 +6,6 @@
 
 use std::io::Write;
 
-use serde_json::Value;
-
 use super::read::{self, Found};
 
 /// The most of one kept value (a `usage` object is a few hundred bytes).
@@ -180,10 +178,7 @@ impl TopLevel {
             text.extend_from_slice(model);
         }
         text.push(b'}');
-        match serde_json::from_slice::<Value>(&text) {
-            Ok(value) => read::usage(&value),
-            Err(_) => Found::Malformed,
-        }
+        read::usage_in(&text).unwrap_or(Found::Malformed)
     }
 }
 

@@ -93,9 +93,9 @@ impl Step for UsageTap {
         };
         let found = match scan.take() {
             Some(scan) => Some(scan.finish()),
-            None => decode::decode(encoding.as_deref(), copy, MAX_JSON)
-                .and_then(|d| serde_json::from_slice::<Value>(&d).ok())
-                .map(|value| read::usage(&value)),
+            None => {
+                decode::decode(encoding.as_deref(), copy, MAX_JSON).and_then(|d| read::usage_in(&d))
+            }
         };
         match found {
             Some(Found::Usage(usage)) => self.meter.report(usage),
