@@ -71,34 +71,9 @@ struct AccessLine<'a> {
 /// Now, as the other lines show it: RFC 3339 in UTC, to the microsecond.
 struct Timestamp(chrono::DateTime<chrono::Utc>);
 
-impl Timestamp {
-    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, as tracing writes it, digit by digit
-    /// (chrono's `format` parses its pattern again on every line).
-    fn digits(&self) -> [u8; 27] {
-        use chrono::{Datelike, Timelike};
-        let t = &self.0;
-        let mut out = *b"0000-00-00T00:00:00.000000Z";
-        let mut put = |at: usize, width: usize, mut n: u32| {
-            for i in (at..at + width).rev() {
-                out[i] = b'0' + (n % 10) as u8;
-                n /= 10;
-            }
-        };
-        put(0, 4, t.year().clamp(0, 9999) as u32);
-        put(5, 2, t.month());
-        put(8, 2, t.day());
-        put(11, 2, t.hour());
-        put(14, 2, t.minute());
-        put(17, 2, t.second());
-        // A leap second's nanoseconds run past a billion.
-        put(20, 6, t.timestamp_subsec_micros().min(999_999));
-        out
-    }
-}
-
 impl std::fmt::Display for Timestamp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let digits = self.digits();
+        let digits = crate::clock::stamp(self.0);
         f.write_str(std::str::from_utf8(&digits).map_err(|_| std::fmt::Error)?)
     }
 }
@@ -135,7 +110,7 @@ impl AccessLine<'_> {
             v.map_or(Ok(()), |v| value(out, name, &v))
         }
         out.extend_from_slice(b"{\"timestamp\":\"");
-        out.extend_from_slice(&self.timestamp.digits());
+        out.extend_from_slice(&crate::clock::stamp(self.timestamp.0));
         out.push(b'"');
         value(out, "level", &self.level)?;
         value(out, "message", &self.message)?;

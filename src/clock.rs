@@ -62,6 +62,51 @@ impl Clock {
     }
 }
 
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, digit by digit (chrono's `format` parses
+/// its pattern again on every call): the access line's time, and, cut
+/// short, the limits' window keys and the usage rows' days and hours. A
+/// year outside 0–9999 is clamped to it; [`prefix`] writes such a year as
+/// chrono does.
+pub fn stamp(at: DateTime<Utc>) -> [u8; 27] {
+    use chrono::{Datelike, Timelike};
+    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |from: usize, width: usize, mut n: u32| {
+        for i in (from..from + width).rev() {
+            out[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, at.year().clamp(0, 9999) as u32);
+    put(5, 2, at.month());
+    put(8, 2, at.day());
+    put(11, 2, at.hour());
+    put(14, 2, at.minute());
+    put(17, 2, at.second());
+    // A leap second's nanoseconds run past a billion.
+    put(20, 6, at.timestamp_subsec_micros().min(999_999));
+    out
+}
+
+/// The first `len` characters of [`stamp`] (`7`: the month, `10`: the day,
+/// `13`: the hour, `16`: the minute), after `head`: as chrono's `%Y-%m…`
+/// would write them, in any year.
+pub fn prefix(head: &str, at: DateTime<Utc>, len: usize) -> String {
+    use chrono::Datelike;
+    let len = len.min(27);
+    let mut out = String::with_capacity(head.len() + len);
+    out.push_str(head);
+    if (0..=9999).contains(&at.year()) {
+        let digits = stamp(at);
+        // ASCII digits and separators only.
+        out.extend(digits[..len].iter().map(|&b| char::from(b)));
+    } else {
+        let full = at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        let year_extra = full.len() - 27;
+        out.push_str(full.get(..len + year_extra).unwrap_or(&full));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +123,31 @@ mod tests {
         assert_eq!(clock.now(), start);
         clock.advance(chrono::Duration::MAX);
         assert!(clock.now() > start, "saturates instead of wrapping");
+    }
+
+    #[test]
+    fn stamps_and_their_prefixes_are_as_chrono_writes_them() {
+        for at in [
+            Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(),
+            Utc.with_ymd_and_hms(1999, 12, 31, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(10_000, 3, 4, 5, 6, 7).unwrap(),
+            Utc.with_ymd_and_hms(-5, 3, 4, 5, 6, 7).unwrap(),
+        ] {
+            for (len, pattern) in [
+                (7, "%Y-%m"),
+                (10, "%Y-%m-%d"),
+                (13, "%Y-%m-%dT%H"),
+                (16, "%Y-%m-%dT%H:%M"),
+            ] {
+                assert_eq!(
+                    prefix("k:", at, len),
+                    format!("k:{}", at.format(pattern)),
+                    "{at}"
+                );
+            }
+        }
     }
 
     #[test]

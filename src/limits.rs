@@ -42,9 +42,9 @@ impl Window {
     /// `day:2026-12-01`, `month:2026-12`, `total`.
     pub fn key(self, at: DateTime<Utc>) -> String {
         match self {
-            Self::Minute => format!("minute:{}", at.format("%Y-%m-%dT%H:%M")),
-            Self::Day => format!("day:{}", at.format("%Y-%m-%d")),
-            Self::Month => format!("month:{}", at.format("%Y-%m")),
+            Self::Minute => crate::clock::prefix("minute:", at, 16),
+            Self::Day => crate::clock::prefix("day:", at, 10),
+            Self::Month => crate::clock::prefix("month:", at, 7),
             Self::Total => "total".to_owned(),
         }
     }
