@@ -33,8 +33,8 @@ use serde::{Deserialize, Serialize};
 use super::store::{Reservation, Settlement};
 use super::Amount;
 
-/// One journal line.
-#[derive(Serialize, Deserialize)]
+/// One journal line, as it is read back.
+#[derive(Deserialize)]
 struct Line {
     e: u64,
     s: u64,
@@ -53,7 +53,7 @@ struct Line {
     row: bool,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Held {
     id: String,
     windows: Vec<String>,
@@ -62,33 +62,65 @@ struct Held {
     usd_micros: i64,
 }
 
-impl Line {
-    fn of(epoch: u64, seq: u64, s: &Settlement) -> Self {
+/// One journal line as it is written: [`Line`]'s fields, borrowed from the
+/// settlement (nothing is copied to write it).
+#[derive(Serialize)]
+struct LineOut<'a> {
+    e: u64,
+    s: u64,
+    token: &'a str,
+    at_us: i64,
+    reservation: Option<HeldOut<'a>>,
+    used: bool,
+    model: &'a str,
+    upstream: &'a str,
+    input: i64,
+    cached: i64,
+    output: i64,
+    usd_micros: i64,
+    estimated: bool,
+    windows: &'a [String],
+    row: bool,
+}
+
+#[derive(Serialize)]
+struct HeldOut<'a> {
+    id: &'a str,
+    windows: &'a [String],
+    requests: i64,
+    tokens: i64,
+    usd_micros: i64,
+}
+
+impl<'a> LineOut<'a> {
+    fn of(epoch: u64, seq: u64, s: &'a Settlement) -> Self {
         Self {
             e: epoch,
             s: seq,
-            token: s.token.to_string(),
+            token: &s.token,
             at_us: s.at.timestamp_micros(),
-            reservation: s.reservation.as_ref().map(|r| Held {
-                id: r.id.clone(),
-                windows: r.windows.clone(),
+            reservation: s.reservation.as_ref().map(|r| HeldOut {
+                id: &r.id,
+                windows: &r.windows,
                 requests: r.amount.requests,
                 tokens: r.amount.tokens,
                 usd_micros: r.amount.usd_micros,
             }),
             used: s.used,
-            model: s.model.to_string(),
-            upstream: s.upstream.to_string(),
+            model: &s.model,
+            upstream: &s.upstream,
             input: s.input,
             cached: s.cached,
             output: s.output,
             usd_micros: s.usd_micros,
             estimated: s.estimated,
-            windows: s.windows.clone(),
+            windows: &s.windows,
             row: s.row,
         }
     }
+}
 
+impl Line {
     fn settlement(self) -> Option<Settlement> {
         let token: Arc<str> = self.token.into();
         Some(Settlement {
@@ -127,7 +159,12 @@ pub struct Journal {
     segments: Vec<(u64, File)>,
     /// Whether the newest segment has a line.
     dirty: bool,
+    /// The line being written, kept between appends.
+    line: Vec<u8>,
 }
+
+/// A line buffer grown past this (a settlement with many windows) is not kept.
+const KEEP_LINE_BUFFER: usize = 16 << 10;
 
 fn segment(base: &Path, n: u64) -> PathBuf {
     let mut name = base.as_os_str().to_owned();
@@ -190,6 +227,7 @@ impl Journal {
             epoch,
             segments: Vec::new(),
             dirty: false,
+            line: Vec::new(),
         };
         journal.open_segment(0)?;
         Ok(journal)
@@ -212,13 +250,18 @@ impl Journal {
 
     /// Appends `s` as line `seq`, in one write.
     pub fn append(&mut self, seq: u64, s: &Settlement) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(&Line::of(self.epoch, seq, s))?;
+        let line = &mut self.line;
+        line.clear();
+        serde_json::to_writer(&mut *line, &LineOut::of(self.epoch, seq, s))?;
         line.push(b'\n');
         let (_, file) = self
             .segments
             .last_mut()
             .ok_or_else(|| std::io::Error::other("no open segment"))?;
-        file.write_all(&line)?;
+        file.write_all(line)?;
+        if line.capacity() > KEEP_LINE_BUFFER {
+            *line = Vec::new();
+        }
         self.dirty = true;
         Ok(())
     }
