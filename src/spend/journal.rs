@@ -161,6 +161,16 @@ pub struct Journal {
     dirty: bool,
     /// The line being written, kept between appends.
     line: Vec<u8>,
+    /// The next segment, opened ahead.
+    spare: Option<(u64, File)>,
+}
+
+/// Deletes segments [`Journal::committed`] let go (their lines are in the
+/// file; one left behind is only read and skipped at the next start).
+pub fn remove(segments: Vec<PathBuf>) {
+    for path in segments {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// A line buffer grown past this (a settlement with many windows) is not kept.
@@ -228,6 +238,7 @@ impl Journal {
             segments: Vec::new(),
             dirty: false,
             line: Vec::new(),
+            spare: None,
         };
         journal.open_segment(0)?;
         Ok(journal)
@@ -239,10 +250,7 @@ impl Journal {
     }
 
     fn open_segment(&mut self, n: u64) -> std::io::Result<()> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(segment(&self.base, n))?;
+        let file = Self::open_file(&segment(&self.base, n))?;
         self.segments.push((n, file));
         self.dirty = false;
         Ok(())
@@ -266,32 +274,65 @@ impl Journal {
         Ok(())
     }
 
-    /// A batch is taken: later lines go to a new segment. Returns the
-    /// segment the batch's lines end in (to pass to [`Journal::committed`]);
-    /// `None` when no new segment could be opened (then none is removed).
+    /// A batch is taken: later lines go to a new segment (the spare, opened
+    /// beforehand by [`Journal::spare_wanted`], so no file is opened while
+    /// the store's lock is held; else opened now). Returns the segment the
+    /// batch's lines end in (to pass to [`Journal::committed`]); `None` when
+    /// no new segment could be opened (then none is removed).
     pub fn cut(&mut self) -> Option<u64> {
         let last = self.segments.last().map_or(0, |(n, _)| *n);
         if self.dirty {
-            if let Err(error) = self.open_segment(last + 1) {
-                tracing::error!(%error, "the usage journal cannot start a segment; the last one grows");
-                return None;
+            match self.spare.take() {
+                Some((n, file)) if n == last + 1 => {
+                    self.segments.push((n, file));
+                    self.dirty = false;
+                }
+                _ => {
+                    if let Err(error) = self.open_segment(last + 1) {
+                        tracing::error!(%error, "the usage journal cannot start a segment; the last one grows");
+                        return None;
+                    }
+                }
             }
         }
         Some(last)
     }
 
-    /// The batch cut at segment `upto` is in the file: segments up to it go
-    /// (the newest, where appends go, stays).
-    pub fn committed(&mut self, upto: u64) {
+    /// The path of the next segment, when no spare is open for it: open it
+    /// (without the store's lock) and hand it over with [`Journal::spare`].
+    pub fn spare_wanted(&self) -> Option<(u64, PathBuf)> {
+        let next = self.segments.last().map_or(0, |(n, _)| *n) + 1;
+        match &self.spare {
+            Some((n, _)) if *n == next => None,
+            _ => Some((next, segment(&self.base, next))),
+        }
+    }
+
+    /// Opens a segment file to append to (for [`Journal::spare_wanted`]).
+    pub fn open_file(path: &Path) -> std::io::Result<File> {
+        OpenOptions::new().create(true).append(true).open(path)
+    }
+
+    /// Keeps `file` as segment `n`'s, for the next [`Journal::cut`].
+    pub fn spare(&mut self, n: u64, file: File) {
+        self.spare = Some((n, file));
+    }
+
+    /// The batch cut at segment `upto` is in the file: segments up to it
+    /// leave the journal (the newest, where appends go, stays). Returns
+    /// them, for [`remove`] to delete without the store's lock.
+    #[must_use]
+    pub fn committed(&mut self, upto: u64) -> Vec<PathBuf> {
         let newest = self.segments.last().map(|(n, _)| *n);
-        let base = self.base.clone();
+        let mut gone = Vec::new();
         self.segments.retain(|(n, _)| {
-            let gone = *n <= upto && Some(*n) != newest;
-            if gone {
-                let _ = std::fs::remove_file(segment(&base, *n));
+            let done = *n <= upto && Some(*n) != newest;
+            if done {
+                gone.push(segment(&self.base, *n));
             }
-            !gone
+            !done
         });
+        gone
     }
 
     /// Bytes held in segments.
@@ -362,8 +403,17 @@ mod tests {
         // Another epoch's lines are the file's already.
         assert!(unsettled(&base, 8, 0).unwrap().is_empty());
         // A committed cut removes its segments; the newest stays.
-        journal.committed(cut);
+        remove(journal.committed(cut));
         assert!(!segment(&base, 0).exists() && segment(&base, 1).exists());
+        // A spare opened ahead is the next cut's segment.
+        let (n, path) = journal.spare_wanted().unwrap();
+        assert_eq!(n, 2);
+        journal.spare(n, Journal::open_file(&path).unwrap());
+        assert!(journal.spare_wanted().is_none());
+        assert_eq!(journal.cut(), Some(1));
+        journal.append(5, &settlement(5)).unwrap();
+        assert!(std::fs::metadata(segment(&base, 2)).unwrap().len() > 0);
+        assert_eq!(unsettled(&base, 7, 4).unwrap(), vec![settlement(5)]);
         drop(journal);
         let again = Journal::start(base.clone(), 8).unwrap();
         assert_eq!(again.bytes(), 0);

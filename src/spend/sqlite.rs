@@ -575,8 +575,18 @@ fn write_behind(shared: &Shared) {
 /// holds it, so commits land in order), then tells those who wait.
 /// Returns whether the commit failed (what it held is pending again).
 fn land(shared: &Shared, connection: &mut Connection) -> bool {
+    // The journal's next segment is opened ahead, without the lock that
+    // every settlement takes.
+    let wanted = lock(&shared.state)
+        .journal
+        .as_ref()
+        .and_then(Journal::spare_wanted);
+    let spare = wanted.and_then(|(n, path)| Some((n, Journal::open_file(&path).ok()?)));
     let (batch, seq, epoch, cut) = {
         let mut state = lock(&shared.state);
+        if let (Some(journal), Some((n, file))) = (state.journal.as_mut(), spare) {
+            journal.spare(n, file);
+        }
         state.urgent = false;
         let (epoch, cut) = match state.journal.as_mut() {
             Some(journal) => (journal.epoch(), journal.cut()),
@@ -619,9 +629,11 @@ fn land(shared: &Shared, connection: &mut Connection) -> bool {
         shared.failing.store(false, Ordering::Release);
         shared.committed.fetch_max(seq, Ordering::AcqRel);
         if let Some(cut) = cut {
-            if let Some(journal) = lock(&shared.state).journal.as_mut() {
-                journal.committed(cut);
-            }
+            let gone = lock(&shared.state)
+                .journal
+                .as_mut()
+                .map(|journal| journal.committed(cut));
+            journal::remove(gone.unwrap_or_default());
         }
     }
     shared.done.notify_waiters();
