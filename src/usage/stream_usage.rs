@@ -181,7 +181,7 @@ impl<B> HideUsageChunk<B> {
             // usage chunk (which must name `usage`): it goes on as it
             // came, not copied; what follows its last event waits.
             let whole = last_event_end(&data);
-            if whole > 0 && memchr::memmem::find(&data[..whole], b"\"usage\"").is_none() {
+            if whole > 0 && super::find::usage_key(&data[..whole]).is_none() {
                 self.ready.push_back(data.slice(..whole));
                 if whole < data.len() {
                     self.partial.extend_from_slice(&data[whole..]);
@@ -218,10 +218,10 @@ impl<B> HideUsageChunk<B> {
 
 /// Where the first complete event in `bytes` ends (after its blank line).
 fn event_end(bytes: &[u8]) -> Option<usize> {
-    let lf = memchr::memmem::find(bytes, b"\n\n").map(|i| i + 2);
+    let lf = super::find::lf_end(bytes).map(|i| i + 2);
     // A CRLF end counts only if it comes first: search no further than the LF one.
     let before = lf.map_or(bytes.len(), |end| (end + 2).min(bytes.len()));
-    let crlf = memchr::memmem::find(&bytes[..before], b"\r\n\r\n").map(|i| i + 4);
+    let crlf = super::find::crlf_end(&bytes[..before]).map(|i| i + 4);
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -238,7 +238,7 @@ fn last_event_end(bytes: &[u8]) -> usize {
 }
 
 fn is_usage_chunk(event: &[u8]) -> bool {
-    if memchr::memmem::find(event, b"\"usage\"").is_none() {
+    if super::find::usage_key(event).is_none() {
         return false;
     }
     let text = String::from_utf8_lossy(event);

@@ -106,9 +106,6 @@ impl Step for UsageTap {
     }
 }
 
-/// The key only an event that can carry usage holds.
-const USAGE_KEY: &[u8] = b"\"usage\"";
-
 /// Of an event without usage, what the meter wants: the model, and the
 /// content streamed (for an estimate if the stream is cut). Borrowed, the
 /// rest skipped: no tree is built.
@@ -145,7 +142,7 @@ fn stream_event(meter: &Meter, data: &[u8]) {
     }
     // Only an event that names `usage` is read whole (the last of a chat
     // stream, `response.completed`); the others, by their few fields.
-    if memchr::memmem::find(data, USAGE_KEY).is_none() {
+    if super::find::usage_key(data).is_none() {
         if let Ok(light) = serde_json::from_slice::<Light<'_>>(data) {
             if let Some(model) = &light.model {
                 meter.saw_model(model);
