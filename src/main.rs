@@ -12,9 +12,6 @@ use chatgpt_gateway::config::{self, Settings};
 use chatgpt_gateway::{lambda, logging, server};
 use clap::{Parser, Subcommand};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// An authenticated, streaming OpenAI API gateway.
 #[derive(Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
