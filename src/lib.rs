@@ -27,7 +27,8 @@
 //! gateway from them; [`sources`] keeps the token list and the key fresh
 //! (files, SSM); [`error`] types every failure (OpenAI's JSON shape on the
 //! request path); [`secret`] keeps keys and tokens out of every formatted
-//! string; [`clock`] is the time every rule goes by (a test moves its own);
+//! string; [`json`] has the lenient JSON pieces the view and the usage
+//! reader share; [`clock`] is the time every rule goes by (a test moves its own);
 //! [`logging`] sets up the log lines and where they go; [`stats`] turns
 //! each request into metrics (CloudWatch EMF, Prometheus); [`commands`] are
 //! the admin commands (`tokens`, `usage`).
@@ -45,6 +46,7 @@ pub mod cors;
 pub mod error;
 pub mod gateway;
 pub mod headers;
+pub mod json;
 pub mod lambda;
 pub mod limits;
 pub mod logging;

@@ -3,7 +3,7 @@
 //!
 //! - A JSON body is read by serde into [`Wire`]: the few fields the rules
 //!   need, each captured by the *kind* of JSON value it holds
-//!   ([`Scalar`]), and everything else skipped (`IgnoredAny`), so an 8 MiB
+//!   ([`crate::json::Scalar`]), and everything else skipped (`IgnoredAny`), so an 8 MiB
 //!   image or a long history never becomes a `Value` tree. Each field is
 //!   then checked the way OpenAI checks it; a wrong one is a `400` that
 //!   names its `param`.
@@ -26,6 +26,7 @@ use serde::Deserialize;
 
 use crate::error::GatewayError;
 use crate::headers;
+use crate::json::{Key, Scalar};
 pub use crate::openai::{check_model, MAX_MODEL_NAME};
 
 /// The largest `max_tokens` (and kin) accepted: OpenAI's schema takes a
@@ -117,64 +118,6 @@ impl View {
     }
 }
 
-/// A JSON value as the rules need to know it: its kind, and its value when
-/// it is a scalar. Arrays and objects are skipped, not built.
-#[derive(Debug, Default, Clone, PartialEq)]
-enum Scalar {
-    #[default]
-    Absent,
-    Null,
-    Bool(bool),
-    Unsigned(u64),
-    /// A negative integer.
-    Negative,
-    Float,
-    Text(String),
-    Compound,
-}
-
-impl<'de> Deserialize<'de> for Scalar {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Scalar;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_unit<E>(self) -> Result<Scalar, E> {
-                Ok(Scalar::Null)
-            }
-            fn visit_none<E>(self) -> Result<Scalar, E> {
-                Ok(Scalar::Null)
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
-                Ok(Scalar::Bool(v))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
-                Ok(Scalar::Unsigned(v))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
-                Ok(u64::try_from(v).map_or(Scalar::Negative, Scalar::Unsigned))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Scalar, E> {
-                Ok(Scalar::Float)
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar::Text(v.to_owned()))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Compound)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Compound)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
 /// `stream_options` as sent: absent or null, an object (what it says of
 /// `include_usage`), or something else.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -221,8 +164,8 @@ impl<'de> Deserialize<'de> for OptionsWire {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OptionsWire, A::Error> {
                 let mut include = None;
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if key == "include_usage" {
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    if &*key == "include_usage" {
                         if include.is_some() {
                             return Err(de::Error::duplicate_field("include_usage"));
                         }

@@ -3,10 +3,10 @@
 //! (`input_tokens`, `output_tokens`, also inside `response.*` stream events),
 //! and transcriptions billed by tokens.
 
-use std::borrow::Cow;
-
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+
+use crate::json::{Key, Scalar};
 
 use super::Usage;
 
@@ -43,7 +43,7 @@ pub fn usage(document: &Value) -> Found {
 /// (an array, a number) has none of these members.
 #[derive(Default)]
 struct Doc {
-    model: Leaf,
+    model: Scalar,
     usage: Member<UsageFields>,
     /// Responses API stream events carry the response object.
     response: Option<Box<Doc>>,
@@ -63,43 +63,24 @@ enum Member<T> {
 
 #[derive(Default)]
 struct UsageFields {
-    prompt_tokens: Leaf,
-    completion_tokens: Leaf,
-    input_tokens: Leaf,
-    output_tokens: Leaf,
+    prompt_tokens: Scalar,
+    completion_tokens: Scalar,
+    input_tokens: Scalar,
+    output_tokens: Scalar,
     /// `cached_tokens` of each of the three details objects.
-    prompt_cached: Leaf,
-    input_cached: Leaf,
-    input_cached_legacy: Leaf,
+    prompt_cached: Scalar,
+    input_cached: Scalar,
+    input_cached_legacy: Scalar,
     /// Whisper bills by duration (`"type": "duration"`).
-    kind: Leaf,
+    kind: Scalar,
 }
 
-/// A scalar member: absent, a count, a string, or anything else.
-#[derive(Default, Clone)]
-enum Leaf {
-    #[default]
-    Absent,
-    Count(u64),
-    Text(String),
-    Other,
-}
-
-impl Leaf {
-    /// As `Value::get(..).map(Value::as_u64)`.
-    fn count(&self) -> Option<Option<u64>> {
-        match self {
-            Self::Absent => None,
-            Self::Count(n) => Some(Some(*n)),
-            _ => Some(None),
-        }
-    }
-
-    fn text(&self) -> Option<&str> {
-        match self {
-            Self::Text(text) => Some(text),
-            _ => None,
-        }
+/// As `Value::get(..).map(Value::as_u64)`: absent, or present and a count
+/// or not.
+fn count(member: &Scalar) -> Option<Option<u64>> {
+    match member {
+        Scalar::Absent => None,
+        other => Some(other.as_u64()),
     }
 }
 
@@ -115,27 +96,29 @@ impl Doc {
             _ => self,
         };
         let model = match &holder.model {
-            Leaf::Absent => self.model.text(),
-            model => model.text(),
+            Scalar::Absent => self.model.as_str(),
+            model => model.as_str(),
         };
         let Member::Present(usage) = &holder.usage else {
             return Found::Nothing;
         };
-        if usage.kind.text() == Some("duration") {
+        if usage.kind.as_str() == Some("duration") {
             return Found::Nothing;
         }
-        let nested = |leaf: &Leaf| leaf.count().flatten();
         let (input, output, cached) =
-            match (usage.prompt_tokens.count(), usage.input_tokens.count()) {
+            match (count(&usage.prompt_tokens), count(&usage.input_tokens)) {
                 (Some(Some(input)), _) => (
                     input,
-                    usage.completion_tokens.count().unwrap_or(Some(0)),
-                    nested(&usage.prompt_cached),
+                    count(&usage.completion_tokens).unwrap_or(Some(0)),
+                    usage.prompt_cached.as_u64(),
                 ),
                 (None, Some(Some(input))) => (
                     input,
-                    usage.output_tokens.count().unwrap_or(Some(0)),
-                    nested(&usage.input_cached).or_else(|| nested(&usage.input_cached_legacy)),
+                    count(&usage.output_tokens).unwrap_or(Some(0)),
+                    usage
+                        .input_cached
+                        .as_u64()
+                        .or_else(|| usage.input_cached_legacy.as_u64()),
                 ),
                 _ => return Found::Malformed,
             };
@@ -147,8 +130,9 @@ impl Doc {
     }
 }
 
-/// The visits of a value other than the one wanted: it is consumed
-/// (checked as JSON, not built) and reads as `$default`.
+/// The visits of a value other than an object (and other than `null`, which
+/// `not_null!` adds where it is not wanted either): it is consumed (checked
+/// as JSON, not built) and reads as `$default`.
 macro_rules! otherwise {
     ($out:ty, $default:expr) => {
         fn visit_bool<E>(self, _: bool) -> Result<$out, E> {
@@ -160,19 +144,14 @@ macro_rules! otherwise {
         fn visit_f64<E>(self, _: f64) -> Result<$out, E> {
             Ok($default)
         }
+        fn visit_u64<E>(self, _: u64) -> Result<$out, E> {
+            Ok($default)
+        }
         fn visit_str<E>(self, _: &str) -> Result<$out, E> {
             Ok($default)
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<$out, A::Error> {
             while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok($default)
-        }
-    };
-}
-
-macro_rules! not_a_count {
-    ($out:ty, $default:expr) => {
-        fn visit_u64<E>(self, _: u64) -> Result<$out, E> {
             Ok($default)
         }
     };
@@ -186,34 +165,6 @@ macro_rules! not_null {
     };
 }
 
-fn skip_members<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
-    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-    Ok(())
-}
-
-/// A member's name, borrowed from the document unless it has escapes
-/// (serde's own `Cow` always copies).
-struct Key<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a member's name")
-            }
-            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(name)))
-            }
-            fn visit_str<E>(self, name: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(name.to_owned())))
-            }
-        }
-        d.deserialize_str(KeyVisitor)
-    }
-}
-
 struct DocVisitor;
 
 impl<'de> Visitor<'de> for DocVisitor {
@@ -224,7 +175,7 @@ impl<'de> Visitor<'de> for DocVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Doc, A::Error> {
         let mut doc = Doc::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match &*key.0 {
+            match &*key {
                 "model" => doc.model = map.next_value()?,
                 "usage" => doc.usage = map.next_value()?,
                 "response" => doc.response = Some(Box::new(map.next_value()?)),
@@ -237,7 +188,6 @@ impl<'de> Visitor<'de> for DocVisitor {
         Ok(doc)
     }
     otherwise!(Doc, Doc::default());
-    not_a_count!(Doc, Doc::default());
     not_null!(Doc, Doc::default());
 }
 
@@ -257,7 +207,7 @@ impl<'de> Visitor<'de> for UsageVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut u = UsageFields::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match &*key.0 {
+            match &*key {
                 "prompt_tokens" => u.prompt_tokens = map.next_value()?,
                 "completion_tokens" => u.completion_tokens = map.next_value()?,
                 "input_tokens" => u.input_tokens = map.next_value()?,
@@ -277,7 +227,6 @@ impl<'de> Visitor<'de> for UsageVisitor {
         Ok(Member::Null)
     }
     otherwise!(Self::Value, Member::Present(UsageFields::default()));
-    not_a_count!(Self::Value, Member::Present(UsageFields::default()));
 }
 
 impl<'de> Deserialize<'de> for Member<UsageFields> {
@@ -287,7 +236,7 @@ impl<'de> Deserialize<'de> for Member<UsageFields> {
 }
 
 /// A details object's `cached_tokens` (absent when it is not an object).
-struct Cached(Leaf);
+struct Cached(Scalar);
 
 struct CachedVisitor;
 
@@ -297,9 +246,9 @@ impl<'de> Visitor<'de> for CachedVisitor {
         f.write_str("JSON")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Cached, A::Error> {
-        let mut cached = Leaf::Absent;
+        let mut cached = Scalar::Absent;
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            if key.0 == "cached_tokens" {
+            if &*key == "cached_tokens" {
                 cached = map.next_value()?;
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -307,55 +256,13 @@ impl<'de> Visitor<'de> for CachedVisitor {
         }
         Ok(Cached(cached))
     }
-    otherwise!(Cached, Cached(Leaf::Absent));
-    not_a_count!(Cached, Cached(Leaf::Absent));
-    not_null!(Cached, Cached(Leaf::Absent));
+    otherwise!(Cached, Cached(Scalar::Absent));
+    not_null!(Cached, Cached(Scalar::Absent));
 }
 
 impl<'de> Deserialize<'de> for Cached {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(CachedVisitor)
-    }
-}
-
-struct LeafVisitor;
-
-impl<'de> Visitor<'de> for LeafVisitor {
-    type Value = Leaf;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("JSON")
-    }
-    fn visit_u64<E>(self, n: u64) -> Result<Leaf, E> {
-        Ok(Leaf::Count(n))
-    }
-    fn visit_str<E>(self, text: &str) -> Result<Leaf, E> {
-        Ok(Leaf::Text(text.to_owned()))
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Leaf, E> {
-        Ok(Leaf::Other)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Leaf, E> {
-        Ok(Leaf::Other)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Leaf, E> {
-        Ok(Leaf::Other)
-    }
-    fn visit_unit<E>(self) -> Result<Leaf, E> {
-        Ok(Leaf::Other)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Leaf, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Leaf::Other)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Leaf, A::Error> {
-        skip_members(map)?;
-        Ok(Leaf::Other)
-    }
-}
-
-impl<'de> Deserialize<'de> for Leaf {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(LeafVisitor)
     }
 }
 
