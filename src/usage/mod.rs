@@ -18,6 +18,7 @@
 //! for a request that reached the upstream.
 
 pub mod decode;
+pub mod event;
 pub mod prices;
 pub mod read;
 pub mod scan;
@@ -135,17 +136,15 @@ impl Meter {
         m.reported = Some(usage);
     }
 
-    /// A model named by the response before its usage.
-    pub fn saw_model(&self, model: &str) {
+    /// What a stream event showed: its model, and `chars` of content.
+    /// One lock for both, as it runs on every event.
+    pub fn saw(&self, model: Option<&str>, chars: usize) {
         let mut m = self.0.lock().expect("meter lock");
-        if m.model.is_none() && crate::openai::check_model(model).is_ok() {
-            m.model = Some(model.to_owned());
+        if let Some(model) = model {
+            if m.model.is_none() && crate::openai::check_model(model).is_ok() {
+                m.model = Some(model.to_owned());
+            }
         }
-    }
-
-    /// Generated content streamed to the client.
-    pub fn saw_output(&self, chars: usize) {
-        let mut m = self.0.lock().expect("meter lock");
         m.output_chars = m.output_chars.saturating_add(chars as u64);
     }
 
@@ -202,8 +201,7 @@ mod tests {
         let meter = Meter::default();
         assert_eq!(meter.usage(), None, "nothing expected, nothing metered");
         meter.expect(400, 0);
-        meter.saw_model("gpt-4o-mini");
-        meter.saw_output(41);
+        meter.saw(Some("gpt-4o-mini"), 41);
         let estimate = meter.usage().unwrap();
         assert!(estimate.estimated);
         assert_eq!((estimate.input, estimate.output), (100, 11));

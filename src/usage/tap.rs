@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::read::{self, Found};
 use super::scan::Scan;
 use super::sse::Scanner;
-use super::{decode, Meter};
+use super::{decode, event, Meter};
 use crate::body::{BoxError, Step};
 
 /// The most of a JSON body copied to read its usage.
@@ -106,91 +106,44 @@ impl Step for UsageTap {
     }
 }
 
-/// Of an event without usage, what the meter wants: the model, and the
-/// content streamed (for an estimate if the stream is cut). Borrowed, the
-/// rest skipped: no tree is built.
-#[derive(serde::Deserialize)]
-struct Light<'a> {
-    #[serde(borrow, default)]
-    model: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    choices: Option<Vec<LightChoice<'a>>>,
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    delta: Option<std::borrow::Cow<'a, str>>,
-}
-
-#[derive(serde::Deserialize)]
-struct LightChoice<'a> {
-    #[serde(borrow, default)]
-    delta: Option<LightDelta<'a>>,
-    #[serde(borrow, default)]
-    text: Option<std::borrow::Cow<'a, str>>,
-}
-
-#[derive(serde::Deserialize)]
-struct LightDelta<'a> {
-    #[serde(borrow, default)]
-    content: Option<std::borrow::Cow<'a, str>>,
-}
-
 /// One event of a chat, completion or Responses stream.
 fn stream_event(meter: &Meter, data: &[u8]) {
     if data == b"[DONE]" {
         return;
     }
     // Only an event that names `usage` is read whole (the last of a chat
-    // stream, `response.completed`); the others, by their few fields.
-    if super::find::usage_key(data).is_none() {
-        if let Ok(light) = serde_json::from_slice::<Light<'_>>(data) {
-            if let Some(model) = &light.model {
-                meter.saw_model(model);
-            }
-            let mut chars = 0;
-            for choice in light.choices.iter().flatten() {
-                chars += match (&choice.delta, &choice.text) {
-                    (Some(delta), _) => delta.content.as_deref().map_or(0, str::len),
-                    (None, Some(text)) => text.len(),
-                    (None, None) => 0,
-                };
-            }
-            if light.kind.as_deref() == Some("response.output_text.delta") {
-                chars += light.delta.as_deref().map_or(0, str::len);
-            }
-            if chars > 0 {
-                meter.saw_output(chars);
-            }
-            return;
-        }
-        // A shape the light view does not take (a `delta` that is an
-        // object…): read as a tree, as below.
+    // stream, `response.completed`); the others, by their few fields. The
+    // skim gives up on a `usage` member anywhere, so it goes first.
+    if let Some(seen) = event::seen(data) {
+        meter.saw(seen.model.as_deref(), seen.chars);
+        return;
     }
+    // A shape neither view takes (a `delta` that is an object…), or one
+    // that can carry usage: read as a tree.
     let Ok(event) = serde_json::from_slice::<Value>(data) else {
         return;
     };
-    if let Some(model) = event.get("model").and_then(Value::as_str) {
-        meter.saw_model(model);
-    }
-    let mut chars = 0;
+    let mut chars = 0usize;
     if let Some(choices) = event.get("choices").and_then(Value::as_array) {
         for choice in choices {
             let delta = choice.get("delta").or_else(|| choice.get("text"));
-            chars += delta
-                .and_then(|d| d.get("content").or(Some(d)))
-                .and_then(Value::as_str)
-                .map_or(0, str::len);
+            chars = chars.saturating_add(
+                delta
+                    .and_then(|d| d.get("content").or(Some(d)))
+                    .and_then(Value::as_str)
+                    .map_or(0, str::len),
+            );
         }
     }
     if event.get("type").and_then(Value::as_str) == Some("response.output_text.delta") {
-        chars += event
-            .get("delta")
-            .and_then(Value::as_str)
-            .map_or(0, str::len);
+        chars = chars.saturating_add(
+            event
+                .get("delta")
+                .and_then(Value::as_str)
+                .map_or(0, str::len),
+        );
     }
-    if chars > 0 {
-        meter.saw_output(chars);
-    }
+    meter.saw(event.get("model").and_then(Value::as_str), chars);
     match read::usage(&event) {
         Found::Usage(usage) => meter.report(usage),
         Found::Malformed => meter.unreadable(),
