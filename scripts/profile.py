@@ -14,13 +14,15 @@ zeroes the counters, sends one connection of `chat` (the 3 KB chat body) or
 `sse` (100-event streams) for the given seconds, and prints the
 instructions per request (per event for `sse`) of every thread of the
 gateway, the functions that cost the most by themselves, and the
-inclusive cost of the gateway's phases. Instruction counts do not move
+inclusive cost of the gateway's phases (PROFILE_TOP=N shows N functions;
+PROFILE_KEEP=FILE keeps callgrind's output there, for callgrind_annotate). Instruction counts do not move
 with the machine's load, as times do: use them to compare two builds.
 """
 
 import collections
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -117,12 +119,15 @@ def main():
             except subprocess.TimeoutExpired:
                 proc.kill()
     own, calls = parse(out + ".1")
+    if os.environ.get("PROFILE_KEEP"):
+        # For callgrind_annotate (e.g. --tree=caller, or a file's lines).
+        shutil.copy(out + ".1", os.environ["PROFILE_KEEP"])
     n = run["requests"] * per
     unit = "event" if mode == "sse" else "request"
     total = sum(own.values())
     print("%s: %d requests; %d instructions per %s (every thread)\n" % (mode, run["requests"], total // n, unit))
     print("By themselves:")
-    for name, cost in own.most_common(25):
+    for name, cost in own.most_common(int(os.environ.get("PROFILE_TOP", "25"))):
         print("  %7d  %4.1f%%  %s" % (cost // n, 100 * cost / total, name[:110]))
     print("\nPhases, inclusive:")
     for label, name in PHASES:

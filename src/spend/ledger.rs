@@ -11,7 +11,11 @@
 //! Nothing here touches the disk or the clock: the store hands in the
 //! times and the rows it read.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+// The ledger is looked up a dozen times a request: foldhash (seeded per
+// process, as hashbrown's own default) rather than SipHash.
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use chrono::NaiveDate;

@@ -77,7 +77,7 @@ pub enum Units {
 
 /// The price table.
 #[derive(Debug, Clone, Default)]
-pub struct Prices(HashMap<String, Price>);
+pub struct Prices(foldhash::HashMap<String, Price>);
 
 impl Prices {
     /// The bundled table, with `PRICES_FILE` over it when one is named.
@@ -179,22 +179,18 @@ fn per_image(
 /// `gpt-4-0613` → `gpt-4`.
 fn undated(model: &str) -> Option<&str> {
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    // `-YYYY-MM-DD` at the end: dashes at 0, 5 and 8, digits between.
     if let Some((head, date)) = model
         .len()
         .checked_sub(11)
         .and_then(|at| model.split_at_checked(at))
     {
-        let parts: Vec<&str> = date.split('-').collect();
-        if let [empty, y, m, d] = parts[..] {
-            if empty.is_empty()
-                && y.len() == 4
-                && m.len() == 2
-                && d.len() == 2
-                && [y, m, d].iter().all(|p| digits(p))
-                && !head.is_empty()
-            {
-                return Some(head);
-            }
+        let dated = date.bytes().enumerate().all(|(at, b)| match at {
+            0 | 5 | 8 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+        if dated && !head.is_empty() {
+            return Some(head);
         }
     }
     let (head, tail) = model.rsplit_once('-')?;
@@ -204,7 +200,10 @@ fn undated(model: &str) -> Option<&str> {
 fn parse(text: &str) -> Result<Prices, String> {
     let table: HashMap<String, serde_json::Value> =
         serde_json::from_str(text).map_err(|e| format!("not a JSON object of prices: {e}"))?;
-    let mut prices = HashMap::with_capacity(table.len());
+    let mut prices = foldhash::HashMap::with_capacity_and_hasher(
+        table.len(),
+        foldhash::fast::RandomState::default(),
+    );
     for (model, value) in table {
         if model.starts_with('_') {
             continue; // comments such as `_source`
@@ -240,6 +239,30 @@ mod tests {
 
     fn usage(model: &str, input: u64, cached: u64, output: u64) -> Usage {
         Usage::reported(Some(model), input, cached, output)
+    }
+
+    #[test]
+    fn a_snapshot_is_a_date_or_four_digits_at_the_end() {
+        let cases = [
+            ("gpt-4o-2024-08-06", Some("gpt-4o")),
+            ("gpt-4o-mini-2024-07-18", Some("gpt-4o-mini")),
+            ("gpt-4-0613", Some("gpt-4")),
+            ("-2024-08-06", None),
+            ("-0613", None),
+            ("gpt-4o-2024-08-0a", None),
+            ("gpt-4o-2024-0806", Some("gpt-4o-2024")),
+            ("gpt-4o+2024-08-06", None),
+            ("gpt-4o-2024_08-06", None),
+            ("gpt-4o-20240806", None),
+            ("gpt-4o-061", None),
+            ("gpt-4o-06133", None),
+            ("é2024-08-06", None),
+            ("ab-é-08-06", None),
+            ("", None),
+        ];
+        for (model, head) in cases {
+            assert_eq!(undated(model), head, "{model}");
+        }
     }
 
     #[test]
