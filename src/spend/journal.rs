@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+#[cfg(test)]
+use serde::Serialize;
 
 use super::store::{Reservation, Settlement};
 use super::Amount;
@@ -62,8 +64,80 @@ struct Held {
     usd_micros: i64,
 }
 
-/// One journal line as it is written: [`Line`]'s fields, borrowed from the
-/// settlement (nothing is copied to write it).
+/// Writes `s` as the journal line `seq` of `epoch` ([`Line`]'s fields, in
+/// its order), by hand: serde's derive escapes every field name on every
+/// line, and this runs on every limited request. The derive's output is
+/// the tests' oracle ([`LineOut`]), byte for byte.
+fn write_line(line: &mut Vec<u8>, epoch: u64, seq: u64, s: &Settlement) -> serde_json::Result<()> {
+    fn int(line: &mut Vec<u8>, n: impl itoa::Integer) {
+        line.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    }
+    fn strs(line: &mut Vec<u8>, all: &[String]) -> serde_json::Result<()> {
+        line.push(b'[');
+        for (i, one) in all.iter().enumerate() {
+            if i > 0 {
+                line.push(b',');
+            }
+            serde_json::to_writer(&mut *line, one)?;
+        }
+        line.push(b']');
+        Ok(())
+    }
+    fn flag(line: &mut Vec<u8>, b: bool) {
+        line.extend_from_slice(if b { b"true" } else { b"false" });
+    }
+    line.extend_from_slice(br#"{"e":"#);
+    int(line, epoch);
+    line.extend_from_slice(br#","s":"#);
+    int(line, seq);
+    line.extend_from_slice(br#","token":"#);
+    serde_json::to_writer(&mut *line, &*s.token)?;
+    line.extend_from_slice(br#","at_us":"#);
+    int(line, s.at.timestamp_micros());
+    line.extend_from_slice(br#","reservation":"#);
+    match &s.reservation {
+        None => line.extend_from_slice(b"null"),
+        Some(r) => {
+            line.extend_from_slice(br#"{"id":"#);
+            serde_json::to_writer(&mut *line, &r.id)?;
+            line.extend_from_slice(br#","windows":"#);
+            strs(line, &r.windows)?;
+            line.extend_from_slice(br#","requests":"#);
+            int(line, r.amount.requests);
+            line.extend_from_slice(br#","tokens":"#);
+            int(line, r.amount.tokens);
+            line.extend_from_slice(br#","usd_micros":"#);
+            int(line, r.amount.usd_micros);
+            line.push(b'}');
+        }
+    }
+    line.extend_from_slice(br#","used":"#);
+    flag(line, s.used);
+    line.extend_from_slice(br#","model":"#);
+    serde_json::to_writer(&mut *line, &*s.model)?;
+    line.extend_from_slice(br#","upstream":"#);
+    serde_json::to_writer(&mut *line, &*s.upstream)?;
+    for (name, n) in [
+        (&br#","input":"#[..], s.input),
+        (br#","cached":"#, s.cached),
+        (br#","output":"#, s.output),
+        (br#","usd_micros":"#, s.usd_micros),
+    ] {
+        line.extend_from_slice(name);
+        int(line, n);
+    }
+    line.extend_from_slice(br#","estimated":"#);
+    flag(line, s.estimated);
+    line.extend_from_slice(br#","windows":"#);
+    strs(line, &s.windows)?;
+    line.extend_from_slice(br#","row":"#);
+    flag(line, s.row);
+    line.push(b'}');
+    Ok(())
+}
+
+/// One journal line as serde's derive writes it: [`write_line`]'s oracle.
+#[cfg(test)]
 #[derive(Serialize)]
 struct LineOut<'a> {
     e: u64,
@@ -83,6 +157,7 @@ struct LineOut<'a> {
     row: bool,
 }
 
+#[cfg(test)]
 #[derive(Serialize)]
 struct HeldOut<'a> {
     id: &'a str,
@@ -92,6 +167,7 @@ struct HeldOut<'a> {
     usd_micros: i64,
 }
 
+#[cfg(test)]
 impl<'a> LineOut<'a> {
     fn of(epoch: u64, seq: u64, s: &'a Settlement) -> Self {
         Self {
@@ -260,7 +336,7 @@ impl Journal {
     pub fn append(&mut self, seq: u64, s: &Settlement) -> std::io::Result<()> {
         let line = &mut self.line;
         line.clear();
-        serde_json::to_writer(&mut *line, &LineOut::of(self.epoch, seq, s))?;
+        write_line(line, self.epoch, seq, s)?;
         line.push(b'\n');
         let (_, file) = self
             .segments
@@ -374,6 +450,54 @@ mod tests {
             estimated: false,
             windows: vec!["day:2026-12-01".into()],
             row: true,
+        }
+    }
+
+    #[test]
+    fn a_line_is_written_as_serde_would_write_it_and_read_back_whole() {
+        let mut odd = settlement(-7);
+        odd.token = "a\"b\\c\n\u{1}é中".into();
+        if let Some(r) = odd.reservation.as_mut() {
+            // A reservation is the settlement's token's (a line holds it once).
+            r.token = odd.token.to_string();
+        }
+        odd.model = "m\u{7f}\u{2028}".into();
+        odd.upstream = String::new().into();
+        odd.windows = vec![];
+        odd.used = false;
+        odd.estimated = true;
+        odd.row = false;
+        odd.at = DateTime::<Utc>::from_timestamp_micros(-1).unwrap();
+        (odd.cached, odd.output, odd.usd_micros) = (i64::MIN, i64::MAX, 0);
+        let mut none = settlement(3);
+        none.reservation = None;
+        none.windows = vec!["a".into(), "b\"".into(), String::new()];
+        let mut empty = settlement(4);
+        if let Some(r) = empty.reservation.as_mut() {
+            r.windows.clear();
+            r.id = "\t".into();
+            r.amount = Amount {
+                requests: i64::MIN,
+                tokens: -1,
+                usd_micros: i64::MAX,
+            };
+        }
+        for (epoch, seq, s) in [
+            (7, 1, settlement(1)),
+            (0, 0, odd),
+            (u64::MAX, u64::MAX, none),
+            (1, 2, empty),
+        ] {
+            let mut line = Vec::new();
+            write_line(&mut line, epoch, seq, &s).unwrap();
+            let oracle = serde_json::to_vec(&LineOut::of(epoch, seq, &s)).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&line),
+                String::from_utf8_lossy(&oracle)
+            );
+            let back: Line = serde_json::from_slice(&line).unwrap();
+            assert_eq!((back.e, back.s), (epoch, seq));
+            assert_eq!(back.settlement(), Some(s));
         }
     }
 
