@@ -28,29 +28,17 @@ pub mod tap;
 
 use std::sync::{Arc, Mutex};
 
-/// The searches run on every event of a stream, each built once
+/// The search run on every event of a stream, built once
 /// (`memmem::find` builds its searcher again on every call).
 pub(crate) mod find {
     use memchr::memmem::Finder;
     use std::sync::LazyLock;
 
     static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
-    static LF_END: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
-    static CRLF_END: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
 
     /// Where `"usage"` (the key only an event that can carry usage holds) is.
     pub fn usage_key(bytes: &[u8]) -> Option<usize> {
         USAGE_KEY.find(bytes)
-    }
-
-    /// Where a blank line (`\n\n`) is.
-    pub fn lf_end(bytes: &[u8]) -> Option<usize> {
-        LF_END.find(bytes)
-    }
-
-    /// Where a blank line written with CRLFs is.
-    pub fn crlf_end(bytes: &[u8]) -> Option<usize> {
-        CRLF_END.find(bytes)
     }
 }
 
