@@ -3,6 +3,8 @@
 //! - [`read`] finds `usage` in an OpenAI JSON body or SSE event, whatever the
 //!   endpoint (chat completions and completions, embeddings, the Responses
 //!   API, transcriptions);
+//! - [`event`] reads what a stream event without usage streamed (its model
+//!   and content length), in one pass, serde as its fallback;
 //! - [`sse`] scans an event stream incrementally, in bounded memory, and
 //!   [`scan`] a JSON answer too big to copy, for its top-level `usage`;
 //! - [`decode`] inflates a copy of a compressed body (gzip, deflate, br, zstd)
