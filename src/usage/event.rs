@@ -60,9 +60,9 @@ pub fn skim(data: &[u8]) -> Option<Seen<'_>> {
             return None;
         }
         match slot {
-            0 => model = s.plain_or_null()?.map(|(from, to)| &text[from..to]),
+            0 => model = spanned(text, s.plain_or_null()?)?,
             1 => chars = s.choices()?,
-            2 => kind = s.plain_or_null()?.map(|(from, to)| &text[from..to]),
+            2 => kind = spanned(text, s.plain_or_null()?)?,
             _ => delta = s.length_or_null()?,
         }
         Some(())
@@ -78,6 +78,14 @@ pub fn skim(data: &[u8]) -> Option<Seen<'_>> {
         model: model.map(Cow::Borrowed),
         chars,
     })
+}
+
+/// A string's text by its span (`None` in, `Some(None)` out: null).
+fn spanned(text: &str, span: Option<(usize, usize)>) -> Option<Option<&str>> {
+    match span {
+        Some((from, to)) => text.get(from..to).map(Some),
+        None => Some(None),
+    }
 }
 
 /// The bytes a string holds as they are: not a quote, an escape or a
@@ -127,14 +135,15 @@ impl Skim<'_> {
             self.ws();
             let (from, to) = self.plain()?;
             let b = self.b;
-            if &b[from..to] == b"usage" {
+            let name = b.get(from..to)?;
+            if name == b"usage" {
                 // Usage is read from a tree (see [`super::read`]).
                 return None;
             }
             self.ws();
             self.eat(b':')?;
             self.ws();
-            each(self, &b[from..to])?;
+            each(self, name)?;
             self.ws();
             match self.peek()? {
                 b',' => self.at += 1,
