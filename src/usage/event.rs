@@ -126,50 +126,41 @@ impl Skim<'_> {
     /// `each` with the cursor at its value. A name with an escape is not
     /// taken (it could spell a member that is read).
     fn members(&mut self, mut each: impl FnMut(&mut Self, &[u8]) -> Option<()>) -> Option<()> {
-        self.ws();
-        if self.peek()? == b'}' {
-            self.at += 1;
-            return Some(());
-        }
-        loop {
-            self.ws();
-            let (from, to) = self.plain()?;
-            let b = self.b;
+        self.list(b'}', |s| {
+            let (from, to) = s.plain()?;
+            let b = s.b;
             let name = b.get(from..to)?;
             if name == b"usage" {
                 // Usage is read from a tree (see [`super::read`]).
                 return None;
             }
-            self.ws();
-            self.eat(b':')?;
-            self.ws();
-            each(self, name)?;
-            self.ws();
-            match self.peek()? {
-                b',' => self.at += 1,
-                b'}' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
+            s.ws();
+            s.eat(b':')?;
+            s.ws();
+            each(s, name)
+        })
     }
 
     /// The elements of an array whose `[` was eaten.
-    fn elements(&mut self, mut each: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+    fn elements(&mut self, each: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.list(b']', each)
+    }
+
+    /// Items separated by commas up to `close` (its opening eaten), each
+    /// read by `item` with the cursor at its start.
+    fn list(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
         self.ws();
-        if self.peek()? == b']' {
+        if self.peek()? == close {
             self.at += 1;
             return Some(());
         }
         loop {
             self.ws();
-            each(self)?;
+            item(self)?;
             self.ws();
             match self.peek()? {
                 b',' => self.at += 1,
-                b']' => {
+                end if end == close => {
                     self.at += 1;
                     return Some(());
                 }
