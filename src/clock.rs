@@ -76,15 +76,42 @@ pub fn stamp(at: DateTime<Utc>) -> [u8; 27] {
             n /= 10;
         }
     };
-    put(0, 4, at.year().clamp(0, 9999) as u32);
-    put(5, 2, at.month());
-    put(8, 2, at.day());
-    put(11, 2, at.hour());
-    put(14, 2, at.minute());
-    put(17, 2, at.second());
+    // Each of `DateTime`'s getters converts to local time again: once.
+    let (date, time) = (at.date_naive(), at.time());
+    put(0, 4, date.year().clamp(0, 9999) as u32);
+    put(5, 2, date.month());
+    put(8, 2, date.day());
+    put(11, 2, time.hour());
+    put(14, 2, time.minute());
+    put(17, 2, time.second());
     // A leap second's nanoseconds run past a billion.
-    put(20, 6, at.timestamp_subsec_micros().min(999_999));
+    put(20, 6, (time.nanosecond() / 1_000).min(999_999));
     out
+}
+
+/// The length of [`stamp`]'s minute, `YYYY-MM-DDTHH:MM`.
+const MINUTE: usize = 16;
+
+/// The first [`MINUTE`] bytes of [`stamp`] of `at`, remembered per thread
+/// for the last minute asked: every limited request asks for its windows'
+/// keys (a minute, a day, a month) at admission and again at settlement,
+/// and they change once a minute.
+fn minute_stamp(at: DateTime<Utc>) -> [u8; MINUTE] {
+    use std::cell::Cell;
+    thread_local! {
+        static LAST: Cell<Option<(i64, [u8; MINUTE])>> = const { Cell::new(None) };
+    }
+    // A leap second's time is the minute's last second: the same minute.
+    let minute = at.timestamp().div_euclid(60);
+    LAST.with(|last| match last.get() {
+        Some((m, digits)) if m == minute => digits,
+        _ => {
+            let mut digits = [0; MINUTE];
+            digits.copy_from_slice(&stamp(at)[..MINUTE]);
+            last.set(Some((minute, digits)));
+            digits
+        }
+    })
 }
 
 /// The first `len` characters of [`stamp`] (`7`: the month, `10`: the day,
@@ -96,9 +123,16 @@ pub fn prefix(head: &str, at: DateTime<Utc>, len: usize) -> String {
     let mut out = String::with_capacity(head.len() + len);
     out.push_str(head);
     if (0..=9999).contains(&at.year()) {
-        let digits = stamp(at);
-        // ASCII digits and separators only.
-        out.extend(digits[..len].iter().map(|&b| char::from(b)));
+        let (minute, whole);
+        let digits: &[u8] = if len <= MINUTE {
+            minute = minute_stamp(at);
+            &minute[..len]
+        } else {
+            whole = stamp(at);
+            &whole[..len]
+        };
+        // ASCII digits and separators only, so always text.
+        out.push_str(std::str::from_utf8(digits).unwrap_or_default());
     } else {
         let full = at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
         let year_extra = full.len() - 27;
@@ -147,6 +181,36 @@ mod tests {
                     "{at}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_remembered_minute_is_never_another_minutes() {
+        use chrono::Timelike;
+        // Forwards within a minute, over its end, back in time, a leap
+        // second, a year's end: each prefix as chrono writes it.
+        let start = Utc.with_ymd_and_hms(2026, 12, 31, 23, 58, 30).unwrap();
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|d| d.and_hms_nano_opt(23, 59, 59, 1_500_000_000))
+            .map(|t| Utc.from_utc_datetime(&t))
+            .unwrap();
+        let mut times = vec![];
+        for seconds in [0, 1, 29, 30, 89, 90, 91, -1, -31, -3600, 0, 86_400 * 400] {
+            times.push(start + chrono::Duration::seconds(seconds));
+        }
+        times.extend([leap, leap + chrono::Duration::milliseconds(600), leap]);
+        times.push(Utc.with_ymd_and_hms(1969, 12, 31, 23, 59, 59).unwrap());
+        times.push(Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap());
+        for at in times {
+            for (len, pattern) in [(7, "%Y-%m"), (10, "%Y-%m-%d"), (16, "%Y-%m-%dT%H:%M")] {
+                assert_eq!(prefix("", at, len), at.format(pattern).to_string(), "{at}");
+            }
+            // A leap second's stamp is its minute's last microsecond.
+            let whole = match at.time().nanosecond() >= 1_000_000_000 {
+                true => at.format("%Y-%m-%dT%H:%M:59.999999Z"),
+                false => at.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+            };
+            assert_eq!(stamp(at).as_slice(), whole.to_string().as_bytes(), "{at}");
         }
     }
 
