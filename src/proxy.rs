@@ -280,14 +280,17 @@ pub fn check_path(path: &str) -> Result<(), GatewayError> {
     if !path.starts_with('/') {
         return Err(GatewayError::InvalidPath("the path must start with /"));
     }
-    if path.contains('\\') {
+    // Byte by byte: a path is a few dozen ASCII bytes, and every request
+    // is checked twice (as it came, and as it goes).
+    let bytes = path.as_bytes();
+    if bytes.contains(&b'\\') {
         return Err(GatewayError::InvalidPath(
             "backslashes are not allowed in the path",
         ));
     }
     // A segment of one or two dots, each `.` or `%2e` in any case.
-    let is_dot = |segment: &str| {
-        let mut rest = segment.as_bytes();
+    let is_dot = |segment: &[u8]| {
+        let mut rest = segment;
         let mut dots = 0;
         while !rest.is_empty() && dots < 3 {
             rest = match rest {
@@ -299,7 +302,7 @@ pub fn check_path(path: &str) -> Result<(), GatewayError> {
         }
         rest.is_empty() && (dots == 1 || dots == 2)
     };
-    if path.split('/').any(is_dot) {
+    if bytes.split(|&b| b == b'/').any(is_dot) {
         return Err(GatewayError::InvalidPath(
             "dot segments are not allowed in the path",
         ));
