@@ -396,8 +396,8 @@ def llm(helper_port):
         for p in paths:
             rounds[p].append(wrk(ports[p], 1, max(2, SECONDS // 2), "/v1/chat/completions", chat, T))
             floor[p].append(wrk(ports[p], 1, max(2, SECONDS // 2), "/v1/chat/completions", None, TOKEN))
-    out["chat1"] = {p: {k: statistics.median(r[k] for r in rounds[p]) for k in rounds[p][0]} for p in paths}
-    out["floor1"] = {p: {k: statistics.median(r[k] for r in floor[p]) for k in floor[p][0]} for p in paths}
+    out["chat1"] = {p: medians(rounds[p]) for p in paths}
+    out["floor1"] = {p: medians(floor[p]) for p in paths}
     out["chat64"] = {p: wrk(ports[p], 64, SECONDS, "/v1/chat/completions", chat, T) for p in paths}
     print("llm chat", out["chat1"], out["chat64"], flush=True)
     out["chat_cpu"] = {"nginx": cpu_per_request(ports["nginx"], nginx_workers("llm-proxy"), path="/v1/chat/completions", script=chat, token=T),
@@ -426,7 +426,7 @@ def llm(helper_port):
     for _ in range(3):
         pooled["one"].append(wrk(ports["gateway"], 64, max(2, SECONDS // 2), "/v1/chat/completions", chat, T))
         pooled["two"].append(wrk(pool_port, 64, max(2, SECONDS // 2), "/v1/chat/completions", chat, T))
-    out["pool64"] = {k: {q: statistics.median(r[q] for r in v) for q in v[0]} for k, v in pooled.items()}
+    out["pool64"] = {k: medians(v) for k, v in pooled.items()}
     print("llm pool", out["pool64"], flush=True)
     pool_gw.terminate()
     return out
@@ -481,6 +481,11 @@ def costs_query(up_port, tokens=100, days=30, models=3, requests=1_000_000, runs
     gw.wait()
     return {"rows": len(rows), "requests": per * len(rows), "results": results, "bytes": len(body),
             "median_ms": statistics.median(times), "max_ms": max(times)}
+
+
+def medians(runs):
+    """Each figure of interleaved wrk rounds (dicts alike), as its median."""
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
 def added(out, case, path, q="p50_us"):
@@ -782,7 +787,7 @@ def main():
         for p in paths:
             rounds[p].append(wrk(ports[p], 1, max(2, SECONDS // 2)))
     for p in paths:
-        results[p][1] = {k: statistics.median(r[k] for r in rounds[p]) for k in rounds[p][0]}
+        results[p][1] = medians(rounds[p])
         print("wrk c=1 %-8s %s (rounds: %s)" % (p, results[p][1], [r["p50_us"] for r in rounds[p]]), flush=True)
     for p in paths:
         results[p][64] = wrk(ports[p], 64)
